@@ -1,0 +1,365 @@
+//! The `k3s` distribution: what each node gets to run K3s inside the mesh.
+//!
+//! * Servers get kforge's CAs as K3s *custom CAs* under `server/tls/` (placed before
+//!   first start, so K3s signs everything with them), the service-account key, an
+//!   API serving certificate, and — with `secretsEncryption` — the encryption config.
+//! * Every node's `node-ip` is its mesh address and flannel runs over the mesh
+//!   interface, so kubelet, etcd, flannel and API traffic all ride WireGuard.
+//! * Join tokens pin the CA: `K10<sha256 of server-ca.crt>::server:<secret>`; agents
+//!   get a separate agent token (`::node:`) so an agent cannot join as a server.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::hashing::sha256_hex;
+use crate::model::{Member, Model};
+use crate::pki::{CertRequest, Usage};
+use crate::plan::{ArtifactSource, NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
+use crate::secrets::{K3S_CAS, SecretsBundle};
+use crate::spec::{Node, Role};
+
+pub const BINARY: &str = "/usr/local/bin/k3s";
+pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+pub const TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
+pub const ENCRYPTION_CONFIG: &str = "/var/lib/rancher/k3s/server/cred/encryption-config.json";
+pub const TOKEN_FILE: &str = "/etc/kforge/k3s/token";
+pub const AGENT_TOKEN_FILE: &str = "/etc/kforge/k3s/agent-token";
+
+/// Bundle id of a server's API serving certificate.
+pub fn serving_cert_id(node: &str) -> String {
+    format!("apiserver/{node}")
+}
+
+pub const ADMIN_CERT_ID: &str = "admin";
+
+/// Leaves kforge issues for a k3s cluster: the admin client and each server's
+/// API serving certificate.
+pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
+    let mut out = vec![CertRequest {
+        id: ADMIN_CERT_ID.into(),
+        issuer: "client-ca".into(),
+        common_name: "admin".into(),
+        organizations: vec!["system:masters".into()],
+        dns_names: vec![],
+        ip_addresses: vec![],
+        usage: Usage::Client,
+    }];
+    for (member, node) in model.servers() {
+        out.push(CertRequest {
+            id: serving_cert_id(&node.name),
+            issuer: "server-ca".into(),
+            common_name: "kube-apiserver".into(),
+            organizations: vec![],
+            dns_names: api_dns_names(model, node),
+            ip_addresses: api_ip_addresses(model, member),
+            usage: Usage::Server,
+        });
+    }
+    out
+}
+
+/// Every name a client may use for this server's API.
+pub fn api_dns_names(model: &Model<'_>, node: &Node) -> Vec<String> {
+    let domain = &model.spec.spec.network.cluster_domain;
+    let mut v = vec![
+        node.name.clone(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster".into(),
+        format!("kubernetes.default.svc.{domain}"),
+        "localhost".into(),
+    ];
+    v.dedup();
+    v
+}
+
+/// Every address a client may use for this server's API.
+pub fn api_ip_addresses(model: &Model<'_>, member: &Member) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = vec![IpAddr::V4(member.mesh_ip)];
+    if model.api_address != member.mesh_ip {
+        v.push(IpAddr::V4(model.api_address));
+    }
+    if let Some(ep) = member.endpoint {
+        v.push(ep.ip());
+    }
+    v.push(model.kubernetes_service_ip);
+    v.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    v
+}
+
+/// `K10<sha256(server-ca.crt)>::server:<secret>`: joiners verify the CA they reach.
+pub fn server_token(secrets: &SecretsBundle) -> String {
+    format!("K10{}::server:{}", ca_hash(secrets), secrets.k3s_token)
+}
+
+/// `K10<sha256(server-ca.crt)>::node:<secret>`: joins agents only.
+pub fn agent_token(secrets: &SecretsBundle) -> String {
+    format!("K10{}::node:{}", ca_hash(secrets), secrets.k3s_agent_token)
+}
+
+fn ca_hash(secrets: &SecretsBundle) -> String {
+    sha256_hex(secrets.ca("server-ca").cert.as_bytes())
+}
+
+/// `/etc/rancher/k3s/config.yaml`: keys are K3s's CLI flag names.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct K3sConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_init: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
+    token_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_token_file: Option<String>,
+    node_name: String,
+    node_ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_external_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_address: Option<String>,
+    flannel_iface: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flannel_backend: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tls_san: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_cidr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_cidr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_dns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets_encryption: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_kubeconfig_mode: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disable: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    node_label: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    node_taint: Vec<String>,
+}
+
+/// Add the node's k3s files, artifact and unit to its plan.
+pub fn plan_node(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    me: &Member,
+    node: &Node,
+    plan: &mut NodePlan,
+) {
+    let spec = &model.spec.spec;
+    if let Some(a) = &spec.artifacts.k3s {
+        let source = match (&a.url, &a.path) {
+            (Some(url), _) => ArtifactSource::Url { url: url.clone() },
+            (None, Some(path)) => ArtifactSource::Path { path: path.clone() },
+            (None, None) => unreachable!("validated: an artifact has a url or a path"),
+        };
+        plan.phase(Phase::Artifacts)
+            .artifacts
+            .push(PlannedArtifact {
+                name: "k3s".into(),
+                dest: BINARY.into(),
+                mode: 0o755,
+                sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+                source,
+            });
+    }
+
+    let is_server = node.role == Role::Server;
+    let first = model.first_server();
+    let multi_server = model.servers().count() > 1;
+    let mut labels: Vec<String> = Vec::new();
+    if let Some(loc) = &node.location {
+        labels.push(format!("topology.kubernetes.io/zone={loc}"));
+    }
+    labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
+
+    let mut cfg = K3sConfig {
+        token_file: TOKEN_FILE.into(),
+        node_name: node.name.clone(),
+        node_ip: me.mesh_ip.to_string(),
+        node_external_ip: node.endpoint.map(|e| e.to_string()),
+        flannel_iface: spec.mesh.interface.clone(),
+        node_label: labels,
+        node_taint: node.taints.clone(),
+        ..K3sConfig::default()
+    };
+    if me.name != first.name {
+        cfg.server = Some(model.api_url());
+    }
+    let phase = if is_server {
+        Phase::ControlPlane
+    } else {
+        Phase::Workers
+    };
+    let mut files = Vec::new();
+    if is_server {
+        cfg.cluster_init = (multi_server && me.name == first.name).then_some(true);
+        cfg.agent_token_file = Some(AGENT_TOKEN_FILE.into());
+        cfg.advertise_address = Some(me.mesh_ip.to_string());
+        cfg.flannel_backend = Some(spec.k3s.flannel_backend.clone());
+        let mut sans: Vec<String> = vec![me.mesh_ip.to_string(), node.name.clone()];
+        if model.api_address != me.mesh_ip {
+            sans.push(model.api_address.to_string());
+        }
+        if let Some(ep) = node.endpoint {
+            sans.push(ep.to_string());
+        }
+        cfg.tls_san = sans;
+        cfg.cluster_cidr = Some(spec.network.pod_cidr.to_string());
+        cfg.service_cidr = Some(spec.network.service_cidr.to_string());
+        cfg.cluster_dns = Some(model.cluster_dns_ip.to_string());
+        cfg.cluster_domain = Some(spec.network.cluster_domain.clone());
+        cfg.secrets_encryption = spec.secrets_encryption.then_some(true);
+        cfg.write_kubeconfig_mode = Some("0600".into());
+        cfg.disable = spec.k3s.disable.clone();
+
+        files.push(PlannedFile::secret(
+            TOKEN_FILE,
+            format!("{}\n", server_token(secrets)),
+        ));
+        files.push(PlannedFile::secret(
+            AGENT_TOKEN_FILE,
+            format!("{}\n", secrets.k3s_agent_token),
+        ));
+        for ca in K3S_CAS {
+            let pair = secrets.ca(ca);
+            files.push(PlannedFile::new(
+                format!("{TLS_DIR}/{ca}.crt"),
+                0o644,
+                pair.cert.clone(),
+            ));
+            files.push(PlannedFile::secret(
+                format!("{TLS_DIR}/{ca}.key"),
+                pair.key.clone(),
+            ));
+        }
+        files.push(PlannedFile::secret(
+            format!("{TLS_DIR}/service.key"),
+            secrets.service_account_key.clone(),
+        ));
+        let serving = secrets.certificate(&serving_cert_id(&node.name));
+        files.push(PlannedFile::new(
+            format!("{TLS_DIR}/serving-kube-apiserver.crt"),
+            0o644,
+            serving.cert.clone(),
+        ));
+        files.push(PlannedFile::secret(
+            format!("{TLS_DIR}/serving-kube-apiserver.key"),
+            serving.key.clone(),
+        ));
+        if spec.secrets_encryption {
+            files.push(PlannedFile::secret(
+                ENCRYPTION_CONFIG,
+                encryption_config(&secrets.encryption_key),
+            ));
+        }
+    } else {
+        files.push(PlannedFile::secret(
+            TOKEN_FILE,
+            format!("{}\n", agent_token(secrets)),
+        ));
+    }
+    let config_text = format!(
+        "# K3s configuration of node {} (cluster {}). Managed by kforge.\n{}",
+        node.name,
+        model.spec.metadata.name,
+        serde_saphyr::to_string(&cfg).expect("k3s config serializes")
+    );
+    files.push(PlannedFile::secret(CONFIG, config_text));
+    let unit_name = if is_server {
+        "k3s.service"
+    } else {
+        "k3s-agent.service"
+    };
+    let unit_path = format!("/etc/systemd/system/{unit_name}");
+    files.push(PlannedFile::new(
+        &unit_path,
+        0o644,
+        render_unit(is_server, &spec.mesh.interface),
+    ));
+
+    let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let p = plan.phase(phase);
+    p.files.extend(files);
+    p.units.push(PlannedUnit {
+        name: unit_name.into(),
+        enable: true,
+        restart_on,
+        reload_command: None,
+    });
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EncryptionConfiguration {
+    kind: &'static str,
+    api_version: &'static str,
+    resources: Vec<EncryptedResource>,
+}
+
+#[derive(Serialize)]
+struct EncryptedResource {
+    resources: Vec<&'static str>,
+    providers: Vec<serde_json::Value>,
+}
+
+/// The EncryptionConfiguration K3s reads at `server/cred/encryption-config.json`:
+/// aescbc with kforge's key first (writes), identity second (reads old plaintext).
+fn encryption_config(key_b64: &str) -> String {
+    let cfg = EncryptionConfiguration {
+        kind: "EncryptionConfiguration",
+        api_version: "apiserver.config.k8s.io/v1",
+        resources: vec![EncryptedResource {
+            resources: vec!["secrets"],
+            providers: vec![
+                serde_json::json!({"aescbc": {"keys": [{"name": "aescbckey", "secret": key_b64}]}}),
+                serde_json::json!({"identity": {}}),
+            ],
+        }],
+    };
+    serde_json::to_string(&cfg).expect("encryption config serializes")
+}
+
+/// K3s's systemd unit (as its installer writes it), ordered after the mesh.
+fn render_unit(server: bool, mesh_interface: &str) -> String {
+    let (what, exec) = if server {
+        ("server", "server")
+    } else {
+        ("agent", "agent")
+    };
+    format!(
+        "# Managed by kforge: K3s {what}, started once the mesh interface is up.\n\
+         [Unit]\n\
+         Description=Lightweight Kubernetes ({what}, kforge)\n\
+         Documentation=https://k3s.io\n\
+         Wants=network-online.target\n\
+         After=network-online.target wg-quick@{mesh_interface}.service kforge-firewall.service\n\
+         Requires=wg-quick@{mesh_interface}.service\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         EnvironmentFile=-/etc/default/%N\n\
+         KillMode=process\n\
+         Delegate=yes\n\
+         LimitNOFILE=1048576\n\
+         LimitNPROC=infinity\n\
+         LimitCORE=infinity\n\
+         TasksMax=infinity\n\
+         TimeoutStartSec=0\n\
+         Restart=always\n\
+         RestartSec=5s\n\
+         ExecStartPre=-/sbin/modprobe br_netfilter\n\
+         ExecStartPre=-/sbin/modprobe overlay\n\
+         ExecStart={BINARY} {exec}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}

@@ -1,0 +1,24 @@
+//! kforge's pure pipeline, from one cluster file to every artifact every node needs.
+//!
+//! ```text
+//! kforge.yaml ─▶ spec ─▶ secrets ─▶ model ─▶ plan ─▶ render (dir tree, cloud-init)
+//! ```
+//!
+//! Nothing in this crate touches a host. Same spec + same secrets bundle → a
+//! byte-identical plan, which is what makes `plan`, snapshots and cloud-init cheap.
+
+pub mod firewall;
+pub mod fsutil;
+pub mod hashing;
+pub mod k3s;
+pub mod kubeconfig;
+pub mod mesh;
+pub mod model;
+pub mod pipeline;
+pub mod pki;
+pub mod plan;
+pub mod random;
+pub mod render;
+pub mod secrets;
+pub mod spec;
+pub mod wireguard;

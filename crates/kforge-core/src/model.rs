@@ -1,0 +1,254 @@
+//! Stage 3 of the pipeline: facts derived from the spec and the secrets bundle.
+//!
+//! Who is on the mesh and at which address, who can dial whom, which node relays
+//! for members behind NAT, where the API answers. Renderers read only this (plus
+//! the bundle for key material), so every derived fact is computed in one place.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::secrets::SecretsBundle;
+use crate::spec::{Cluster, Node, Role};
+use crate::wireguard::{PrivateKey, PublicKey};
+
+/// API server port on the mesh.
+pub const API_PORT: u16 = 6443;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    /// Index into `spec.nodes`.
+    Node(usize),
+    /// Index into `spec.access.peers`.
+    Peer(usize),
+}
+
+/// A node or access peer on the mesh.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub kind: MemberKind,
+    pub mesh_ip: Ipv4Addr,
+    /// Where others can dial it; `None` behind NAT (or a roaming laptop).
+    pub endpoint: Option<SocketAddr>,
+    pub public_key: PublicKey,
+}
+
+impl Member {
+    pub fn is_node(&self) -> bool {
+        matches!(self.kind, MemberKind::Node(_))
+    }
+}
+
+/// One `[Peer]` section in a member's mesh config.
+#[derive(Debug, Clone)]
+pub struct MeshPeer<'m> {
+    pub member: &'m Member,
+    /// The peer's own /32, plus the /32s of members reached through it (relay).
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// Names of members whose traffic this peer relays for us.
+    pub relays_for: Vec<&'m str>,
+    pub keepalive: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Model<'s> {
+    pub spec: &'s Cluster,
+    /// Nodes in file order, then access peers in file order.
+    pub members: Vec<Member>,
+    /// Index into `members` of the node relaying between NAT'd members.
+    pub relay: Option<usize>,
+    /// The address clients use for the API: the first server's mesh address.
+    pub api_address: Ipv4Addr,
+    /// First address of the service CIDR: the `kubernetes` Service.
+    pub kubernetes_service_ip: IpAddr,
+    pub cluster_dns_ip: IpAddr,
+    pub mesh_prefix_len: u8,
+}
+
+impl<'s> Model<'s> {
+    /// Derive the model. The bundle must have been reconciled with this spec.
+    pub fn build(spec: &'s Cluster, secrets: &SecretsBundle) -> Model<'s> {
+        let port = spec.spec.mesh.port;
+        let mesh_ip = |name: &str| -> Ipv4Addr {
+            *secrets
+                .mesh_ips
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} has a mesh address after reconcile"))
+        };
+        let wg_public = |name: &str| -> PublicKey {
+            let key = secrets
+                .wireguard
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} has a WireGuard key after reconcile"));
+            PrivateKey::parse(key)
+                .expect("bundle holds valid WireGuard keys")
+                .public_key()
+        };
+        let mut members: Vec<Member> = spec
+            .spec
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Member {
+                name: n.name.clone(),
+                kind: MemberKind::Node(i),
+                mesh_ip: mesh_ip(&n.name),
+                endpoint: n.endpoint.map(|ip| SocketAddr::new(ip.0, port)),
+                public_key: wg_public(&n.name),
+            })
+            .collect();
+        members.extend(
+            spec.spec
+                .access
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Member {
+                    name: p.name.clone(),
+                    kind: MemberKind::Peer(i),
+                    mesh_ip: mesh_ip(&p.name),
+                    endpoint: None,
+                    public_key: match &p.public_key {
+                        Some(k) => PublicKey::parse(k).expect("validated"),
+                        None => wg_public(&p.name),
+                    },
+                }),
+        );
+        let relay = match &spec.spec.mesh.relay {
+            Some(name) => members.iter().position(|m| &m.name == name),
+            None => {
+                let nodes = || spec.spec.nodes.iter().enumerate();
+                nodes()
+                    .find(|(_, n)| n.role == Role::Server && n.endpoint.is_some())
+                    .or_else(|| nodes().find(|(_, n)| n.endpoint.is_some()))
+                    .map(|(i, _)| i)
+            }
+        };
+        let first_server = spec
+            .spec
+            .nodes
+            .iter()
+            .position(|n| n.role == Role::Server)
+            .expect("validated: a server exists");
+        let service = spec.spec.network.service_cidr.0;
+        let kubernetes_service_ip = nth_host(service, 1);
+        let cluster_dns_ip = spec
+            .spec
+            .network
+            .cluster_dns
+            .map(|ip| ip.0)
+            .unwrap_or_else(|| nth_host(service, 10));
+        Model {
+            spec,
+            api_address: members[first_server].mesh_ip,
+            members,
+            relay,
+            kubernetes_service_ip,
+            cluster_dns_ip,
+            mesh_prefix_len: spec.spec.mesh.subnet.0.prefix_len(),
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (&Member, &'s Node)> {
+        self.members.iter().filter_map(|m| match m.kind {
+            MemberKind::Node(i) => Some((m, &self.spec.spec.nodes[i])),
+            MemberKind::Peer(_) => None,
+        })
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| !m.is_node())
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = (&Member, &'s Node)> {
+        self.nodes().filter(|(_, n)| n.role == Role::Server)
+    }
+
+    /// The server that initialises the cluster (`cluster-init`) and that others join.
+    pub fn first_server(&self) -> &Member {
+        self.servers().next().expect("validated: a server exists").0
+    }
+
+    /// `https://<first server mesh IP>:6443`: what kubeconfigs and joiners use.
+    pub fn api_url(&self) -> String {
+        format!("https://{}:{API_PORT}", self.api_address)
+    }
+
+    /// The `[Peer]` sections of `me`'s mesh config, in member order.
+    ///
+    /// Full mesh, except: access peers do not peer with each other, and two members
+    /// that both lack an endpoint cannot dial each other, so each reaches the other
+    /// through the relay (whose AllowedIPs then carry the other's address).
+    pub fn mesh_peers(&self, me: &Member) -> Vec<MeshPeer<'_>> {
+        let keepalive = self.spec.spec.mesh.keepalive;
+        let relay = self.relay.map(|i| &self.members[i]);
+        let mut out: Vec<MeshPeer<'_>> = Vec::new();
+        let mut relayed: Vec<&Member> = Vec::new();
+        for other in &self.members {
+            if other.name == me.name || (!me.is_node() && !other.is_node()) {
+                continue;
+            }
+            let unreachable = me.endpoint.is_none() && other.endpoint.is_none();
+            if unreachable && relay.is_some_and(|r| r.name != me.name && r.name != other.name) {
+                relayed.push(other);
+                continue;
+            }
+            out.push(MeshPeer {
+                member: other,
+                allowed_ips: vec![host_net(other.mesh_ip)],
+                relays_for: Vec::new(),
+                keepalive: (me.endpoint.is_none() || other.endpoint.is_none())
+                    .then_some(keepalive)
+                    .filter(|k| *k > 0),
+            });
+        }
+        if let Some(r) = relay
+            && let Some(entry) = out.iter_mut().find(|p| p.member.name == r.name)
+        {
+            for m in relayed {
+                entry.allowed_ips.push(host_net(m.mesh_ip));
+                entry.relays_for.push(&m.name);
+            }
+        }
+        out
+    }
+
+    /// Pairs of members that reach each other through the relay, for the plan's notes.
+    pub fn relayed_pairs(&self) -> Vec<(&str, &str, &str)> {
+        let mut pairs = Vec::new();
+        for (i, a) in self.members.iter().enumerate() {
+            for peer in self.mesh_peers(a) {
+                for other in &peer.relays_for {
+                    let j = self
+                        .members
+                        .iter()
+                        .position(|m| &m.name == other)
+                        .unwrap_or(0);
+                    if i < j {
+                        pairs.push((a.name.as_str(), *other, peer.member.name.as_str()));
+                    }
+                }
+            }
+        }
+        pairs
+    }
+}
+
+fn host_net(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).expect("/32 is valid")
+}
+
+/// The n-th address of a network (n=1: first host).
+fn nth_host(net: IpNet, n: u32) -> IpAddr {
+    match net {
+        IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) + n)),
+        IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6.network()) + n as u128,
+        )),
+    }
+}

@@ -1,0 +1,169 @@
+//! The pure pipeline end to end: spec + secrets → reconciled secrets → model → plan.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+
+use crate::firewall::{render_firewall_unit, render_nftables};
+use crate::k3s;
+use crate::mesh::render_wg_quick;
+use crate::model::Model;
+use crate::pki::PkiError;
+use crate::plan::{NodePlan, PeerPlan, Phase, Plan, PlannedCommand, PlannedFile, PlannedUnit};
+use crate::secrets::{ReconcileReport, SecretsBundle};
+use crate::spec::Cluster;
+use crate::wireguard::PrivateKey;
+
+pub const FIREWALL_FILE: &str = "/etc/kforge/firewall.nft";
+pub const FIREWALL_UNIT: &str = "kforge-firewall.service";
+pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-kforge.conf";
+/// What the host needs from its package manager (Debian/Ubuntu names).
+pub const HOST_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
+
+/// Bring a bundle (or a new one) up to date with the spec: identity material
+/// first, then the leaves whose requests depend on the model.
+pub fn reconcile_secrets(
+    spec: &Cluster,
+    bundle: Option<SecretsBundle>,
+    now: OffsetDateTime,
+) -> Result<(SecretsBundle, ReconcileReport), PkiError> {
+    let mut bundle = bundle.unwrap_or_else(|| SecretsBundle::empty(&spec.metadata.name));
+    let mut report = bundle.reconcile_identity(spec, now)?;
+    let requests = k3s::cert_requests(&Model::build(spec, &bundle));
+    let certs = bundle.reconcile_certificates(spec, &requests, now)?;
+    report.created.extend(certs.created);
+    report.reissued.extend(certs.reissued);
+    report.removed.extend(certs.removed);
+    Ok((bundle, report))
+}
+
+/// Every node's plan, plus access peers' mesh configs and notes for the operator.
+pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
+    let spec = &model.spec.spec;
+    let iface = &spec.mesh.interface;
+    let wg_path = format!("/etc/wireguard/{iface}.conf");
+    let mut nodes = Vec::new();
+    for (me, node) in model.nodes() {
+        let mut np = NodePlan::new(
+            &node.name,
+            node.role,
+            me.mesh_ip.to_string(),
+            node.endpoint.map(|e| e.to_string()),
+        );
+        np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
+
+        let key =
+            PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
+        let mesh = np.phase(Phase::Mesh);
+        mesh.files.push(PlannedFile::secret(
+            &wg_path,
+            render_wg_quick(model, me, Some(&key)),
+        ));
+        mesh.files.push(PlannedFile::new(
+            SYSCTL_FILE,
+            0o644,
+            "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
+        ));
+        mesh.commands.push(PlannedCommand {
+            description: "apply kernel settings".into(),
+            run: format!("sysctl -q -p {SYSCTL_FILE}"),
+            unless: None,
+        });
+        mesh.units.push(PlannedUnit {
+            name: format!("wg-quick@{iface}.service"),
+            enable: true,
+            restart_on: vec![wg_path.clone()],
+            reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
+        });
+
+        if spec.firewall.enabled {
+            let unit_path = format!("/etc/systemd/system/{FIREWALL_UNIT}");
+            let fw = np.phase(Phase::Firewall);
+            fw.files.push(PlannedFile::new(
+                FIREWALL_FILE,
+                0o600,
+                render_nftables(model, me, node),
+            ));
+            fw.files.push(PlannedFile::new(
+                &unit_path,
+                0o644,
+                render_firewall_unit(FIREWALL_FILE),
+            ));
+            fw.units.push(PlannedUnit {
+                name: FIREWALL_UNIT.into(),
+                enable: true,
+                restart_on: vec![FIREWALL_FILE.into(), unit_path],
+                reload_command: Some(format!("nft -f {FIREWALL_FILE}")),
+            });
+        }
+        k3s::plan_node(model, secrets, me, node, &mut np);
+        nodes.push(np);
+    }
+
+    let peers = model
+        .peers()
+        .map(|p| {
+            let key = secrets
+                .wireguard
+                .get(&p.name)
+                .and_then(|k| PrivateKey::parse(k));
+            PeerPlan {
+                peer: p.name.clone(),
+                mesh_ip: p.mesh_ip.to_string(),
+                config: PlannedFile::secret(
+                    format!("{iface}.conf"),
+                    render_wg_quick(model, p, key.as_ref()),
+                ),
+            }
+        })
+        .collect();
+
+    Plan {
+        cluster: model.spec.metadata.name.clone(),
+        distribution: format!("k3s {}", spec.distribution.version),
+        api: model.api_url(),
+        nodes,
+        peers,
+        notes: notes(model),
+    }
+}
+
+fn notes(model: &Model<'_>) -> Vec<String> {
+    let spec = &model.spec.spec;
+    let mut notes = Vec::new();
+    let by_relay: HashMap<&str, Vec<String>> =
+        model
+            .relayed_pairs()
+            .into_iter()
+            .fold(HashMap::new(), |mut m, (a, b, r)| {
+                m.entry(r).or_default().push(format!("{a} ↔ {b}"));
+                m
+            });
+    let mut relays: Vec<_> = by_relay.into_iter().collect();
+    relays.sort();
+    for (relay, pairs) in relays {
+        notes.push(format!(
+            "{} have no public endpoint on either side: their traffic is relayed (still encrypted end to end) through {relay}",
+            pairs.join(", ")
+        ));
+    }
+    match &spec.artifacts.k3s {
+        None => notes.push(format!(
+            "no k3s artifact is configured: hosts must already have {} (set spec.artifacts.k3s)",
+            k3s::BINARY
+        )),
+        Some(a) if a.url.is_none() => notes.push(format!(
+            "k3s comes from {} on this workstation: `apply` uploads it; cloud-init user-data cannot carry a binary, so hosts booted from it need {} in their image (or set artifacts.k3s.url + sha256)",
+            a.path.as_deref().unwrap_or("?"),
+            k3s::BINARY
+        )),
+        Some(_) => {}
+    }
+    if !spec.firewall.enabled {
+        notes.push(
+            "the firewall is disabled: every port the cluster opens is reachable from the internet"
+                .into(),
+        );
+    }
+    notes
+}

@@ -1,0 +1,329 @@
+//! Stage 2 of the pipeline: the secrets bundle (Talos-style).
+//!
+//! One file holds everything secret or stateful about a cluster: CAs, tokens,
+//! WireGuard keys, the encryption-at-rest key, the service-account key, every issued
+//! leaf, and the mesh addresses handed out so far. It is created on first use and
+//! then only ever extended: [`SecretsBundle::reconcile_identity`] adds what a new
+//! node or peer needs, [`SecretsBundle::reconcile_certificates`] (re)issues only
+//! leaves whose request changed or that are close to expiry. Nothing is ever
+//! silently regenerated; `Debug` redacts; the text never reaches stdout or a log.
+
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+pub use store::{AgeCredentials, SecretsError, SecretsStore, StoreFormat};
+
+use crate::pki::{self, CertAndKey, CertRequest, IssuedCert, LoadedCa, PkiError};
+use crate::random::{random_bytes, random_hex};
+use crate::spec::{Cluster, IpAddress};
+use crate::wireguard::PrivateKey;
+
+pub const BUNDLE_KIND: &str = "SecretsBundle";
+
+/// CAs K3s accepts as custom CAs (bundle key = path under `server/tls/`, sans `.crt`).
+pub const K3S_CAS: &[&str] = &[
+    "server-ca",
+    "client-ca",
+    "request-header-ca",
+    "etcd/server-ca",
+    "etcd/peer-ca",
+];
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretsBundle {
+    pub api_version: String,
+    pub kind: String,
+    /// The cluster this bundle belongs to; a mismatch is refused.
+    pub cluster: String,
+    pub cas: BTreeMap<String, CertAndKey>,
+    pub service_account_key: String,
+    /// Secret half of the server join token (`K10<ca hash>::server:<this>`).
+    pub k3s_token: String,
+    /// Secret half of the agent join token (`K10<ca hash>::node:<this>`).
+    pub k3s_agent_token: String,
+    /// 32 random bytes, base64: the aescbc key for Secrets at rest.
+    pub encryption_key: String,
+    /// Mesh member (node or peer) → WireGuard private key.
+    pub wireguard: BTreeMap<String, String>,
+    /// Mesh member → address; kept so adding a member never renumbers others.
+    #[serde(rename = "meshIPs")]
+    pub mesh_ips: BTreeMap<String, Ipv4Addr>,
+    /// Leaf id (e.g. `admin`) → issued certificate.
+    pub certificates: BTreeMap<String, IssuedCert>,
+}
+
+impl std::fmt::Debug for SecretsBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsBundle")
+            .field("cluster", &self.cluster)
+            .field("cas", &self.cas.keys().collect::<Vec<_>>())
+            .field(
+                "certificates",
+                &self.certificates.keys().collect::<Vec<_>>(),
+            )
+            .field("mesh_ips", &self.mesh_ips)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reconcile changed, for the operator (names only, never values).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub created: Vec<String>,
+    pub reissued: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl ReconcileReport {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.reissued.is_empty() && self.removed.is_empty()
+    }
+    fn merge(&mut self, other: ReconcileReport) {
+        self.created.extend(other.created);
+        self.reissued.extend(other.reissued);
+        self.removed.extend(other.removed);
+    }
+}
+
+impl SecretsBundle {
+    /// An empty bundle for `cluster`; [`reconcile_identity`](Self::reconcile_identity) fills it.
+    pub fn empty(cluster: &str) -> SecretsBundle {
+        SecretsBundle {
+            api_version: crate::spec::API_VERSION.into(),
+            kind: BUNDLE_KIND.into(),
+            cluster: cluster.into(),
+            cas: BTreeMap::new(),
+            service_account_key: String::new(),
+            k3s_token: String::new(),
+            k3s_agent_token: String::new(),
+            encryption_key: String::new(),
+            wireguard: BTreeMap::new(),
+            mesh_ips: BTreeMap::new(),
+            certificates: BTreeMap::new(),
+        }
+    }
+
+    /// Create whatever the cluster file needs and the bundle lacks: CAs, tokens, keys,
+    /// WireGuard keys and mesh addresses for new members. Drops keys and addresses of
+    /// members no longer in the file. Existing material is never replaced.
+    pub fn reconcile_identity(
+        &mut self,
+        spec: &Cluster,
+        now: OffsetDateTime,
+    ) -> Result<ReconcileReport, PkiError> {
+        let mut report = ReconcileReport::default();
+        let pki = &spec.spec.pki;
+        for ca in K3S_CAS {
+            if !self.cas.contains_key(*ca) {
+                let cn = format!("kforge-{}-{}", spec.metadata.name, ca.replace('/', "-"));
+                self.cas.insert(
+                    ca.to_string(),
+                    pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?,
+                );
+                report.created.push(format!("CA {ca}"));
+            }
+        }
+        if self.service_account_key.is_empty() {
+            self.service_account_key = pki::generate_key(pki.key_algorithm)?.serialize_pem();
+            report.created.push("service-account key".into());
+        }
+        if self.k3s_token.is_empty() {
+            self.k3s_token = random_hex(32);
+            report.created.push("k3s server token".into());
+        }
+        if self.k3s_agent_token.is_empty() {
+            self.k3s_agent_token = random_hex(32);
+            report.created.push("k3s agent token".into());
+        }
+        if self.encryption_key.is_empty() {
+            self.encryption_key =
+                base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
+            report.created.push("secrets-encryption key".into());
+        }
+        report.merge(self.reconcile_wireguard(spec));
+        report.merge(self.reconcile_mesh_ips(spec));
+        Ok(report)
+    }
+
+    fn reconcile_wireguard(&mut self, spec: &Cluster) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let wanted: BTreeSet<&str> = spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(
+                spec.spec
+                    .access
+                    .peers
+                    .iter()
+                    .filter(|p| p.public_key.is_none())
+                    .map(|p| p.name.as_str()),
+            )
+            .collect();
+        for name in &wanted {
+            if !self.wireguard.contains_key(*name) {
+                self.wireguard.insert(
+                    name.to_string(),
+                    PrivateKey::generate().as_base64().to_string(),
+                );
+                report.created.push(format!("WireGuard key {name}"));
+            }
+        }
+        self.wireguard.retain(|name, _| {
+            let keep = wanted.contains(name.as_str());
+            if !keep {
+                report.removed.push(format!("WireGuard key {name}"));
+            }
+            keep
+        });
+        report
+    }
+
+    /// Pinned addresses first, then kept ones, then the lowest free address for each
+    /// new member in file order.
+    fn reconcile_mesh_ips(&mut self, spec: &Cluster) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let ipnet::IpNet::V4(subnet) = spec.spec.mesh.subnet.0 else {
+            return report;
+        };
+        let members: Vec<(&str, Option<IpAddress>)> = spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.mesh_ip))
+            .chain(
+                spec.spec
+                    .access
+                    .peers
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.mesh_ip)),
+            )
+            .collect();
+        let mut next: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+        let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for (name, pinned) in &members {
+            if let Some(IpAddress(IpAddr::V4(ip))) = pinned {
+                next.insert(name.to_string(), *ip);
+                used.insert(*ip);
+            }
+        }
+        for (name, _) in &members {
+            if let Some(ip) = self.mesh_ips.get(*name)
+                && !next.contains_key(*name)
+                && subnet.contains(ip)
+                && !used.contains(ip)
+            {
+                next.insert(name.to_string(), *ip);
+                used.insert(*ip);
+            }
+        }
+        let mut free = subnet.hosts().filter(|ip| !used.contains(ip));
+        for (name, _) in &members {
+            if !next.contains_key(*name) {
+                let ip = free
+                    .next()
+                    .expect("validation checked the subnet is large enough");
+                next.insert(name.to_string(), ip);
+                report.created.push(format!("mesh address {name}={ip}"));
+            }
+        }
+        for (name, ip) in &self.mesh_ips {
+            if next.get(name) != Some(ip) && !next.contains_key(name) {
+                report.removed.push(format!("mesh address {name}={ip}"));
+            }
+        }
+        self.mesh_ips = next;
+        report
+    }
+
+    /// Issue each requested leaf that is missing, whose request changed, or that
+    /// expires within the renewal window; drop leaves nobody requests any more.
+    pub fn reconcile_certificates(
+        &mut self,
+        spec: &Cluster,
+        requests: &[CertRequest],
+        now: OffsetDateTime,
+    ) -> Result<ReconcileReport, PkiError> {
+        let mut report = ReconcileReport::default();
+        let pki = &spec.spec.pki;
+        let renew_after = now + Duration::days(pki.renew_before_days as i64);
+        let mut cas: BTreeMap<&str, LoadedCa> = BTreeMap::new();
+        for req in requests {
+            let ca_pair = self
+                .cas
+                .get(&req.issuer)
+                .expect("CAs are created before leaves");
+            let wanted = req.fingerprint(ca_pair, pki.key_algorithm);
+            let reason = match self.certificates.get(&req.id) {
+                None => Some(false),
+                Some(have) if have.fingerprint != wanted => Some(true),
+                Some(have) => match pki::not_after(&have.pair.cert) {
+                    Some(t) if t > renew_after => None,
+                    Some(_) => Some(true),
+                    None => {
+                        return Err(PkiError::Parse {
+                            what: req.id.clone(),
+                        });
+                    }
+                },
+            };
+            let Some(existed) = reason else { continue };
+            if !cas.contains_key(req.issuer.as_str()) {
+                cas.insert(&req.issuer, LoadedCa::load(&req.issuer, ca_pair)?);
+            }
+            let issued = cas[req.issuer.as_str()].issue(
+                req,
+                pki.key_algorithm,
+                pki.leaf_validity_days,
+                now,
+            )?;
+            self.certificates.insert(req.id.clone(), issued);
+            if existed {
+                report.reissued.push(req.id.clone())
+            } else {
+                report.created.push(format!("certificate {}", req.id))
+            }
+        }
+        let wanted: BTreeSet<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        self.certificates.retain(|id, _| {
+            let keep = wanted.contains(id.as_str());
+            if !keep {
+                report.removed.push(format!("certificate {id}"));
+            }
+            keep
+        });
+        Ok(report)
+    }
+
+    pub fn ca(&self, id: &str) -> &CertAndKey {
+        self.cas
+            .get(id)
+            .unwrap_or_else(|| panic!("CA {id} is created by reconcile_identity"))
+    }
+
+    pub fn certificate(&self, id: &str) -> &CertAndKey {
+        &self
+            .certificates
+            .get(id)
+            .unwrap_or_else(|| panic!("certificate {id} is issued by reconcile_certificates"))
+            .pair
+    }
+
+    /// Every secret value in the bundle, for tests that prove none leaks.
+    pub fn secret_values(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = vec![&self.k3s_token, &self.k3s_agent_token, &self.encryption_key];
+        v.extend(self.wireguard.values().map(String::as_str));
+        v.extend(self.cas.values().map(|c| c.key.as_str()));
+        v.extend(self.certificates.values().map(|c| c.pair.key.as_str()));
+        v.push(&self.service_account_key);
+        v
+    }
+}

@@ -1,0 +1,139 @@
+//! Stage 1 of the pipeline: the cluster file (`kforge.yaml`) → a validated [`Cluster`].
+//!
+//! Parsing and checking never touch a host. Everything wrong is reported at once,
+//! each problem at file:line:column with a hint; warnings do not stop the pipeline.
+
+mod diagnostic;
+pub mod examples;
+mod source_map;
+mod types;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, Pos, Severity, SpecError};
+pub use source_map::SourceMap;
+pub use types::*;
+pub use validate::dns_label;
+
+/// A cluster file that passed validation, with the warnings it raised.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    pub cluster: Cluster,
+    pub file: String,
+    pub warnings: Vec<Diagnostic>,
+    pub source_text: String,
+}
+
+impl LoadedSpec {
+    /// Warnings rendered like errors (source line and caret).
+    pub fn render_warnings(&self) -> String {
+        self.warnings
+            .iter()
+            .map(|w| w.render(&self.file, &self.source_text))
+            .collect()
+    }
+}
+
+/// Read and validate a cluster file from disk.
+pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        file: file.clone(),
+        source_text: String::new(),
+        diagnostics: vec![
+            Diagnostic::error("", format!("cannot read the cluster file: {e}"))
+                .help("run `kforge init` to write one, or point at it with `-f FILE`"),
+        ],
+    })?;
+    parse(&file, &text)
+}
+
+/// Parse and validate cluster-file text; `file` is only used in messages.
+pub fn parse(file: &str, text: &str) -> Result<LoadedSpec, SpecError> {
+    let fail = |diagnostics| SpecError {
+        file: file.to_string(),
+        source_text: text.to_string(),
+        diagnostics,
+    };
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    };
+    let cluster: Cluster = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(c) => c,
+        Err(e) => return Err(fail(vec![yaml_diagnostic(&e)])),
+    };
+    let map = SourceMap::build(text);
+    let mut diagnostics = validate::validate(&cluster);
+    for d in &mut diagnostics {
+        d.pos = map.locate(&d.path);
+    }
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        // Errors first, in file order: that is the order an operator fixes them.
+        diagnostics.sort_by_key(|d| (!d.is_error(), d.pos.map(|p| (p.line, p.column))));
+        return Err(fail(diagnostics));
+    }
+    Ok(LoadedSpec {
+        cluster,
+        file: file.to_string(),
+        warnings: diagnostics,
+        source_text: text.to_string(),
+    })
+}
+
+/// Turn a YAML/serde error into a located diagnostic with a hint for common cases.
+fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
+    use serde_saphyr::MessageFormatter;
+    let inner = e.without_snippet();
+    let message = serde_saphyr::UserMessageFormatter
+        .format_message(inner)
+        .into_owned();
+    let pos = e.location().filter(|l| l.line() > 0).map(|l| Pos {
+        line: l.line() as usize,
+        column: l.column() as usize,
+    });
+    let help = if message.contains("unknown field") {
+        "remove or rename this key; `kforge schema` lists every key the file may have"
+    } else if message.contains("missing field") {
+        "add the missing key; `kforge init` writes a complete example"
+    } else if message.contains("unknown variant") {
+        "use one of the values listed"
+    } else if message.contains("duplicate") {
+        "each key may appear once in a mapping"
+    } else if message.contains("invalid type") {
+        "check the value's type against `kforge schema`"
+    } else {
+        "fix the YAML at this position"
+    };
+    Diagnostic {
+        pos,
+        ..Diagnostic::error("", message).help(help)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_example_is_valid() {
+        for (name, text) in examples::ALL {
+            let loaded = parse(name, text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                loaded.warnings.is_empty(),
+                "{name}: {}",
+                loaded.render_warnings()
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_points_at_its_line() {
+        let text = examples::HOMELAB.replacen("  mesh:\n", "  mesh:\n    colour: blue\n", 1);
+        let err = parse("kforge.yaml", &text).unwrap_err();
+        let d = &err.diagnostics[0];
+        assert!(d.message.contains("colour"), "{}", d.message);
+        let line = text.lines().position(|l| l.contains("colour")).unwrap() + 1;
+        assert_eq!(d.pos.unwrap().line, line);
+    }
+}

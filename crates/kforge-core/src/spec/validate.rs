@@ -1,0 +1,674 @@
+//! Checks a parsed cluster file for what types alone cannot express: overlapping
+//! networks, duplicate names and addresses, quorum, references to unknown nodes.
+//! Each finding names the YAML path; the caller attaches line and column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::diagnostic::Diagnostic;
+use super::types::*;
+
+/// Ports kforge's cluster uses internally; publishing one would expose a component
+/// that must only be reached over the mesh.
+const INTERNAL_PORTS: &[(u16, Protocol, &str)] = &[
+    (
+        6443,
+        Protocol::Tcp,
+        "the Kubernetes API (use access.apiOnPublic instead)",
+    ),
+    (10250, Protocol::Tcp, "the kubelet API"),
+    (2379, Protocol::Tcp, "etcd clients"),
+    (2380, Protocol::Tcp, "etcd peers"),
+    (8472, Protocol::Udp, "flannel VXLAN (plaintext)"),
+    (5001, Protocol::Tcp, "the embedded registry"),
+];
+
+pub fn validate(c: &Cluster) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    header(c, &mut out);
+    distribution(c, &mut out);
+    networks(c, &mut out);
+    mesh(c, &mut out);
+    nodes(c, &mut out);
+    peers(c, &mut out);
+    firewall(c, &mut out);
+    pki(c, &mut out);
+    artifacts(c, &mut out);
+    out
+}
+
+fn header(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    if c.api_version != API_VERSION {
+        out.push(
+            Diagnostic::error(
+                "apiVersion",
+                format!("unsupported apiVersion `{}`", c.api_version),
+            )
+            .help(format!("write `apiVersion: {API_VERSION}`")),
+        );
+    }
+    if c.kind != KIND {
+        out.push(
+            Diagnostic::error("kind", format!("unsupported kind `{}`", c.kind))
+                .help("a cluster file has `kind: Cluster`"),
+        );
+    }
+    if let Err(why) = dns_label(&c.metadata.name) {
+        out.push(
+            Diagnostic::error(
+                "metadata.name",
+                format!("cluster name `{}` {why}", c.metadata.name),
+            )
+            .help("use lowercase letters, digits and '-', at most 63 characters"),
+        );
+    }
+}
+
+fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let v = &c.spec.distribution.version;
+    let DistributionKind::K3s = c.spec.distribution.kind;
+    if !is_k3s_version(v) {
+        out.push(
+            Diagnostic::error(
+                "spec.distribution.version",
+                format!("`{v}` is not a K3s release"),
+            )
+            .help("K3s releases look like `v1.33.5+k3s1`"),
+        );
+    }
+    for (i, name) in c.spec.k3s.disable.iter().enumerate() {
+        const KNOWN: &[&str] = &[
+            "coredns",
+            "servicelb",
+            "traefik",
+            "local-storage",
+            "metrics-server",
+            "runtimes",
+        ];
+        if !KNOWN.contains(&name.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    format!("spec.k3s.disable[{i}]"),
+                    format!("K3s has no packaged component `{name}`"),
+                )
+                .help(format!("one of: {}", KNOWN.join(", "))),
+            );
+        }
+    }
+    let backend = &c.spec.k3s.flannel_backend;
+    if !["vxlan", "host-gw", "none"].contains(&backend.as_str()) {
+        out.push(
+            Diagnostic::error(
+                "spec.k3s.flannelBackend",
+                format!("flannel backend `{backend}` is not supported inside the mesh"),
+            )
+            .help("use `vxlan` (rides the encrypted mesh), `host-gw`, or `none` for your own CNI"),
+        );
+    }
+}
+
+fn networks(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let n = &c.spec.network;
+    let nets = [
+        ("spec.network.podCIDR", n.pod_cidr.0),
+        ("spec.network.serviceCIDR", n.service_cidr.0),
+        ("spec.mesh.subnet", c.spec.mesh.subnet.0),
+    ];
+    for (path, net) in nets {
+        if !matches!(net, IpNet::V4(_)) {
+            out.push(
+                Diagnostic::error(
+                    path,
+                    format!("`{net}` is IPv6; kforge supports IPv4 here for now"),
+                )
+                .help("use a private IPv4 range such as 10.0.0.0/8"),
+            );
+        }
+    }
+    for i in 0..nets.len() {
+        for j in i + 1..nets.len() {
+            let (pa, a) = nets[i];
+            let (pb, b) = nets[j];
+            if overlaps(a, b) {
+                out.push(
+                    Diagnostic::error(pb, format!("`{b}` overlaps `{a}` ({pa})")).help(
+                        "pod, service and mesh networks must be disjoint; pick another range",
+                    ),
+                );
+            }
+        }
+    }
+    if n.service_cidr.0.prefix_len() > 28 {
+        out.push(
+            Diagnostic::error("spec.network.serviceCIDR", "service CIDR is too small").help(
+                "use at least a /28 (the API and DNS services need the 1st and 10th addresses)",
+            ),
+        );
+    }
+    if let Some(dns) = n.cluster_dns
+        && !n.service_cidr.0.contains(&dns.0)
+    {
+        out.push(
+            Diagnostic::error(
+                "spec.network.clusterDNS",
+                format!("{dns} is outside the service CIDR {}", n.service_cidr),
+            )
+            .help("the cluster DNS address must be a service address; omit it to use the 10th one"),
+        );
+    }
+    if n.cluster_domain
+        .split('.')
+        .any(|label| dns_label(label).is_err())
+    {
+        out.push(
+            Diagnostic::error(
+                "spec.network.clusterDomain",
+                format!("`{}` is not a valid DNS domain", n.cluster_domain),
+            )
+            .help("e.g. `cluster.local`"),
+        );
+    }
+}
+
+fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let m = &c.spec.mesh;
+    if m.interface.is_empty()
+        || m.interface.len() > 15
+        || !m
+            .interface
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        out.push(
+            Diagnostic::error(
+                "spec.mesh.interface",
+                format!("`{}` is not a valid interface name", m.interface),
+            )
+            .help("1 to 15 characters from letters, digits, '-', '_', '.'"),
+        );
+    }
+    if m.port == 0 {
+        out.push(
+            Diagnostic::error("spec.mesh.port", "port 0 cannot be listened on")
+                .help("the default is 51820"),
+        );
+    }
+    if !(1280..=9000).contains(&m.mtu) {
+        out.push(
+            Diagnostic::error("spec.mesh.mtu", format!("MTU {} is out of range", m.mtu))
+                .help("use 1280..=9000; 1420 fits any underlay"),
+        );
+    }
+    if let IpNet::V4(net) = m.subnet.0 {
+        // Usable host addresses: exclude network and broadcast.
+        let usable = (1u64 << (32 - net.prefix_len() as u32)).saturating_sub(2);
+        let members = (c.spec.nodes.len() + c.spec.access.peers.len()) as u64;
+        if members > usable {
+            out.push(
+                Diagnostic::error(
+                    "spec.mesh.subnet",
+                    format!(
+                        "{} has {usable} usable addresses for {members} nodes and peers",
+                        m.subnet
+                    ),
+                )
+                .help("use a larger subnet, e.g. a /16"),
+            );
+        }
+    }
+    if let Some(relay) = &m.relay {
+        match c.spec.nodes.iter().find(|n| &n.name == relay) {
+            None => out.push(
+                Diagnostic::error("spec.mesh.relay", format!("relay `{relay}` is not a node"))
+                    .help(format!("one of: {}", node_names(c))),
+            ),
+            Some(n) if n.endpoint.is_none() => out.push(
+                Diagnostic::error(
+                    "spec.mesh.relay",
+                    format!("relay `{relay}` has no endpoint"),
+                )
+                .help("a relay must be reachable: pick a node with a public endpoint"),
+            ),
+            Some(_) => {}
+        }
+    }
+    let behind_nat = c.spec.nodes.iter().filter(|n| n.endpoint.is_none()).count();
+    if behind_nat == c.spec.nodes.len() && c.spec.nodes.len() > 1 {
+        out.push(
+            Diagnostic::error("spec.nodes", "no node has an endpoint, so no node can reach another")
+                .help("give at least one node a public `endpoint`; nodes behind NAT are relayed through it"),
+        );
+    }
+}
+
+fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let nodes = &c.spec.nodes;
+    if nodes.is_empty() {
+        out.push(
+            Diagnostic::error("spec.nodes", "the cluster has no nodes")
+                .help("add at least one node with `role: server`"),
+        );
+        return;
+    }
+    let servers = nodes.iter().filter(|n| n.role == Role::Server).count();
+    if servers == 0 {
+        out.push(
+            Diagnostic::error("spec.nodes", "no node has `role: server`")
+                .help("a cluster needs a control plane: make one node (or three, for HA) a server"),
+        );
+    } else if servers % 2 == 0 {
+        out.push(
+            Diagnostic::warning(
+                "spec.nodes",
+                format!(
+                    "{servers} servers: an even number adds no fault tolerance to etcd's quorum"
+                ),
+            )
+            .help(format!("use {} or {} servers", servers - 1, servers + 1)),
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut endpoints: HashMap<IpAddr, usize> = HashMap::new();
+    let mut mesh_ips: HashMap<IpAddr, String> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let at = |field: &str| format!("spec.nodes[{i}].{field}");
+        if let Err(why) = dns_label(&n.name) {
+            out.push(
+                Diagnostic::error(at("name"), format!("node name `{}` {why}", n.name))
+                    .help("node names are DNS labels: lowercase letters, digits and '-', at most 63 characters"),
+            );
+        }
+        if let Some(first) = names.insert(&n.name, i) {
+            out.push(
+                Diagnostic::error(at("name"), format!("node name `{}` is used twice", n.name))
+                    .help(format!(
+                        "spec.nodes[{first}] already has this name; node names must be unique"
+                    )),
+            );
+        }
+        if let Some(ep) = n.endpoint {
+            if let Some(first) = endpoints.insert(ep.0, i) {
+                out.push(
+                    Diagnostic::error(at("endpoint"), format!("endpoint {ep} is used twice"))
+                        .help(format!("spec.nodes[{first}] has the same endpoint; each node needs its own address")),
+                );
+            }
+            for (path, net) in [
+                ("spec.network.podCIDR", c.spec.network.pod_cidr),
+                ("spec.network.serviceCIDR", c.spec.network.service_cidr),
+                ("spec.mesh.subnet", c.spec.mesh.subnet),
+            ] {
+                if net.0.contains(&ep.0) {
+                    out.push(
+                        Diagnostic::error(at("endpoint"), format!("endpoint {ep} lies inside {net} ({path})"))
+                            .help("a node's own address must not overlap the cluster's networks: move that network"),
+                    );
+                }
+            }
+            if ep.0.is_unspecified() || ep.0.is_loopback() || ep.0.is_multicast() {
+                out.push(
+                    Diagnostic::error(at("endpoint"), format!("{ep} cannot be a node's endpoint"))
+                        .help("use the address other nodes reach this node on"),
+                );
+            }
+        }
+        if let Some(ip) = n.mesh_ip {
+            check_mesh_ip(c, ip, &at("meshIP"), &n.name, &mut mesh_ips, out);
+        }
+        if n.ssh.host.is_none() && n.endpoint.is_none() {
+            out.push(
+                Diagnostic::warning(
+                    at("ssh"),
+                    format!("node `{}` has neither an endpoint nor ssh.host", n.name),
+                )
+                .help("`kforge apply` will not know how to reach it; `render` still works"),
+            );
+        }
+        for (key, value) in &n.labels {
+            if let Err(why) = label(key, value) {
+                out.push(
+                    Diagnostic::error(
+                        format!("spec.nodes[{i}].labels.{key}"),
+                        format!("label `{key}={value}`: {why}"),
+                    )
+                    .help("keys are [prefix/]name, values at most 63 characters of [A-Za-z0-9_.-]"),
+                );
+            }
+        }
+        for (t, taint) in n.taints.iter().enumerate() {
+            if !is_taint(taint) {
+                out.push(
+                    Diagnostic::error(format!("spec.nodes[{i}].taints[{t}]"), format!("`{taint}` is not a taint"))
+                        .help("write `key=value:Effect` with Effect NoSchedule, PreferNoSchedule or NoExecute"),
+                );
+            }
+        }
+    }
+}
+
+fn peers(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let node_names: HashMap<&str, usize> = c
+        .spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut mesh_ips: HashMap<IpAddr, String> = c
+        .spec
+        .nodes
+        .iter()
+        .filter_map(|n| n.mesh_ip.map(|ip| (ip.0, n.name.clone())))
+        .collect();
+    for (i, p) in c.spec.access.peers.iter().enumerate() {
+        let at = |field: &str| format!("spec.access.peers[{i}].{field}");
+        if let Err(why) = dns_label(&p.name) {
+            out.push(
+                Diagnostic::error(at("name"), format!("peer name `{}` {why}", p.name))
+                    .help("peer names are DNS labels: lowercase letters, digits and '-'"),
+            );
+        }
+        if let Some(n) = node_names.get(p.name.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    at("name"),
+                    format!("peer name `{}` is also a node's name", p.name),
+                )
+                .help(format!(
+                    "spec.nodes[{n}] has this name; names are unique across nodes and peers"
+                )),
+            );
+        }
+        if let Some(first) = seen.insert(&p.name, i) {
+            out.push(
+                Diagnostic::error(at("name"), format!("peer name `{}` is used twice", p.name))
+                    .help(format!("spec.access.peers[{first}] already has this name")),
+            );
+        }
+        if let Some(key) = &p.public_key
+            && crate::wireguard::PublicKey::parse(key).is_none()
+        {
+            out.push(
+                Diagnostic::error(at("publicKey"), "not a WireGuard public key")
+                    .help("paste the output of `wg pubkey`: 44 characters of base64"),
+            );
+        }
+        if let Some(ip) = p.mesh_ip {
+            check_mesh_ip(c, ip, &at("meshIP"), &p.name, &mut mesh_ips, out);
+        }
+    }
+}
+
+fn check_mesh_ip(
+    c: &Cluster,
+    ip: IpAddress,
+    path: &str,
+    owner: &str,
+    seen: &mut HashMap<IpAddr, String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let subnet = c.spec.mesh.subnet.0;
+    if !subnet.contains(&ip.0) || ip.0 == subnet.network() || ip.0 == subnet.broadcast() {
+        out.push(
+            Diagnostic::error(
+                path,
+                format!("mesh address {ip} is not a host address of the mesh subnet {subnet}"),
+            )
+            .help("pick an address inside spec.mesh.subnet, or omit meshIP to have one allocated"),
+        );
+    }
+    if let Some(first) = seen.insert(ip.0, owner.to_string())
+        && first != owner
+    {
+        out.push(
+            Diagnostic::error(path, format!("mesh address {ip} is already `{first}`'s"))
+                .help("each node and peer needs its own mesh address"),
+        );
+    }
+}
+
+fn firewall(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let f = &c.spec.firewall;
+    if f.ssh.port == 0 {
+        out.push(
+            Diagnostic::error("spec.firewall.ssh.port", "port 0 is not a port")
+                .help("SSH usually listens on 22"),
+        );
+    }
+    if f.ssh.allow_from.is_empty() && f.enabled {
+        out.push(
+            Diagnostic::error(
+                "spec.firewall.ssh.allowFrom",
+                "an empty allowFrom locks everyone out of SSH",
+            )
+            .help("list the networks you administer from, e.g. [203.0.113.0/24]"),
+        );
+    }
+    let mut seen: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+    for (i, p) in f.publish.iter().enumerate() {
+        let at = |field: &str| format!("spec.firewall.publish[{i}].{field}");
+        if p.port == 0 {
+            out.push(Diagnostic::error(at("port"), "port 0 is not a port").help("use 1..=65535"));
+        }
+        if let Some((_, _, what)) = INTERNAL_PORTS
+            .iter()
+            .find(|(port, proto, _)| *port == p.port && *proto == p.protocol)
+        {
+            out.push(
+                Diagnostic::error(
+                    at("port"),
+                    format!(
+                        "{}/{} is {what}; it must stay on the mesh",
+                        p.port, p.protocol
+                    ),
+                )
+                .help("publish only ports your workloads serve (e.g. 80, 443)"),
+            );
+        }
+        if p.port == c.spec.mesh.port && p.protocol == Protocol::Udp {
+            out.push(
+                Diagnostic::error(
+                    at("port"),
+                    format!("{}/udp is the mesh port and is always open", p.port),
+                )
+                .help("remove this entry"),
+            );
+        }
+        if let Some(first) = seen.insert((p.port, p.protocol), i) {
+            out.push(
+                Diagnostic::warning(
+                    at("port"),
+                    format!("{}/{} is published twice", p.port, p.protocol),
+                )
+                .help(format!("merge it with spec.firewall.publish[{first}]")),
+            );
+        }
+        for (j, name) in p.nodes.iter().flatten().enumerate() {
+            if !c.spec.nodes.iter().any(|n| &n.name == name) {
+                out.push(
+                    Diagnostic::error(
+                        format!("spec.firewall.publish[{i}].nodes[{j}]"),
+                        format!("no node is named `{name}`"),
+                    )
+                    .help(format!("nodes in this file: {}", node_names(c))),
+                );
+            }
+        }
+    }
+}
+
+fn pki(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let p = &c.spec.pki;
+    if p.leaf_validity_days == 0 || p.leaf_validity_days > 825 {
+        out.push(
+            Diagnostic::error(
+                "spec.pki.leafValidityDays",
+                format!("{} days is out of range", p.leaf_validity_days),
+            )
+            .help("use 1..=825 (the default is 365)"),
+        );
+    }
+    if p.ca_validity_days <= p.leaf_validity_days {
+        out.push(
+            Diagnostic::error(
+                "spec.pki.caValidityDays",
+                "CAs must outlive the certificates they sign",
+            )
+            .help("make caValidityDays larger than leafValidityDays (default 3650)"),
+        );
+    }
+    if p.renew_before_days >= p.leaf_validity_days {
+        out.push(
+            Diagnostic::error(
+                "spec.pki.renewBeforeDays",
+                "the renewal window covers the whole certificate lifetime",
+            )
+            .help("make renewBeforeDays smaller than leafValidityDays (default 30)"),
+        );
+    }
+}
+
+fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let Some(a) = &c.spec.artifacts.k3s else {
+        return;
+    };
+    let path = "spec.artifacts.k3s";
+    match (&a.url, &a.path) {
+        (Some(_), Some(_)) => out.push(
+            Diagnostic::error(path, "give either `url` or `path`, not both")
+                .help("`path` is a binary on this workstation"),
+        ),
+        (None, None) => out.push(
+            Diagnostic::error(
+                path,
+                "an artifact needs a `url` (with `sha256`) or a local `path`",
+            )
+            .help("e.g. url: https://…/k3s and sha256: <64 hex digits>"),
+        ),
+        (Some(url), None) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                out.push(
+                    Diagnostic::error(
+                        format!("{path}.url"),
+                        format!("`{url}` is not an http(s) URL"),
+                    )
+                    .help("for a file on this machine use `path:` instead"),
+                );
+            }
+            if a.sha256.is_none() {
+                out.push(
+                    Diagnostic::error(path, "a downloaded artifact needs its `sha256`")
+                        .help("kforge verifies every download; add the release's sha256"),
+                );
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    if let Some(sum) = &a.sha256
+        && (sum.len() != 64 || !sum.chars().all(|ch| ch.is_ascii_hexdigit()))
+    {
+        out.push(
+            Diagnostic::error(format!("{path}.sha256"), "not a sha256 digest")
+                .help("64 hexadecimal digits, as printed by `sha256sum`"),
+        );
+    }
+}
+
+// ---- small syntax checks ------------------------------------------------------------
+
+/// RFC 1123 label: 1..=63 of [a-z0-9-], not starting or ending with '-'.
+pub fn dns_label(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("is empty");
+    }
+    if s.len() > 63 {
+        return Err("is longer than 63 characters");
+    }
+    if !s
+        .chars()
+        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+    {
+        return Err("is not a valid DNS label (only lowercase letters, digits and '-')");
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err("must not start or end with '-'");
+    }
+    Ok(())
+}
+
+fn is_k3s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let Some((semver, suffix)) = rest.split_once("+k3s") else {
+        return false;
+    };
+    let parts: Vec<&str> = semver.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && !suffix.is_empty()
+        && suffix.chars().all(|c| c.is_ascii_digit())
+}
+
+fn label(key: &str, value: &str) -> Result<(), String> {
+    let name = key.rsplit_once('/').map_or(key, |(_, n)| n);
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if name.is_empty() || name.len() > 63 || !ok(name) {
+        return Err("invalid key".into());
+    }
+    if value.len() > 63 || !ok(value) {
+        return Err("invalid value".into());
+    }
+    Ok(())
+}
+
+fn is_taint(t: &str) -> bool {
+    let Some((kv, effect)) = t.rsplit_once(':') else {
+        return false;
+    };
+    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    !key.is_empty() && ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect)
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn node_names(c: &Cluster) -> String {
+    c.spec
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(dns_label("cp-1").is_ok());
+        assert!(dns_label("Cp1").is_err());
+        assert!(dns_label("a_b").is_err());
+        assert!(dns_label("-a").is_err());
+        assert!(dns_label(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn k3s_versions() {
+        assert!(is_k3s_version("v1.33.5+k3s1"));
+        assert!(!is_k3s_version("1.33.5+k3s1"));
+        assert!(!is_k3s_version("v1.33+k3s1"));
+        assert!(!is_k3s_version("v1.33.5"));
+    }
+}

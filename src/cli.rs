@@ -1,0 +1,106 @@
+//! Command-line surface: what each command does, in the words `--help` shows.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kforge",
+    version,
+    about = "One declarative file turns any set of Linux hosts into a secure, GitOps-ready Kubernetes cluster",
+    long_about = "One declarative file turns any set of Linux hosts into a secure, GitOps-ready Kubernetes cluster.\n\n\
+        kforge reads kforge.yaml, keeps every secret in a bundle beside it (kforge.secrets.yaml, 0600, or\n\
+        kforge.secrets.age), and derives everything each node needs: WireGuard mesh, nftables firewall,\n\
+        K3s config, certificates, systemd units. Nothing touches a host until you deliver it.\n\n\
+        Start here:\n  kforge init --example homelab mycluster   write a cluster file and its secrets\n  \
+        kforge check -f mycluster/kforge.yaml      validate it\n  \
+        kforge plan  -f mycluster/kforge.yaml      see what every node gets\n  \
+        kforge render -f mycluster/kforge.yaml --out out/   files + cloud-init user-data per node",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// The cluster file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "kforge.yaml"
+    )]
+    pub file: PathBuf,
+    /// age identity file that opens kforge.secrets.age (or set KFORGE_AGE_IDENTITY;
+    /// KFORGE_AGE_PASSPHRASE for a passphrase).
+    #[arg(long, value_name = "FILE")]
+    pub age_identity: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a commented cluster file and create its secrets bundle.
+    ///
+    /// The secrets bundle (CAs, tokens, WireGuard keys) is created beside the file:
+    /// kforge.secrets.age when KFORGE_AGE_IDENTITY or KFORGE_AGE_PASSPHRASE is set,
+    /// otherwise kforge.secrets.yaml with mode 0600.
+    Init {
+        /// Built-in example to start from.
+        #[arg(long, value_name = "NAME", default_value = "homelab", value_parser = clap::builder::PossibleValuesParser::new(kforge_core::spec::examples::names()))]
+        example: String,
+        /// Directory to write kforge.yaml into.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// age identity file to encrypt the new bundle to.
+        #[arg(long, value_name = "FILE")]
+        age_identity: Option<PathBuf>,
+    },
+    /// Validate the cluster file and print a short summary (touches nothing).
+    Check(ClusterArgs),
+    /// Show, per node and phase, every file (path, mode, size, hash), unit and command.
+    ///
+    /// Creates the secrets bundle, or adds what new nodes need, so the plan shows the
+    /// exact files `render` and `apply` deliver.
+    Plan {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Write every node's files and cloud-init user-data into a directory.
+    ///
+    /// Layout: DIR/NODE/<absolute path of each file>, DIR/NODE/user-data (#cloud-config),
+    /// DIR/NODE/var/lib/kforge/bootstrap.sh, DIR/_peers/PEER/<iface>.conf.
+    /// Re-rendering replaces DIR whole; a directory kforge did not write is refused.
+    Render {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print the admin kubeconfig (server = first server's mesh address, CA embedded).
+    ///
+    /// It holds the admin's private key: prefer --out, which writes it with mode 0600.
+    Kubeconfig {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Write to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the cluster file (for editor completion and checks).
+    Schema,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}

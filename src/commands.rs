@@ -1,0 +1,264 @@
+//! One function per command; each loads what it needs through the pipeline.
+
+use std::fmt;
+use std::path::Path;
+
+use kforge_core::model::Model;
+use kforge_core::pipeline::{build_plan, reconcile_secrets};
+use kforge_core::plan::Plan;
+use kforge_core::secrets::{AgeCredentials, ReconcileReport, SecretsBundle, SecretsStore};
+use kforge_core::spec::{self, LoadedSpec, SpecError};
+use kforge_core::{k3s, kubeconfig, render};
+
+use crate::cli::{ClusterArgs, Command, Format};
+use crate::output;
+
+pub enum CliError {
+    /// The cluster file is invalid: exit 2, nothing touched.
+    Spec(SpecError),
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Spec(_) => 2,
+            CliError::Other(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Spec(e) => write!(f, "{e}"),
+            CliError::Other(msg) => write!(f, "error: {msg}"),
+        }
+    }
+}
+
+impl From<SpecError> for CliError {
+    fn from(e: SpecError) -> Self {
+        CliError::Spec(e)
+    }
+}
+
+macro_rules! impl_other {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for CliError {
+            fn from(e: $ty) -> Self { CliError::Other(e.to_string()) }
+        }
+    )*};
+}
+impl_other!(
+    kforge_core::secrets::SecretsError,
+    kforge_core::pki::PkiError,
+    kforge_core::render::dir::RenderError,
+    std::io::Error
+);
+
+pub fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Init {
+            example,
+            dir,
+            age_identity,
+        } => init(&example, &dir, age_identity),
+        Command::Check(args) => check(&args),
+        Command::Plan { cluster, output } => plan(&cluster, output),
+        Command::Render { cluster, out } => render_cmd(&cluster, &out),
+        Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
+        Command::Schema => {
+            let schema = schemars::schema_for!(spec::Cluster);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("schema serializes")
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut crate::cli::Cli::command(),
+                "kforge",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A validated cluster file and its reconciled secrets bundle (saved if it changed).
+struct Session {
+    spec: LoadedSpec,
+    secrets: SecretsBundle,
+}
+
+impl Session {
+    fn open(args: &ClusterArgs) -> Result<Session, CliError> {
+        let spec = load_spec(&args.file)?;
+        let store = SecretsStore::beside(
+            &args.file,
+            AgeCredentials::from_env(args.age_identity.clone()),
+        )?;
+        let secrets = reconcile_and_save(&spec, &store)?;
+        Ok(Session { spec, secrets })
+    }
+
+    fn model(&self) -> Model<'_> {
+        Model::build(&self.spec.cluster, &self.secrets)
+    }
+}
+
+fn load_spec(file: &Path) -> Result<LoadedSpec, CliError> {
+    let spec = spec::load(file)?;
+    if !spec.warnings.is_empty() {
+        eprint!("{}", spec.render_warnings());
+    }
+    Ok(spec)
+}
+
+fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<SecretsBundle, CliError> {
+    let existing = store.load(&spec.cluster.metadata.name)?;
+    let now = time::OffsetDateTime::now_utc();
+    let (bundle, report) = reconcile_secrets(&spec.cluster, existing.clone(), now)?;
+    if existing.as_ref() != Some(&bundle) {
+        store.save(&bundle)?;
+        eprintln!(
+            "{}",
+            describe_report(&store.path, existing.is_none(), &report)
+        );
+    }
+    Ok(bundle)
+}
+
+/// Names and counts only: a report never carries a secret value.
+fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) -> String {
+    let mut parts = Vec::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for item in &report.created {
+        let kind = item.split(' ').next().unwrap_or("item");
+        let kind = match kind {
+            "WireGuard" => "WireGuard keys",
+            "mesh" => "mesh addresses",
+            "certificate" => "certificates",
+            "CA" => "CAs",
+            _ => "other secrets",
+        };
+        match counts.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind.to_string(), 1)),
+        }
+    }
+    if !counts.is_empty() {
+        parts.push(format!(
+            "created {}",
+            counts
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !report.reissued.is_empty() {
+        parts.push(format!("re-issued {}", report.reissued.join(", ")));
+    }
+    if !report.removed.is_empty() {
+        parts.push(format!(
+            "removed {} entries of departed members",
+            report.removed.len()
+        ));
+    }
+    let verb = if created_bundle {
+        "new secrets bundle"
+    } else {
+        "secrets bundle updated"
+    };
+    format!("{verb} {} (0600): {}", path.display(), parts.join("; "))
+}
+
+fn init(
+    example: &str,
+    dir: &Path,
+    age_identity: Option<std::path::PathBuf>,
+) -> Result<(), CliError> {
+    let text = spec::examples::get(example).expect("clap checked the example name");
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("kforge.yaml");
+    if file.exists() {
+        return Err(CliError::Other(format!(
+            "{} already exists\n  help: edit it, or init into another directory",
+            file.display()
+        )));
+    }
+    let spec = spec::parse(&file.display().to_string(), text)?;
+    let store = SecretsStore::beside(&file, AgeCredentials::from_env(age_identity))?;
+    if store.exists() {
+        return Err(CliError::Other(format!(
+            "{} already exists beside it\n  help: kforge never replaces a secrets bundle; init into another directory",
+            store.path.display()
+        )));
+    }
+    kforge_core::fsutil::write_atomic(&file, text.as_bytes(), 0o644)?;
+    reconcile_and_save(&spec, &store)?;
+    let f = file.display();
+    println!("wrote {f} (example `{example}`)");
+    println!("next: edit the nodes, then `kforge check -f {f}` and `kforge plan -f {f}`");
+    Ok(())
+}
+
+fn check(args: &ClusterArgs) -> Result<(), CliError> {
+    let spec = load_spec(&args.file)?;
+    print!("{}", output::summary(&spec));
+    Ok(())
+}
+
+fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let plan = build_plan(&session.model(), &session.secrets);
+    match format {
+        Format::Text => print!("{}", output::plan_text(&plan)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plan serializes")
+        ),
+    }
+    Ok(())
+}
+
+fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let plan: Plan = build_plan(&session.model(), &session.secrets);
+    render::dir::render_tree(&plan, out)?;
+    print!("{}", output::render_summary(&plan, out));
+    Ok(())
+}
+
+fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let model = session.model();
+    let text = kubeconfig::render_kubeconfig(
+        &session.spec.cluster.metadata.name,
+        &model.api_url(),
+        &session.secrets.ca("server-ca").cert,
+        "admin",
+        session.secrets.certificate(k3s::ADMIN_CERT_ID),
+    );
+    match out {
+        Some(path) => {
+            kforge_core::fsutil::write_atomic(path, text.as_bytes(), 0o600)?;
+            eprintln!(
+                "wrote {} (0600): admin of {} at {}",
+                path.display(),
+                session.spec.cluster.metadata.name,
+                model.api_url()
+            );
+            eprintln!(
+                "the API answers on the mesh only: bring up your access peer's WireGuard config first"
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
