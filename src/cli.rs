@@ -27,12 +27,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The cluster file.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "FILE",
-        default_value = "kforge.yaml"
-    )]
+    #[arg(short = 'f', long = "file", value_name = "FILE", default_value = "kforge.yaml")]
     pub file: PathBuf,
     /// age identity file that opens kforge.secrets.age (or set KFORGE_AGE_IDENTITY;
     /// KFORGE_AGE_PASSPHRASE for a passphrase).

@@ -59,31 +59,19 @@ impl_other!(
 
 pub fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Init {
-            example,
-            dir,
-            age_identity,
-        } => init(&example, &dir, age_identity),
+        Command::Init { example, dir, age_identity } => init(&example, &dir, age_identity),
         Command::Check(args) => check(&args),
         Command::Plan { cluster, output } => plan(&cluster, output),
         Command::Render { cluster, out } => render_cmd(&cluster, &out),
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
         Command::Schema => {
             let schema = schemars::schema_for!(spec::Cluster);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).expect("schema serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(&schema).expect("schema serializes"));
             Ok(())
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut crate::cli::Cli::command(),
-                "kforge",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut crate::cli::Cli::command(), "kforge", &mut std::io::stdout());
             Ok(())
         }
     }
@@ -98,10 +86,7 @@ struct Session {
 impl Session {
     fn open(args: &ClusterArgs) -> Result<Session, CliError> {
         let spec = load_spec(&args.file)?;
-        let store = SecretsStore::beside(
-            &args.file,
-            AgeCredentials::from_env(args.age_identity.clone()),
-        )?;
+        let store = SecretsStore::beside(&args.file, AgeCredentials::from_env(args.age_identity.clone()))?;
         let secrets = reconcile_and_save(&spec, &store)?;
         Ok(Session { spec, secrets })
     }
@@ -125,10 +110,7 @@ fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<Secrets
     let (bundle, report) = reconcile_secrets(&spec.cluster, existing.clone(), now)?;
     if existing.as_ref() != Some(&bundle) {
         store.save(&bundle)?;
-        eprintln!(
-            "{}",
-            describe_report(&store.path, existing.is_none(), &report)
-        );
+        eprintln!("{}", describe_report(&store.path, existing.is_none(), &report));
     }
     Ok(bundle)
 }
@@ -152,37 +134,20 @@ fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) 
         }
     }
     if !counts.is_empty() {
-        parts.push(format!(
-            "created {}",
-            counts
-                .iter()
-                .map(|(k, n)| format!("{n} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        parts
+            .push(format!("created {}", counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")));
     }
     if !report.reissued.is_empty() {
         parts.push(format!("re-issued {}", report.reissued.join(", ")));
     }
     if !report.removed.is_empty() {
-        parts.push(format!(
-            "removed {} entries of departed members",
-            report.removed.len()
-        ));
+        parts.push(format!("removed {} entries of departed members", report.removed.len()));
     }
-    let verb = if created_bundle {
-        "new secrets bundle"
-    } else {
-        "secrets bundle updated"
-    };
+    let verb = if created_bundle { "new secrets bundle" } else { "secrets bundle updated" };
     format!("{verb} {} (0600): {}", path.display(), parts.join("; "))
 }
 
-fn init(
-    example: &str,
-    dir: &Path,
-    age_identity: Option<std::path::PathBuf>,
-) -> Result<(), CliError> {
+fn init(example: &str, dir: &Path, age_identity: Option<std::path::PathBuf>) -> Result<(), CliError> {
     let text = spec::examples::get(example).expect("clap checked the example name");
     std::fs::create_dir_all(dir)?;
     let file = dir.join("kforge.yaml");
@@ -219,10 +184,7 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
     let plan = build_plan(&session.model(), &session.secrets);
     match format {
         Format::Text => print!("{}", output::plan_text(&plan)),
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&plan).expect("plan serializes")
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&plan).expect("plan serializes")),
     }
     Ok(())
 }
@@ -254,9 +216,7 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
                 session.spec.cluster.metadata.name,
                 model.api_url()
             );
-            eprintln!(
-                "the API answers on the mesh only: bring up your access peer's WireGuard config first"
-            );
+            eprintln!("the API answers on the mesh only: bring up your access peer's WireGuard config first");
         }
         None => print!("{text}"),
     }

@@ -13,76 +13,38 @@ pub fn summary(spec: &LoadedSpec) -> String {
     let s = &c.spec;
     let servers = s.nodes.iter().filter(|n| n.role == Role::Server).count();
     let agents = s.nodes.len() - servers;
-    let nat: Vec<&str> = s
-        .nodes
-        .iter()
-        .filter(|n| n.endpoint.is_none())
-        .map(|n| n.name.as_str())
-        .collect();
+    let nat: Vec<&str> = s.nodes.iter().filter(|n| n.endpoint.is_none()).map(|n| n.name.as_str()).collect();
     let mut o = String::new();
     let _ = writeln!(o, "ok: {} is a valid cluster file", spec.file);
-    let _ = writeln!(
-        o,
-        "  cluster   {} (k3s {})",
-        c.metadata.name, s.distribution.version
-    );
+    let _ = writeln!(o, "  cluster   {} (k3s {})", c.metadata.name, s.distribution.version);
     let _ = writeln!(
         o,
         "  nodes     {} ({servers} server{}, {agents} agent{}){}",
         s.nodes.len(),
         plural(servers),
         plural(agents),
-        if nat.is_empty() {
-            String::new()
-        } else {
-            format!("; behind NAT: {}", nat.join(", "))
-        }
+        if nat.is_empty() { String::new() } else { format!("; behind NAT: {}", nat.join(", ")) }
     );
-    let _ = writeln!(
-        o,
-        "  mesh      {} on {} port {}/udp, full mesh",
-        s.mesh.subnet, s.mesh.interface, s.mesh.port
-    );
-    let _ = writeln!(
-        o,
-        "  network   pods {}, services {}",
-        s.network.pod_cidr, s.network.service_cidr
-    );
+    let _ = writeln!(o, "  mesh      {} on {} port {}/udp, full mesh", s.mesh.subnet, s.mesh.interface, s.mesh.port);
+    let _ = writeln!(o, "  network   pods {}, services {}", s.network.pod_cidr, s.network.service_cidr);
     let fw = if s.firewall.enabled {
-        let published: Vec<String> = s
-            .firewall
-            .publish
-            .iter()
-            .map(|p| format!("{}/{}", p.port, p.protocol))
-            .collect();
+        let published: Vec<String> = s.firewall.publish.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
         format!(
             "default-deny; open: ssh {}/tcp, mesh {}/udp{}",
             s.firewall.ssh.port,
             s.mesh.port,
-            if published.is_empty() {
-                String::new()
-            } else {
-                format!(", published {}", published.join(", "))
-            }
+            if published.is_empty() { String::new() } else { format!(", published {}", published.join(", ")) }
         )
     } else {
         "DISABLED".into()
     };
     let _ = writeln!(o, "  firewall  {fw}");
-    let api = if s.access.api_on_public {
-        "mesh and public"
-    } else {
-        "mesh only"
-    };
+    let api = if s.access.api_on_public { "mesh and public" } else { "mesh only" };
     let peers: Vec<&str> = s.access.peers.iter().map(|p| p.name.as_str()).collect();
     let _ = writeln!(
         o,
         "  access    API on {api}; peers: {}",
-        if peers.is_empty() {
-            "none".to_string()
-        } else {
-            peers.join(", ")
-        }
+        if peers.is_empty() { "none".to_string() } else { peers.join(", ") }
     );
     if !spec.warnings.is_empty() {
         let _ = writeln!(o, "  warnings  {} (see above)", spec.warnings.len());
@@ -111,11 +73,7 @@ pub fn plan_text(plan: &Plan) -> String {
         };
         let _ = writeln!(o);
         let endpoint = node.endpoint.as_deref().unwrap_or("behind NAT");
-        let _ = writeln!(
-            o,
-            "{}  {role}  mesh {}  endpoint {endpoint}",
-            node.node, node.mesh_ip
-        );
+        let _ = writeln!(o, "{}  {role}  mesh {}  endpoint {endpoint}", node.node, node.mesh_ip);
         for phase in &node.phases {
             let _ = writeln!(o, "  {}", phase.phase.name());
             for a in &phase.artifacts {
@@ -126,21 +84,11 @@ pub fn plan_text(plan: &Plan) -> String {
                     }
                 };
                 let sum = a.sha256.as_deref().map(|s| &s[..12]).unwrap_or("unpinned");
-                let _ = writeln!(
-                    o,
-                    "    artifact {:<52} {:04o}  {sum}  from {from}",
-                    a.dest, a.mode
-                );
+                let _ = writeln!(o, "    artifact {:<52} {:04o}  {sum}  from {from}", a.dest, a.mode);
             }
             for f in &phase.files {
-                let _ = writeln!(
-                    o,
-                    "    file     {:<52} {:04o}  {:>7}  {}",
-                    f.path,
-                    f.mode,
-                    size(f.size),
-                    f.short_hash()
-                );
+                let _ =
+                    writeln!(o, "    file     {:<52} {:04o}  {:>7}  {}", f.path, f.mode, size(f.size), f.short_hash());
             }
             for c in &phase.commands {
                 let _ = writeln!(o, "    command  {}  ({})", c.run, c.description);
@@ -148,17 +96,10 @@ pub fn plan_text(plan: &Plan) -> String {
             for u in &phase.units {
                 let how = match &u.reload_command {
                     Some(cmd) => format!("reload on change: {cmd}"),
-                    None => format!(
-                        "restart when any of its {} files change",
-                        u.restart_on.len()
-                    ),
+                    None => format!("restart when any of its {} files change", u.restart_on.len()),
                 };
-                let _ = writeln!(
-                    o,
-                    "    unit     {:<52} {}; {how}",
-                    u.name,
-                    if u.enable { "enabled" } else { "disabled" }
-                );
+                let _ =
+                    writeln!(o, "    unit     {:<52} {}; {how}", u.name, if u.enable { "enabled" } else { "disabled" });
             }
         }
     }
@@ -188,20 +129,11 @@ pub fn plan_text(plan: &Plan) -> String {
 pub fn render_summary(plan: &Plan, out: &Path) -> String {
     let mut o = String::new();
     let d = out.display();
-    let _ = writeln!(
-        o,
-        "rendered {} node{} into {d}",
-        plan.nodes.len(),
-        plural(plan.nodes.len())
-    );
+    let _ = writeln!(o, "rendered {} node{} into {d}", plan.nodes.len(), plural(plan.nodes.len()));
     for node in &plan.nodes {
         let files = node.files().count();
         let user_data = render_user_data(&plan.cluster, node).len();
-        let mut line = format!(
-            "  {d}/{}/  {files} files, user-data {}",
-            node.node,
-            size(user_data)
-        );
+        let mut line = format!("  {d}/{}/  {files} files, user-data {}", node.node, size(user_data));
         if user_data > EC2_USER_DATA_LIMIT {
             line.push_str(" (over EC2's 16 KiB: gzip it, cloud-init accepts gzip)");
         }
@@ -228,11 +160,7 @@ pub fn render_summary(plan: &Plan, out: &Path) -> String {
 }
 
 fn size(bytes: usize) -> String {
-    if bytes < 1024 {
-        format!("{bytes} B")
-    } else {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    }
+    if bytes < 1024 { format!("{bytes} B") } else { format!("{:.1} KiB", bytes as f64 / 1024.0) }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -22,16 +22,7 @@ use crate::spec::{Cidr, Node, Protocol, Role};
 /// Interfaces whose traffic is cluster-internal: the mesh plus flannel's.
 fn internal_interfaces(model: &Model<'_>) -> Vec<String> {
     let mut v = vec![model.spec.spec.mesh.interface.clone()];
-    v.extend(
-        [
-            "cni0",
-            "flannel.1",
-            "flannel-v6.1",
-            "flannel-wg",
-            "flannel-wg-v6",
-        ]
-        .map(String::from),
-    );
+    v.extend(["cni0", "flannel.1", "flannel-v6.1", "flannel-wg", "flannel-wg-v6"].map(String::from));
     v
 }
 
@@ -46,27 +37,15 @@ struct OpenPort<'a> {
 pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
     let spec = &model.spec.spec;
     let fw = &spec.firewall;
-    let internal = internal_interfaces(model)
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let internal = internal_interfaces(model).iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
 
     let mut published: Vec<OpenPort<'_>> = fw
         .publish
         .iter()
         .filter(|p| p.nodes.as_ref().is_none_or(|ns| ns.contains(&node.name)))
-        .map(|p| OpenPort {
-            port: p.port,
-            protocol: p.protocol,
-            allow_from: &p.allow_from,
-            why: "published".into(),
-        })
+        .map(|p| OpenPort { port: p.port, protocol: p.protocol, allow_from: &p.allow_from, why: "published".into() })
         .collect();
-    let any = [
-        Cidr("0.0.0.0/0".parse().unwrap()),
-        Cidr("::/0".parse().unwrap()),
-    ];
+    let any = [Cidr("0.0.0.0/0".parse().unwrap()), Cidr("::/0".parse().unwrap())];
     let mut open: Vec<OpenPort<'_>> = Vec::new();
     if spec.access.api_on_public && node.role == Role::Server {
         open.push(OpenPort {
@@ -85,10 +64,7 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
         "# kforge firewall of cluster {}: node {} (mesh {}).",
         model.spec.metadata.name, me.name, me.mesh_ip
     );
-    let _ = writeln!(
-        o,
-        "# Only table inet kforge is replaced; other tables are left as they are."
-    );
+    let _ = writeln!(o, "# Only table inet kforge is replaced; other tables are left as they are.");
     let _ = writeln!(o, "table inet kforge");
     let _ = writeln!(o, "delete table inet kforge");
     let _ = writeln!(o);
@@ -96,47 +72,26 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
     if fw.ssh.rate_limit {
         for (family, ty) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
             let _ = writeln!(o, "\tset ssh_ratelimit_{family} {{");
-            let _ = writeln!(
-                o,
-                "\t\ttype {ty}\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m"
-            );
+            let _ = writeln!(o, "\t\ttype {ty}\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m");
             let _ = writeln!(o, "\t}}");
         }
         let _ = writeln!(o);
     }
     let _ = writeln!(o, "\tchain input {{");
-    let _ = writeln!(
-        o,
-        "\t\ttype filter hook input priority filter; policy drop;"
-    );
+    let _ = writeln!(o, "\t\ttype filter hook input priority filter; policy drop;");
     let _ = writeln!(o, "\t\tct state established,related accept");
     let _ = writeln!(o, "\t\tct state invalid drop");
     let _ = writeln!(o, "\t\tiifname \"lo\" accept");
-    let _ = writeln!(
-        o,
-        "\t\t# the mesh and pod networks are trusted: everything there is encrypted or local"
-    );
+    let _ = writeln!(o, "\t\t# the mesh and pod networks are trusted: everything there is encrypted or local");
     let _ = writeln!(o, "\t\tiifname {{ {internal} }} accept");
-    let _ = writeln!(
-        o,
-        "\t\t# ICMP needed for path MTU discovery and diagnostics; echo rate-limited"
-    );
-    let _ = writeln!(
-        o,
-        "\t\ticmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept"
-    );
-    let _ = writeln!(
-        o,
-        "\t\ticmp type echo-request limit rate 10/second burst 20 packets accept"
-    );
+    let _ = writeln!(o, "\t\t# ICMP needed for path MTU discovery and diagnostics; echo rate-limited");
+    let _ = writeln!(o, "\t\ticmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept");
+    let _ = writeln!(o, "\t\ticmp type echo-request limit rate 10/second burst 20 packets accept");
     let _ = writeln!(
         o,
         "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, packet-too-big, destination-unreachable, time-exceeded, parameter-problem }} accept"
     );
-    let _ = writeln!(
-        o,
-        "\t\ticmpv6 type echo-request limit rate 10/second burst 20 packets accept"
-    );
+    let _ = writeln!(o, "\t\ticmpv6 type echo-request limit rate 10/second burst 20 packets accept");
     let _ = writeln!(o, "\t\t# DHCP replies, so a VPS keeps its lease");
     let _ = writeln!(o, "\t\tudp sport 67 udp dport 68 accept");
     let _ = writeln!(o, "\t\tudp sport 547 udp dport 546 accept");
@@ -166,29 +121,15 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
     let _ = writeln!(o, "\t}}");
     let _ = writeln!(o);
     let _ = writeln!(o, "\tchain forward {{");
-    let _ = writeln!(
-        o,
-        "\t\ttype filter hook forward priority filter; policy drop;"
-    );
+    let _ = writeln!(o, "\t\ttype filter hook forward priority filter; policy drop;");
     let _ = writeln!(o, "\t\tct state established,related accept");
     let _ = writeln!(o, "\t\tct state invalid drop");
-    let _ = writeln!(
-        o,
-        "\t\t# pod egress, pod-to-pod across nodes, and relaying between NAT'd mesh members"
-    );
+    let _ = writeln!(o, "\t\t# pod egress, pod-to-pod across nodes, and relaying between NAT'd mesh members");
     let _ = writeln!(o, "\t\tiifname {{ {internal} }} accept");
     for p in &open {
-        let _ = writeln!(
-            o,
-            "\t\t# {}/{} forwarded to a pod (hostPort / LoadBalancer)",
-            p.port, p.protocol
-        );
+        let _ = writeln!(o, "\t\t# {}/{} forwarded to a pod (hostPort / LoadBalancer)", p.port, p.protocol);
         for line in source_matches(p.allow_from) {
-            let _ = writeln!(
-                o,
-                "\t\t{line}meta l4proto {} ct original proto-dst {} accept",
-                p.protocol, p.port
-            );
+            let _ = writeln!(o, "\t\t{line}meta l4proto {} ct original proto-dst {} accept", p.protocol, p.port);
         }
     }
     let _ = writeln!(o, "\t}}");
@@ -198,28 +139,15 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
 
 /// Match prefixes for an allow-list: empty (anyone), or per-family `ip saddr {…} `.
 fn source_matches(allow: &[Cidr]) -> Vec<String> {
-    let v4: Vec<IpNet> = allow
-        .iter()
-        .map(|c| c.0)
-        .filter(|n| matches!(n, IpNet::V4(_)))
-        .collect();
-    let v6: Vec<IpNet> = allow
-        .iter()
-        .map(|c| c.0)
-        .filter(|n| matches!(n, IpNet::V6(_)))
-        .collect();
+    let v4: Vec<IpNet> = allow.iter().map(|c| c.0).filter(|n| matches!(n, IpNet::V4(_))).collect();
+    let v6: Vec<IpNet> = allow.iter().map(|c| c.0).filter(|n| matches!(n, IpNet::V6(_))).collect();
     let all4 = v4.iter().any(|n| n.prefix_len() == 0);
     let all6 = v6.iter().any(|n| n.prefix_len() == 0);
     if all4 && all6 {
         return vec![String::new()];
     }
     let mut out = Vec::new();
-    let join = |nets: &[IpNet]| {
-        nets.iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let join = |nets: &[IpNet]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
     if all4 {
         out.push("meta nfproto ipv4 ".to_string());
     } else if !v4.is_empty() {

@@ -146,13 +146,7 @@ struct K3sConfig {
 }
 
 /// Add the node's k3s files, artifact and unit to its plan.
-pub fn plan_node(
-    model: &Model<'_>,
-    secrets: &SecretsBundle,
-    me: &Member,
-    node: &Node,
-    plan: &mut NodePlan,
-) {
+pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, plan: &mut NodePlan) {
     let spec = &model.spec.spec;
     if let Some(a) = &spec.artifacts.k3s {
         let source = match (&a.url, &a.path) {
@@ -160,15 +154,13 @@ pub fn plan_node(
             (None, Some(path)) => ArtifactSource::Path { path: path.clone() },
             (None, None) => unreachable!("validated: an artifact has a url or a path"),
         };
-        plan.phase(Phase::Artifacts)
-            .artifacts
-            .push(PlannedArtifact {
-                name: "k3s".into(),
-                dest: BINARY.into(),
-                mode: 0o755,
-                sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
-                source,
-            });
+        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact {
+            name: "k3s".into(),
+            dest: BINARY.into(),
+            mode: 0o755,
+            sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            source,
+        });
     }
 
     let is_server = node.role == Role::Server;
@@ -193,11 +185,7 @@ pub fn plan_node(
     if me.name != first.name {
         cfg.server = Some(model.api_url());
     }
-    let phase = if is_server {
-        Phase::ControlPlane
-    } else {
-        Phase::Workers
-    };
+    let phase = if is_server { Phase::ControlPlane } else { Phase::Workers };
     let mut files = Vec::new();
     if is_server {
         cfg.cluster_init = (multi_server && me.name == first.name).then_some(true);
@@ -220,51 +208,22 @@ pub fn plan_node(
         cfg.write_kubeconfig_mode = Some("0600".into());
         cfg.disable = spec.k3s.disable.clone();
 
-        files.push(PlannedFile::secret(
-            TOKEN_FILE,
-            format!("{}\n", server_token(secrets)),
-        ));
-        files.push(PlannedFile::secret(
-            AGENT_TOKEN_FILE,
-            format!("{}\n", secrets.k3s_agent_token),
-        ));
+        files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", server_token(secrets))));
+        files.push(PlannedFile::secret(AGENT_TOKEN_FILE, format!("{}\n", secrets.k3s_agent_token)));
         for ca in K3S_CAS {
             let pair = secrets.ca(ca);
-            files.push(PlannedFile::new(
-                format!("{TLS_DIR}/{ca}.crt"),
-                0o644,
-                pair.cert.clone(),
-            ));
-            files.push(PlannedFile::secret(
-                format!("{TLS_DIR}/{ca}.key"),
-                pair.key.clone(),
-            ));
+            files.push(PlannedFile::new(format!("{TLS_DIR}/{ca}.crt"), 0o644, pair.cert.clone()));
+            files.push(PlannedFile::secret(format!("{TLS_DIR}/{ca}.key"), pair.key.clone()));
         }
-        files.push(PlannedFile::secret(
-            format!("{TLS_DIR}/service.key"),
-            secrets.service_account_key.clone(),
-        ));
+        files.push(PlannedFile::secret(format!("{TLS_DIR}/service.key"), secrets.service_account_key.clone()));
         let serving = secrets.certificate(&serving_cert_id(&node.name));
-        files.push(PlannedFile::new(
-            format!("{TLS_DIR}/serving-kube-apiserver.crt"),
-            0o644,
-            serving.cert.clone(),
-        ));
-        files.push(PlannedFile::secret(
-            format!("{TLS_DIR}/serving-kube-apiserver.key"),
-            serving.key.clone(),
-        ));
+        files.push(PlannedFile::new(format!("{TLS_DIR}/serving-kube-apiserver.crt"), 0o644, serving.cert.clone()));
+        files.push(PlannedFile::secret(format!("{TLS_DIR}/serving-kube-apiserver.key"), serving.key.clone()));
         if spec.secrets_encryption {
-            files.push(PlannedFile::secret(
-                ENCRYPTION_CONFIG,
-                encryption_config(&secrets.encryption_key),
-            ));
+            files.push(PlannedFile::secret(ENCRYPTION_CONFIG, encryption_config(&secrets.encryption_key)));
         }
     } else {
-        files.push(PlannedFile::secret(
-            TOKEN_FILE,
-            format!("{}\n", agent_token(secrets)),
-        ));
+        files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", agent_token(secrets))));
     }
     let config_text = format!(
         "# K3s configuration of node {} (cluster {}). Managed by kforge.\n{}",
@@ -273,27 +232,14 @@ pub fn plan_node(
         serde_saphyr::to_string(&cfg).expect("k3s config serializes")
     );
     files.push(PlannedFile::secret(CONFIG, config_text));
-    let unit_name = if is_server {
-        "k3s.service"
-    } else {
-        "k3s-agent.service"
-    };
+    let unit_name = if is_server { "k3s.service" } else { "k3s-agent.service" };
     let unit_path = format!("/etc/systemd/system/{unit_name}");
-    files.push(PlannedFile::new(
-        &unit_path,
-        0o644,
-        render_unit(is_server, &spec.mesh.interface),
-    ));
+    files.push(PlannedFile::new(&unit_path, 0o644, render_unit(is_server, &spec.mesh.interface)));
 
     let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     let p = plan.phase(phase);
     p.files.extend(files);
-    p.units.push(PlannedUnit {
-        name: unit_name.into(),
-        enable: true,
-        restart_on,
-        reload_command: None,
-    });
+    p.units.push(PlannedUnit { name: unit_name.into(), enable: true, restart_on, reload_command: None });
 }
 
 #[derive(Serialize)]
@@ -329,11 +275,7 @@ fn encryption_config(key_b64: &str) -> String {
 
 /// K3s's systemd unit (as its installer writes it), ordered after the mesh.
 fn render_unit(server: bool, mesh_interface: &str) -> String {
-    let (what, exec) = if server {
-        ("server", "server")
-    } else {
-        ("agent", "agent")
-    };
+    let (what, exec) = if server { ("server", "server") } else { ("agent", "agent") };
     format!(
         "# Managed by kforge: K3s {what}, started once the mesh interface is up.\n\
          [Unit]\n\

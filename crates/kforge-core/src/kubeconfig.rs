@@ -65,13 +65,7 @@ struct ContextData {
 }
 
 /// A kubeconfig for `user` on `cluster` at `server`, CA and client cert embedded.
-pub fn render_kubeconfig(
-    cluster: &str,
-    server: &str,
-    ca_cert_pem: &str,
-    user: &str,
-    client: &CertAndKey,
-) -> String {
+pub fn render_kubeconfig(cluster: &str, server: &str, ca_cert_pem: &str, user: &str, client: &CertAndKey) -> String {
     let context = format!("{user}@{cluster}");
     let cfg = Kubeconfig {
         api_version: "v1",
@@ -96,12 +90,7 @@ pub fn render_kubeconfig(
         }],
         contexts: vec![Named {
             name: context.clone(),
-            item: ContextEntry {
-                context: ContextData {
-                    cluster: cluster.into(),
-                    user: context.clone(),
-                },
-            },
+            item: ContextEntry { context: ContextData { cluster: cluster.into(), user: context.clone() } },
         }],
         current_context: context,
         preferences: Empty {},

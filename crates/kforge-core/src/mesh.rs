@@ -10,11 +10,7 @@ use crate::wireguard::PrivateKey;
 pub fn render_wg_quick(model: &Model<'_>, me: &Member, private_key: Option<&PrivateKey>) -> String {
     let mesh = &model.spec.spec.mesh;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# kforge mesh of cluster {}: {} ({})",
-        model.spec.metadata.name, me.name, me.mesh_ip
-    );
+    let _ = writeln!(out, "# kforge mesh of cluster {}: {} ({})", model.spec.metadata.name, me.name, me.mesh_ip);
     let _ = writeln!(out, "# Managed by kforge; local edits are overwritten.");
     let _ = writeln!(out, "[Interface]");
     let _ = writeln!(out, "Address = {}/{}", me.mesh_ip, model.mesh_prefix_len);
@@ -27,11 +23,7 @@ pub fn render_wg_quick(model: &Model<'_>, me: &Member, private_key: Option<&Priv
             let _ = writeln!(out, "PrivateKey = {}", k.as_base64());
         }
         None => {
-            let _ = writeln!(
-                out,
-                "# PrivateKey = <the private key matching {}>",
-                me.public_key
-            );
+            let _ = writeln!(out, "# PrivateKey = <the private key matching {}>", me.public_key);
         }
     }
     for peer in model.mesh_peers(me) {

@@ -58,7 +58,7 @@ pub struct Model<'s> {
     pub members: Vec<Member>,
     /// Index into `members` of the node relaying between NAT'd members.
     pub relay: Option<usize>,
-    /// The address clients use for the API: the first server's mesh address.
+    /// The address clients use for the API: the lowest mesh address among servers.
     pub api_address: Ipv4Addr,
     /// First address of the service CIDR: the `kubernetes` Service.
     pub kubernetes_service_ip: IpAddr,
@@ -71,19 +71,12 @@ impl<'s> Model<'s> {
     pub fn build(spec: &'s Cluster, secrets: &SecretsBundle) -> Model<'s> {
         let port = spec.spec.mesh.port;
         let mesh_ip = |name: &str| -> Ipv4Addr {
-            *secrets
-                .mesh_ips
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} has a mesh address after reconcile"))
+            *secrets.mesh_ips.get(name).unwrap_or_else(|| panic!("{name} has a mesh address after reconcile"))
         };
         let wg_public = |name: &str| -> PublicKey {
-            let key = secrets
-                .wireguard
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} has a WireGuard key after reconcile"));
-            PrivateKey::parse(key)
-                .expect("bundle holds valid WireGuard keys")
-                .public_key()
+            let key =
+                secrets.wireguard.get(name).unwrap_or_else(|| panic!("{name} has a WireGuard key after reconcile"));
+            PrivateKey::parse(key).expect("bundle holds valid WireGuard keys").public_key()
         };
         let mut members: Vec<Member> = spec
             .spec
@@ -98,23 +91,16 @@ impl<'s> Model<'s> {
                 public_key: wg_public(&n.name),
             })
             .collect();
-        members.extend(
-            spec.spec
-                .access
-                .peers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| Member {
-                    name: p.name.clone(),
-                    kind: MemberKind::Peer(i),
-                    mesh_ip: mesh_ip(&p.name),
-                    endpoint: None,
-                    public_key: match &p.public_key {
-                        Some(k) => PublicKey::parse(k).expect("validated"),
-                        None => wg_public(&p.name),
-                    },
-                }),
-        );
+        members.extend(spec.spec.access.peers.iter().enumerate().map(|(i, p)| Member {
+            name: p.name.clone(),
+            kind: MemberKind::Peer(i),
+            mesh_ip: mesh_ip(&p.name),
+            endpoint: None,
+            public_key: match &p.public_key {
+                Some(k) => PublicKey::parse(k).expect("validated"),
+                None => wg_public(&p.name),
+            },
+        }));
         let relay = match &spec.spec.mesh.relay {
             Some(name) => members.iter().position(|m| &m.name == name),
             None => {
@@ -125,20 +111,16 @@ impl<'s> Model<'s> {
                     .map(|(i, _)| i)
             }
         };
-        let first_server = spec
-            .spec
-            .nodes
-            .iter()
-            .position(|n| n.role == Role::Server)
+        // The server with the lowest mesh address initialises the cluster and is the
+        // API address. Mesh addresses never change, so listing a new server above the
+        // others in the file moves neither the API nor `cluster-init`.
+        let first_server = (0..spec.spec.nodes.len())
+            .filter(|&i| spec.spec.nodes[i].role == Role::Server)
+            .min_by_key(|&i| members[i].mesh_ip)
             .expect("validated: a server exists");
         let service = spec.spec.network.service_cidr.0;
         let kubernetes_service_ip = nth_host(service, 1);
-        let cluster_dns_ip = spec
-            .spec
-            .network
-            .cluster_dns
-            .map(|ip| ip.0)
-            .unwrap_or_else(|| nth_host(service, 10));
+        let cluster_dns_ip = spec.spec.network.cluster_dns.map(|ip| ip.0).unwrap_or_else(|| nth_host(service, 10));
         Model {
             spec,
             api_address: members[first_server].mesh_ip,
@@ -169,9 +151,10 @@ impl<'s> Model<'s> {
         self.nodes().filter(|(_, n)| n.role == Role::Server)
     }
 
-    /// The server that initialises the cluster (`cluster-init`) and that others join.
+    /// The server that initialises the cluster (`cluster-init`) and that others join:
+    /// the one holding the API address.
     pub fn first_server(&self) -> &Member {
-        self.servers().next().expect("validated: a server exists").0
+        self.servers().map(|(m, _)| m).find(|m| m.mesh_ip == self.api_address).expect("the API address is a server's")
     }
 
     /// `https://<first server mesh IP>:6443`: what kubeconfigs and joiners use.
@@ -202,9 +185,7 @@ impl<'s> Model<'s> {
                 member: other,
                 allowed_ips: vec![host_net(other.mesh_ip)],
                 relays_for: Vec::new(),
-                keepalive: (me.endpoint.is_none() || other.endpoint.is_none())
-                    .then_some(keepalive)
-                    .filter(|k| *k > 0),
+                keepalive: (me.endpoint.is_none() || other.endpoint.is_none()).then_some(keepalive).filter(|k| *k > 0),
             });
         }
         if let Some(r) = relay
@@ -224,11 +205,7 @@ impl<'s> Model<'s> {
         for (i, a) in self.members.iter().enumerate() {
             for peer in self.mesh_peers(a) {
                 for other in &peer.relays_for {
-                    let j = self
-                        .members
-                        .iter()
-                        .position(|m| &m.name == other)
-                        .unwrap_or(0);
+                    let j = self.members.iter().position(|m| &m.name == other).unwrap_or(0);
                     if i < j {
                         pairs.push((a.name.as_str(), *other, peer.member.name.as_str()));
                     }
@@ -247,8 +224,6 @@ fn host_net(ip: Ipv4Addr) -> Ipv4Net {
 fn nth_host(net: IpNet, n: u32) -> IpAddr {
     match net {
         IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) + n)),
-        IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(v6.network()) + n as u128,
-        )),
+        IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()) + n as u128)),
     }
 }

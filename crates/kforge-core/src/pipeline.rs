@@ -44,21 +44,12 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
     let wg_path = format!("/etc/wireguard/{iface}.conf");
     let mut nodes = Vec::new();
     for (me, node) in model.nodes() {
-        let mut np = NodePlan::new(
-            &node.name,
-            node.role,
-            me.mesh_ip.to_string(),
-            node.endpoint.map(|e| e.to_string()),
-        );
+        let mut np = NodePlan::new(&node.name, node.role, me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
         np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
 
-        let key =
-            PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
+        let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
         let mesh = np.phase(Phase::Mesh);
-        mesh.files.push(PlannedFile::secret(
-            &wg_path,
-            render_wg_quick(model, me, Some(&key)),
-        ));
+        mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))));
         mesh.files.push(PlannedFile::new(
             SYSCTL_FILE,
             0o644,
@@ -79,16 +70,8 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         if spec.firewall.enabled {
             let unit_path = format!("/etc/systemd/system/{FIREWALL_UNIT}");
             let fw = np.phase(Phase::Firewall);
-            fw.files.push(PlannedFile::new(
-                FIREWALL_FILE,
-                0o600,
-                render_nftables(model, me, node),
-            ));
-            fw.files.push(PlannedFile::new(
-                &unit_path,
-                0o644,
-                render_firewall_unit(FIREWALL_FILE),
-            ));
+            fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)));
+            fw.files.push(PlannedFile::new(&unit_path, 0o644, render_firewall_unit(FIREWALL_FILE)));
             fw.units.push(PlannedUnit {
                 name: FIREWALL_UNIT.into(),
                 enable: true,
@@ -103,17 +86,11 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
     let peers = model
         .peers()
         .map(|p| {
-            let key = secrets
-                .wireguard
-                .get(&p.name)
-                .and_then(|k| PrivateKey::parse(k));
+            let key = secrets.wireguard.get(&p.name).and_then(|k| PrivateKey::parse(k));
             PeerPlan {
                 peer: p.name.clone(),
                 mesh_ip: p.mesh_ip.to_string(),
-                config: PlannedFile::secret(
-                    format!("{iface}.conf"),
-                    render_wg_quick(model, p, key.as_ref()),
-                ),
+                config: PlannedFile::secret(format!("{iface}.conf"), render_wg_quick(model, p, key.as_ref())),
             }
         })
         .collect();
@@ -132,13 +109,10 @@ fn notes(model: &Model<'_>) -> Vec<String> {
     let spec = &model.spec.spec;
     let mut notes = Vec::new();
     let by_relay: HashMap<&str, Vec<String>> =
-        model
-            .relayed_pairs()
-            .into_iter()
-            .fold(HashMap::new(), |mut m, (a, b, r)| {
-                m.entry(r).or_default().push(format!("{a} ↔ {b}"));
-                m
-            });
+        model.relayed_pairs().into_iter().fold(HashMap::new(), |mut m, (a, b, r)| {
+            m.entry(r).or_default().push(format!("{a} ↔ {b}"));
+            m
+        });
     let mut relays: Vec<_> = by_relay.into_iter().collect();
     relays.sort();
     for (relay, pairs) in relays {
@@ -160,10 +134,7 @@ fn notes(model: &Model<'_>) -> Vec<String> {
         Some(_) => {}
     }
     if !spec.firewall.enabled {
-        notes.push(
-            "the firewall is disabled: every port the cluster opens is reachable from the internet"
-                .into(),
-        );
+        notes.push("the firewall is disabled: every port the cluster opens is reachable from the internet".into());
     }
     notes
 }

@@ -10,8 +10,8 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -38,10 +38,7 @@ pub struct CertAndKey {
 
 impl std::fmt::Debug for CertAndKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertAndKey")
-            .field("cert", &self.cert)
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("CertAndKey").field("cert", &self.cert).field("key", &"<redacted>").finish()
     }
 }
 
@@ -84,11 +81,7 @@ impl CertRequest {
             self.common_name,
             self.organizations.join(","),
             self.dns_names.join(","),
-            self.ip_addresses
-                .iter()
-                .map(|ip| ip.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            self.ip_addresses.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(","),
             self.usage,
         );
         text.push_str(&sha256_hex(ca.cert.as_bytes()));
@@ -100,17 +93,10 @@ impl CertRequest {
 pub fn generate_key(algorithm: KeyAlgorithm) -> Result<KeyPair, PkiError> {
     let result = match algorithm {
         KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        KeyAlgorithm::Rsa2048 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        }
-        KeyAlgorithm::Rsa4096 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
-        }
+        KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        KeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096),
     };
-    result.map_err(|source| PkiError::Rcgen {
-        what: format!("a {algorithm} key"),
-        source,
-    })
+    result.map_err(|source| PkiError::Rcgen { what: format!("a {algorithm} key"), source })
 }
 
 /// A self-signed CA valid for `days` from `now`.
@@ -120,25 +106,15 @@ pub fn new_ca(
     days: u32,
     now: OffsetDateTime,
 ) -> Result<CertAndKey, PkiError> {
-    let err = |source| PkiError::Rcgen {
-        what: format!("CA {common_name}"),
-        source,
-    };
+    let err = |source| PkiError::Rcgen { what: format!("CA {common_name}"), source };
     let key = generate_key(algorithm)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, now, days);
     let cert = params.self_signed(&key).map_err(err)?;
-    Ok(CertAndKey {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    Ok(CertAndKey { cert: cert.pem(), key: key.serialize_pem() })
 }
 
 /// A CA loaded once for issuing many leaves.
@@ -149,16 +125,10 @@ pub struct LoadedCa {
 
 impl LoadedCa {
     pub fn load(id: &str, pair: &CertAndKey) -> Result<LoadedCa, PkiError> {
-        let err = |source| PkiError::Rcgen {
-            what: format!("CA {id}"),
-            source,
-        };
+        let err = |source| PkiError::Rcgen { what: format!("CA {id}"), source };
         let key = KeyPair::from_pem(&pair.key).map_err(err)?;
         let issuer = Issuer::from_ca_cert_pem(&pair.cert, key).map_err(err)?;
-        Ok(LoadedCa {
-            issuer,
-            pair: pair.clone(),
-        })
+        Ok(LoadedCa { issuer, pair: pair.clone() })
     }
 
     /// Issue a leaf for `req`, valid for `days` from `now`.
@@ -169,31 +139,20 @@ impl LoadedCa {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, PkiError> {
-        let err = |source| PkiError::Rcgen {
-            what: format!("certificate {}", req.id),
-            source,
-        };
+        let err = |source| PkiError::Rcgen { what: format!("certificate {}", req.id), source };
         let key = generate_key(algorithm)?;
         let mut params = CertificateParams::default();
         let orgs: Vec<&str> = req.organizations.iter().map(String::as_str).collect();
         params.distinguished_name = dn(&req.common_name, &orgs);
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = match req.usage {
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::ServerAndClient => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         };
         for name in &req.dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(name.clone().try_into().map_err(err)?));
+            params.subject_alt_names.push(SanType::DnsName(name.clone().try_into().map_err(err)?));
         }
         for ip in &req.ip_addresses {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -203,10 +162,7 @@ impl LoadedCa {
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         Ok(IssuedCert {
             fingerprint: req.fingerprint(&self.pair, algorithm),
-            pair: CertAndKey {
-                cert: cert.pem(),
-                key: key.serialize_pem(),
-            },
+            pair: CertAndKey { cert: cert.pem(), key: key.serialize_pem() },
         })
     }
 }
@@ -257,24 +213,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let ca = new_ca("test-ca", KeyAlgorithm::EcdsaP256, 3650, now).unwrap();
         let loaded = LoadedCa::load("test-ca", &ca).unwrap();
-        let leaf = loaded
-            .issue(&request(), KeyAlgorithm::EcdsaP256, 365, now)
-            .unwrap();
+        let leaf = loaded.issue(&request(), KeyAlgorithm::EcdsaP256, 365, now).unwrap();
         let expiry = not_after(&leaf.pair.cert).unwrap();
         assert!((expiry - now - Duration::days(365)).abs() < Duration::seconds(2));
-        assert_eq!(
-            leaf.fingerprint,
-            request().fingerprint(&ca, KeyAlgorithm::EcdsaP256)
-        );
+        assert_eq!(leaf.fingerprint, request().fingerprint(&ca, KeyAlgorithm::EcdsaP256));
         let mut other = request();
         other.organizations.clear();
-        assert_ne!(
-            leaf.fingerprint,
-            other.fingerprint(&ca, KeyAlgorithm::EcdsaP256)
-        );
-        assert_ne!(
-            leaf.fingerprint,
-            request().fingerprint(&ca, KeyAlgorithm::Rsa2048)
-        );
+        assert_ne!(leaf.fingerprint, other.fingerprint(&ca, KeyAlgorithm::EcdsaP256));
+        assert_ne!(leaf.fingerprint, request().fingerprint(&ca, KeyAlgorithm::Rsa2048));
     }
 }

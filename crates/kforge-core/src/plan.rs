@@ -80,10 +80,7 @@ impl PlannedFile {
 
     /// A file holding key material: mode 0600 whatever was asked.
     pub fn secret(path: impl Into<String>, content: impl Into<Vec<u8>>) -> PlannedFile {
-        PlannedFile {
-            secret: true,
-            ..PlannedFile::new(path, 0o600, content)
-        }
+        PlannedFile { secret: true, ..PlannedFile::new(path, 0o600, content) }
     }
 
     pub fn short_hash(&self) -> &str {
@@ -141,20 +138,11 @@ pub struct PhasePlan {
 
 impl PhasePlan {
     fn new(phase: Phase) -> PhasePlan {
-        PhasePlan {
-            phase,
-            files: Vec::new(),
-            artifacts: Vec::new(),
-            units: Vec::new(),
-            commands: Vec::new(),
-        }
+        PhasePlan { phase, files: Vec::new(), artifacts: Vec::new(), units: Vec::new(), commands: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-            && self.artifacts.is_empty()
-            && self.units.is_empty()
-            && self.commands.is_empty()
+        self.files.is_empty() && self.artifacts.is_empty() && self.units.is_empty() && self.commands.is_empty()
     }
 }
 
@@ -172,14 +160,7 @@ pub struct NodePlan {
 
 impl NodePlan {
     pub fn new(node: &str, role: Role, mesh_ip: String, endpoint: Option<String>) -> NodePlan {
-        NodePlan {
-            node: node.into(),
-            role,
-            mesh_ip,
-            endpoint,
-            packages: Vec::new(),
-            phases: Vec::new(),
-        }
+        NodePlan { node: node.into(), role, mesh_ip, endpoint, packages: Vec::new(), phases: Vec::new() }
     }
 
     /// The phase's plan, created in phase order on first use.

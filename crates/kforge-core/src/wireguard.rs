@@ -82,10 +82,7 @@ mod tests {
     fn keys_are_44_base64_chars_and_public_derives_stably() {
         let k = PrivateKey::generate();
         assert_eq!(k.as_base64().len(), 44);
-        assert_eq!(
-            k.public_key(),
-            PrivateKey::parse(k.as_base64()).unwrap().public_key()
-        );
+        assert_eq!(k.public_key(), PrivateKey::parse(k.as_base64()).unwrap().public_key());
         assert_ne!(k.public_key().as_base64(), k.as_base64());
         assert!(PublicKey::parse("short").is_none());
     }
@@ -94,23 +91,10 @@ mod tests {
     fn matches_rfc7748_test_vector() {
         // RFC 7748 §6.1: Alice's private and public key.
         let hex = |s: &str| -> Vec<u8> {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect()
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
         };
-        let private = STANDARD.encode(hex(
-            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
-        ));
-        let public = STANDARD.encode(hex(
-            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
-        ));
-        assert_eq!(
-            PrivateKey::parse(&private)
-                .unwrap()
-                .public_key()
-                .as_base64(),
-            public
-        );
+        let private = STANDARD.encode(hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+        let public = STANDARD.encode(hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+        assert_eq!(PrivateKey::parse(&private).unwrap().public_key().as_base64(), public);
     }
 }

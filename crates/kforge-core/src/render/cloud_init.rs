@@ -45,35 +45,19 @@ fn write_file(path: &str, owner: &str, mode: u32, content: &[u8]) -> WriteFile {
     // A literal block cannot hold every text faithfully (a final line without a
     // newline, trailing spaces, carriage returns): those go base64.
     let literal_safe = std::str::from_utf8(content).ok().filter(|t| {
-        t.ends_with('\n')
-            && !t.contains('\r')
-            && !t.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
+        t.ends_with('\n') && !t.contains('\r') && !t.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
     });
     let (encoding, content) = match literal_safe {
         Some(text) => (None, Content::Text(LitString(text.to_string()))),
         None => (Some("b64"), Content::Base64(STANDARD.encode(content))),
     };
-    WriteFile {
-        path: path.into(),
-        owner: owner.into(),
-        permissions: format!("{mode:04o}"),
-        encoding,
-        content,
-    }
+    WriteFile { path: path.into(), owner: owner.into(), permissions: format!("{mode:04o}"), encoding, content }
 }
 
 /// Render the node's user-data.
 pub fn render_user_data(cluster: &str, node: &NodePlan) -> String {
-    let mut files: Vec<WriteFile> = node
-        .files()
-        .map(|f| write_file(&f.path, &f.owner, f.mode, &f.content))
-        .collect();
-    files.push(write_file(
-        SCRIPT_PATH,
-        "root:root",
-        0o700,
-        render_bootstrap(cluster, node).as_bytes(),
-    ));
+    let mut files: Vec<WriteFile> = node.files().map(|f| write_file(&f.path, &f.owner, f.mode, &f.content)).collect();
+    files.push(write_file(SCRIPT_PATH, "root:root", 0o700, render_bootstrap(cluster, node).as_bytes()));
     let cfg = CloudConfig {
         package_update: true,
         packages: node.packages.clone(),

@@ -40,27 +40,16 @@ pub fn render_tree(plan: &Plan, out: &Path) -> Result<(), RenderError> {
         let path = path.display().to_string();
         move |source| RenderError::Io { path, source }
     };
-    if out.exists()
-        && fs::read_dir(out).map_err(io_err(out))?.next().is_some()
-        && !out.join(MARKER).exists()
-    {
+    if out.exists() && fs::read_dir(out).map_err(io_err(out))?.next().is_some() && !out.join(MARKER).exists() {
         return Err(RenderError::NotOurs(out.display().to_string()));
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "render".into());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "render".into());
     let staging = parent.join(format!(".{name}.kforge-staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = write_all(plan, &staging).map_err(|(p, e)| RenderError::Io {
-        path: p.display().to_string(),
-        source: e,
-    });
+    let result =
+        write_all(plan, &staging).map_err(|(p, e)| RenderError::Io { path: p.display().to_string(), source: e });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
@@ -77,52 +66,25 @@ pub fn render_tree(plan: &Plan, out: &Path) -> Result<(), RenderError> {
 
 fn write_all(plan: &Plan, root: &Path) -> Result<(), (PathBuf, io::Error)> {
     mkdir(root, 0o700)?;
-    write(
-        &root.join(MARKER),
-        format!("cluster: {}\n", plan.cluster).as_bytes(),
-        0o644,
-    )?;
+    write(&root.join(MARKER), format!("cluster: {}\n", plan.cluster).as_bytes(), 0o644)?;
     for node in &plan.nodes {
         let node_root = root.join(&node.node);
         mkdir(&node_root, 0o700)?;
         for f in node.files() {
-            write(
-                &node_root.join(f.path.trim_start_matches('/')),
-                &f.content,
-                f.mode,
-            )?;
+            write(&node_root.join(f.path.trim_start_matches('/')), &f.content, f.mode)?;
         }
         let script = render_bootstrap(&plan.cluster, node);
-        write(
-            &node_root.join(SCRIPT_PATH.trim_start_matches('/')),
-            script.as_bytes(),
-            0o700,
-        )?;
-        write(
-            &node_root.join("user-data"),
-            render_user_data(&plan.cluster, node).as_bytes(),
-            0o600,
-        )?;
+        write(&node_root.join(SCRIPT_PATH.trim_start_matches('/')), script.as_bytes(), 0o700)?;
+        write(&node_root.join("user-data"), render_user_data(&plan.cluster, node).as_bytes(), 0o600)?;
     }
     for peer in &plan.peers {
-        write(
-            &root
-                .join(PEERS_DIR)
-                .join(&peer.peer)
-                .join(&peer.config.path),
-            &peer.config.content,
-            peer.config.mode,
-        )?;
+        write(&root.join(PEERS_DIR).join(&peer.peer).join(&peer.config.path), &peer.config.content, peer.config.mode)?;
     }
     Ok(())
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), (PathBuf, io::Error)> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|e| (path.to_path_buf(), e))
+    fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(|e| (path.to_path_buf(), e))
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), (PathBuf, io::Error)> {
@@ -130,14 +92,7 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), (PathBuf, io::Error)
     if let Some(dir) = path.parent() {
         mkdir(dir, 0o755)?;
     }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(fail)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(fail)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(fail)?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(fail)?;
     f.write_all(data).map_err(fail)
 }

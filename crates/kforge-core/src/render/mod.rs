@@ -10,10 +10,7 @@ pub mod script;
 
 /// Quote a string for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:@=+,".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:@=+,".contains(c)) {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))

@@ -50,15 +50,9 @@ need() {
 pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/bash");
-    let _ = writeln!(
-        s,
-        "# kforge bootstrap of node {} (cluster {}). Generated; safe to re-run.",
-        node.node, cluster
-    );
-    let _ = writeln!(
-        s,
-        "# The files of the plan must already be in place (cloud-init write_files or the rendered tree)."
-    );
+    let _ = writeln!(s, "# kforge bootstrap of node {} (cluster {}). Generated; safe to re-run.", node.node, cluster);
+    let _ =
+        writeln!(s, "# The files of the plan must already be in place (cloud-init write_files or the rendered tree).");
     s.push_str(PRELUDE);
     let _ = writeln!(s);
     let _ = writeln!(s, "need wg wireguard-tools");
@@ -66,44 +60,24 @@ pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
     let mut reloaded = false;
     for phase in &node.phases {
         let _ = writeln!(s, "\n# --- phase: {} ---", phase.phase.name());
-        let _ = writeln!(
-            s,
-            "log {}",
-            q(&format!("{}: phase {}", node.node, phase.phase.name()))
-        );
+        let _ = writeln!(s, "log {}", q(&format!("{}: phase {}", node.node, phase.phase.name())));
         for a in &phase.artifacts {
             let sum = a.sha256.clone().unwrap_or_default();
             match &a.source {
                 ArtifactSource::Url { url } => {
-                    let _ = writeln!(
-                        s,
-                        "fetch_artifact {} {} {} {} {:o}",
-                        q(&a.name),
-                        q(url),
-                        q(&sum),
-                        q(&a.dest),
-                        a.mode
-                    );
+                    let _ =
+                        writeln!(s, "fetch_artifact {} {} {} {} {:o}", q(&a.name), q(url), q(&sum), q(&a.dest), a.mode);
                 }
                 ArtifactSource::Path { path } => {
                     let hint = format!(
                         "it comes from {path} on the workstation; bake it into the image, run `kforge apply`, or pin artifacts.{}.url + sha256",
                         a.name
                     );
-                    let _ = writeln!(
-                        s,
-                        "require_artifact {} {} {} {}",
-                        q(&a.name),
-                        q(&a.dest),
-                        q(&sum),
-                        q(&hint)
-                    );
+                    let _ = writeln!(s, "require_artifact {} {} {} {}", q(&a.name), q(&a.dest), q(&sum), q(&hint));
                 }
             }
         }
-        let has_unit_files = node
-            .files()
-            .any(|f| f.path.starts_with("/etc/systemd/system/"));
+        let has_unit_files = node.files().any(|f| f.path.starts_with("/etc/systemd/system/"));
         if !phase.units.is_empty() && has_unit_files && !reloaded {
             let _ = writeln!(s, "systemctl daemon-reload");
             reloaded = true;
@@ -126,10 +100,6 @@ pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
             let _ = writeln!(s, "systemctl restart {}", q(&u.name));
         }
     }
-    let _ = writeln!(
-        s,
-        "\nlog {}",
-        q(&format!("{}: bootstrap finished", node.node))
-    );
+    let _ = writeln!(s, "\nlog {}", q(&format!("{}: bootstrap finished", node.node)));
     s
 }

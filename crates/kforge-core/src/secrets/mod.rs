@@ -27,13 +27,7 @@ use crate::wireguard::PrivateKey;
 pub const BUNDLE_KIND: &str = "SecretsBundle";
 
 /// CAs K3s accepts as custom CAs (bundle key = path under `server/tls/`, sans `.crt`).
-pub const K3S_CAS: &[&str] = &[
-    "server-ca",
-    "client-ca",
-    "request-header-ca",
-    "etcd/server-ca",
-    "etcd/peer-ca",
-];
+pub const K3S_CAS: &[&str] = &["server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"];
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -64,10 +58,7 @@ impl std::fmt::Debug for SecretsBundle {
         f.debug_struct("SecretsBundle")
             .field("cluster", &self.cluster)
             .field("cas", &self.cas.keys().collect::<Vec<_>>())
-            .field(
-                "certificates",
-                &self.certificates.keys().collect::<Vec<_>>(),
-            )
+            .field("certificates", &self.certificates.keys().collect::<Vec<_>>())
             .field("mesh_ips", &self.mesh_ips)
             .finish_non_exhaustive()
     }
@@ -113,20 +104,13 @@ impl SecretsBundle {
     /// Create whatever the cluster file needs and the bundle lacks: CAs, tokens, keys,
     /// WireGuard keys and mesh addresses for new members. Drops keys and addresses of
     /// members no longer in the file. Existing material is never replaced.
-    pub fn reconcile_identity(
-        &mut self,
-        spec: &Cluster,
-        now: OffsetDateTime,
-    ) -> Result<ReconcileReport, PkiError> {
+    pub fn reconcile_identity(&mut self, spec: &Cluster, now: OffsetDateTime) -> Result<ReconcileReport, PkiError> {
         let mut report = ReconcileReport::default();
         let pki = &spec.spec.pki;
         for ca in K3S_CAS {
             if !self.cas.contains_key(*ca) {
                 let cn = format!("kforge-{}-{}", spec.metadata.name, ca.replace('/', "-"));
-                self.cas.insert(
-                    ca.to_string(),
-                    pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?,
-                );
+                self.cas.insert(ca.to_string(), pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?);
                 report.created.push(format!("CA {ca}"));
             }
         }
@@ -143,8 +127,7 @@ impl SecretsBundle {
             report.created.push("k3s agent token".into());
         }
         if self.encryption_key.is_empty() {
-            self.encryption_key =
-                base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
+            self.encryption_key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
             report.created.push("secrets-encryption key".into());
         }
         report.merge(self.reconcile_wireguard(spec));
@@ -159,21 +142,11 @@ impl SecretsBundle {
             .nodes
             .iter()
             .map(|n| n.name.as_str())
-            .chain(
-                spec.spec
-                    .access
-                    .peers
-                    .iter()
-                    .filter(|p| p.public_key.is_none())
-                    .map(|p| p.name.as_str()),
-            )
+            .chain(spec.spec.access.peers.iter().filter(|p| p.public_key.is_none()).map(|p| p.name.as_str()))
             .collect();
         for name in &wanted {
             if !self.wireguard.contains_key(*name) {
-                self.wireguard.insert(
-                    name.to_string(),
-                    PrivateKey::generate().as_base64().to_string(),
-                );
+                self.wireguard.insert(name.to_string(), PrivateKey::generate().as_base64().to_string());
                 report.created.push(format!("WireGuard key {name}"));
             }
         }
@@ -199,13 +172,7 @@ impl SecretsBundle {
             .nodes
             .iter()
             .map(|n| (n.name.as_str(), n.mesh_ip))
-            .chain(
-                spec.spec
-                    .access
-                    .peers
-                    .iter()
-                    .map(|p| (p.name.as_str(), p.mesh_ip)),
-            )
+            .chain(spec.spec.access.peers.iter().map(|p| (p.name.as_str(), p.mesh_ip)))
             .collect();
         let mut next: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
         let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -228,9 +195,7 @@ impl SecretsBundle {
         let mut free = subnet.hosts().filter(|ip| !used.contains(ip));
         for (name, _) in &members {
             if !next.contains_key(*name) {
-                let ip = free
-                    .next()
-                    .expect("validation checked the subnet is large enough");
+                let ip = free.next().expect("validation checked the subnet is large enough");
                 next.insert(name.to_string(), ip);
                 report.created.push(format!("mesh address {name}={ip}"));
             }
@@ -257,10 +222,7 @@ impl SecretsBundle {
         let renew_after = now + Duration::days(pki.renew_before_days as i64);
         let mut cas: BTreeMap<&str, LoadedCa> = BTreeMap::new();
         for req in requests {
-            let ca_pair = self
-                .cas
-                .get(&req.issuer)
-                .expect("CAs are created before leaves");
+            let ca_pair = self.cas.get(&req.issuer).expect("CAs are created before leaves");
             let wanted = req.fingerprint(ca_pair, pki.key_algorithm);
             let reason = match self.certificates.get(&req.id) {
                 None => Some(false),
@@ -269,9 +231,7 @@ impl SecretsBundle {
                     Some(t) if t > renew_after => None,
                     Some(_) => Some(true),
                     None => {
-                        return Err(PkiError::Parse {
-                            what: req.id.clone(),
-                        });
+                        return Err(PkiError::Parse { what: req.id.clone() });
                     }
                 },
             };
@@ -279,12 +239,7 @@ impl SecretsBundle {
             if !cas.contains_key(req.issuer.as_str()) {
                 cas.insert(&req.issuer, LoadedCa::load(&req.issuer, ca_pair)?);
             }
-            let issued = cas[req.issuer.as_str()].issue(
-                req,
-                pki.key_algorithm,
-                pki.leaf_validity_days,
-                now,
-            )?;
+            let issued = cas[req.issuer.as_str()].issue(req, pki.key_algorithm, pki.leaf_validity_days, now)?;
             self.certificates.insert(req.id.clone(), issued);
             if existed {
                 report.reissued.push(req.id.clone())
@@ -304,9 +259,7 @@ impl SecretsBundle {
     }
 
     pub fn ca(&self, id: &str) -> &CertAndKey {
-        self.cas
-            .get(id)
-            .unwrap_or_else(|| panic!("CA {id} is created by reconcile_identity"))
+        self.cas.get(id).unwrap_or_else(|| panic!("CA {id} is created by reconcile_identity"))
     }
 
     pub fn certificate(&self, id: &str) -> &CertAndKey {

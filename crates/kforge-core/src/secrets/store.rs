@@ -23,15 +23,9 @@ pub enum SecretsError {
     )]
     TooOpen { path: String, mode: u32 },
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error(
         "{path} is not a valid secrets bundle: {reason}\n  help: restore it from your backup; kforge never regenerates an existing bundle"
     )]
@@ -39,11 +33,7 @@ pub enum SecretsError {
     #[error(
         "{path} belongs to cluster `{found}`, but the cluster file is `{expected}`\n  help: use the bundle made for this cluster, or rename metadata.name back"
     )]
-    WrongCluster {
-        path: String,
-        found: String,
-        expected: String,
-    },
+    WrongCluster { path: String, found: String, expected: String },
     #[error(
         "{path} is age-encrypted and no key to open it was given\n  help: set KFORGE_AGE_IDENTITY=FILE (an age identity) or KFORGE_AGE_PASSPHRASE, or pass --age-identity FILE"
     )]
@@ -70,12 +60,8 @@ impl AgeCredentials {
     /// identity file taking precedence.
     pub fn from_env(identity_flag: Option<PathBuf>) -> AgeCredentials {
         AgeCredentials {
-            identity_file: identity_flag
-                .or_else(|| std::env::var_os("KFORGE_AGE_IDENTITY").map(PathBuf::from)),
-            passphrase: std::env::var("KFORGE_AGE_PASSPHRASE")
-                .ok()
-                .filter(|p| !p.is_empty())
-                .map(SecretString::from),
+            identity_file: identity_flag.or_else(|| std::env::var_os("KFORGE_AGE_IDENTITY").map(PathBuf::from)),
+            passphrase: std::env::var("KFORGE_AGE_PASSPHRASE").ok().filter(|p| !p.is_empty()).map(SecretString::from),
         }
     }
 
@@ -99,38 +85,21 @@ pub struct SecretsStore {
 impl SecretsStore {
     /// The bundle beside `cluster_file`: an existing one wins; a new one is encrypted
     /// when age credentials are configured, plain otherwise.
-    pub fn beside(
-        cluster_file: &Path,
-        credentials: AgeCredentials,
-    ) -> Result<SecretsStore, SecretsError> {
-        let dir = cluster_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+    pub fn beside(cluster_file: &Path, credentials: AgeCredentials) -> Result<SecretsStore, SecretsError> {
+        let dir = cluster_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let plain = dir.join(PLAIN_NAME);
         let age = dir.join(AGE_NAME);
         let format = match (plain.exists(), age.exists()) {
             (true, true) => {
-                return Err(SecretsError::Ambiguous {
-                    plain: show(&plain),
-                    age: show(&age),
-                });
+                return Err(SecretsError::Ambiguous { plain: show(&plain), age: show(&age) });
             }
             (true, false) => StoreFormat::Plain,
             (false, true) => StoreFormat::Age,
             (false, false) if credentials.is_set() => StoreFormat::Age,
             (false, false) => StoreFormat::Plain,
         };
-        let path = if format == StoreFormat::Plain {
-            plain
-        } else {
-            age
-        };
-        Ok(SecretsStore {
-            path,
-            format,
-            credentials,
-        })
+        let path = if format == StoreFormat::Plain { plain } else { age };
+        Ok(SecretsStore { path, format, credentials })
     }
 
     pub fn exists(&self) -> bool {
@@ -143,17 +112,10 @@ impl SecretsStore {
             return Ok(None);
         }
         let path = show(&self.path);
-        let read_err = |source| SecretsError::Read {
-            path: path.clone(),
-            source,
-        };
+        let read_err = |source| SecretsError::Read { path: path.clone(), source };
         let bytes = match self.format {
             StoreFormat::Plain => {
-                let mode = std::fs::metadata(&self.path)
-                    .map_err(read_err)?
-                    .permissions()
-                    .mode()
-                    & 0o777;
+                let mode = std::fs::metadata(&self.path).map_err(read_err)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(SecretsError::TooOpen { path, mode });
                 }
@@ -161,23 +123,16 @@ impl SecretsStore {
             }
             StoreFormat::Age => self.decrypt(&std::fs::read(&self.path).map_err(read_err)?)?,
         };
-        let text = String::from_utf8(bytes).map_err(|_| SecretsError::Corrupt {
-            path: path.clone(),
-            reason: "not UTF-8 text".into(),
-        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| SecretsError::Corrupt { path: path.clone(), reason: "not UTF-8 text".into() })?;
         // The bundle's own parse errors could quote a secret line: report the position only.
-        let bundle: SecretsBundle =
-            serde_saphyr::from_str(&text).map_err(|e| SecretsError::Corrupt {
-                path: path.clone(),
-                reason: match e.location() {
-                    Some(l) => format!(
-                        "unexpected content at line {}, column {}",
-                        l.line(),
-                        l.column()
-                    ),
-                    None => "unexpected content".into(),
-                },
-            })?;
+        let bundle: SecretsBundle = serde_saphyr::from_str(&text).map_err(|e| SecretsError::Corrupt {
+            path: path.clone(),
+            reason: match e.location() {
+                Some(l) => format!("unexpected content at line {}, column {}", l.line(), l.column()),
+                None => "unexpected content".into(),
+            },
+        })?;
         if bundle.kind != BUNDLE_KIND {
             return Err(SecretsError::Corrupt {
                 path,
@@ -185,11 +140,7 @@ impl SecretsStore {
             });
         }
         if bundle.cluster != cluster {
-            return Err(SecretsError::WrongCluster {
-                path,
-                found: bundle.cluster,
-                expected: cluster.into(),
-            });
+            return Err(SecretsError::WrongCluster { path, found: bundle.cluster, expected: cluster.into() });
         }
         Ok(Some(bundle))
     }
@@ -197,29 +148,23 @@ impl SecretsStore {
     /// Write the bundle atomically, 0600, encrypted when the store is age.
     pub fn save(&self, bundle: &SecretsBundle) -> Result<(), SecretsError> {
         let path = show(&self.path);
-        let text = serde_saphyr::to_string(bundle).map_err(|e| SecretsError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let header = "# kforge secrets bundle: CAs, keys, tokens. Keep it private (mode 0600); never commit it unencrypted.\n";
+        let text = serde_saphyr::to_string(bundle)
+            .map_err(|e| SecretsError::Write { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        let header =
+            "# kforge secrets bundle: CAs, keys, tokens. Keep it private (mode 0600); never commit it unencrypted.\n";
         let plain = format!("{header}{text}");
         let bytes = match self.format {
             StoreFormat::Plain => plain.into_bytes(),
             StoreFormat::Age => self.encrypt(plain.as_bytes())?,
         };
-        write_atomic(&self.path, &bytes, 0o600)
-            .map_err(|source| SecretsError::Write { path, source })
+        write_atomic(&self.path, &bytes, 0o600).map_err(|source| SecretsError::Write { path, source })
     }
 
     fn identities(&self) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, SecretsError> {
         let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
         if let Some(file) = &self.credentials.identity_file {
-            let err = |reason: String| SecretsError::Identity {
-                path: show(file),
-                reason,
-            };
-            let parsed = age::IdentityFile::from_file(file.display().to_string())
-                .map_err(|e| err(e.to_string()))?;
+            let err = |reason: String| SecretsError::Identity { path: show(file), reason };
+            let parsed = age::IdentityFile::from_file(file.display().to_string()).map_err(|e| err(e.to_string()))?;
             ids.extend(parsed.into_identities().map_err(|e| err(e.to_string()))?);
         }
         if let Some(p) = &self.credentials.passphrase {
@@ -234,63 +179,40 @@ impl SecretsStore {
             return Err(SecretsError::NoCredentials { path });
         }
         let ids = self.identities()?;
-        let fail = |reason: String| SecretsError::Decrypt {
-            path: path.clone(),
-            reason,
-        };
+        let fail = |reason: String| SecretsError::Decrypt { path: path.clone(), reason };
         let decryptor = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(ciphertext))
             .map_err(|e| fail(e.to_string()))?;
-        let mut reader = decryptor
-            .decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
-            .map_err(|e| fail(e.to_string()))?;
+        let mut reader =
+            decryptor.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| fail(e.to_string()))?;
         let mut out = Vec::new();
-        reader
-            .read_to_end(&mut out)
-            .map_err(|e| fail(e.to_string()))?;
+        reader.read_to_end(&mut out).map_err(|e| fail(e.to_string()))?;
         Ok(out)
     }
 
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
         let path = show(&self.path);
-        let fail = |reason: String| SecretsError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(reason),
-        };
+        let fail = |reason: String| SecretsError::Write { path: path.clone(), source: std::io::Error::other(reason) };
         // Seal to the identity's own recipient when there is one, else to the passphrase.
         let encryptor = if let Some(file) = &self.credentials.identity_file {
-            let err = |reason: String| SecretsError::Identity {
-                path: show(file),
-                reason,
-            };
-            let parsed = age::IdentityFile::from_file(file.display().to_string())
-                .map_err(|e| err(e.to_string()))?;
+            let err = |reason: String| SecretsError::Identity { path: show(file), reason };
+            let parsed = age::IdentityFile::from_file(file.display().to_string()).map_err(|e| err(e.to_string()))?;
             let recipients = parsed.to_recipients().map_err(|e| err(e.to_string()))?;
             if recipients.is_empty() {
                 return Err(err("contains no identity".into()));
             }
-            age::Encryptor::with_recipients(
-                recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
-            )
-            .map_err(|e| fail(e.to_string()))?
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+                .map_err(|e| fail(e.to_string()))?
         } else if let Some(p) = &self.credentials.passphrase {
             age::Encryptor::with_user_passphrase(p.clone())
         } else {
             return Err(SecretsError::NoCredentials { path });
         };
         let mut out = Vec::new();
-        let armored =
-            age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
-                .map_err(|e| fail(e.to_string()))?;
-        let mut writer = encryptor
-            .wrap_output(armored)
+        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
             .map_err(|e| fail(e.to_string()))?;
-        writer
-            .write_all(plaintext)
-            .map_err(|e| fail(e.to_string()))?;
-        writer
-            .finish()
-            .and_then(|a| a.finish())
-            .map_err(|e| fail(e.to_string()))?;
+        let mut writer = encryptor.wrap_output(armored).map_err(|e| fail(e.to_string()))?;
+        writer.write_all(plaintext).map_err(|e| fail(e.to_string()))?;
+        writer.finish().and_then(|a| a.finish()).map_err(|e| fail(e.to_string()))?;
         Ok(out)
     }
 }

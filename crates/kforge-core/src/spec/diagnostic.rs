@@ -8,6 +8,7 @@
 //!    |
 //! 14 |     endpoint: 203.0.113.300
 //!    |               ^
+//!    = at: spec.nodes[1].endpoint
 //!    = help: …
 //! ```
 
@@ -38,20 +39,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Error,
-            message: message.into(),
-            path: path.into(),
-            pos: None,
-            help: None,
-        }
+        Diagnostic { severity: Severity::Error, message: message.into(), path: path.into(), pos: None, help: None }
     }
 
     pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(path, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(path, message) }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
@@ -72,12 +64,13 @@ impl Diagnostic {
             Severity::Warning => "warning",
         };
         let _ = writeln!(out, "{label}: {}", self.message);
+        // rustc's layout: the gutter is as wide as the line number.
+        let num = self.pos.map(|p| p.line.to_string()).unwrap_or_default();
+        let pad = " ".repeat(num.len().max(1));
         match self.pos {
             Some(pos) => {
-                let _ = writeln!(out, "  --> {file}:{}:{}", pos.line, pos.column);
+                let _ = writeln!(out, "{pad}--> {file}:{}:{}", pos.line, pos.column);
                 if let Some(text) = source.lines().nth(pos.line.saturating_sub(1)) {
-                    let num = pos.line.to_string();
-                    let pad = " ".repeat(num.len());
                     let caret_pad = " ".repeat(pos.column.saturating_sub(1));
                     let _ = writeln!(out, "{pad} |");
                     let _ = writeln!(out, "{num} | {text}");
@@ -85,14 +78,14 @@ impl Diagnostic {
                 }
             }
             None => {
-                let _ = writeln!(out, "  --> {file}");
+                let _ = writeln!(out, "{pad}--> {file}");
             }
         }
         if !self.path.is_empty() {
-            let _ = writeln!(out, "   = at: {}", self.path);
+            let _ = writeln!(out, "{pad} = at: {}", self.path);
         }
         if let Some(help) = &self.help {
-            let _ = writeln!(out, "   = help: {help}");
+            let _ = writeln!(out, "{pad} = help: {help}");
         }
         out
     }

@@ -28,10 +28,7 @@ pub struct LoadedSpec {
 impl LoadedSpec {
     /// Warnings rendered like errors (source line and caret).
     pub fn render_warnings(&self) -> String {
-        self.warnings
-            .iter()
-            .map(|w| w.render(&self.file, &self.source_text))
-            .collect()
+        self.warnings.iter().map(|w| w.render(&self.file, &self.source_text)).collect()
     }
 }
 
@@ -51,11 +48,7 @@ pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
 
 /// Parse and validate cluster-file text; `file` is only used in messages.
 pub fn parse(file: &str, text: &str) -> Result<LoadedSpec, SpecError> {
-    let fail = |diagnostics| SpecError {
-        file: file.to_string(),
-        source_text: text.to_string(),
-        diagnostics,
-    };
+    let fail = |diagnostics| SpecError { file: file.to_string(), source_text: text.to_string(), diagnostics };
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
     };
@@ -73,25 +66,16 @@ pub fn parse(file: &str, text: &str) -> Result<LoadedSpec, SpecError> {
         diagnostics.sort_by_key(|d| (!d.is_error(), d.pos.map(|p| (p.line, p.column))));
         return Err(fail(diagnostics));
     }
-    Ok(LoadedSpec {
-        cluster,
-        file: file.to_string(),
-        warnings: diagnostics,
-        source_text: text.to_string(),
-    })
+    Ok(LoadedSpec { cluster, file: file.to_string(), warnings: diagnostics, source_text: text.to_string() })
 }
 
 /// Turn a YAML/serde error into a located diagnostic with a hint for common cases.
 fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
     use serde_saphyr::MessageFormatter;
     let inner = e.without_snippet();
-    let message = serde_saphyr::UserMessageFormatter
-        .format_message(inner)
-        .into_owned();
-    let pos = e.location().filter(|l| l.line() > 0).map(|l| Pos {
-        line: l.line() as usize,
-        column: l.column() as usize,
-    });
+    let message = serde_saphyr::UserMessageFormatter.format_message(inner).into_owned();
+    let pos =
+        e.location().filter(|l| l.line() > 0).map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
     let help = if message.contains("unknown field") {
         "remove or rename this key; `kforge schema` lists every key the file may have"
     } else if message.contains("missing field") {
@@ -100,15 +84,22 @@ fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
         "use one of the values listed"
     } else if message.contains("duplicate") {
         "each key may appear once in a mapping"
+    } else if message.contains("invalid u16") || message.contains("invalid u32") {
+        "write a whole number (ports are 1..=65535)"
+    } else if message.contains("invalid boolean") {
+        "write true or false"
+    } else if message.contains("expected sequence") {
+        "this key takes a list: `[a, b]` or one `- item` per line"
+    } else if message.contains("expected mapping") || message.contains("expected struct") {
+        "this key takes a mapping: `{key: value}` or indented `key: value` lines"
+    } else if message.contains("CIDR") || message.contains("IP address") || message.contains("host bits") {
+        "addresses are written like 203.0.113.10, networks like 10.42.0.0/16"
     } else if message.contains("invalid type") {
         "check the value's type against `kforge schema`"
     } else {
-        "fix the YAML at this position"
+        "YAML syntax: check indentation, brackets and quotes at this position"
     };
-    Diagnostic {
-        pos,
-        ..Diagnostic::error("", message).help(help)
-    }
+    Diagnostic { pos, ..Diagnostic::error("", message).help(help) }
 }
 
 #[cfg(test)]
@@ -119,11 +110,7 @@ mod tests {
     fn every_builtin_example_is_valid() {
         for (name, text) in examples::ALL {
             let loaded = parse(name, text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(
-                loaded.warnings.is_empty(),
-                "{name}: {}",
-                loaded.render_warnings()
-            );
+            assert!(loaded.warnings.is_empty(), "{name}: {}", loaded.render_warnings());
         }
     }
 

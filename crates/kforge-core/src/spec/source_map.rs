@@ -18,14 +18,8 @@ pub struct SourceMap {
 }
 
 enum Frame {
-    Map {
-        path: String,
-        pending_key: Option<String>,
-    },
-    Seq {
-        path: String,
-        next: usize,
-    },
+    Map { path: String, pending_key: Option<String> },
+    Seq { path: String, next: usize },
 }
 
 impl SourceMap {
@@ -35,10 +29,7 @@ impl SourceMap {
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
-            let pos = Pos {
-                line: span.start.line(),
-                column: span.start.col() + 1,
-            };
+            let pos = Pos { line: span.start.line(), column: span.start.col() + 1 };
             match event {
                 Event::Scalar(value, ..) => {
                     if let Some(Frame::Map { path, pending_key }) = stack.last_mut()
@@ -59,20 +50,13 @@ impl SourceMap {
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
                     let is_map = matches!(event, Event::MappingStart(..));
                     // A collection used as a mapping key: give it a placeholder name.
-                    if let Some(Frame::Map {
-                        pending_key: pending @ None,
-                        ..
-                    }) = stack.last_mut()
-                    {
+                    if let Some(Frame::Map { pending_key: pending @ None, .. }) = stack.last_mut() {
                         *pending = Some("?".into());
                     }
                     let path = child_path(&mut stack);
                     map.values.entry(path.clone()).or_insert(pos);
                     stack.push(if is_map {
-                        Frame::Map {
-                            path,
-                            pending_key: None,
-                        }
+                        Frame::Map { path, pending_key: None }
                     } else {
                         Frame::Seq { path, next: 0 }
                     });
@@ -123,11 +107,7 @@ fn child_path(stack: &mut [Frame]) -> String {
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_string()
-    } else {
-        format!("{parent}.{key}")
-    }
+    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
 fn parent(path: &str) -> &str {
@@ -147,28 +127,10 @@ mod tests {
     fn locates_nested_values_and_sequence_items() {
         let text = "spec:\n  nodes:\n    - name: a\n      endpoint: 1.2.3.4\n    - {name: b}\n";
         let map = SourceMap::build(text);
-        assert_eq!(
-            map.locate("spec.nodes[0].endpoint"),
-            Some(Pos {
-                line: 4,
-                column: 17
-            })
-        );
-        assert_eq!(
-            map.locate("spec.nodes[1].name"),
-            Some(Pos {
-                line: 5,
-                column: 14
-            })
-        );
-        assert_eq!(
-            map.locate_key("spec.nodes[0].endpoint"),
-            Some(Pos { line: 4, column: 7 })
-        );
+        assert_eq!(map.locate("spec.nodes[0].endpoint"), Some(Pos { line: 4, column: 17 }));
+        assert_eq!(map.locate("spec.nodes[1].name"), Some(Pos { line: 5, column: 14 }));
+        assert_eq!(map.locate_key("spec.nodes[0].endpoint"), Some(Pos { line: 4, column: 7 }));
         // Missing values fall back to their nearest ancestor.
-        assert_eq!(
-            map.locate("spec.nodes[1].role"),
-            Some(Pos { line: 5, column: 7 })
-        );
+        assert_eq!(map.locate("spec.nodes[1].role"), Some(Pos { line: 5, column: 7 }));
     }
 }

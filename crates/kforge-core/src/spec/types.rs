@@ -90,11 +90,7 @@ pub struct Network {
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
     /// Cluster DNS address; the tenth address of the service CIDR when omitted.
-    #[serde(
-        default,
-        rename = "clusterDNS",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "clusterDNS", skip_serializing_if = "Option::is_none")]
     pub cluster_dns: Option<IpAddress>,
 }
 
@@ -172,11 +168,7 @@ pub struct Firewall {
 
 impl Default for Firewall {
     fn default() -> Self {
-        Firewall {
-            enabled: true,
-            ssh: SshRule::default(),
-            publish: Vec::new(),
-        }
+        Firewall { enabled: true, ssh: SshRule::default(), publish: Vec::new() }
     }
 }
 
@@ -195,11 +187,7 @@ pub struct SshRule {
 
 impl Default for SshRule {
     fn default() -> Self {
-        SshRule {
-            port: default_ssh_port(),
-            allow_from: default_anywhere(),
-            rate_limit: true,
-        }
+        SshRule { port: default_ssh_port(), allow_from: default_anywhere(), rate_limit: true }
     }
 }
 
@@ -217,9 +205,7 @@ pub struct Publish {
     pub allow_from: Vec<Cidr>,
 }
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -320,10 +306,7 @@ pub struct K3sOptions {
 
 impl Default for K3sOptions {
     fn default() -> Self {
-        K3sOptions {
-            disable: Vec::new(),
-            flannel_backend: default_flannel_backend(),
-        }
+        K3sOptions { disable: Vec::new(), flannel_backend: default_flannel_backend() }
     }
 }
 
@@ -394,11 +377,7 @@ pub struct NodeSsh {
 
 impl Default for NodeSsh {
     fn default() -> Self {
-        NodeSsh {
-            host: None,
-            user: default_ssh_user(),
-            port: default_ssh_port(),
-        }
+        NodeSsh { host: None, user: default_ssh_user(), port: default_ssh_port() }
     }
 }
 
@@ -415,16 +394,11 @@ impl FromStr for Cidr {
             if s.parse::<IpAddr>().is_ok() {
                 format!("`{s}` is an address, not a CIDR: add a prefix length, e.g. `{s}/32`")
             } else {
-                format!(
-                    "`{s}` is not a valid CIDR: write an address and a prefix, e.g. `10.42.0.0/16`"
-                )
+                format!("`{s}` is not a valid CIDR: write an address and a prefix, e.g. `10.42.0.0/16`")
             }
         })?;
         if net.addr() != net.network() {
-            return Err(format!(
-                "`{s}` has host bits set: write the network address `{}`",
-                net.trunc()
-            ));
+            return Err(format!("`{s}` has host bits set: write the network address `{}`", net.trunc()));
         }
         Ok(Cidr(net))
     }
@@ -483,11 +457,7 @@ macro_rules! string_newtype_serde {
     };
 }
 
-string_newtype_serde!(
-    Cidr,
-    "cidr",
-    "An IP network in CIDR notation, e.g. 10.42.0.0/16"
-);
+string_newtype_serde!(Cidr, "cidr", "An IP network in CIDR notation, e.g. 10.42.0.0/16");
 string_newtype_serde!(IpAddress, "ip", "An IPv4 or IPv6 address");
 
 // ---- defaults ---------------------------------------------------------------------
@@ -526,10 +496,7 @@ fn default_ssh_user() -> String {
     "root".into()
 }
 fn default_anywhere() -> Vec<Cidr> {
-    vec![
-        Cidr("0.0.0.0/0".parse().unwrap()),
-        Cidr("::/0".parse().unwrap()),
-    ]
+    vec![Cidr("0.0.0.0/0".parse().unwrap()), Cidr("::/0".parse().unwrap())]
 }
 fn default_leaf_days() -> u32 {
     365

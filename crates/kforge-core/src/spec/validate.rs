@@ -13,11 +13,7 @@ use super::types::*;
 /// Ports kforge's cluster uses internally; publishing one would expose a component
 /// that must only be reached over the mesh.
 const INTERNAL_PORTS: &[(u16, Protocol, &str)] = &[
-    (
-        6443,
-        Protocol::Tcp,
-        "the Kubernetes API (use access.apiOnPublic instead)",
-    ),
+    (6443, Protocol::Tcp, "the Kubernetes API (use access.apiOnPublic instead)"),
     (10250, Protocol::Tcp, "the kubelet API"),
     (2379, Protocol::Tcp, "etcd clients"),
     (2380, Protocol::Tcp, "etcd peers"),
@@ -42,11 +38,8 @@ pub fn validate(c: &Cluster) -> Vec<Diagnostic> {
 fn header(c: &Cluster, out: &mut Vec<Diagnostic>) {
     if c.api_version != API_VERSION {
         out.push(
-            Diagnostic::error(
-                "apiVersion",
-                format!("unsupported apiVersion `{}`", c.api_version),
-            )
-            .help(format!("write `apiVersion: {API_VERSION}`")),
+            Diagnostic::error("apiVersion", format!("unsupported apiVersion `{}`", c.api_version))
+                .help(format!("write `apiVersion: {API_VERSION}`")),
         );
     }
     if c.kind != KIND {
@@ -57,11 +50,8 @@ fn header(c: &Cluster, out: &mut Vec<Diagnostic>) {
     }
     if let Err(why) = dns_label(&c.metadata.name) {
         out.push(
-            Diagnostic::error(
-                "metadata.name",
-                format!("cluster name `{}` {why}", c.metadata.name),
-            )
-            .help("use lowercase letters, digits and '-', at most 63 characters"),
+            Diagnostic::error("metadata.name", format!("cluster name `{}` {why}", c.metadata.name))
+                .help("use lowercase letters, digits and '-', at most 63 characters"),
         );
     }
 }
@@ -71,29 +61,16 @@ fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let DistributionKind::K3s = c.spec.distribution.kind;
     if !is_k3s_version(v) {
         out.push(
-            Diagnostic::error(
-                "spec.distribution.version",
-                format!("`{v}` is not a K3s release"),
-            )
-            .help("K3s releases look like `v1.33.5+k3s1`"),
+            Diagnostic::error("spec.distribution.version", format!("`{v}` is not a K3s release"))
+                .help("K3s releases look like `v1.33.5+k3s1`"),
         );
     }
     for (i, name) in c.spec.k3s.disable.iter().enumerate() {
-        const KNOWN: &[&str] = &[
-            "coredns",
-            "servicelb",
-            "traefik",
-            "local-storage",
-            "metrics-server",
-            "runtimes",
-        ];
+        const KNOWN: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"];
         if !KNOWN.contains(&name.as_str()) {
             out.push(
-                Diagnostic::error(
-                    format!("spec.k3s.disable[{i}]"),
-                    format!("K3s has no packaged component `{name}`"),
-                )
-                .help(format!("one of: {}", KNOWN.join(", "))),
+                Diagnostic::error(format!("spec.k3s.disable[{i}]"), format!("K3s has no packaged component `{name}`"))
+                    .help(format!("one of: {}", KNOWN.join(", "))),
             );
         }
     }
@@ -119,11 +96,8 @@ fn networks(c: &Cluster, out: &mut Vec<Diagnostic>) {
     for (path, net) in nets {
         if !matches!(net, IpNet::V4(_)) {
             out.push(
-                Diagnostic::error(
-                    path,
-                    format!("`{net}` is IPv6; kforge supports IPv4 here for now"),
-                )
-                .help("use a private IPv4 range such as 10.0.0.0/8"),
+                Diagnostic::error(path, format!("`{net}` is IPv6; kforge supports IPv4 here for now"))
+                    .help("use a private IPv4 range such as 10.0.0.0/8"),
             );
         }
     }
@@ -133,18 +107,16 @@ fn networks(c: &Cluster, out: &mut Vec<Diagnostic>) {
             let (pb, b) = nets[j];
             if overlaps(a, b) {
                 out.push(
-                    Diagnostic::error(pb, format!("`{b}` overlaps `{a}` ({pa})")).help(
-                        "pod, service and mesh networks must be disjoint; pick another range",
-                    ),
+                    Diagnostic::error(pb, format!("`{b}` overlaps `{a}` ({pa})"))
+                        .help("pod, service and mesh networks must be disjoint; pick another range"),
                 );
             }
         }
     }
     if n.service_cidr.0.prefix_len() > 28 {
         out.push(
-            Diagnostic::error("spec.network.serviceCIDR", "service CIDR is too small").help(
-                "use at least a /28 (the API and DNS services need the 1st and 10th addresses)",
-            ),
+            Diagnostic::error("spec.network.serviceCIDR", "service CIDR is too small")
+                .help("use at least a /28 (the API and DNS services need the 1st and 10th addresses)"),
         );
     }
     if let Some(dns) = n.cluster_dns
@@ -158,10 +130,7 @@ fn networks(c: &Cluster, out: &mut Vec<Diagnostic>) {
             .help("the cluster DNS address must be a service address; omit it to use the 10th one"),
         );
     }
-    if n.cluster_domain
-        .split('.')
-        .any(|label| dns_label(label).is_err())
-    {
+    if n.cluster_domain.split('.').any(|label| dns_label(label).is_err()) {
         out.push(
             Diagnostic::error(
                 "spec.network.clusterDomain",
@@ -176,24 +145,15 @@ fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let m = &c.spec.mesh;
     if m.interface.is_empty()
         || m.interface.len() > 15
-        || !m
-            .interface
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        || !m.interface.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
     {
         out.push(
-            Diagnostic::error(
-                "spec.mesh.interface",
-                format!("`{}` is not a valid interface name", m.interface),
-            )
-            .help("1 to 15 characters from letters, digits, '-', '_', '.'"),
+            Diagnostic::error("spec.mesh.interface", format!("`{}` is not a valid interface name", m.interface))
+                .help("1 to 15 characters from letters, digits, '-', '_', '.'"),
         );
     }
     if m.port == 0 {
-        out.push(
-            Diagnostic::error("spec.mesh.port", "port 0 cannot be listened on")
-                .help("the default is 51820"),
-        );
+        out.push(Diagnostic::error("spec.mesh.port", "port 0 cannot be listened on").help("the default is 51820"));
     }
     if !(1280..=9000).contains(&m.mtu) {
         out.push(
@@ -209,10 +169,7 @@ fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
             out.push(
                 Diagnostic::error(
                     "spec.mesh.subnet",
-                    format!(
-                        "{} has {usable} usable addresses for {members} nodes and peers",
-                        m.subnet
-                    ),
+                    format!("{} has {usable} usable addresses for {members} nodes and peers", m.subnet),
                 )
                 .help("use a larger subnet, e.g. a /16"),
             );
@@ -225,11 +182,8 @@ fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
                     .help(format!("one of: {}", node_names(c))),
             ),
             Some(n) if n.endpoint.is_none() => out.push(
-                Diagnostic::error(
-                    "spec.mesh.relay",
-                    format!("relay `{relay}` has no endpoint"),
-                )
-                .help("a relay must be reachable: pick a node with a public endpoint"),
+                Diagnostic::error("spec.mesh.relay", format!("relay `{relay}` has no endpoint"))
+                    .help("a relay must be reachable: pick a node with a public endpoint"),
             ),
             Some(_) => {}
         }
@@ -262,9 +216,7 @@ fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
         out.push(
             Diagnostic::warning(
                 "spec.nodes",
-                format!(
-                    "{servers} servers: an even number adds no fault tolerance to etcd's quorum"
-                ),
+                format!("{servers} servers: an even number adds no fault tolerance to etcd's quorum"),
             )
             .help(format!("use {} or {} servers", servers - 1, servers + 1)),
         );
@@ -283,9 +235,7 @@ fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
         if let Some(first) = names.insert(&n.name, i) {
             out.push(
                 Diagnostic::error(at("name"), format!("node name `{}` is used twice", n.name))
-                    .help(format!(
-                        "spec.nodes[{first}] already has this name; node names must be unique"
-                    )),
+                    .help(format!("spec.nodes[{first}] already has this name; node names must be unique")),
             );
         }
         if let Some(ep) = n.endpoint {
@@ -319,21 +269,15 @@ fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
         if n.ssh.host.is_none() && n.endpoint.is_none() {
             out.push(
-                Diagnostic::warning(
-                    at("ssh"),
-                    format!("node `{}` has neither an endpoint nor ssh.host", n.name),
-                )
-                .help("`kforge apply` will not know how to reach it; `render` still works"),
+                Diagnostic::warning(at("ssh"), format!("node `{}` has neither an endpoint nor ssh.host", n.name))
+                    .help("`kforge apply` will not know how to reach it; `render` still works"),
             );
         }
         for (key, value) in &n.labels {
             if let Err(why) = label(key, value) {
                 out.push(
-                    Diagnostic::error(
-                        format!("spec.nodes[{i}].labels.{key}"),
-                        format!("label `{key}={value}`: {why}"),
-                    )
-                    .help("keys are [prefix/]name, values at most 63 characters of [A-Za-z0-9_.-]"),
+                    Diagnostic::error(format!("spec.nodes[{i}].labels.{key}"), format!("label `{key}={value}`: {why}"))
+                        .help("keys are [prefix/]name, values at most 63 characters of [A-Za-z0-9_.-]"),
                 );
             }
         }
@@ -349,20 +293,10 @@ fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
 }
 
 fn peers(c: &Cluster, out: &mut Vec<Diagnostic>) {
-    let node_names: HashMap<&str, usize> = c
-        .spec
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
+    let node_names: HashMap<&str, usize> = c.spec.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut mesh_ips: HashMap<IpAddr, String> = c
-        .spec
-        .nodes
-        .iter()
-        .filter_map(|n| n.mesh_ip.map(|ip| (ip.0, n.name.clone())))
-        .collect();
+    let mut mesh_ips: HashMap<IpAddr, String> =
+        c.spec.nodes.iter().filter_map(|n| n.mesh_ip.map(|ip| (ip.0, n.name.clone()))).collect();
     for (i, p) in c.spec.access.peers.iter().enumerate() {
         let at = |field: &str| format!("spec.access.peers[{i}].{field}");
         if let Err(why) = dns_label(&p.name) {
@@ -373,13 +307,8 @@ fn peers(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
         if let Some(n) = node_names.get(p.name.as_str()) {
             out.push(
-                Diagnostic::error(
-                    at("name"),
-                    format!("peer name `{}` is also a node's name", p.name),
-                )
-                .help(format!(
-                    "spec.nodes[{n}] has this name; names are unique across nodes and peers"
-                )),
+                Diagnostic::error(at("name"), format!("peer name `{}` is also a node's name", p.name))
+                    .help(format!("spec.nodes[{n}] has this name; names are unique across nodes and peers")),
             );
         }
         if let Some(first) = seen.insert(&p.name, i) {
@@ -413,11 +342,8 @@ fn check_mesh_ip(
     let subnet = c.spec.mesh.subnet.0;
     if !subnet.contains(&ip.0) || ip.0 == subnet.network() || ip.0 == subnet.broadcast() {
         out.push(
-            Diagnostic::error(
-                path,
-                format!("mesh address {ip} is not a host address of the mesh subnet {subnet}"),
-            )
-            .help("pick an address inside spec.mesh.subnet, or omit meshIP to have one allocated"),
+            Diagnostic::error(path, format!("mesh address {ip} is not a host address of the mesh subnet {subnet}"))
+                .help("pick an address inside spec.mesh.subnet, or omit meshIP to have one allocated"),
         );
     }
     if let Some(first) = seen.insert(ip.0, owner.to_string())
@@ -433,18 +359,12 @@ fn check_mesh_ip(
 fn firewall(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let f = &c.spec.firewall;
     if f.ssh.port == 0 {
-        out.push(
-            Diagnostic::error("spec.firewall.ssh.port", "port 0 is not a port")
-                .help("SSH usually listens on 22"),
-        );
+        out.push(Diagnostic::error("spec.firewall.ssh.port", "port 0 is not a port").help("SSH usually listens on 22"));
     }
     if f.ssh.allow_from.is_empty() && f.enabled {
         out.push(
-            Diagnostic::error(
-                "spec.firewall.ssh.allowFrom",
-                "an empty allowFrom locks everyone out of SSH",
-            )
-            .help("list the networks you administer from, e.g. [203.0.113.0/24]"),
+            Diagnostic::error("spec.firewall.ssh.allowFrom", "an empty allowFrom locks everyone out of SSH")
+                .help("list the networks you administer from, e.g. [203.0.113.0/24]"),
         );
     }
     let mut seen: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
@@ -453,37 +373,24 @@ fn firewall(c: &Cluster, out: &mut Vec<Diagnostic>) {
         if p.port == 0 {
             out.push(Diagnostic::error(at("port"), "port 0 is not a port").help("use 1..=65535"));
         }
-        if let Some((_, _, what)) = INTERNAL_PORTS
-            .iter()
-            .find(|(port, proto, _)| *port == p.port && *proto == p.protocol)
+        if let Some((_, _, what)) =
+            INTERNAL_PORTS.iter().find(|(port, proto, _)| *port == p.port && *proto == p.protocol)
         {
             out.push(
-                Diagnostic::error(
-                    at("port"),
-                    format!(
-                        "{}/{} is {what}; it must stay on the mesh",
-                        p.port, p.protocol
-                    ),
-                )
-                .help("publish only ports your workloads serve (e.g. 80, 443)"),
+                Diagnostic::error(at("port"), format!("{}/{} is {what}; it must stay on the mesh", p.port, p.protocol))
+                    .help("publish only ports your workloads serve (e.g. 80, 443)"),
             );
         }
         if p.port == c.spec.mesh.port && p.protocol == Protocol::Udp {
             out.push(
-                Diagnostic::error(
-                    at("port"),
-                    format!("{}/udp is the mesh port and is always open", p.port),
-                )
-                .help("remove this entry"),
+                Diagnostic::error(at("port"), format!("{}/udp is the mesh port and is always open", p.port))
+                    .help("remove this entry"),
             );
         }
         if let Some(first) = seen.insert((p.port, p.protocol), i) {
             out.push(
-                Diagnostic::warning(
-                    at("port"),
-                    format!("{}/{} is published twice", p.port, p.protocol),
-                )
-                .help(format!("merge it with spec.firewall.publish[{first}]")),
+                Diagnostic::warning(at("port"), format!("{}/{} is published twice", p.port, p.protocol))
+                    .help(format!("merge it with spec.firewall.publish[{first}]")),
             );
         }
         for (j, name) in p.nodes.iter().flatten().enumerate() {
@@ -504,29 +411,20 @@ fn pki(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let p = &c.spec.pki;
     if p.leaf_validity_days == 0 || p.leaf_validity_days > 825 {
         out.push(
-            Diagnostic::error(
-                "spec.pki.leafValidityDays",
-                format!("{} days is out of range", p.leaf_validity_days),
-            )
-            .help("use 1..=825 (the default is 365)"),
+            Diagnostic::error("spec.pki.leafValidityDays", format!("{} days is out of range", p.leaf_validity_days))
+                .help("use 1..=825 (the default is 365)"),
         );
     }
     if p.ca_validity_days <= p.leaf_validity_days {
         out.push(
-            Diagnostic::error(
-                "spec.pki.caValidityDays",
-                "CAs must outlive the certificates they sign",
-            )
-            .help("make caValidityDays larger than leafValidityDays (default 3650)"),
+            Diagnostic::error("spec.pki.caValidityDays", "CAs must outlive the certificates they sign")
+                .help("make caValidityDays larger than leafValidityDays (default 3650)"),
         );
     }
     if p.renew_before_days >= p.leaf_validity_days {
         out.push(
-            Diagnostic::error(
-                "spec.pki.renewBeforeDays",
-                "the renewal window covers the whole certificate lifetime",
-            )
-            .help("make renewBeforeDays smaller than leafValidityDays (default 30)"),
+            Diagnostic::error("spec.pki.renewBeforeDays", "the renewal window covers the whole certificate lifetime")
+                .help("make renewBeforeDays smaller than leafValidityDays (default 30)"),
         );
     }
 }
@@ -542,20 +440,14 @@ fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
                 .help("`path` is a binary on this workstation"),
         ),
         (None, None) => out.push(
-            Diagnostic::error(
-                path,
-                "an artifact needs a `url` (with `sha256`) or a local `path`",
-            )
-            .help("e.g. url: https://…/k3s and sha256: <64 hex digits>"),
+            Diagnostic::error(path, "an artifact needs a `url` (with `sha256`) or a local `path`")
+                .help("e.g. url: https://…/k3s and sha256: <64 hex digits>"),
         ),
         (Some(url), None) => {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 out.push(
-                    Diagnostic::error(
-                        format!("{path}.url"),
-                        format!("`{url}` is not an http(s) URL"),
-                    )
-                    .help("for a file on this machine use `path:` instead"),
+                    Diagnostic::error(format!("{path}.url"), format!("`{url}` is not an http(s) URL"))
+                        .help("for a file on this machine use `path:` instead"),
                 );
             }
             if a.sha256.is_none() {
@@ -587,10 +479,7 @@ pub fn dns_label(s: &str) -> Result<(), &'static str> {
     if s.len() > 63 {
         return Err("is longer than 63 characters");
     }
-    if !s
-        .chars()
-        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
-    {
+    if !s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') {
         return Err("is not a valid DNS label (only lowercase letters, digits and '-')");
     }
     if s.starts_with('-') || s.ends_with('-') {
@@ -608,19 +497,14 @@ fn is_k3s_version(v: &str) -> bool {
     };
     let parts: Vec<&str> = semver.split('.').collect();
     parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         && !suffix.is_empty()
         && suffix.chars().all(|c| c.is_ascii_digit())
 }
 
 fn label(key: &str, value: &str) -> Result<(), String> {
     let name = key.rsplit_once('/').map_or(key, |(_, n)| n);
-    let ok = |s: &str| {
-        s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
+    let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if name.is_empty() || name.len() > 63 || !ok(name) {
         return Err("invalid key".into());
     }
@@ -643,12 +527,7 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
 }
 
 fn node_names(c: &Cluster) -> String {
-    c.spec
-        .nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    c.spec.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
