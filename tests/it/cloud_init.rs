@@ -1,0 +1,75 @@
+//! user-data, validated by cloud-init's own schema check, and faithful to the tree.
+
+use base64::Engine;
+
+use crate::util::{TestContext, run};
+
+#[test]
+fn cloud_init_accepts_every_user_data_and_it_carries_the_exact_files() {
+    for example in ["homelab", "ha", "lab"] {
+        let ctx = TestContext::with_example(example);
+        let out = ctx.render("out");
+        let plan: serde_json::Value =
+            serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
+        for node in plan["nodes"].as_array().unwrap() {
+            let name = node["node"].as_str().unwrap();
+            let user_data = out.join(format!("{name}/user-data"));
+            let said = run("cloud-init", &["schema", "--config-file", user_data.to_str().unwrap()]);
+            assert!(said.contains("Valid"), "{example}/{name}: {said}");
+
+            let text = std::fs::read_to_string(&user_data).unwrap();
+            assert!(text.starts_with("#cloud-config\n"));
+            let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+            let files = doc["write_files"].as_array().unwrap();
+            // Every planned file, byte for byte and with its mode, plus the bootstrap script.
+            let planned: Vec<&serde_json::Value> =
+                node["phases"].as_array().unwrap().iter().flat_map(|p| p["files"].as_array().unwrap()).collect();
+            assert_eq!(files.len(), planned.len() + 1, "{example}/{name}");
+            for f in files {
+                let path = f["path"].as_str().unwrap();
+                let content = match f.get("encoding").and_then(|e| e.as_str()) {
+                    Some("b64") => {
+                        base64::engine::general_purpose::STANDARD.decode(f["content"].as_str().unwrap()).unwrap()
+                    }
+                    None => f["content"].as_str().unwrap().as_bytes().to_vec(),
+                    Some(other) => panic!("unexpected encoding {other}"),
+                };
+                let on_disk = std::fs::read(out.join(name).join(path.trim_start_matches('/'))).unwrap();
+                assert_eq!(content, on_disk, "{example}/{name}: {path} differs from the rendered tree");
+                let mode = f["permissions"].as_str().expect("permissions is a quoted string");
+                let planned_mode = planned.iter().find(|p| p["path"] == path).map(|p| p["mode"].as_str().unwrap());
+                assert_eq!(planned_mode.unwrap_or("0700"), mode, "{path}");
+            }
+            assert_eq!(doc["runcmd"][0][1], "/var/lib/kforge/bootstrap.sh");
+            assert!(doc["packages"].as_array().unwrap().iter().any(|p| p == "wireguard-tools"));
+        }
+    }
+}
+
+#[test]
+fn bootstrap_script_is_valid_bash_and_orders_the_phases() {
+    let ctx = TestContext::with_example("homelab");
+    let out = ctx.render("out");
+    let script = out.join("cp-1/var/lib/kforge/bootstrap.sh");
+    run("bash", &["-n", script.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&script).unwrap();
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("bootstrap lacks {needle}"));
+    assert!(at("require_artifact k3s /usr/local/bin/k3s") < at("systemctl restart wg-quick@kforge0.service"));
+    assert!(at("systemctl restart wg-quick@kforge0.service") < at("systemctl restart kforge-firewall.service"));
+    assert!(at("systemctl restart kforge-firewall.service") < at("systemctl restart k3s.service"));
+}
+
+#[test]
+fn a_pinned_download_is_fetched_and_verified_by_sha256() {
+    let ctx = TestContext::with_example("homelab");
+    let sum = "a".repeat(64);
+    ctx.edit_spec("k3s: {path: ./k3s}", &format!("k3s: {{url: \"https://example.invalid/k3s\", sha256: {sum}}}"));
+    let out = ctx.render("out");
+    let text = std::fs::read_to_string(out.join("edge-1/var/lib/kforge/bootstrap.sh")).unwrap();
+    assert!(
+        text.contains(&format!("fetch_artifact k3s https://example.invalid/k3s {sum} /usr/local/bin/k3s 755")),
+        "{text}"
+    );
+    let plan = ctx.kforge(&["plan"]).success().stdout;
+    assert!(!plan.contains("cloud-init user-data cannot carry"), "a URL artifact travels fine");
+}

@@ -1,0 +1,13 @@
+//! kforge's integration tests: one binary, each module a user's session against
+//! the real tools (openssl, wg, nft, cloud-init) where this machine has them.
+
+mod util;
+
+mod cli;
+mod cloud_init;
+mod firewall;
+mod mesh;
+mod pki;
+mod render;
+mod secrets;
+mod spec_errors;

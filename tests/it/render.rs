@@ -1,0 +1,69 @@
+//! `kforge render`: deterministic trees, stable certificates, safe replacement.
+
+use crate::util::{TestContext, tree};
+
+#[test]
+fn rendering_twice_gives_byte_identical_trees() {
+    let ctx = TestContext::with_example("ha");
+    let a = tree(&ctx.render("a"));
+    let b = tree(&ctx.render("b"));
+    assert!(a.len() > 50, "a full render has many files ({})", a.len());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (path, (mode, bytes)) in &a {
+        assert_eq!((mode, bytes), (&b[path].0, &b[path].1), "{path} differs between renders");
+    }
+    // Secrets are 0600 in the tree too.
+    assert_eq!(a["server-1/etc/wireguard/kforge0.conf"].0, 0o600);
+    assert_eq!(a["server-1/var/lib/rancher/k3s/server/tls/server-ca.key"].0, 0o600);
+    assert_eq!(a["server-1/user-data"].0, 0o600);
+    assert_eq!(a["server-1/var/lib/rancher/k3s/server/tls/server-ca.crt"].0, 0o644);
+}
+
+#[test]
+fn adding_nodes_reissues_no_unrelated_certificate() {
+    let ctx = TestContext::with_example("ha");
+    ctx.render("out");
+    let before = ctx.bundle();
+    ctx.edit_spec(
+        "  nodes:\n",
+        "  nodes:\n    - {name: agent-4, role: agent, endpoint: 198.51.100.24}\n    - {name: server-4, role: server, endpoint: 203.0.113.14}\n    - {name: server-5, role: server, endpoint: 203.0.113.15}\n",
+    );
+    let out = ctx.kforge(&["render", "--out", "out"]).success();
+    let after = ctx.bundle();
+    for (id, cert) in &before.certificates {
+        assert_eq!(cert, &after.certificates[id], "{id} was re-issued");
+    }
+    assert_eq!(before.cas, after.cas, "CAs never change");
+    assert_eq!(before.k3s_token, after.k3s_token);
+    assert!(after.certificates.contains_key("apiserver/server-4"));
+    for (name, ip) in &before.mesh_ips {
+        assert_eq!(&after.mesh_ips[name], ip, "{name} renumbered");
+    }
+    assert!(out.stderr.contains("created 3 WireGuard keys, 3 mesh addresses, 2 certificates"), "{}", out.stderr);
+
+    // Changing a server's endpoint changes its SANs: only its certificate is re-issued.
+    ctx.edit_spec("endpoint: 203.0.113.12", "endpoint: 203.0.113.42");
+    let out = ctx.kforge(&["render", "--out", "out"]).success();
+    let changed = ctx.bundle();
+    assert!(out.stderr.contains("re-issued apiserver/server-2"), "{}", out.stderr);
+    for (id, cert) in &after.certificates {
+        assert_eq!(id == "apiserver/server-2", cert != &changed.certificates[id], "{id}");
+    }
+}
+
+#[test]
+fn render_replaces_its_own_tree_but_refuses_a_foreign_directory() {
+    let ctx = TestContext::with_example("homelab");
+    ctx.render("out");
+    ctx.edit_spec("    - name: pi-1", "    - name: pi-2");
+    ctx.render("out");
+    assert!(!ctx.path("out/pi-1").exists(), "a removed node's files do not linger");
+    assert!(ctx.path("out/pi-2/user-data").exists());
+
+    std::fs::create_dir(ctx.path("precious")).unwrap();
+    ctx.write("precious/notes.txt", "mine");
+    let out = ctx.kforge(&["render", "--out", "precious"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("was not written by kforge"), "{}", out.stderr);
+    assert_eq!(ctx.read("precious/notes.txt"), "mine");
+}

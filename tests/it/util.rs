@@ -1,0 +1,143 @@
+//! A tiny harness: a temp directory holding a cluster, and `kforge` run inside it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kforge_core::secrets::SecretsBundle;
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    #[track_caller]
+    pub fn success(self) -> Output {
+        assert_eq!(self.code, 0, "kforge failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub struct TestContext {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl TestContext {
+    pub fn new() -> TestContext {
+        TestContext { dir: tempfile::tempdir().expect("temp dir"), env: Vec::new() }
+    }
+
+    /// `kforge init --example NAME .` in a fresh directory.
+    pub fn with_example(name: &str) -> TestContext {
+        let ctx = TestContext::new();
+        ctx.kforge(&["init", "--example", name, "."]).success();
+        ctx
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> TestContext {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn kforge(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kforge"));
+        cmd.args(args).current_dir(self.dir.path());
+        for var in ["KFORGE_AGE_IDENTITY", "KFORGE_AGE_PASSPHRASE"] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run kforge");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path(rel), text).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+    }
+
+    /// Edit kforge.yaml with a plain text replacement (must match).
+    pub fn edit_spec(&self, from: &str, to: &str) {
+        let text = self.read("kforge.yaml");
+        assert!(text.contains(from), "kforge.yaml has no {from:?}");
+        self.write("kforge.yaml", &text.replacen(from, to, 1));
+    }
+
+    /// `render --out NAME`, returning the output directory.
+    pub fn render(&self, out: &str) -> PathBuf {
+        self.kforge(&["render", "--out", out]).success();
+        self.path(out)
+    }
+
+    /// The plain secrets bundle, parsed.
+    pub fn bundle(&self) -> SecretsBundle {
+        serde_saphyr::from_str(&self.read("kforge.secrets.yaml")).expect("bundle parses")
+    }
+}
+
+/// Every regular file under `root` → (mode, bytes), keyed by relative path.
+pub fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, (meta.permissions().mode() & 0o7777, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Run a real tool; panic with its output if it fails.
+#[track_caller]
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} not runnable: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a real tool with stdin.
+#[track_caller]
+pub fn run_with_input(program: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} not runnable: {e}"));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
