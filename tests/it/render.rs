@@ -67,3 +67,32 @@ fn render_replaces_its_own_tree_but_refuses_a_foreign_directory() {
     assert!(out.stderr.contains("was not written by kforge"), "{}", out.stderr);
     assert_eq!(ctx.read("precious/notes.txt"), "mine");
 }
+
+#[test]
+fn leaves_inside_the_renewal_window_are_reissued_and_only_those() {
+    let ctx = TestContext::with_example("homelab");
+    // Short-lived leaves: 30 days, renewed in the last 10.
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    ctx.edit_spec(
+        "  secretsEncryption: true\n",
+        "  secretsEncryption: true\n  pki: {leafValidityDays: 30, renewBeforeDays: 10}\n",
+    );
+    ctx.kforge(&["plan"]).success();
+    let first = ctx.bundle();
+    ctx.kforge(&["plan"]).success();
+    assert_eq!(first, ctx.bundle(), "30 days left is outside a 10-day window: nothing re-issued");
+
+    // Widen the window past the leaves' remaining life: every leaf is now due, CAs are not.
+    ctx.edit_spec(
+        "pki: {leafValidityDays: 30, renewBeforeDays: 10}",
+        "pki: {leafValidityDays: 90, renewBeforeDays: 45}",
+    );
+    let out = ctx.kforge(&["plan"]).success();
+    let renewed = ctx.bundle();
+    assert!(out.stderr.contains("re-issued"), "{}", out.stderr);
+    for (id, cert) in &first.certificates {
+        assert_ne!(cert.pair.cert, renewed.certificates[id].pair.cert, "{id} was due for renewal");
+        assert_eq!(cert.fingerprint, renewed.certificates[id].fingerprint, "{id}: same request, new validity");
+    }
+    assert_eq!(first.cas, renewed.cas);
+}
