@@ -67,3 +67,13 @@ fn init_writes_every_example_and_the_plan_covers_every_node() {
         }
     }
 }
+
+#[test]
+fn a_warning_repeated_across_a_fleet_is_counted_not_flooded() {
+    let ctx = TestContext::with_example("homelab");
+    let many: String = (1..=12).map(|i| format!("    - {{name: nat-{i}, role: agent}}\n")).collect();
+    ctx.edit_spec("  nodes:\n", &format!("  nodes:\n{many}"));
+    let out = ctx.kforge(&["check"]).success();
+    assert_eq!(out.stderr.matches("has neither an endpoint nor ssh.host").count(), 3, "{}", out.stderr);
+    assert!(out.stderr.contains("warning: 9 more like the above"), "{}", out.stderr);
+}

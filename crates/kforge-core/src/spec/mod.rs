@@ -26,9 +26,32 @@ pub struct LoadedSpec {
 }
 
 impl LoadedSpec {
-    /// Warnings rendered like errors (source line and caret).
+    /// Warnings rendered like errors (source line and caret). A warning raised for
+    /// many nodes is shown three times, then counted, so a large fleet stays readable.
     pub fn render_warnings(&self) -> String {
-        self.warnings.iter().map(|w| w.render(&self.file, &self.source_text)).collect()
+        const SHOWN_PER_KIND: usize = 3;
+        let mut out = String::new();
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for w in &self.warnings {
+            let kind = w.help.as_deref().unwrap_or(&w.message);
+            let n = match seen.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    seen.push((kind, 1));
+                    1
+                }
+            };
+            if n <= SHOWN_PER_KIND {
+                out.push_str(&w.render(&self.file, &self.source_text));
+            }
+        }
+        for (kind, n) in seen.into_iter().filter(|(_, n)| *n > SHOWN_PER_KIND) {
+            out.push_str(&format!("warning: {} more like the above ({kind})\n", n - SHOWN_PER_KIND));
+        }
+        out
     }
 }
 
