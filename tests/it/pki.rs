@@ -62,6 +62,8 @@ fn openssl_verifies_every_chain_with_the_expected_names() {
             "IP Address:10.4.0.1".into(),  // the API address kubeconfigs use
             "IP Address:10.43.0.1".into(), // the kubernetes Service
             "IP Address:127.0.0.1".into(),
+            "IP Address:0:0:0:0:0:0:0:1".into(),
+            "DNS:localhost".into(),
         ] {
             assert!(text.contains(&san), "{server} lacks {san}:\n{text}");
         }
@@ -208,4 +210,37 @@ fn rsa_keys_on_request() {
     openssl_verify(&ca, &leaf);
     assert!(openssl_text(&leaf).contains("Public-Key: (2048 bit)"));
     assert!(openssl_text(&ca).contains("Public-Key: (2048 bit)"));
+}
+
+/// K3s re-mints `serving-kube-apiserver.crt` unless CN is `kube-apiserver`, O is empty,
+/// every SAN it wants is present and the AuthorityKeyId is the server CA's
+/// SubjectKeyId (k3s pkg/daemons/control/deps: fieldsChanged). kforge's must pass.
+#[test]
+fn k3s_would_keep_kforges_serving_certificate() {
+    let ctx = TestContext::with_example("homelab");
+    let out = ctx.render("out");
+    let key_id = |cert: &Path, ext: &str| -> String {
+        let text = run("openssl", &["x509", "-in", cert.to_str().unwrap(), "-noout", "-ext", ext]);
+        text.lines().nth(1).unwrap().trim().trim_start_matches("keyid:").to_string()
+    };
+    let ca = out.join(format!("cp-1/{TLS}/server-ca.crt"));
+    let leaf = out.join(format!("cp-1/{TLS}/serving-kube-apiserver.crt"));
+    assert_eq!(key_id(&leaf, "authorityKeyIdentifier"), key_id(&ca, "subjectKeyIdentifier"));
+    let subject = run("openssl", &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-subject"]);
+    assert_eq!(subject.trim(), "subject=CN = kube-apiserver", "no O, exactly this CN");
+    let sans = run("openssl", &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-ext", "subjectAltName"]);
+    // What K3s adds for this node: node name, node-ip (mesh), node-external-ip,
+    // advertise-address (mesh), loopbacks, localhost, the service IP, kubernetes.*.
+    for want in [
+        "DNS:cp-1",
+        "IP Address:10.4.0.1",
+        "IP Address:203.0.113.10",
+        "IP Address:127.0.0.1",
+        "IP Address:0:0:0:0:0:0:0:1",
+        "DNS:localhost",
+        "IP Address:10.43.0.1",
+        "DNS:kubernetes.default.svc.cluster.local",
+    ] {
+        assert!(sans.contains(want), "lacks {want}: {sans}");
+    }
 }

@@ -22,8 +22,9 @@ fn needles(ctx: &TestContext) -> Vec<String> {
 
 #[test]
 fn no_command_prints_a_secret() {
-    let ctx = TestContext::with_example("homelab");
-    let mut outputs = Vec::new();
+    let ctx = TestContext::new();
+    let init = ctx.kforge(&["init", "--example", "homelab", "."]).success();
+    let mut outputs = vec![("init".to_string(), init.stdout + &init.stderr)];
     for args in [
         vec!["check"],
         vec!["plan"],

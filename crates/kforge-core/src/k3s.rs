@@ -75,7 +75,11 @@ pub fn api_dns_names(model: &Model<'_>, node: &Node) -> Vec<String> {
     v
 }
 
-/// Every address a client may use for this server's API.
+/// Every address a client may use for this server's API. Together with
+/// [`api_dns_names`] this covers every SAN K3s itself requires of
+/// `serving-kube-apiserver.crt` (tls-san, node name and IPs, 127.0.0.1, ::1,
+/// localhost, the service IP), so K3s keeps kforge's certificate instead of
+/// minting its own.
 pub fn api_ip_addresses(model: &Model<'_>, member: &Member) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = vec![IpAddr::V4(member.mesh_ip)];
     if model.api_address != member.mesh_ip {
@@ -86,6 +90,7 @@ pub fn api_ip_addresses(model: &Model<'_>, member: &Member) -> Vec<IpAddr> {
     }
     v.push(model.kubernetes_service_ip);
     v.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    v.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
     v
 }
 
