@@ -78,7 +78,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Print the admin kubeconfig (server = first server's mesh address, CA embedded).
+    /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///
     /// It holds the admin's private key: prefer --out, which writes it with mode 0600.
     Kubeconfig {

@@ -227,3 +227,59 @@ fn nth_host(net: IpNet, n: u32) -> IpAddr {
         IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()) + n as u128)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reconcile_secrets;
+
+    const TWO_BEHIND_NAT: &str = "apiVersion: kforge.dev/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  distribution: {type: k3s, version: v1.33.5+k3s1}
+  mesh: {relay: edge-1}
+  access: {peers: [{name: laptop}]}
+  nodes:
+    - {name: cp-1, role: server, endpoint: 203.0.113.10}
+    - {name: edge-1, role: agent, endpoint: 198.51.100.7}
+    - {name: nat-1, role: agent, ssh: {host: a}}
+    - {name: nat-2, role: agent, ssh: {host: b}}
+";
+
+    #[test]
+    fn members_behind_nat_reach_each_other_through_the_chosen_relay() {
+        let spec = crate::spec::parse("t.yaml", TWO_BEHIND_NAT).unwrap().cluster;
+        let (bundle, _) = reconcile_secrets(&spec, None, time::OffsetDateTime::now_utc()).unwrap();
+        let model = Model::build(&spec, &bundle);
+        let nat1 = model.member("nat-1").unwrap();
+        let peers = model.mesh_peers(nat1);
+        let names: Vec<&str> = peers.iter().map(|p| p.member.name.as_str()).collect();
+        assert_eq!(names, ["cp-1", "edge-1"], "no direct link to nat-2 or the laptop");
+        let relay = &peers[1];
+        assert_eq!(relay.relays_for, ["nat-2", "laptop"]);
+        assert_eq!(relay.allowed_ips.len(), 3);
+        assert!(peers.iter().all(|p| p.keepalive == Some(25)), "nat-1 keeps its NAT mapping open");
+        // The relay itself peers with everyone directly.
+        let edge = model.member("edge-1").unwrap();
+        assert_eq!(model.mesh_peers(edge).len(), 4);
+        assert_eq!(
+            model.relayed_pairs(),
+            [("nat-1", "nat-2", "edge-1"), ("nat-1", "laptop", "edge-1"), ("nat-2", "laptop", "edge-1")]
+        );
+    }
+
+    #[test]
+    fn api_address_belongs_to_the_server_with_the_lowest_mesh_address() {
+        let spec = crate::spec::parse("t.yaml", TWO_BEHIND_NAT).unwrap().cluster;
+        let (bundle, _) = reconcile_secrets(&spec, None, time::OffsetDateTime::now_utc()).unwrap();
+        // A second server listed first, allocated after cp-1.
+        let text =
+            TWO_BEHIND_NAT.replace("  nodes:\n", "  nodes:\n    - {name: cp-0, role: server, endpoint: 203.0.113.9}\n");
+        let grown = crate::spec::parse("t.yaml", &text).unwrap().cluster;
+        let (bundle, _) = reconcile_secrets(&grown, Some(bundle), time::OffsetDateTime::now_utc()).unwrap();
+        let model = Model::build(&grown, &bundle);
+        assert_eq!(model.first_server().name, "cp-1");
+        assert_eq!(model.api_url(), format!("https://{}:6443", model.member("cp-1").unwrap().mesh_ip));
+    }
+}

@@ -64,6 +64,15 @@ impl std::fmt::Debug for SecretsBundle {
     }
 }
 
+/// Why a leaf is issued now.
+enum Due {
+    Missing,
+    /// Subject, SANs, usage, issuer or key algorithm changed.
+    RequestChanged,
+    /// Inside `pki.renewBeforeDays` of expiry.
+    Expiring,
+}
+
 /// What a reconcile changed, for the operator (names only, never values).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -201,7 +210,7 @@ impl SecretsBundle {
             }
         }
         for (name, ip) in &self.mesh_ips {
-            if next.get(name) != Some(ip) && !next.contains_key(name) {
+            if !next.contains_key(name) {
                 report.removed.push(format!("mesh address {name}={ip}"));
             }
         }
@@ -224,27 +233,23 @@ impl SecretsBundle {
         for req in requests {
             let ca_pair = self.cas.get(&req.issuer).expect("CAs are created before leaves");
             let wanted = req.fingerprint(ca_pair, pki.key_algorithm);
-            let reason = match self.certificates.get(&req.id) {
-                None => Some(false),
-                Some(have) if have.fingerprint != wanted => Some(true),
+            let due = match self.certificates.get(&req.id) {
+                None => Due::Missing,
+                Some(have) if have.fingerprint != wanted => Due::RequestChanged,
                 Some(have) => match pki::not_after(&have.pair.cert) {
-                    Some(t) if t > renew_after => None,
-                    Some(_) => Some(true),
-                    None => {
-                        return Err(PkiError::Parse { what: req.id.clone() });
-                    }
+                    Some(expiry) if expiry > renew_after => continue,
+                    Some(_) => Due::Expiring,
+                    None => return Err(PkiError::Parse { what: req.id.clone() }),
                 },
             };
-            let Some(existed) = reason else { continue };
             if !cas.contains_key(req.issuer.as_str()) {
                 cas.insert(&req.issuer, LoadedCa::load(&req.issuer, ca_pair)?);
             }
             let issued = cas[req.issuer.as_str()].issue(req, pki.key_algorithm, pki.leaf_validity_days, now)?;
             self.certificates.insert(req.id.clone(), issued);
-            if existed {
-                report.reissued.push(req.id.clone())
-            } else {
-                report.created.push(format!("certificate {}", req.id))
+            match due {
+                Due::Missing => report.created.push(format!("certificate {}", req.id)),
+                Due::RequestChanged | Due::Expiring => report.reissued.push(req.id.clone()),
             }
         }
         let wanted: BTreeSet<&str> = requests.iter().map(|r| r.id.as_str()).collect();
