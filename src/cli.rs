@@ -88,6 +88,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Local lab machines to try kforge on (root; systemd-nspawn + network namespaces).
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Print the JSON Schema of the cluster file (for editor completion and checks).
     Schema,
     /// Print a shell completion script.
@@ -98,4 +101,38 @@ pub enum Command {
 pub enum Format {
     Text,
     Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Start Debian machines with systemd and sshd, on a private "internet" bridge.
+    ///
+    /// Writes DIR/kforge.yaml (the lab example with these machines), DIR/ssh_config and
+    /// DIR/known_hosts (strict host keys). The root filesystem is built once with
+    /// debootstrap into /var/cache/kforge-lab (KFORGE_LAB_CACHE). Then:
+    ///   kforge apply -f lab/kforge.yaml
+    Up {
+        /// Lab directory.
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+        /// How many machines (lab-1 is the server).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Put this machine behind a masquerading router (no public endpoint). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        behind_nat: Vec<String>,
+        /// Debian mirror for debootstrap (default: this machine's apt sources).
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
+    /// Stop the machines and remove every namespace, interface, mount and file the lab made.
+    Down {
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
+    /// Show each machine: running, address, SSH reachable.
+    Status {
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
 }

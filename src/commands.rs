@@ -10,7 +10,7 @@ use kforge_core::secrets::{AgeCredentials, ReconcileReport, SecretsBundle, Secre
 use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig, render};
 
-use crate::cli::{ClusterArgs, Command, Format};
+use crate::cli::{ClusterArgs, Command, Format, LabCommand};
 use crate::output;
 
 pub enum CliError {
@@ -51,6 +51,7 @@ macro_rules! impl_other {
     )*};
 }
 impl_other!(
+    kforge_lab::LabError,
     kforge_core::secrets::SecretsError,
     kforge_core::pki::PkiError,
     kforge_core::render::dir::RenderError,
@@ -64,6 +65,7 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Plan { cluster, output } => plan(&cluster, output),
         Command::Render { cluster, out } => render_cmd(&cluster, &out),
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
+        Command::Lab(cmd) => lab(cmd),
         Command::Schema => {
             let schema = schemars::schema_for!(spec::Cluster);
             println!("{}", serde_json::to_string_pretty(&schema).expect("schema serializes"));
@@ -219,6 +221,47 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
             eprintln!("the API answers on the mesh only: bring up your access peer's WireGuard config first");
         }
         None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn lab(cmd: LabCommand) -> Result<(), CliError> {
+    let log = |line: &str| eprintln!("lab: {line}");
+    match cmd {
+        LabCommand::Up { dir, nodes, behind_nat, mirror } => {
+            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror };
+            let state = kforge_lab::up(&opts, &log)?;
+            let d = state.dir.display();
+            println!(
+                "lab up: {} machines on {} (workstation {})",
+                state.machines.len(),
+                state.subnet,
+                state.workstation_ip
+            );
+            for m in &state.machines {
+                let addr = m.public_ip.map_or(format!("behind NAT, ssh via {}", m.ssh_ip), |ip| ip.to_string());
+                println!("  {:<8} {addr}", m.name);
+            }
+            println!("cluster file: {d}/kforge.yaml   ssh: ssh -F {d}/ssh_config lab-1");
+            println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)");
+            println!("stop: kforge lab down --dir {d}");
+        }
+        LabCommand::Down { dir } => {
+            kforge_lab::down(&dir, &log)?;
+            println!("lab down: nothing left running");
+        }
+        LabCommand::Status { dir } => {
+            for (m, running, ssh) in kforge_lab::status(&dir)? {
+                let addr = m.public_ip.map_or_else(|| format!("{} (behind NAT)", m.ssh_ip), |ip| ip.to_string());
+                println!(
+                    "{:<8} {:<24} {:<8} ssh {}",
+                    m.name,
+                    addr,
+                    if running { "running" } else { "stopped" },
+                    if ssh { "up" } else { "down" }
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,350 @@
+//! `kforge lab`: real Linux machines on one computer, to try kforge and to test it.
+//!
+//! N Debian machines with real systemd and sshd run as systemd-nspawn containers,
+//! each in its own network namespace on a bridge that plays "the internet"; the
+//! workstation joins through a veth. `up` writes, into the lab directory:
+//!
+//! ```text
+//! lab/kforge.yaml     the `lab` example with these machines' addresses
+//! lab/ssh_config      Host entries kforge apply uses (strict host keys)
+//! lab/known_hosts     each machine's own host key, known before first contact
+//! lab/id_ed25519      the lab's SSH key
+//! lab/lab.json        what was created, so `down` can remove exactly that
+//! ```
+//!
+//! `down` stops the machines and removes every namespace, veth, mount and file it
+//! made. Requires root.
+
+mod machine;
+mod net;
+pub mod rootfs;
+mod sh;
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use sh::CommandError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl LabError {
+    fn io(path: &Path, source: std::io::Error) -> LabError {
+        LabError::Io { path: path.display().to_string(), source }
+    }
+}
+
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub behind_nat: Vec<String>,
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Short id making this lab's namespace and interface names unique.
+    pub id: String,
+    pub dir: PathBuf,
+    /// Overlays live here (outside the lab directory, which may be on overlayfs).
+    pub runtime: PathBuf,
+    pub subnet: Ipv4Net,
+    pub workstation_ip: Ipv4Addr,
+    pub wan_ns: String,
+    pub host_veth: String,
+    pub machines: Vec<MachineState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineState {
+    pub name: String,
+    pub ns: String,
+    /// Public address on the lab bridge; `None` behind NAT.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where the workstation reaches its SSH.
+    pub ssh_ip: Ipv4Addr,
+    /// Router namespace, for a machine behind NAT.
+    pub router_ns: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl LabState {
+    pub fn load(dir: &Path) -> Result<LabState, LabError> {
+        let path = dir.join("lab.json");
+        let text = fs::read_to_string(&path)
+            .map_err(|_| LabError::Setup(format!("no lab in {} (run `kforge lab up` first)", dir.display())))?;
+        serde_json::from_str(&text).map_err(|e| LabError::Setup(format!("{}: {e}", path.display())))
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = self.dir.join("lab.json");
+        let text = serde_json::to_string_pretty(self).expect("state serializes");
+        kforge_core::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| LabError::io(&path, e))
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&MachineState> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+}
+
+/// Bring a lab up. On any failure, everything created so far is torn down again.
+pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
+    if opts.nodes == 0 || opts.nodes > 40 {
+        return Err(LabError::Setup("--nodes must be between 1 and 40".into()));
+    }
+    let names: Vec<String> = (1..=opts.nodes).map(|i| format!("lab-{i}")).collect();
+    for n in &opts.behind_nat {
+        if !names.contains(n) {
+            return Err(LabError::Setup(format!("--behind-nat {n}: no such machine (they are {})", names.join(", "))));
+        }
+    }
+    if opts.behind_nat.len() == opts.nodes {
+        return Err(LabError::Setup("at least one machine must have a public address".into()));
+    }
+    if opts.dir.join("lab.json").exists() {
+        return Err(LabError::Setup(format!(
+            "a lab is already up in {} (run `kforge lab down` first)",
+            opts.dir.display()
+        )));
+    }
+    let image = rootfs::ensure(opts.mirror.as_deref(), log)?;
+    fs::create_dir_all(&opts.dir).map_err(|e| LabError::io(&opts.dir, e))?;
+    let dir = fs::canonicalize(&opts.dir).map_err(|e| LabError::io(&opts.dir, e))?;
+    let id = kforge_core::hashing::sha256_hex(dir.display().to_string().as_bytes())[..4].to_string();
+    let subnet = net::pick_subnet()?;
+    net::assert_clear_of_cluster(subnet);
+    let mut state = LabState {
+        runtime: PathBuf::from("/var/lib/kforge-lab").join(&id),
+        dir: dir.clone(),
+        subnet,
+        workstation_ip: net::host(subnet, 1),
+        wan_ns: format!("kfl{id}-wan"),
+        host_veth: format!("kfl{id}"),
+        machines: Vec::new(),
+        id,
+    };
+    state.save()?;
+    match build(&mut state, &image, &names, &opts.behind_nat, log) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            log("lab up failed; removing what was created");
+            down(&state.dir, &|_| {})?;
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    state: &mut LabState,
+    image: &Path,
+    names: &[String],
+    nat: &[String],
+    log: &dyn Fn(&str),
+) -> Result<(), LabError> {
+    let dir = state.dir.clone();
+    let key = dir.join("id_ed25519");
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(dir.join("id_ed25519.pub"));
+    sh::run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "kforge-lab", "-f", &key.display().to_string()])?;
+    let authorized = fs::read_to_string(dir.join("id_ed25519.pub")).map_err(|e| LabError::io(&key, e))?;
+    let prefix = state.subnet.prefix_len();
+    net::create_wan(&state.wan_ns, &state.host_veth, state.workstation_ip, prefix)?;
+    fs::create_dir_all(dir.join("machines")).map_err(|e| LabError::io(&dir, e))?;
+
+    let mut known_hosts = String::new();
+    let mut nat_count = 0u8;
+    for (i, name) in names.iter().enumerate() {
+        let ns = format!("kfl{}-{name}", state.id);
+        let public = net::host(state.subnet, 11 + i as u32);
+        let port = format!("m{i}");
+        let machine = if nat.contains(name) {
+            nat_count += 1;
+            let router_ns = format!("kfl{}-r{nat_count}", state.id);
+            let router_public = net::host(state.subnet, 100 + nat_count as u32);
+            let private = net::private_net(nat_count);
+            state.machines.push(MachineState {
+                name: name.clone(),
+                ns: ns.clone(),
+                public_ip: None,
+                ssh_ip: net::host(private, 2),
+                router_ns: Some(router_ns.clone()),
+                pid: None,
+            });
+            state.save()?;
+            net::attach(&state.wan_ns, &router_ns, &format!("r{nat_count}"), router_public, prefix)?;
+            net::behind_nat(&router_ns, &ns, private, router_public, &state.host_veth)?;
+            state.machines.len() - 1
+        } else {
+            state.machines.push(MachineState {
+                name: name.clone(),
+                ns: ns.clone(),
+                public_ip: Some(public),
+                ssh_ip: public,
+                router_ns: None,
+                pid: None,
+            });
+            state.save()?;
+            net::attach(&state.wan_ns, &ns, &port, public, prefix)?;
+            state.machines.len() - 1
+        };
+        let mdir = state.runtime.join(name);
+        let host_key = machine::prepare(image, &mdir, name, &authorized)?;
+        known_hosts.push_str(&format!("{} {host_key}\n", state.machines[machine].ssh_ip));
+        let pid = machine::boot(&mdir.join("root"), name, &ns, &dir.join("machines").join(format!("{name}.log")))?;
+        state.machines[machine].pid = Some(pid);
+        state.save()?;
+        log(&format!(
+            "{name}: booting ({})",
+            state.machines[machine].public_ip.map_or("behind NAT".to_string(), |ip| ip.to_string())
+        ));
+    }
+    write_file(&dir.join("known_hosts"), &known_hosts, 0o644)?;
+    write_file(&dir.join("ssh_config"), &ssh_config(state), 0o644)?;
+    write_file(&dir.join("kforge.yaml"), &cluster_file(state), 0o644)?;
+    wait_for_ssh(state, log)
+}
+
+/// Wait until every machine answers SSH with its known host key.
+fn wait_for_ssh(state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let config = state.dir.join("ssh_config").display().to_string();
+    for m in &state.machines {
+        loop {
+            let addr = SocketAddr::from((m.ssh_ip, 22));
+            let port_open = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+            if port_open && sh::run("ssh", &["-F", &config, "-o", "ConnectTimeout=5", &m.name, "true"]).is_ok() {
+                log(&format!("{}: ssh ready", m.name));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Setup(format!(
+                    "{} did not answer SSH within 120 s; see {}/machines/{}.log",
+                    m.name,
+                    state.dir.display(),
+                    m.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    Ok(())
+}
+
+fn ssh_config(state: &LabState) -> String {
+    let mut s = String::from("# kforge lab: SSH to the lab machines with the lab key and strict host keys.\n");
+    for m in &state.machines {
+        s.push_str(&format!(
+            "\nHost {name}\n  HostName {ip}\n  User root\n  IdentityFile {dir}/id_ed25519\n  IdentitiesOnly yes\n  UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+            name = m.name,
+            ip = m.ssh_ip,
+            dir = state.dir.display()
+        ));
+    }
+    s
+}
+
+/// The `lab` example with this lab's machines as nodes (the first is the server).
+fn cluster_file(state: &LabState) -> String {
+    let example = kforge_core::spec::examples::LAB;
+    let head = &example[..example.find("  nodes:\n").expect("the lab example has nodes")];
+    let mut s = head.to_string();
+    s.push_str("  nodes:\n");
+    for (i, m) in state.machines.iter().enumerate() {
+        let role = if i == 0 { "server" } else { "agent" };
+        match m.public_ip {
+            Some(ip) => s.push_str(&format!(
+                "    - {{name: {}, role: {role}, endpoint: {ip}, ssh: {{host: {}}}}}\n",
+                m.name, m.name
+            )),
+            None => s.push_str(&format!(
+                "    - {{name: {}, role: {role}, ssh: {{host: {}}}}}   # behind NAT\n",
+                m.name, m.name
+            )),
+        }
+    }
+    s
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
+    kforge_core::fsutil::write_atomic(path, text.as_bytes(), mode).map_err(|e| LabError::io(path, e))
+}
+
+/// Tear the lab down: machines, mounts, namespaces, veths, routes, files.
+pub fn down(dir: &Path, log: &dyn Fn(&str)) -> Result<(), LabError> {
+    let state = LabState::load(dir)?;
+    for m in &state.machines {
+        if let Some(pid) = m.pid {
+            machine::stop(pid);
+        }
+        machine::remove(&state.runtime.join(&m.name));
+        net::delete_ns(&m.ns);
+        if let Some(r) = &m.router_ns {
+            net::delete_ns(r);
+        }
+        log(&format!("{}: removed", m.name));
+    }
+    net::delete_ns(&state.wan_ns);
+    net::delete_link(&state.host_veth);
+    let _ = fs::remove_dir_all(&state.runtime);
+    for f in ["lab.json", "ssh_config", "known_hosts", "id_ed25519", "id_ed25519.pub"] {
+        let _ = fs::remove_file(state.dir.join(f));
+    }
+    let _ = fs::remove_dir_all(state.dir.join("machines"));
+    Ok(())
+}
+
+/// One line per machine: running, address, SSH reachable.
+pub fn status(dir: &Path) -> Result<Vec<(MachineState, bool, bool)>, LabError> {
+    let state = LabState::load(dir)?;
+    Ok(state
+        .machines
+        .iter()
+        .map(|m| {
+            let running = m.pid.is_some_and(machine::is_running);
+            let ssh = running
+                && TcpStream::connect_timeout(&SocketAddr::from((m.ssh_ip, 22)), Duration::from_millis(500)).is_ok();
+            (m.clone(), running, ssh)
+        })
+        .collect())
+}
+
+/// What a lab leaves on the machine (for tests that assert `down` removed it all).
+pub fn leftovers(state: &LabState) -> Vec<String> {
+    let mut v = Vec::new();
+    for m in &state.machines {
+        if net::ns_exists(&m.ns) {
+            v.push(format!("namespace {}", m.ns));
+        }
+        if m.pid.is_some_and(machine::is_running) {
+            v.push(format!("process of {}", m.name));
+        }
+        if machine::is_mounted(&state.runtime.join(&m.name).join("root")) {
+            v.push(format!("overlay of {}", m.name));
+        }
+        if let Some(r) = m.router_ns.as_ref().filter(|r| net::ns_exists(r)) {
+            v.push(format!("namespace {r}"));
+        }
+    }
+    if net::ns_exists(&state.wan_ns) {
+        v.push(format!("namespace {}", state.wan_ns));
+    }
+    if Path::new("/sys/class/net").join(&state.host_veth).exists() {
+        v.push(format!("interface {}", state.host_veth));
+    }
+    if state.runtime.exists() {
+        v.push(format!("directory {}", state.runtime.display()));
+    }
+    v
+}
