@@ -78,6 +78,28 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Converge the hosts to the plan over SSH (phased, parallel, idempotent).
+    ///
+    /// Facts first (one round trip per host), then preflight, then phase by phase:
+    /// only files whose hash differs are written (temp file, fsync, rename), only
+    /// units whose inputs changed are restarted (the mesh reloads with wg syncconf).
+    /// Host keys are checked strictly. A second run with nothing changed touches nothing.
+    Apply {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Show per host what would change (files added/changed/removed, units to restart), touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Hosts worked on at once inside a phase.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        parallel: usize,
+        /// OpenSSH config to use (default: ssh_config beside the cluster file if there is one,
+        /// else your own ~/.ssh/config).
+        #[arg(long, value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///
     /// It holds the admin's private key: prefer --out, which writes it with mode 0600.

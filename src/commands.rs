@@ -52,6 +52,7 @@ macro_rules! impl_other {
 }
 impl_other!(
     kforge_lab::LabError,
+    kforge_ssh::ApplyError,
     kforge_core::secrets::SecretsError,
     kforge_core::pki::PkiError,
     kforge_core::render::dir::RenderError,
@@ -64,6 +65,9 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Check(args) => check(&args),
         Command::Plan { cluster, output } => plan(&cluster, output),
         Command::Render { cluster, out } => render_cmd(&cluster, &out),
+        Command::Apply { cluster, dry_run, parallel, ssh_config, output } => {
+            apply(&cluster, dry_run, parallel, ssh_config, output)
+        }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
         Command::Lab(cmd) => lab(cmd),
         Command::Schema => {
@@ -264,4 +268,56 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn apply(
+    args: &ClusterArgs,
+    dry_run: bool,
+    parallel: usize,
+    ssh_config: Option<std::path::PathBuf>,
+    format: Format,
+) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let plan = build_plan(&session.model(), &session.secrets);
+    let spec = &session.spec.cluster.spec;
+    let base_dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let ssh_config = ssh_config.or_else(|| Some(base_dir.join("ssh_config")).filter(|p| p.exists()));
+    let targets = spec
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let host = n.ssh.host.clone().or_else(|| n.endpoint.map(|e| e.to_string()))?;
+            Some(kforge_ssh::Target { node: n.name.clone(), host, user: n.ssh.user.clone(), port: n.ssh.port })
+        })
+        .collect();
+    let cache_dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kforge/artifacts");
+    let opts = kforge_ssh::ApplyOptions {
+        targets,
+        parallel,
+        dry_run,
+        ssh_config,
+        base_dir,
+        cache_dir,
+        mesh_interface: spec.mesh.interface.clone(),
+    };
+    let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| eprintln!("{node}: {what}"))?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+        Format::Text => print!("{}", output::apply_summary(&report)),
+    }
+    if report.all_converged() {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report.hosts.iter().filter(|h| !h.converged).map(|h| h.node.as_str()).collect();
+        Err(CliError::Other(format!(
+            "{} host{} did not converge: {}\n  help: fix the cause above and run `kforge apply` again; it finishes the job",
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            failed.join(", ")
+        )))
+    }
 }

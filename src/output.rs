@@ -166,3 +166,70 @@ fn size(bytes: usize) -> String {
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
+
+/// `kforge apply`: one line per host, or with `--dry-run` the diff per host.
+pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
+    let mut o = String::new();
+    if report.dry_run {
+        for h in &report.hosts {
+            let changes =
+                h.files_added.len() + h.files_changed.len() + h.files_removed.len() + h.artifacts_uploaded.len();
+            let _ = writeln!(
+                o,
+                "{}: {}",
+                h.node,
+                match (&h.error, changes + h.units_restarted.len()) {
+                    (Some(e), _) => format!("UNREACHABLE: {e}"),
+                    (None, 0) => "no changes".to_string(),
+                    (None, _) => format!(
+                        "{changes} file change{}, {} unit restart{}",
+                        plural(changes),
+                        h.units_restarted.len(),
+                        plural(h.units_restarted.len())
+                    ),
+                }
+            );
+            for f in &h.artifacts_uploaded {
+                let _ = writeln!(o, "  ^ {f}  (upload)");
+            }
+            for f in &h.files_added {
+                let _ = writeln!(o, "  + {f}");
+            }
+            for f in &h.files_changed {
+                let _ = writeln!(o, "  ~ {f}");
+            }
+            for f in &h.files_removed {
+                let _ = writeln!(o, "  - {f}");
+            }
+            for u in &h.units_restarted {
+                let _ = writeln!(o, "  restart {u}");
+            }
+        }
+        let _ = writeln!(o, "dry run: nothing was changed");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "{:<10} {:<11} {:>7} {:>7} {:>8}  RESTARTED / RELOADED",
+        "NODE", "RESULT", "WRITTEN", "REMOVED", "UPLOADED"
+    );
+    for h in &report.hosts {
+        let mut units: Vec<String> = h.units_restarted.clone();
+        units.extend(h.units_reloaded.iter().map(|u| format!("{u} (reload)")));
+        let _ = writeln!(
+            o,
+            "{:<10} {:<11} {:>7} {:>7} {:>8}  {}{}",
+            h.node,
+            if h.converged { "converged" } else { "FAILED" },
+            h.files_written(),
+            h.files_removed.len(),
+            h.artifacts_uploaded.len(),
+            if units.is_empty() { "-".to_string() } else { units.join(", ") },
+            if h.userspace_wireguard { "  [userspace WireGuard]" } else { "" }
+        );
+        if let Some(e) = &h.error {
+            let _ = writeln!(o, "  {}: {e}", h.node);
+        }
+    }
+    o
+}

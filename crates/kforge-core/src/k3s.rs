@@ -241,7 +241,11 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     let unit_path = format!("/etc/systemd/system/{unit_name}");
     files.push(PlannedFile::new(&unit_path, 0o644, render_unit(is_server, &spec.mesh.interface)));
 
-    let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    // A new binary or any of these files restarts K3s.
+    let mut restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    if spec.artifacts.k3s.is_some() {
+        restart_on.push(BINARY.into());
+    }
     let p = plan.phase(phase);
     p.files.extend(files);
     p.units.push(PlannedUnit { name: unit_name.into(), enable: true, restart_on, reload_command: None });

@@ -56,14 +56,19 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
         ));
         mesh.commands.push(PlannedCommand {
-            description: "apply kernel settings".into(),
+            description: "apply kernel settings (skipped when forwarding is already on)".into(),
             run: format!("sysctl -q -p {SYSCTL_FILE}"),
-            unless: None,
+            unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
         });
+        let mut wg_inputs = vec![wg_path.clone()];
+        if let Some(dropin) = nat_priming_dropin(model, me, iface) {
+            wg_inputs.push(dropin.path.clone());
+            mesh.files.push(dropin);
+        }
         mesh.units.push(PlannedUnit {
             name: format!("wg-quick@{iface}.service"),
             enable: true,
-            restart_on: vec![wg_path.clone()],
+            restart_on: wg_inputs,
             reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
         });
 
@@ -99,6 +104,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         cluster: model.spec.metadata.name.clone(),
         distribution: format!("k3s {}", spec.distribution.version),
         api: model.api_url(),
+        init_server: model.first_server().name.clone(),
         nodes,
         peers,
         notes: notes(model),
@@ -137,4 +143,65 @@ fn notes(model: &Model<'_>) -> Vec<String> {
         notes.push("the firewall is disabled: every port the cluster opens is reachable from the internet".into());
     }
     notes
+}
+
+pub const BORINGTUN_DEST: &str = "/usr/local/bin/boringtun-cli";
+pub const WG_USERSPACE_DROPIN: &str = "/etc/systemd/system/wg-quick@.service.d/kforge-userspace.conf";
+
+/// For a host whose kernel has no WireGuard module: wg-quick runs the userspace
+/// implementation (boringtun-cli), installed from `boringtun` when the host lacks it.
+pub fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<crate::plan::PlannedArtifact>) {
+    let mesh = np.phase(Phase::Mesh);
+    if let Some(a) = boringtun {
+        mesh.artifacts.push(a);
+    }
+    mesh.files.insert(
+        0,
+        PlannedFile::new(
+            WG_USERSPACE_DROPIN,
+            0o644,
+            "# Managed by kforge: this host's kernel has no WireGuard module, so wg-quick\n\
+             # runs the userspace implementation. WG_SUDO=true is what boringtun-cli accepts.\n\
+             [Service]\n\
+             Environment=WG_QUICK_USERSPACE_IMPLEMENTATION=boringtun-cli\n\
+             Environment=WG_SUDO=true\n",
+        ),
+    );
+    let unit = format!("wg-quick@{iface}.service");
+    if let Some(u) = mesh.units.iter_mut().find(|u| u.name == unit) {
+        u.restart_on.push(WG_USERSPACE_DROPIN.into());
+    }
+}
+
+/// A node behind NAT is reachable only once it has sent each peer a packet (WireGuard
+/// learns a roaming peer's endpoint from it; keepalives then hold the NAT mapping).
+/// Userspace implementations send nothing before a session exists, so every start of
+/// the mesh touches each directly dialled peer once.
+fn nat_priming_dropin(model: &Model<'_>, me: &crate::model::Member, iface: &str) -> Option<PlannedFile> {
+    if me.endpoint.is_some() {
+        return None;
+    }
+    let targets: Vec<String> = model
+        .mesh_peers(me)
+        .iter()
+        .filter(|p| p.member.endpoint.is_some())
+        .map(|p| p.member.mesh_ip.to_string())
+        .collect();
+    if targets.is_empty() {
+        return None;
+    }
+    let script = format!(
+        "for ip in {}; do timeout 2 bash -c \"echo > /dev/tcp/$ip/9\" 2>/dev/null & done; wait; true",
+        targets.join(" ")
+    );
+    Some(PlannedFile::new(
+        format!("/etc/systemd/system/wg-quick@{iface}.service.d/kforge-nat.conf"),
+        0o644,
+        format!(
+            "# Managed by kforge: this node has no public endpoint; say hello to every peer\n\
+             # on start so they learn where it is (WireGuard roaming), keepalives do the rest.\n\
+             [Service]\n\
+             ExecStartPost=/bin/bash -c '{script}'\n"
+        ),
+    ))
 }

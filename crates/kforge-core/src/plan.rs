@@ -194,6 +194,8 @@ pub struct Plan {
     pub cluster: String,
     pub distribution: String,
     pub api: String,
+    /// The server that initialises the cluster; it starts before the other servers.
+    pub init_server: String,
     pub nodes: Vec<NodePlan>,
     pub peers: Vec<PeerPlan>,
     /// Facts worth telling the operator (relayed pairs, artifacts that cannot travel).

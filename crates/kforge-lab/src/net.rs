@@ -79,6 +79,14 @@ pub fn attach(wan_ns: &str, ns: &str, bridge_port: &str, ip: Ipv4Addr, prefix: u
     in_ns(wan_ns, "ip", &["link", "set", bridge_port, "master", "br0", "up"]).map_err(c)?;
     in_ns(ns, "ip", &["addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"]).map_err(c)?;
     in_ns(ns, "ip", &["link", "set", "eth0", "up"]).map_err(c)?;
+    enable_forwarding(ns)
+}
+
+/// nspawn mounts /proc/sys read-only inside a machine, so `sysctl` there cannot turn
+/// forwarding on; the lab does it from outside, per namespace, as a VPS image would
+/// ship it. (kforge's own sysctl step is skipped when forwarding is already on.)
+fn enable_forwarding(ns: &str) -> Result<(), LabError> {
+    in_ns(ns, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]).map_err(LabError::Command)?;
     Ok(())
 }
 
@@ -115,6 +123,7 @@ pub fn behind_nat(
     in_ns(ns, "ip", &["addr", "add", &format!("{machine_ip}/24"), "dev", "eth0"]).map_err(c)?;
     in_ns(ns, "ip", &["link", "set", "eth0", "up"]).map_err(c)?;
     in_ns(ns, "ip", &["route", "add", "default", "via", &router_ip.to_string()]).map_err(c)?;
+    enable_forwarding(ns)?;
     run("ip", &["route", "add", &private.to_string(), "via", &router_public.to_string(), "dev", host_veth])
         .map_err(c)?;
     Ok(())

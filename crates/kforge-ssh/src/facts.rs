@@ -1,0 +1,163 @@
+//! Facts: what a host is and has, gathered in one SSH round trip, read-only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kforge_core::plan::NodePlan;
+
+use crate::ssh::{Host, SshError, shell_quote};
+
+pub const STATE_DIR: &str = "/var/lib/kforge";
+pub const MANIFEST: &str = "/var/lib/kforge/manifest.json";
+pub const PENDING_DIR: &str = "/var/lib/kforge/pending";
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    pub os: String,
+    pub arch: String,
+    pub init: String,
+    pub hostname: String,
+    pub machine_id: String,
+    /// Host clock, seconds since the epoch.
+    pub clock: i64,
+    pub swap_on: bool,
+    pub wireguard_kernel: bool,
+    pub boringtun: bool,
+    /// Path → sha256 of the planned files and artifacts that exist on the host.
+    pub hashes: BTreeMap<String, String>,
+    /// Unit → (active, enabled).
+    pub units: BTreeMap<String, (bool, bool)>,
+    /// Units whose inputs kforge changed but did not get to restart.
+    pub pending: BTreeSet<String>,
+    /// What kforge wrote before: path → sha256.
+    pub manifest: BTreeMap<String, String>,
+    /// Listening sockets as `tcp/6443`, `udp/51820`.
+    pub listening: BTreeSet<String>,
+    /// Leftover temp files of an interrupted apply.
+    pub stale_temp_files: Vec<String>,
+}
+
+/// Every path whose hash the engine needs: planned files, artifacts, old manifest.
+fn watched_paths(plan: &NodePlan) -> Vec<String> {
+    let mut v: Vec<String> = plan.files().map(|f| f.path.clone()).collect();
+    v.extend(plan.phases.iter().flat_map(|p| p.artifacts.iter().map(|a| a.dest.clone())));
+    // Added after facts when the host turns out to need userspace WireGuard.
+    v.push(kforge_core::pipeline::BORINGTUN_DEST.into());
+    v.push(kforge_core::pipeline::WG_USERSPACE_DROPIN.into());
+    v
+}
+
+fn units(plan: &NodePlan) -> Vec<String> {
+    plan.phases.iter().flat_map(|p| p.units.iter().map(|u| u.name.clone())).collect()
+}
+
+pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
+    let paths = watched_paths(plan);
+    let dirs: BTreeSet<String> = paths.iter().filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string())).collect();
+    let q = |v: &[String]| v.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ");
+    let script = format!(
+        r#"set -u
+. /etc/os-release 2>/dev/null; echo "os=${{ID:-unknown}} ${{VERSION_ID:-}}"
+echo "arch=$(uname -m)"
+echo "init=$(cat /proc/1/comm 2>/dev/null)"
+echo "hostname=$(hostname)"
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "clock=$(date +%s)"
+echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
+if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
+command -v boringtun-cli >/dev/null 2>&1 && echo boringtun=yes || echo boringtun=no
+for p in {paths}; do [ -f "$p" ] && echo "file $(sha256sum "$p" | cut -d' ' -f1) $p"; done
+for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1) $(systemctl is-enabled "$u" 2>/dev/null | head -1)"; done
+for f in {pending}/*; do [ -e "$f" ] && echo "pending ${{f##*/}}"; done
+[ -f {manifest} ] && echo "manifest $(base64 -w0 < {manifest})"
+ss -Hltn 2>/dev/null | awk '{{n=split($4,a,":"); print "listen tcp/" a[n]}}'
+ss -Hlun 2>/dev/null | awk '{{n=split($4,a,":"); print "listen udp/" a[n]}}'
+for d in {dirs}; do [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'; done
+true
+"#,
+        paths = q(&paths),
+        units = q(&units(plan)),
+        pending = PENDING_DIR,
+        manifest = MANIFEST,
+        dirs = q(&dirs.into_iter().collect::<Vec<_>>()),
+    );
+    let out = host.run_script("gather facts", &script)?;
+    Ok(parse(&out))
+}
+
+fn parse(out: &str) -> NodeFacts {
+    let mut f = NodeFacts::default();
+    for line in out.lines() {
+        if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.contains(' ')) {
+            match k {
+                "os" => f.os = v.trim().into(),
+                "arch" => f.arch = v.into(),
+                "init" => f.init = v.into(),
+                "hostname" => f.hostname = v.into(),
+                "machine_id" => f.machine_id = v.into(),
+                "clock" => f.clock = v.parse().unwrap_or(0),
+                "swap" => f.swap_on = v.trim().parse::<u32>().unwrap_or(0) > 0,
+                "wg_kernel" => f.wireguard_kernel = v == "yes",
+                "boringtun" => f.boringtun = v == "yes",
+                _ => {}
+            }
+            continue;
+        }
+        let mut words = line.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("file"), Some(sum), Some(path)) => {
+                f.hashes.insert(path.into(), sum.into());
+            }
+            (Some("unit"), Some(name), rest) => {
+                let rest = rest.unwrap_or("");
+                let mut s = rest.split_whitespace();
+                let active = s.next() == Some("active");
+                let enabled = s.next() == Some("enabled");
+                f.units.insert(name.into(), (active, enabled));
+            }
+            (Some("pending"), Some(name), None) => {
+                f.pending.insert(name.into());
+            }
+            (Some("manifest"), Some(b64), None) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+                    f.manifest = m.files;
+                }
+            }
+            (Some("listen"), Some(sock), None) => {
+                f.listening.insert(sock.into());
+            }
+            (Some("tmp"), Some(path), None) => f.stale_temp_files.push(path.into()),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// `/var/lib/kforge/manifest.json`: every file kforge wrote, with its hash.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub cluster: String,
+    pub files: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_facts_transcript() {
+        let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\nwg_kernel=no\nboringtun=yes\n\
+            file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
+            pending k3s.service\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\n";
+        let f = parse(out);
+        assert_eq!(f.hostname, "lab-1");
+        assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
+        assert_eq!(f.hashes["/etc/wireguard/kforge0.conf"], "0123");
+        assert_eq!(f.units["k3s.service"], (true, true));
+        assert_eq!(f.units["wg-quick@kforge0.service"], (false, false));
+        assert!(f.pending.contains("k3s.service"));
+        assert!(f.listening.contains("udp/51820"));
+        assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
+    }
+}

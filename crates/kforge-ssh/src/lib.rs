@@ -1,0 +1,95 @@
+//! `kforge apply`: deliver a plan to hosts over SSH — phased, parallel, idempotent,
+//! crash-safe, with a diff before it acts.
+//!
+//! ```text
+//! facts (1 round trip/host) → preflight → lock → for each phase, hosts in parallel:
+//!     upload changed artifacts → one script: mark pending restarts, write changed
+//!     files (temp, fsync, rename), daemon-reload if units changed, run commands,
+//!     restart/reload what changed, clear marks, record the manifest
+//! → remove files kforge wrote before that the plan no longer has → unlock
+//! ```
+//!
+//! A file is written only when its hash differs; a unit restarts only when one of its
+//! inputs changed (or a previous apply died before restarting it: the pending mark).
+//! Killing kforge at any point leaves old-or-new files and a mark; the next apply
+//! finishes the job. A host that fails drops out; the others go on; exit is non-zero.
+
+mod artifacts;
+mod engine;
+pub mod facts;
+mod lock;
+mod preflight;
+mod remote_script;
+pub mod ssh;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use engine::apply;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("preflight refused to continue; nothing was changed:\n{0}")]
+    Preflight(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How to reach one node.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub node: String,
+    pub host: String,
+    pub user: String,
+    pub port: u16,
+}
+
+pub struct ApplyOptions {
+    pub targets: Vec<Target>,
+    pub parallel: usize,
+    pub dry_run: bool,
+    pub ssh_config: Option<PathBuf>,
+    /// Relative artifact paths are resolved against this (the cluster file's directory).
+    pub base_dir: PathBuf,
+    /// Where downloaded artifacts are cached by sha256.
+    pub cache_dir: PathBuf,
+    pub mesh_interface: String,
+}
+
+/// What happened (or, with `--dry-run`, would happen) on one host.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostReport {
+    pub node: String,
+    pub converged: bool,
+    pub error: Option<String>,
+    pub userspace_wireguard: bool,
+    pub files_added: Vec<String>,
+    pub files_changed: Vec<String>,
+    pub files_removed: Vec<String>,
+    pub artifacts_uploaded: Vec<String>,
+    pub units_restarted: Vec<String>,
+    pub units_reloaded: Vec<String>,
+    pub temp_files_cleaned: usize,
+}
+
+impl HostReport {
+    pub fn files_written(&self) -> usize {
+        self.files_added.len() + self.files_changed.len()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyReport {
+    pub cluster: String,
+    pub dry_run: bool,
+    pub hosts: Vec<HostReport>,
+}
+
+impl ApplyReport {
+    pub fn all_converged(&self) -> bool {
+        self.hosts.iter().all(|h| h.converged)
+    }
+}

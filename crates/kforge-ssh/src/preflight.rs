@@ -1,0 +1,52 @@
+//! Refuse, per host and with a reason, what would make the apply fail half-way.
+
+use std::collections::HashMap;
+
+use kforge_core::plan::NodePlan;
+
+use crate::facts::NodeFacts;
+
+const MAX_SKEW_SECS: i64 = 30;
+
+/// Problems as "node: why" lines; empty when the fleet is fit.
+pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut hostnames: HashMap<&str, &str> = HashMap::new();
+    let mut machine_ids: HashMap<&str, &str> = HashMap::new();
+    for (plan, f) in hosts {
+        let node = plan.node.as_str();
+        if f.init != "systemd" {
+            problems.push(format!("{node}: PID 1 is `{}`, not systemd; kforge installs systemd units", f.init));
+        }
+        if let Some(other) = hostnames.insert(&f.hostname, node) {
+            problems.push(format!("{node}: hostname `{}` is also {other}'s; give every host its own", f.hostname));
+        }
+        if f.machine_id.is_empty() {
+            problems.push(format!("{node}: /etc/machine-id is empty; run `systemd-machine-id-setup`"));
+        } else if let Some(other) = machine_ids.insert(&f.machine_id, node) {
+            problems.push(format!(
+                "{node}: machine-id equals {other}'s (cloned image?): remove /etc/machine-id and run `systemd-machine-id-setup`"
+            ));
+        }
+        let skew = (f.clock - now).abs();
+        if skew > MAX_SKEW_SECS {
+            problems.push(format!(
+                "{node}: clock is {skew} s off this workstation's; enable NTP (timedatectl set-ntp true)"
+            ));
+        }
+        // A port kforge needs, taken by something kforge did not install.
+        if f.manifest.is_empty() {
+            let mut needed = vec![format!("udp/{mesh_port}")];
+            if plan.role == kforge_core::spec::Role::Server {
+                needed.push("tcp/6443".into());
+            }
+            needed.push("tcp/10250".into());
+            for sock in needed {
+                if f.listening.contains(&sock) {
+                    problems.push(format!("{node}: {sock} is already in use by another program; free it first"));
+                }
+            }
+        }
+    }
+    problems
+}
