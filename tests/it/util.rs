@@ -73,9 +73,14 @@ impl TestContext {
 
     /// Edit kforge.yaml with a plain text replacement (must match).
     pub fn edit_spec(&self, from: &str, to: &str) {
-        let text = self.read("kforge.yaml");
-        assert!(text.contains(from), "kforge.yaml has no {from:?}");
-        self.write("kforge.yaml", &text.replacen(from, to, 1));
+        self.edit("kforge.yaml", from, to);
+    }
+
+    /// Edit a file with a plain text replacement (must match).
+    pub fn edit(&self, rel: &str, from: &str, to: &str) {
+        let text = self.read(rel);
+        assert!(text.contains(from), "{rel} has no {from:?}");
+        self.write(rel, &text.replacen(from, to, 1));
     }
 
     /// `render --out NAME`, returning the output directory.

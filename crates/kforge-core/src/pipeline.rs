@@ -85,6 +85,16 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             });
         }
         k3s::plan_node(model, secrets, me, node, &mut np);
+        if let Some(hello) = nat_hello(model, me) {
+            // After the barrier every peer's mesh is up; tell them where we are before
+            // K3s needs the mesh (the start-time hello may have come too early).
+            let phase = if node.role == crate::spec::Role::Server { Phase::ControlPlane } else { Phase::Workers };
+            np.phase(phase).commands.push(PlannedCommand {
+                description: "behind NAT: send every public peer a packet so it learns this node's address".into(),
+                run: format!("bash -c '{hello}'"),
+                unless: None,
+            });
+        }
         nodes.push(np);
     }
 
@@ -178,6 +188,21 @@ pub fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option
 /// Userspace implementations send nothing before a session exists, so every start of
 /// the mesh touches each directly dialled peer once.
 fn nat_priming_dropin(model: &Model<'_>, me: &crate::model::Member, iface: &str) -> Option<PlannedFile> {
+    let hello = nat_hello(model, me)?;
+    Some(PlannedFile::new(
+        format!("/etc/systemd/system/wg-quick@{iface}.service.d/kforge-nat.conf"),
+        0o644,
+        format!(
+            "# Managed by kforge: this node has no public endpoint; say hello to every peer\n\
+             # on start so they learn where it is (WireGuard roaming), keepalives do the rest.\n\
+             [Service]\n\
+             ExecStartPost=/bin/bash -c '{hello}'\n"
+        ),
+    ))
+}
+
+/// The hello itself: one TCP SYN through the mesh to each directly dialled peer.
+fn nat_hello(model: &Model<'_>, me: &crate::model::Member) -> Option<String> {
     if me.endpoint.is_some() {
         return None;
     }
@@ -190,18 +215,8 @@ fn nat_priming_dropin(model: &Model<'_>, me: &crate::model::Member, iface: &str)
     if targets.is_empty() {
         return None;
     }
-    let script = format!(
+    Some(format!(
         "for ip in {}; do timeout 2 bash -c \"echo > /dev/tcp/$ip/9\" 2>/dev/null & done; wait; true",
         targets.join(" ")
-    );
-    Some(PlannedFile::new(
-        format!("/etc/systemd/system/wg-quick@{iface}.service.d/kforge-nat.conf"),
-        0o644,
-        format!(
-            "# Managed by kforge: this node has no public endpoint; say hello to every peer\n\
-             # on start so they learn where it is (WireGuard roaming), keepalives do the rest.\n\
-             [Service]\n\
-             ExecStartPost=/bin/bash -c '{script}'\n"
-        ),
     ))
 }

@@ -1,0 +1,413 @@
+//! `kforge lab` + `kforge apply` on real machines: systemd-nspawn containers with
+//! systemd and sshd, in network namespaces, reached over real OpenSSH. K3s itself
+//! cannot be obtained here: `lab/bin/k3s` is kforge's named stand-in
+//! (kforge-k3s-stand-in), which checks the files K3s would read and listens on the
+//! mesh — install mechanics only, never a cluster.
+//!
+//! These tests run one at a time (nextest test group `lab`; a lock here for plain
+//! `cargo test`), each with its own lab, torn down even when the test fails.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kforge_lab::LabState;
+
+use crate::util::{Output, TestContext, run};
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct Lab {
+    ctx: TestContext,
+    state: LabState,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// `kforge lab up` with the k3s stand-in placed where the lab example expects k3s.
+    fn up(nodes: usize, behind_nat: &[&str]) -> Lab {
+        let serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = TestContext::new();
+        let n = nodes.to_string();
+        let mut args = vec!["lab", "up", "--nodes", &n];
+        for m in behind_nat {
+            args.extend(["--behind-nat", m]);
+        }
+        let out = ctx.kforge(&args);
+        if out.code != 0 {
+            let _ = ctx.kforge(&["lab", "down"]);
+            panic!("lab up failed:\n{}", out.stderr);
+        }
+        let state = LabState::load(&ctx.path("lab")).unwrap();
+        std::fs::create_dir_all(ctx.path("lab/bin")).unwrap();
+        std::fs::copy(stand_in(), ctx.path("lab/bin/k3s")).unwrap();
+        Lab { ctx, state, _serial: serial }
+    }
+
+    fn apply(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "-f", "lab/kforge.yaml"];
+        args.extend_from_slice(extra);
+        self.ctx.kforge(&args)
+    }
+
+    fn apply_json(&self) -> serde_json::Value {
+        let out = self.apply(&["-o", "json"]);
+        assert_eq!(out.code, 0, "apply failed:\n{}\n{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Run a shell command on a machine over the lab's SSH config.
+    fn ssh(&self, node: &str, cmd: &str) -> String {
+        let cfg = self.ctx.path("lab/ssh_config");
+        run("ssh", &["-F", cfg.to_str().unwrap(), node, cmd])
+    }
+
+    fn public_ip(&self, node: &str) -> String {
+        self.state.machine(node).unwrap().public_ip.unwrap().to_string()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.ctx.kforge(&["lab", "down"]);
+        let left = kforge_lab::leftovers(&self.state);
+        if !std::thread::panicking() {
+            assert_eq!(out.code, 0, "lab down failed: {}", out.stderr);
+            assert!(left.is_empty(), "lab down left: {left:?}");
+        }
+    }
+}
+
+/// The k3s stand-in, built beside `kforge` by a workspace build (scripts/test).
+fn stand_in() -> std::path::PathBuf {
+    let kforge = std::path::Path::new(env!("CARGO_BIN_EXE_kforge"));
+    let p = kforge.with_file_name("kforge-k3s-stand-in");
+    assert!(p.exists(), "{} missing: build the workspace (cargo build --workspace)", p.display());
+    p
+}
+
+/// Mesh address of every node, from the plan.
+fn mesh_ips(lab: &Lab) -> Vec<(String, String)> {
+    let plan: serde_json::Value =
+        serde_json::from_str(&lab.ctx.kforge(&["plan", "-f", "lab/kforge.yaml", "-o", "json"]).success().stdout)
+            .unwrap();
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_string(), n["meshIp"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn totals(report: &serde_json::Value) -> (usize, usize) {
+    let hosts = report["hosts"].as_array().unwrap();
+    let count = |key: &str| hosts.iter().map(|h| h[key].as_array().unwrap().len()).sum::<usize>();
+    (
+        count("filesAdded") + count("filesChanged") + count("filesRemoved"),
+        count("unitsRestarted") + count("unitsReloaded"),
+    )
+}
+
+#[test]
+fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
+    let lab = Lab::up(3, &["lab-3"]);
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+        assert_eq!(h["userspaceWireguard"], true, "this kernel has no WireGuard module: {h}");
+        assert!(h["artifactsUploaded"].as_array().unwrap().iter().any(|a| a == "/usr/local/bin/boringtun-cli"));
+    }
+
+    // Every node reaches every other node's mesh address: TCP to its sshd, over the
+    // mesh, including lab-3 behind NAT (relayed through lab-1 where needed).
+    let ips = mesh_ips(&lab);
+    for (from, _) in &ips {
+        for (to, ip) in &ips {
+            let banner = lab.ssh(from, &format!("timeout 10 bash -c 'exec 3<>/dev/tcp/{ip}/22; head -c 8 <&3'"));
+            assert!(banner.starts_with("SSH-2.0"), "{from} cannot reach {to} ({ip}) over the mesh: {banner:?}");
+        }
+    }
+
+    // K3s install mechanics, through the stand-in: the server listens on its mesh
+    // address with kforge's CAs in place, both agents joined it over the mesh.
+    let server = lab.ssh("lab-1", "systemctl is-active k3s.service; cat /run/k3s-stand-in/status");
+    assert!(
+        server.contains("active\n")
+            && server.contains("custom-cas=present")
+            && server.contains("listening=10.4.0.1:6443"),
+        "{server}"
+    );
+    for agent in ["lab-2", "lab-3"] {
+        let status = lab.ssh(agent, "systemctl is-active k3s-agent.service; cat /run/k3s-stand-in/status");
+        assert!(status.contains("active\n") && status.contains("joined=10.4.0.1:6443"), "{agent}: {status}");
+    }
+    let tokens =
+        lab.ssh("lab-2", "stat -c %a /etc/kforge/k3s/token /etc/rancher/k3s/config.yaml /etc/wireguard/kforge0.conf");
+    assert_eq!(tokens.split_whitespace().collect::<Vec<_>>(), ["600", "600", "600"], "secrets are 0600 on hosts");
+
+    // A second apply writes zero files and restarts zero units.
+    let again = lab.apply_json();
+    assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
+    for h in again["hosts"].as_array().unwrap() {
+        assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");
+    }
+
+    // --dry-run after editing one node's labels shows exactly that change, and touches nothing.
+    lab.ctx.edit(
+        "lab/kforge.yaml",
+        "    - {name: lab-2, role: agent, endpoint: ",
+        "    - {name: lab-2, role: agent, labels: {tier: edge}, endpoint: ",
+    );
+    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    assert_eq!(
+        dry,
+        "lab-1: no changes\nlab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\nlab-3: no changes\ndry run: nothing was changed\n"
+    );
+    assert!(!lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"), "dry run wrote the file");
+    let applied = lab.apply_json();
+    assert_eq!(totals(&applied), (1, 1));
+    assert!(lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"));
+}
+
+#[test]
+fn a_stranger_on_the_internet_sees_only_ssh_and_the_mesh_port() {
+    let lab = Lab::up(2, &[]);
+    // A real listener on every address, which the firewall must hide.
+    lab.ssh("lab-1", "/usr/sbin/sshd -p 2222 -o PidFile=/run/sshd-2222.pid");
+    let stranger = Stranger::join(&lab);
+    let target = lab.public_ip("lab-1");
+    let before = stranger.probe(&target, &[22, 2222], &[9999]);
+    assert_eq!(before, ["tcp/22 open", "tcp/2222 open", "udp/9999 refused"], "without kforge everything answers");
+
+    lab.apply(&[]).success();
+    for node in ["lab-1", "lab-2"] {
+        let ip = lab.public_ip(node);
+        let after = stranger.probe(&ip, &[22, 2222, 6443, 10250, 2379, 2380, 80, 443, 8472], &[9999, 8472]);
+        let mut expected = vec!["tcp/22 open".to_string()];
+        for p in [2222, 6443, 10250, 2379, 2380, 80, 443, 8472] {
+            expected.push(format!("tcp/{p} silent"));
+        }
+        expected.extend(["udp/9999 silent".to_string(), "udp/8472 silent".to_string()]);
+        assert_eq!(after, expected, "{node} as seen from the internet");
+    }
+    // The mesh port is open: the nodes' WireGuard reaches each other over their public addresses.
+    let hs = lab.ssh("lab-2", "timeout 10 bash -c 'exec 3<>/dev/tcp/10.4.0.1/2222; head -c 8 <&3'");
+    assert!(hs.starts_with("SSH-2.0"), "the same port answers over the mesh: {hs:?}");
+}
+
+/// A namespace on the lab bridge with an address of its own: someone on the internet.
+struct Stranger {
+    ns: String,
+}
+
+impl Stranger {
+    fn join(lab: &Lab) -> Stranger {
+        let ns = format!("kfl{}-stranger", lab.state.id);
+        let wan = &lab.state.wan_ns;
+        let ip = format!("{}/{}", host(lab.state.subnet, 200), lab.state.subnet.prefix_len());
+        run("ip", &["netns", "add", &ns]);
+        run("ip", &["-n", wan, "link", "add", "st0", "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run("ip", &["-n", wan, "link", "set", "st0", "master", "br0", "up"]);
+        run("ip", &["-n", &ns, "addr", "add", &ip, "dev", "eth0"]);
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        Stranger { ns }
+    }
+
+    /// "tcp/P open|silent|refused", "udp/P refused|silent" as python3 sees them from here.
+    fn probe(&self, ip: &str, tcp: &[u16], udp: &[u16]) -> Vec<String> {
+        let script = format!(
+            r#"
+import socket
+ip = "{ip}"
+for p in {tcp:?}:
+    s = socket.socket(); s.settimeout(1.5)
+    try:
+        s.connect((ip, p)); print(f"tcp/{{p}} open")
+    except ConnectionRefusedError: print(f"tcp/{{p}} refused")
+    except OSError: print(f"tcp/{{p}} silent")
+    s.close()
+for p in {udp:?}:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.5); s.connect((ip, p))
+    try:
+        s.send(b"hello"); s.recv(64); print(f"udp/{{p}} answered")
+    except ConnectionRefusedError: print(f"udp/{{p}} refused")
+    except OSError: print(f"udp/{{p}} silent")
+    s.close()
+"#
+        );
+        run("ip", &["netns", "exec", &self.ns, "python3", "-c", &script]).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn host(net: ipnet::Ipv4Net, n: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(net.network()) + n)
+}
+
+#[test]
+fn only_wireguard_and_ssh_cross_the_lab_bridge() {
+    let lab = Lab::up(3, &["lab-3"]);
+    lab.apply(&[]).success();
+    let pcap = lab.ctx.path("bridge.pcap");
+    let mut capture = Command::new("ip")
+        // Every port of the bridge (unicast between ports never reaches br0 itself).
+        .args([
+            "netns",
+            "exec",
+            &lab.state.wan_ns,
+            "tcpdump",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-i",
+            "any",
+            "-y",
+            "LINUX_SLL",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    // Wait until tcpdump listens.
+    let mut err = BufReader::new(capture.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("listening on") {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("tcpdump did not start: {said}");
+        }
+        said.push_str(&line);
+    }
+    // Plaintext over the mesh: the stand-in greets every client with "k3s stand-in".
+    for agent in ["lab-2", "lab-3"] {
+        let got = lab.ssh(agent, "timeout 10 bash -c 'exec 3<>/dev/tcp/10.4.0.1/6443; head -c 12 <&3'");
+        assert_eq!(got, "k3s stand-in", "{agent} talks to the server over the mesh");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").arg(capture.id().to_string()).status();
+    let _ = capture.wait();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    said.push_str(&rest);
+
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(!contains(&bytes, b"k3s stand-in"), "plaintext crossed the bridge");
+    let packets = crate::pcap::ipv4_packets(&bytes);
+    let (mut wireguard, mut ssh) = (0, 0);
+    for p in &packets {
+        match (p.protocol, p.src_port, p.dst_port) {
+            (17, 51820, _) | (17, _, 51820) => wireguard += 1,
+            (6, 22, _) | (6, _, 22) => {
+                assert!(
+                    p.src == lab.state.workstation_ip || p.dst == lab.state.workstation_ip,
+                    "SSH only with the workstation: {p:?}"
+                );
+                ssh += 1;
+            }
+            // NAT rewrites lab-3's source port; the router's address is still WireGuard's peer.
+            (17, _, _) if p.src.octets()[3] >= 100 || p.dst.octets()[3] >= 100 => wireguard += 1,
+            _ => panic!("unexpected packet on the bridge: {p:?}"),
+        }
+    }
+    assert!(
+        wireguard > 4 && ssh > 0,
+        "captured {wireguard} WireGuard and {ssh} SSH packets ({} IPv4 of {} bytes); tcpdump: {said}",
+        packets.len(),
+        bytes.len()
+    );
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn kill_9_at_any_point_then_apply_again_converges_exactly() {
+    let lab = Lab::up(3, &[]);
+    for delay_ms in [150, 400, 700, 1000, 1400] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kforge"))
+            .args(["apply", "-f", "lab/kforge.yaml"])
+            .current_dir(lab.ctx.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let report = lab.apply_json();
+    assert!(report["hosts"].as_array().unwrap().iter().all(|h| h["converged"] == true), "{report}");
+
+    // Every file identical to a clean render, no temp file anywhere kforge writes.
+    lab.ctx.kforge(&["render", "-f", "lab/kforge.yaml", "--out", "clean"]).success();
+    let out = lab.ctx.path("clean");
+    for node in ["lab-1", "lab-2", "lab-3"] {
+        let local = crate::util::tree(&out.join(node));
+        let paths: Vec<&String> =
+            local.keys().filter(|p| *p != "user-data" && !p.starts_with("var/lib/kforge/")).collect();
+        let remote = lab.ssh(
+            node,
+            &format!("cd / && sha256sum {}", paths.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")),
+        );
+        for line in remote.lines() {
+            let (sum, path) = line.split_once("  ").unwrap();
+            assert_eq!(
+                sum,
+                kforge_core::hashing::sha256_hex(&local[path].1),
+                "{node}:/{path} differs from a clean render"
+            );
+        }
+        let temps =
+            lab.ssh(node, "find /etc /var/lib/rancher /var/lib/kforge /usr/local/bin -name '*.kforge-tmp-*' | wc -l");
+        assert_eq!(temps.trim(), "0", "{node} has temp files left");
+        let pending = lab.ssh(node, "ls /var/lib/kforge/pending | wc -l");
+        assert_eq!(pending.trim(), "0", "{node} has restarts still pending");
+    }
+    assert_eq!(totals(&lab.apply_json()), (0, 0), "converged means a further apply is a no-op");
+}
+
+#[test]
+fn a_host_that_goes_down_mid_apply_fails_alone_and_reapply_finishes() {
+    let lab = Lab::up(3, &[]);
+    let ns = lab.state.machine("lab-3").unwrap().ns.clone();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kforge"))
+        .args(["apply", "-f", "lab/kforge.yaml"])
+        .current_dir(lab.ctx.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Pull lab-3's cable once the firewall phase has begun: the mesh is already on it.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let started = Instant::now();
+    let mut log = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.ends_with(": firewall") {
+            run("ip", &["-n", &ns, "link", "set", "eth0", "down"]);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(started.elapsed() < Duration::from_secs(90), "a dead host must not hang the apply");
+    assert!(summary.contains("lab-1      converged") && summary.contains("lab-2      converged"), "{summary}\n{log}");
+    assert!(summary.contains("lab-3      FAILED"), "{summary}");
+    assert!(summary.contains("lab-3: "), "a per-host error explains why: {summary}");
+
+    run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+    let report = lab.apply_json();
+    assert!(report["hosts"].as_array().unwrap().iter().all(|h| h["converged"] == true), "{report}");
+}
