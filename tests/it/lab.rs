@@ -411,3 +411,21 @@ fn a_host_that_goes_down_mid_apply_fails_alone_and_reapply_finishes() {
     let report = lab.apply_json();
     assert!(report["hosts"].as_array().unwrap().iter().all(|h| h["converged"] == true), "{report}");
 }
+
+#[test]
+fn preflight_refuses_a_cloned_machine_and_a_taken_port_and_touches_nothing() {
+    let lab = Lab::up(2, &[]);
+    let id = lab.ssh("lab-1", "cat /etc/machine-id");
+    lab.ssh("lab-2", &format!("echo {} > /etc/machine-id", id.trim()));
+    // Something else already serves the kubelet's port.
+    lab.ssh("lab-2", "/usr/sbin/sshd -p 10250 -o PidFile=/run/sshd-10250.pid");
+    let out = lab.apply(&[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("preflight refused to continue; nothing was changed"), "{}", out.stderr);
+    assert!(out.stderr.contains("lab-2: machine-id equals lab-1's (cloned image?)"), "{}", out.stderr);
+    assert!(out.stderr.contains("lab-2: tcp/10250 is already in use by another program"), "{}", out.stderr);
+    for node in ["lab-1", "lab-2"] {
+        let touched = lab.ssh(node, "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null | wc -l");
+        assert_eq!(touched.trim(), "0", "{node} was touched");
+    }
+}

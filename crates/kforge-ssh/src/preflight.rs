@@ -50,3 +50,31 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kforge_core::spec::Role;
+
+    fn facts(hostname: &str, id: &str, clock: i64, init: &str) -> NodeFacts {
+        NodeFacts { hostname: hostname.into(), machine_id: id.into(), clock, init: init.into(), ..NodeFacts::default() }
+    }
+
+    #[test]
+    fn refuses_skewed_clocks_and_hosts_without_systemd_by_name() {
+        let a = NodePlan::new("a", Role::Server, "10.4.0.1".into(), None);
+        let b = NodePlan::new("b", Role::Agent, "10.4.0.2".into(), None);
+        let fa = facts("a", "1111", 1000, "systemd");
+        let fb = facts("b", "2222", 1031, "init");
+        let problems = check(&[(&a, &fa), (&b, &fb)], 1000, 51820);
+        assert_eq!(
+            problems,
+            [
+                "b: PID 1 is `init`, not systemd; kforge installs systemd units",
+                "b: clock is 31 s off this workstation's; enable NTP (timedatectl set-ntp true)",
+            ]
+        );
+        let within = facts("b", "2222", 1030, "systemd");
+        assert!(check(&[(&a, &fa), (&b, &within)], 1000, 51820).is_empty(), "30 s is tolerated");
+    }
+}
