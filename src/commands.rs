@@ -304,7 +304,10 @@ fn apply(
         cache_dir,
         mesh_interface: spec.mesh.interface.clone(),
     };
-    let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| eprintln!("{node}: {what}"))?;
+    let progress = output::HostProgress::new(plan.nodes.iter().map(|n| n.node.as_str()));
+    let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| progress.update(node, what));
+    progress.finish();
+    let report = report?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::apply_summary(&report)),

@@ -233,3 +233,46 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
     }
     o
 }
+
+/// One live line per host on a terminal (indicatif); plain `node: step` lines otherwise,
+/// so logs and pipes keep a readable record.
+pub struct HostProgress {
+    bars: Option<(indicatif::MultiProgress, std::collections::HashMap<String, indicatif::ProgressBar>)>,
+}
+
+impl HostProgress {
+    pub fn new<'a>(nodes: impl Iterator<Item = &'a str>) -> HostProgress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return HostProgress { bars: None };
+        }
+        let multi = indicatif::MultiProgress::new();
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} {prefix:<10} {wide_msg}").expect("valid template");
+        let bars = nodes
+            .map(|n| {
+                let bar = multi
+                    .add(indicatif::ProgressBar::new_spinner().with_style(style.clone()).with_prefix(n.to_string()));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                (n.to_string(), bar)
+            })
+            .collect();
+        HostProgress { bars: Some((multi, bars)) }
+    }
+
+    pub fn update(&self, node: &str, step: &str) {
+        match &self.bars {
+            Some((_, bars)) => match bars.get(node) {
+                Some(bar) => bar.set_message(step.to_string()),
+                None => eprintln!("{node}: {step}"),
+            },
+            None => eprintln!("{node}: {step}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            bars.values().for_each(|b| b.finish_and_clear());
+        }
+    }
+}
