@@ -151,6 +151,9 @@ pub enum LabCommand {
     Down {
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
+        /// Every lab on this machine, even one whose directory was deleted.
+        #[arg(long)]
+        all: bool,
     },
     /// Show each machine: running, address, SSH reachable.
     Status {

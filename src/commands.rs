@@ -250,9 +250,14 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
             println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)");
             println!("stop: kforge lab down --dir {d}");
         }
-        LabCommand::Down { dir } => {
-            kforge_lab::down(&dir, &log)?;
-            println!("lab down: nothing left running");
+        LabCommand::Down { dir, all } => {
+            if all {
+                let n = kforge_lab::down_all(&log)?;
+                println!("lab down: removed {n} lab{}", if n == 1 { "" } else { "s" });
+            } else {
+                kforge_lab::down(&dir, &log)?;
+                println!("lab down: nothing left running");
+            }
         }
         LabCommand::Status { dir } => {
             for (m, running, ssh) in kforge_lab::status(&dir)? {

@@ -40,9 +40,11 @@ impl Lab {
             panic!("lab up failed:\n{}", out.stderr);
         }
         let state = LabState::load(&ctx.path("lab")).unwrap();
-        std::fs::create_dir_all(ctx.path("lab/bin")).unwrap();
-        std::fs::copy(stand_in(), ctx.path("lab/bin/k3s")).unwrap();
-        Lab { ctx, state, _serial: serial }
+        // The guard first: from here on, whatever panics, Drop takes the lab down.
+        let lab = Lab { ctx, state, _serial: serial };
+        std::fs::create_dir_all(lab.ctx.path("lab/bin")).unwrap();
+        std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
+        lab
     }
 
     fn apply(&self, extra: &[&str]) -> Output {
@@ -70,6 +72,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.ctx.path("lab/lab.json").exists() {
+            return; // the test took it down itself
+        }
         let out = self.ctx.kforge(&["lab", "down"]);
         let left = kforge_lab::leftovers(&self.state);
         if !std::thread::panicking() {
@@ -428,4 +433,16 @@ fn preflight_refuses_a_cloned_machine_and_a_taken_port_and_touches_nothing() {
         let touched = lab.ssh(node, "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null | wc -l");
         assert_eq!(touched.trim(), "0", "{node} was touched");
     }
+}
+
+#[test]
+fn lab_down_all_removes_a_lab_whose_directory_is_gone() {
+    let lab = Lab::up(1, &[]);
+    let state = lab.state.clone();
+    // The lab directory vanishes (its temp dir deleted, say): `down --all` still finds it.
+    std::fs::remove_dir_all(lab.ctx.path("lab")).unwrap();
+    let out = lab.ctx.kforge(&["lab", "down", "--all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("removed 1 lab"), "{}", out.stdout);
+    assert!(kforge_lab::leftovers(&state).is_empty(), "{:?}", kforge_lab::leftovers(&state));
 }

@@ -88,10 +88,15 @@ impl LabState {
         serde_json::from_str(&text).map_err(|e| LabError::Setup(format!("{}: {e}", path.display())))
     }
 
+    /// Saved in the lab directory and in the runtime directory, so `lab down --all`
+    /// finds a lab even when its directory is gone.
     fn save(&self) -> Result<(), LabError> {
-        let path = self.dir.join("lab.json");
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        kforge_core::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| LabError::io(&path, e))
+        fs::create_dir_all(&self.runtime).map_err(|e| LabError::io(&self.runtime, e))?;
+        for path in [self.dir.join("lab.json"), self.runtime.join("lab.json")] {
+            kforge_core::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| LabError::io(&path, e))?;
+        }
+        Ok(())
     }
 
     pub fn machine(&self, name: &str) -> Option<&MachineState> {
@@ -126,7 +131,7 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
     let subnet = net::pick_subnet()?;
     net::assert_clear_of_cluster(subnet);
     let mut state = LabState {
-        runtime: PathBuf::from("/var/lib/kforge-lab").join(&id),
+        runtime: PathBuf::from(RUNTIME_ROOT).join(&id),
         dir: dir.clone(),
         subnet,
         workstation_ip: net::host(subnet, 1),
@@ -283,7 +288,26 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
 
 /// Tear the lab down: machines, mounts, namespaces, veths, routes, files.
 pub fn down(dir: &Path, log: &dyn Fn(&str)) -> Result<(), LabError> {
-    let state = LabState::load(dir)?;
+    down_state(&LabState::load(dir)?, log);
+    Ok(())
+}
+
+/// Tear down every lab on this machine (found through their runtime directories).
+pub fn down_all(log: &dyn Fn(&str)) -> Result<usize, LabError> {
+    let mut n = 0;
+    for entry in fs::read_dir(RUNTIME_ROOT).into_iter().flatten().flatten() {
+        let Ok(text) = fs::read_to_string(entry.path().join("lab.json")) else { continue };
+        let Ok(state) = serde_json::from_str::<LabState>(&text) else { continue };
+        log(&format!("lab {} ({})", state.id, state.dir.display()));
+        down_state(&state, log);
+        n += 1;
+    }
+    Ok(n)
+}
+
+const RUNTIME_ROOT: &str = "/var/lib/kforge-lab";
+
+fn down_state(state: &LabState, log: &dyn Fn(&str)) {
     for m in &state.machines {
         if let Some(pid) = m.pid {
             machine::stop(pid);
@@ -302,7 +326,6 @@ pub fn down(dir: &Path, log: &dyn Fn(&str)) -> Result<(), LabError> {
         let _ = fs::remove_file(state.dir.join(f));
     }
     let _ = fs::remove_dir_all(state.dir.join("machines"));
-    Ok(())
 }
 
 /// One line per machine: running, address, SSH reachable.
