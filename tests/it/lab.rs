@@ -446,3 +446,69 @@ fn lab_down_all_removes_a_lab_whose_directory_is_gone() {
     assert!(out.stdout.contains("removed 1 lab"), "{}", out.stdout);
     assert!(kforge_lab::leftovers(&state).is_empty(), "{:?}", kforge_lab::leftovers(&state));
 }
+
+/// A local web server on loopback stands in for a release page.
+struct WebServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WebServer {
+    fn serve(dir: &std::path::Path) -> WebServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        WebServer { child, port }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_downloaded_artifact_is_verified_cached_by_sha256_and_uploaded_once() {
+    let mut lab = Lab::up(2, &[]);
+    let site = lab.ctx.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::copy(stand_in(), site.join("k3s")).unwrap();
+    let sum = kforge_core::hashing::sha256_hex(&std::fs::read(site.join("k3s")).unwrap());
+    let web = WebServer::serve(&site);
+    let cache = lab.ctx.path("cache");
+    lab.ctx.set_env("XDG_CACHE_HOME", cache.to_str().unwrap());
+
+    // A wrong digest: refused before any host gets the file.
+    lab.ctx.edit(
+        "lab/kforge.yaml",
+        "k3s: {path: ./bin/k3s}",
+        &format!("k3s: {{url: \"http://127.0.0.1:{}/k3s\", sha256: {}}}", web.port, "0".repeat(64)),
+    );
+    let out = lab.apply(&[]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains(&format!("has sha256 {sum}, expected {}", "0".repeat(64))), "{}", out.stdout);
+    assert_eq!(lab.ssh("lab-1", "test -e /usr/local/bin/k3s && echo present || echo absent").trim(), "absent");
+
+    // The right digest: fetched once into the cache, uploaded to both hosts, K3s (stand-in) runs.
+    lab.ctx.edit("lab/kforge.yaml", &"0".repeat(64), &sum);
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert!(h["artifactsUploaded"].as_array().unwrap().iter().any(|a| a == "/usr/local/bin/k3s"), "{h}");
+    }
+    assert!(cache.join("kforge/artifacts").join(&sum).exists(), "cached under its sha256");
+    drop(web); // the cache is enough from now on
+    assert_eq!(totals(&lab.apply_json()), (0, 0));
+    assert_eq!(lab.ssh("lab-2", "sha256sum /usr/local/bin/k3s | cut -d' ' -f1").trim(), sum);
+}

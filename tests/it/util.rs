@@ -38,8 +38,12 @@ impl TestContext {
     }
 
     pub fn env(mut self, key: &str, value: &str) -> TestContext {
-        self.env.push((key.into(), value.into()));
+        self.set_env(key, value);
         self
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
