@@ -116,7 +116,8 @@ fn totals(report: &serde_json::Value) -> (usize, usize) {
 
 #[test]
 fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
-    let lab = Lab::up(3, &["lab-3"]);
+    // Two machines behind NAT: they cannot dial each other, so lab-1 relays between them.
+    let lab = Lab::up(4, &["lab-3", "lab-4"]);
     let report = lab.apply_json();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
@@ -134,6 +135,11 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         }
     }
 
+    let relay = lab.ssh("lab-3", "wg show kforge0 allowed-ips");
+    let via_lab1 = relay.lines().find(|l| l.contains("10.4.0.1/32")).unwrap_or_default();
+    assert!(via_lab1.contains("10.4.0.4/32"), "lab-3 reaches lab-4 through lab-1: {relay}");
+    assert!(!relay.lines().any(|l| l.trim_end().ends_with("10.4.0.4/32") && !l.contains("10.4.0.1/32")), "{relay}");
+
     // K3s install mechanics, through the stand-in: the server listens on its mesh
     // address with kforge's CAs in place, both agents joined it over the mesh.
     let server = lab.ssh("lab-1", "systemctl is-active k3s.service; cat /run/k3s-stand-in/status");
@@ -143,7 +149,7 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
             && server.contains("listening=10.4.0.1:6443"),
         "{server}"
     );
-    for agent in ["lab-2", "lab-3"] {
+    for agent in ["lab-2", "lab-3", "lab-4"] {
         let status = lab.ssh(agent, "systemctl is-active k3s-agent.service; cat /run/k3s-stand-in/status");
         assert!(status.contains("active\n") && status.contains("joined=10.4.0.1:6443"), "{agent}: {status}");
     }
@@ -167,7 +173,7 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     let dry = lab.apply(&["--dry-run"]).success().stdout;
     assert_eq!(
         dry,
-        "lab-1: no changes\nlab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\nlab-3: no changes\ndry run: nothing was changed\n"
+        "lab-1: no changes\nlab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\nlab-3: no changes\nlab-4: no changes\ndry run: nothing was changed\n"
     );
     assert!(!lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"), "dry run wrote the file");
     let applied = lab.apply_json();
@@ -511,4 +517,26 @@ fn a_downloaded_artifact_is_verified_cached_by_sha256_and_uploaded_once() {
     drop(web); // the cache is enough from now on
     assert_eq!(totals(&lab.apply_json()), (0, 0));
     assert_eq!(lab.ssh("lab-2", "sha256sum /usr/local/bin/k3s | cut -d' ' -f1").trim(), sum);
+}
+
+#[test]
+fn turning_the_firewall_off_stops_its_unit_and_removes_its_files() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&[]).success();
+    assert!(lab.ssh("lab-1", "nft list tables").contains("table inet kforge"));
+    lab.ctx.edit("lab/kforge.yaml", "  firewall:\n", "  firewall:\n    enabled: false\n");
+    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    assert!(dry.contains("  - /etc/kforge/firewall.nft\n  - /etc/systemd/system/kforge-firewall.service\n"), "{dry}");
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["filesRemoved"].as_array().unwrap().len(), 2, "{h}");
+    }
+    for node in ["lab-1", "lab-2"] {
+        let state =
+            lab.ssh(node, "systemctl is-active kforge-firewall.service || true; nft list tables; ls /etc/kforge");
+        assert!(!state.contains("table inet kforge"), "{node}: the table must go with the unit: {state}");
+        assert!(state.starts_with("inactive"), "{node}: {state}");
+        assert!(!state.contains("firewall.nft"), "{node}: {state}");
+    }
+    assert_eq!(totals(&lab.apply_json()), (0, 0));
 }

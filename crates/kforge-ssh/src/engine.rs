@@ -187,8 +187,10 @@ fn run(
         for g in &gone {
             h.manifest.remove(g);
         }
+        let daemon_reload = gone.iter().any(|p| p.starts_with("/etc/systemd/system/"));
         let script = PhaseScript {
             removes: gone,
+            daemon_reload,
             manifest_json: Some(manifest_json(&plan.cluster, &h.manifest)),
             ..PhaseScript::default()
         };

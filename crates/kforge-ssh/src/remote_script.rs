@@ -59,6 +59,12 @@ impl PhaseScript {
             s.push_str("KFEOF\n");
         }
         for r in &self.removes {
+            // A unit the plan dropped is stopped and disabled before its file goes.
+            if let Some(unit) =
+                r.strip_prefix("/etc/systemd/system/").filter(|u| !u.contains('/') && u.ends_with(".service"))
+            {
+                let _ = writeln!(s, "systemctl disable --now -q {} 2>/dev/null || true", q(unit));
+            }
             let _ = writeln!(s, "rm -f {}; echo \"KF removed {}\"", q(r), r);
         }
         if self.daemon_reload {
