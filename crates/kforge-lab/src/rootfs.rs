@@ -20,33 +20,64 @@ pub fn cache_dir() -> PathBuf {
     std::env::var_os("KFORGE_LAB_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/kforge-lab"))
 }
 
-/// The Debian mirror: `--mirror`, `KFORGE_LAB_MIRROR`, else the one this machine's
-/// apt sources use (no registry host is written into kforge).
+/// The Debian mirror: `--mirror`, `KFORGE_LAB_MIRROR`, else the source this machine's
+/// apt uses for the `bookworm` suite's `main` component (no registry host is written
+/// into kforge). Like apt, only `*.sources` and `*.list` files count.
 pub fn mirror(flag: Option<&str>) -> Result<String, LabError> {
     if let Some(m) = flag.map(String::from).or_else(|| std::env::var("KFORGE_LAB_MIRROR").ok()) {
         return Ok(m);
     }
-    let mut texts = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        for entry in dir.flatten() {
-            texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+    let mut files: Vec<PathBuf> = vec![PathBuf::from("/etc/apt/sources.list")];
+    let mut listed: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sources" || x == "list"))
+        .collect();
+    listed.sort();
+    files.extend(listed);
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let deb822 = file.extension().is_some_and(|x| x == "sources");
+        if let Some(uri) = if deb822 { mirror_in_deb822(&text) } else { mirror_in_list(&text) } {
+            return Ok(uri);
         }
     }
-    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
-    for text in &texts {
-        for line in text.lines().map(str::trim) {
-            let uri =
-                line.strip_prefix("URIs:").map(|rest| rest.split_whitespace().next().unwrap_or("")).or_else(|| {
-                    line.strip_prefix("deb ").and_then(|rest| rest.split_whitespace().find(|w| w.contains("://")))
-                });
-            if let Some(uri) = uri.filter(|u| u.contains("://") && !u.contains("security")) {
-                return Ok(uri.to_string());
+    Err(LabError::Setup(format!(
+        "no apt source for Debian {SUITE} main found in /etc/apt; pass --mirror URL or set KFORGE_LAB_MIRROR"
+    )))
+}
+
+fn mirror_in_deb822(text: &str) -> Option<String> {
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| -> Vec<&str> {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                .map(|v| v.split_whitespace().collect())
+                .unwrap_or_default()
+        };
+        if field("Types").contains(&"deb") && field("Suites").contains(&SUITE) && field("Components").contains(&"main")
+        {
+            if let Some(uri) = field("URIs").first() {
+                return Some(uri.to_string());
             }
         }
     }
-    Err(LabError::Setup(
-        "no Debian mirror found in /etc/apt/sources*; pass --mirror URL or set KFORGE_LAB_MIRROR".into(),
-    ))
+    None
+}
+
+fn mirror_in_list(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with('[') && !w.ends_with(']')).collect();
+        match words.as_slice() {
+            ["deb", uri, suite, components @ ..] if *suite == SUITE && components.contains(&"main") => {
+                Some(uri.to_string())
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The cached root filesystem, built on first use (a few minutes).
@@ -83,4 +114,21 @@ fn finish(root: &Path) -> Result<(), LabError> {
     // The machine-id is set per machine; an empty one here would be shared.
     let _ = std::fs::write(root.join("etc/machine-id"), "");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_bookworm_main_source_and_nothing_else() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        assert_eq!(mirror_in_deb822(deb822).as_deref(), Some("http://mirror.example/debian"));
+        let third_party = "Types: deb\nURIs: https://repo.example/node_20.x\nSuites: nodistro\nComponents: main\n";
+        assert_eq!(mirror_in_deb822(third_party), None);
+        let list = "deb [arch=amd64] http://mirror.example/debian bookworm main contrib\ndeb http://x/debian-security bookworm-security main\n";
+        assert_eq!(mirror_in_list(list).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(mirror_in_list("deb http://x/y trixie main\n"), None);
+    }
 }
