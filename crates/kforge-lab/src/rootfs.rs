@@ -58,11 +58,12 @@ fn mirror_in_deb822(text: &str) -> Option<String> {
                 .map(|v| v.split_whitespace().collect())
                 .unwrap_or_default()
         };
-        if field("Types").contains(&"deb") && field("Suites").contains(&SUITE) && field("Components").contains(&"main")
+        if field("Types").contains(&"deb")
+            && field("Suites").contains(&SUITE)
+            && field("Components").contains(&"main")
+            && let Some(uri) = field("URIs").first()
         {
-            if let Some(uri) = field("URIs").first() {
-                return Some(uri.to_string());
-            }
+            return Some(uri.to_string());
         }
     }
     None
