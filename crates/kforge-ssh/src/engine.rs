@@ -40,6 +40,7 @@ pub fn apply(
     opts: &ApplyOptions,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<ApplyReport, ApplyError> {
+    sweep_dead_control_dirs();
     let control_dir = std::env::temp_dir().join(format!("kforge-ssh-{}", std::process::id()));
     create_private_dir(&control_dir)?;
     let result = run(plan, opts, &control_dir, progress);
@@ -326,6 +327,19 @@ fn mesh_port_of(plan: &Plan) -> u16 {
                 .find_map(|l| l.strip_prefix("ListenPort = ").and_then(|p| p.trim().parse().ok()))
         })
         .unwrap_or(51820)
+}
+
+/// An apply that was killed leaves its ControlMaster directory behind: remove those
+/// whose process is gone.
+fn sweep_dead_control_dirs() {
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("kforge-ssh-").and_then(|p| p.parse::<u32>().ok())
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn create_private_dir(dir: &PathBuf) -> Result<(), ApplyError> {
