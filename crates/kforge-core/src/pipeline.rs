@@ -115,6 +115,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         distribution: format!("k3s {}", spec.distribution.version),
         api: model.api_url(),
         init_server: model.first_server().name.clone(),
+        mesh_port: spec.mesh.port,
         nodes,
         peers,
         notes: notes(model),

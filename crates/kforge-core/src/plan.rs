@@ -196,6 +196,8 @@ pub struct Plan {
     pub api: String,
     /// The server that initialises the cluster; it starts before the other servers.
     pub init_server: String,
+    /// UDP port of the mesh on every node (preflight checks nothing else holds it).
+    pub mesh_port: u16,
     pub nodes: Vec<NodePlan>,
     pub peers: Vec<PeerPlan>,
     /// Facts worth telling the operator (relayed pairs, artifacts that cannot travel).

@@ -98,8 +98,7 @@ fn run(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let healthy: Vec<(&NodePlan, &NodeFacts)> =
         hosts.iter().filter(|h| !h.failed).map(|h| (&h.plan, &h.facts)).collect();
-    let mesh_port = mesh_port_of(&plan);
-    let problems = crate::preflight::check(&healthy, now, mesh_port);
+    let problems = crate::preflight::check(&healthy, now, plan.mesh_port);
     if !problems.is_empty() {
         hosts.iter().for_each(|h| h.host.close());
         return Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")));
@@ -313,20 +312,6 @@ fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex
 
 fn manifest_json(cluster: &str, files: &BTreeMap<String, String>) -> String {
     serde_json::to_string(&Manifest { cluster: cluster.into(), files: files.clone() }).expect("manifest serializes")
-}
-
-fn mesh_port_of(plan: &Plan) -> u16 {
-    // The mesh port is in every node's firewall; the default otherwise.
-    plan.nodes
-        .first()
-        .and_then(|n| n.files().find(|f| f.path.starts_with("/etc/wireguard/")))
-        .and_then(|f| {
-            std::str::from_utf8(&f.content)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("ListenPort = ").and_then(|p| p.trim().parse().ok()))
-        })
-        .unwrap_or(51820)
 }
 
 /// An apply that was killed leaves its ControlMaster directory behind: remove those
