@@ -179,6 +179,30 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     let applied = lab.apply_json();
     assert_eq!(totals(&applied), (1, 1));
     assert!(lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"));
+
+    // A mesh change is applied with `wg syncconf`: a reload, and a connection that was
+    // open across the mesh stays open (its interface was never torn down).
+    let held = Command::new("ssh")
+        .args(["-F", lab.ctx.path("lab/ssh_config").to_str().unwrap(), "lab-2"])
+        .arg("exec 3<>/dev/tcp/10.4.0.1/22; head -c 8 <&3; echo; sleep 8; echo still-open >&3; echo done")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    lab.ctx.edit(
+        "lab/kforge.yaml",
+        "  mesh: {subnet: 10.4.0.0/16, port: 51820}",
+        "  mesh: {subnet: 10.4.0.0/16, port: 51820, keepalive: 20}",
+    );
+    let meshed = lab.apply_json();
+    for h in meshed["hosts"].as_array().unwrap() {
+        assert_eq!(h["unitsReloaded"], serde_json::json!(["wg-quick@kforge0.service"]), "{h}");
+        assert_eq!(h["unitsRestarted"], serde_json::json!([]), "{h}");
+    }
+    let held = held.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&held.stdout);
+    assert!(held.status.success() && said.starts_with("SSH-2.0") && said.trim_end().ends_with("done"), "{said}");
+    assert!(lab.ssh("lab-3", "wg show kforge0 persistent-keepalive").contains("20"), "the new setting is live");
 }
 
 #[test]

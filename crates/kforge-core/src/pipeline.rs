@@ -181,6 +181,9 @@ pub fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option
     let unit = format!("wg-quick@{iface}.service");
     if let Some(u) = mesh.units.iter_mut().find(|u| u.name == unit) {
         u.restart_on.push(WG_USERSPACE_DROPIN.into());
+        // boringtun-cli 0.7.1 answers `wg syncconf` (and addconf) with "Protocol error"
+        // but takes `wg setconf`: the whole peer set at once, the interface stays up.
+        u.reload_command = Some(format!("wg setconf {iface} <(wg-quick strip {iface})"));
     }
 }
 
