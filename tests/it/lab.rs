@@ -558,7 +558,12 @@ fn turning_the_firewall_off_stops_its_unit_and_removes_its_files() {
     for node in ["lab-1", "lab-2"] {
         let state =
             lab.ssh(node, "systemctl is-active kforge-firewall.service || true; nft list tables; ls /etc/kforge");
-        assert!(!state.contains("table inet kforge"), "{node}: the table must go with the unit: {state}");
+        let journal = || lab.ssh(node, "journalctl -u kforge-firewall.service --no-pager -n 20 || true");
+        assert!(
+            !state.contains("table inet kforge"),
+            "{node}: the table must go with the unit: {state}\n{}",
+            journal()
+        );
         assert!(state.starts_with("inactive"), "{node}: {state}");
         assert!(!state.contains("firewall.nft"), "{node}: {state}");
     }

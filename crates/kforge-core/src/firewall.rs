@@ -177,7 +177,8 @@ pub fn render_firewall_unit(nft_path: &str) -> String {
          RemainAfterExit=yes\n\
          ExecStart=/usr/sbin/nft -f {nft_path}\n\
          ExecReload=/usr/sbin/nft -f {nft_path}\n\
-         ExecStop=/usr/sbin/nft delete table inet kforge\n\
+         # Gone already is fine; a transient netlink error gets two more tries.\n\
+         ExecStop=/bin/sh -c 'for try in 1 2 3; do /usr/sbin/nft list table inet kforge >/dev/null 2>&1 || exit 0; /usr/sbin/nft delete table inet kforge && exit 0; sleep 1; done; exit 1'\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n"

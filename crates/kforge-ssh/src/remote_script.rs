@@ -59,11 +59,13 @@ impl PhaseScript {
             s.push_str("KFEOF\n");
         }
         for r in &self.removes {
-            // A unit the plan dropped is stopped and disabled before its file goes.
+            // A unit the plan dropped is stopped and disabled before its file goes. A stop
+            // that fails fails the script: the file and the manifest entry stay, so the
+            // next apply tries again instead of leaving the unit's effects behind.
             if let Some(unit) =
                 r.strip_prefix("/etc/systemd/system/").filter(|u| !u.contains('/') && u.ends_with(".service"))
             {
-                let _ = writeln!(s, "systemctl disable --now -q {} 2>/dev/null || true", q(unit));
+                let _ = writeln!(s, "if [ -e {} ]; then systemctl disable --now -q {}; fi", q(r), q(unit));
             }
             let _ = writeln!(s, "rm -f {}; echo \"KF removed {}\"", q(r), r);
         }
