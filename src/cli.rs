@@ -125,6 +125,12 @@ pub enum Format {
     Json,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabExampleArg {
+    K3s,
+    Hardway,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
     /// Start Debian machines with systemd and sshd, on a private "internet" bridge.
@@ -133,11 +139,18 @@ pub enum LabCommand {
     /// DIR/known_hosts (strict host keys). The root filesystem is built once with
     /// debootstrap into /var/cache/kforge-lab (KFORGE_LAB_CACHE). Then:
     ///   kforge apply -f lab/kforge.yaml
+    ///
+    /// --example hardway: every machine a controller and a worker; DIR/bin gets the real
+    /// etcd from this workstation (apt-get install etcd-server etcd-client) and kforge's
+    /// named stand-in for the Kubernetes binaries that cannot be obtained here.
     Up {
+        /// Which cluster file to write: k3s (lab-1 server, others agents) or hardway.
+        #[arg(long, value_enum, default_value = "k3s")]
+        example: LabExampleArg,
         /// Lab directory.
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
-        /// How many machines (lab-1 is the server).
+        /// How many machines (k3s: lab-1 is the server).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Put this machine behind a masquerading router (no public endpoint). Repeatable.

@@ -10,7 +10,7 @@ use kforge_core::secrets::{AgeCredentials, ReconcileReport, SecretsBundle, Secre
 use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig, render};
 
-use crate::cli::{ClusterArgs, Command, Format, LabCommand};
+use crate::cli::{ClusterArgs, Command, Format, LabCommand, LabExampleArg};
 use crate::output;
 
 pub enum CliError {
@@ -232,8 +232,12 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { dir, nodes, behind_nat, mirror } => {
-            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror };
+        LabCommand::Up { example, dir, nodes, behind_nat, mirror } => {
+            let example = match example {
+                LabExampleArg::K3s => kforge_lab::LabExample::K3s,
+                LabExampleArg::Hardway => kforge_lab::LabExample::Hardway,
+            };
+            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example };
             let state = kforge_lab::up(&opts, &log)?;
             let d = state.dir.display();
             println!(
@@ -247,7 +251,14 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 println!("  {:<8} {addr}", m.name);
             }
             println!("cluster file: {d}/kforge.yaml   ssh: ssh -F {d}/ssh_config lab-1");
-            println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)");
+            match example {
+                kforge_lab::LabExample::K3s => {
+                    println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)")
+                }
+                kforge_lab::LabExample::Hardway => println!(
+                    "next: kforge apply -f {d}/kforge.yaml   (etcd is real; the Kubernetes binaries are stand-ins: {d}/bin)"
+                ),
+            }
             println!("stop: kforge lab down --dir {d}");
         }
         LabCommand::Down { dir, all } => {

@@ -5,24 +5,32 @@ use std::path::Path;
 
 use kforge_core::plan::Plan;
 use kforge_core::render::cloud_init::{EC2_USER_DATA_LIMIT, render_user_data};
-use kforge_core::spec::{LoadedSpec, Role};
+use kforge_core::spec::{DistributionKind, LoadedSpec, Role};
 
 /// `kforge check`: what the file describes, in a few lines.
 pub fn summary(spec: &LoadedSpec) -> String {
     let c = &spec.cluster;
     let s = &c.spec;
-    let servers = s.nodes.iter().filter(|n| n.role == Role::Server).count();
-    let agents = s.nodes.len() - servers;
     let nat: Vec<&str> = s.nodes.iter().filter(|n| n.endpoint.is_none()).map(|n| n.name.as_str()).collect();
     let mut o = String::new();
     let _ = writeln!(o, "ok: {} is a valid cluster file", spec.file);
-    let _ = writeln!(o, "  cluster   {} (k3s {})", c.metadata.name, s.distribution.version);
+    let _ = writeln!(o, "  cluster   {} ({} {})", c.metadata.name, s.distribution.kind.name(), s.distribution.version);
+    let roles: &[Role] = match s.distribution.kind {
+        DistributionKind::K3s => &[Role::Server, Role::Agent],
+        DistributionKind::Hardway => &[Role::Controller, Role::Worker],
+    };
+    let counts: Vec<String> = roles
+        .iter()
+        .map(|r| {
+            let n = s.nodes.iter().filter(|n| n.role.has(*r)).count();
+            format!("{n} {}{}", r.name(), plural(n))
+        })
+        .collect();
     let _ = writeln!(
         o,
-        "  nodes     {} ({servers} server{}, {agents} agent{}){}",
+        "  nodes     {} ({}){}",
         s.nodes.len(),
-        plural(servers),
-        plural(agents),
+        counts.join(", "),
         if nat.is_empty() { String::new() } else { format!("; behind NAT: {}", nat.join(", ")) }
     );
     let _ = writeln!(o, "  mesh      {} on {} port {}/udp, full mesh", s.mesh.subnet, s.mesh.interface, s.mesh.port);
@@ -67,10 +75,7 @@ pub fn plan_text(plan: &Plan) -> String {
         plan.api
     );
     for node in &plan.nodes {
-        let role = match node.role {
-            Role::Server => "server",
-            Role::Agent => "agent",
-        };
+        let role = &node.roles;
         let _ = writeln!(o);
         let endpoint = node.endpoint.as_deref().unwrap_or("behind NAT");
         let _ = writeln!(o, "{}  {role}  mesh {}  endpoint {endpoint}", node.node, node.mesh_ip);
@@ -98,8 +103,12 @@ pub fn plan_text(plan: &Plan) -> String {
                     Some(cmd) => format!("reload on change: {cmd}"),
                     None => format!("restart when any of its {} files change", u.restart_on.len()),
                 };
-                let _ =
-                    writeln!(o, "    unit     {:<52} {}; {how}", u.name, if u.enable { "enabled" } else { "disabled" });
+                let state = match (u.start, u.enable) {
+                    (false, _) => "installed, not started (stand-in)",
+                    (true, true) => "enabled",
+                    (true, false) => "disabled",
+                };
+                let _ = writeln!(o, "    unit     {:<52} {state}; {how}", u.name);
             }
         }
     }

@@ -17,7 +17,7 @@ use std::fmt::Write;
 use ipnet::IpNet;
 
 use crate::model::{API_PORT, Member, Model};
-use crate::spec::{Cidr, Node, Protocol, Role};
+use crate::spec::{Cidr, Node, Protocol};
 
 /// Interfaces whose traffic is cluster-internal: the mesh plus flannel's.
 fn internal_interfaces(model: &Model<'_>) -> Vec<String> {
@@ -47,7 +47,7 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
         .collect();
     let any = [Cidr("0.0.0.0/0".parse().unwrap()), Cidr("::/0".parse().unwrap())];
     let mut open: Vec<OpenPort<'_>> = Vec::new();
-    if spec.access.api_on_public && node.role == Role::Server {
+    if spec.access.api_on_public && node.role.is_control_plane() {
         open.push(OpenPort {
             port: API_PORT,
             protocol: Protocol::Tcp,

@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::hashing::sha256_hex;
 use crate::model::{Member, Model};
 use crate::pki::{CertRequest, Usage};
-use crate::plan::{ArtifactSource, NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
+use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
 use crate::secrets::{K3S_CAS, SecretsBundle};
-use crate::spec::{Node, Role};
+use crate::spec::Node;
 
 pub const BINARY: &str = "/usr/local/bin/k3s";
 pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
@@ -154,21 +154,10 @@ struct K3sConfig {
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, plan: &mut NodePlan) {
     let spec = &model.spec.spec;
     if let Some(a) = &spec.artifacts.k3s {
-        let source = match (&a.url, &a.path) {
-            (Some(url), _) => ArtifactSource::Url { url: url.clone() },
-            (None, Some(path)) => ArtifactSource::Path { path: path.clone() },
-            (None, None) => unreachable!("validated: an artifact has a url or a path"),
-        };
-        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact {
-            name: "k3s".into(),
-            dest: BINARY.into(),
-            mode: 0o755,
-            sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
-            source,
-        });
+        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec("k3s", BINARY, 0o755, a));
     }
 
-    let is_server = node.role == Role::Server;
+    let is_server = node.role.is_control_plane();
     let first = model.first_server();
     let multi_server = model.servers().count() > 1;
     let mut labels: Vec<String> = Vec::new();
@@ -248,7 +237,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     }
     let p = plan.phase(phase);
     p.files.extend(files);
-    p.units.push(PlannedUnit { name: unit_name.into(), enable: true, restart_on, reload_command: None });
+    p.units.push(PlannedUnit { name: unit_name.into(), enable: true, start: true, restart_on, reload_command: None });
 }
 
 #[derive(Serialize)]
@@ -267,7 +256,7 @@ struct EncryptedResource {
 
 /// The EncryptionConfiguration K3s reads at `server/cred/encryption-config.json`:
 /// aescbc with kforge's key first (writes), identity second (reads old plaintext).
-fn encryption_config(key_b64: &str) -> String {
+pub(crate) fn encryption_config(key_b64: &str) -> String {
     let cfg = EncryptionConfiguration {
         kind: "EncryptionConfiguration",
         api_version: "apiserver.config.k8s.io/v1",

@@ -9,6 +9,7 @@
 
 pub mod firewall;
 pub mod fsutil;
+pub mod hardway;
 pub mod hashing;
 pub mod k3s;
 pub mod kubeconfig;

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::secrets::SecretsBundle;
-use crate::spec::{Cluster, Node, Role};
+use crate::spec::{Cluster, Node};
 use crate::wireguard::{PrivateKey, PublicKey};
 
 /// API server port on the mesh.
@@ -32,11 +32,20 @@ pub struct Member {
     /// Where others can dial it; `None` behind NAT (or a roaming laptop).
     pub endpoint: Option<SocketAddr>,
     pub public_key: PublicKey,
+    /// hardway worker: its pod network, routed to it over the mesh.
+    pub pod_cidr: Option<Ipv4Net>,
 }
 
 impl Member {
     pub fn is_node(&self) -> bool {
         matches!(self.kind, MemberKind::Node(_))
+    }
+
+    /// What the mesh routes to this member: its /32 and its pod network.
+    pub fn routed_networks(&self) -> Vec<Ipv4Net> {
+        let mut v = vec![host_net(self.mesh_ip)];
+        v.extend(self.pod_cidr);
+        v
     }
 }
 
@@ -44,7 +53,8 @@ impl Member {
 #[derive(Debug, Clone)]
 pub struct MeshPeer<'m> {
     pub member: &'m Member,
-    /// The peer's own /32, plus the /32s of members reached through it (relay).
+    /// The peer's own /32 and pod network, plus those of members reached through it
+    /// (relay). wg-quick turns these into routes: the mesh is the pod route table.
     pub allowed_ips: Vec<Ipv4Net>,
     /// Names of members whose traffic this peer relays for us.
     pub relays_for: Vec<&'m str>,
@@ -89,6 +99,7 @@ impl<'s> Model<'s> {
                 mesh_ip: mesh_ip(&n.name),
                 endpoint: n.endpoint.map(|ip| SocketAddr::new(ip.0, port)),
                 public_key: wg_public(&n.name),
+                pod_cidr: secrets.pod_cidrs.get(&n.name).copied(),
             })
             .collect();
         members.extend(spec.spec.access.peers.iter().enumerate().map(|(i, p)| Member {
@@ -100,13 +111,14 @@ impl<'s> Model<'s> {
                 Some(k) => PublicKey::parse(k).expect("validated"),
                 None => wg_public(&p.name),
             },
+            pod_cidr: None,
         }));
         let relay = match &spec.spec.mesh.relay {
             Some(name) => members.iter().position(|m| &m.name == name),
             None => {
                 let nodes = || spec.spec.nodes.iter().enumerate();
                 nodes()
-                    .find(|(_, n)| n.role == Role::Server && n.endpoint.is_some())
+                    .find(|(_, n)| n.role.is_control_plane() && n.endpoint.is_some())
                     .or_else(|| nodes().find(|(_, n)| n.endpoint.is_some()))
                     .map(|(i, _)| i)
             }
@@ -115,7 +127,7 @@ impl<'s> Model<'s> {
         // API address. Mesh addresses never change, so listing a new server above the
         // others in the file moves neither the API nor `cluster-init`.
         let first_server = (0..spec.spec.nodes.len())
-            .filter(|&i| spec.spec.nodes[i].role == Role::Server)
+            .filter(|&i| spec.spec.nodes[i].role.is_control_plane())
             .min_by_key(|&i| members[i].mesh_ip)
             .expect("validated: a server exists");
         let service = spec.spec.network.service_cidr.0;
@@ -147,8 +159,9 @@ impl<'s> Model<'s> {
         self.members.iter().find(|m| m.name == name)
     }
 
+    /// Control-plane nodes: k3s servers, hardway controllers.
     pub fn servers(&self) -> impl Iterator<Item = (&Member, &'s Node)> {
-        self.nodes().filter(|(_, n)| n.role == Role::Server)
+        self.nodes().filter(|(_, n)| n.role.is_control_plane())
     }
 
     /// The server that initialises the cluster (`cluster-init`) and that others join:
@@ -183,7 +196,7 @@ impl<'s> Model<'s> {
             }
             out.push(MeshPeer {
                 member: other,
-                allowed_ips: vec![host_net(other.mesh_ip)],
+                allowed_ips: other.routed_networks(),
                 relays_for: Vec::new(),
                 keepalive: (me.endpoint.is_none() || other.endpoint.is_none()).then_some(keepalive).filter(|k| *k > 0),
             });
@@ -192,7 +205,7 @@ impl<'s> Model<'s> {
             && let Some(entry) = out.iter_mut().find(|p| p.member.name == r.name)
         {
             for m in relayed {
-                entry.allowed_ips.push(host_net(m.mesh_ip));
+                entry.allowed_ips.extend(m.routed_networks());
                 entry.relays_for.push(&m.name);
             }
         }

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use time::OffsetDateTime;
 
 use crate::firewall::{render_firewall_unit, render_nftables};
+use crate::hardway;
 use crate::k3s;
 use crate::mesh::render_wg_quick;
 use crate::model::Model;
 use crate::pki::PkiError;
 use crate::plan::{NodePlan, PeerPlan, Phase, Plan, PlannedCommand, PlannedFile, PlannedUnit};
 use crate::secrets::{ReconcileReport, SecretsBundle};
-use crate::spec::Cluster;
+use crate::spec::{Cluster, DistributionKind};
 use crate::wireguard::PrivateKey;
 
 pub const FIREWALL_FILE: &str = "/etc/kforge/firewall.nft";
@@ -29,7 +30,11 @@ pub fn reconcile_secrets(
 ) -> Result<(SecretsBundle, ReconcileReport), PkiError> {
     let mut bundle = bundle.unwrap_or_else(|| SecretsBundle::empty(&spec.metadata.name));
     let mut report = bundle.reconcile_identity(spec, now)?;
-    let requests = k3s::cert_requests(&Model::build(spec, &bundle));
+    let model = Model::build(spec, &bundle);
+    let requests = match spec.spec.distribution.kind {
+        DistributionKind::K3s => k3s::cert_requests(&model),
+        DistributionKind::Hardway => hardway::cert_requests(&model),
+    };
     let certs = bundle.reconcile_certificates(spec, &requests, now)?;
     report.created.extend(certs.created);
     report.reissued.extend(certs.reissued);
@@ -44,7 +49,8 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
     let wg_path = format!("/etc/wireguard/{iface}.conf");
     let mut nodes = Vec::new();
     for (me, node) in model.nodes() {
-        let mut np = NodePlan::new(&node.name, node.role, me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
+        let mut np =
+            NodePlan::new(&node.name, node.role.clone(), me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
         np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
 
         let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
@@ -68,6 +74,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         mesh.units.push(PlannedUnit {
             name: format!("wg-quick@{iface}.service"),
             enable: true,
+            start: true,
             restart_on: wg_inputs,
             reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
         });
@@ -80,15 +87,19 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             fw.units.push(PlannedUnit {
                 name: FIREWALL_UNIT.into(),
                 enable: true,
+                start: true,
                 restart_on: vec![FIREWALL_FILE.into(), unit_path],
                 reload_command: Some(format!("nft -f {FIREWALL_FILE}")),
             });
         }
-        k3s::plan_node(model, secrets, me, node, &mut np);
+        match spec.distribution.kind {
+            DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, &mut np),
+            DistributionKind::Hardway => hardway::plan_node(model, secrets, me, node, &mut np),
+        }
         if let Some(hello) = nat_hello(model, me) {
             // After the barrier every peer's mesh is up; tell them where we are before
             // K3s needs the mesh (the start-time hello may have come too early).
-            let phase = if node.role == crate::spec::Role::Server { Phase::ControlPlane } else { Phase::Workers };
+            let phase = if node.role.is_control_plane() { Phase::ControlPlane } else { Phase::Workers };
             np.phase(phase).commands.push(PlannedCommand {
                 description: "behind NAT: send every public peer a packet so it learns this node's address".into(),
                 run: format!("bash -c '{hello}'"),
@@ -112,7 +123,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
 
     Plan {
         cluster: model.spec.metadata.name.clone(),
-        distribution: format!("k3s {}", spec.distribution.version),
+        distribution: format!("{} {}", spec.distribution.kind.name(), spec.distribution.version),
         api: model.api_url(),
         init_server: model.first_server().name.clone(),
         mesh_port: spec.mesh.port,
@@ -139,6 +150,7 @@ fn notes(model: &Model<'_>) -> Vec<String> {
         ));
     }
     match &spec.artifacts.k3s {
+        _ if spec.distribution.kind == DistributionKind::Hardway => notes.extend(hardway::notes(model)),
         None => notes.push(format!(
             "no k3s artifact is configured: hosts must already have {} (set spec.artifacts.k3s)",
             k3s::BINARY

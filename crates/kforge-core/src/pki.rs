@@ -167,6 +167,12 @@ impl LoadedCa {
     }
 }
 
+/// The public half of a PEM private key, as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+pub fn public_key_pem(private_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(private_pem).map_err(|source| PkiError::Rcgen { what: "a key".into(), source })?;
+    Ok(key.public_key_pem())
+}
+
 /// When the certificate in `pem` stops being valid.
 pub fn not_after(pem: &str) -> Option<OffsetDateTime> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::hashing::sha256_hex;
-use crate::spec::Role;
+use crate::spec::Roles;
 
 /// Ordered phases with a barrier between them (k0sctl's model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -62,6 +62,19 @@ pub struct PlannedFile {
     pub secret: bool,
     #[serde(skip)]
     pub content: Arc<[u8]>,
+    /// The learner's view (`kforge explain`): what the file is, who reads it, and why
+    /// its important fields have their values.
+    #[serde(skip)]
+    pub about: Option<Arc<About>>,
+}
+
+/// What `kforge explain NODE PATH` prints about a file.
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    pub what: String,
+    pub read_by: String,
+    /// (field, why it has its value), in the order worth reading.
+    pub fields: Vec<(String, String)>,
 }
 
 impl PlannedFile {
@@ -75,7 +88,14 @@ impl PlannedFile {
             sha256: sha256_hex(&content),
             secret: false,
             content: content.into(),
+            about: None,
         }
+    }
+
+    /// Attach the explanation `kforge explain` prints for this file.
+    pub fn about(mut self, what: impl Into<String>, read_by: impl Into<String>, fields: Vec<(String, String)>) -> Self {
+        self.about = Some(Arc::new(About { what: what.into(), read_by: read_by.into(), fields }));
+        self
     }
 
     /// A file holding key material: mode 0600 whatever was asked.
@@ -100,10 +120,31 @@ pub enum ArtifactSource {
 pub struct PlannedArtifact {
     pub name: String,
     pub dest: String,
+    /// A named stand-in, not the real program (see `Artifact::stand_in`).
+    pub stand_in: bool,
     #[serde(serialize_with = "octal")]
     pub mode: u32,
     pub sha256: Option<String>,
     pub source: ArtifactSource,
+}
+
+impl PlannedArtifact {
+    /// The artifact the cluster file configures for `name`, installed at `dest`.
+    pub fn from_spec(name: &str, dest: &str, mode: u32, a: &crate::spec::Artifact) -> PlannedArtifact {
+        let source = match (&a.url, &a.path) {
+            (Some(url), _) => ArtifactSource::Url { url: url.clone() },
+            (None, Some(path)) => ArtifactSource::Path { path: path.clone() },
+            (None, None) => unreachable!("validated: an artifact has a url or a path"),
+        };
+        PlannedArtifact {
+            name: name.into(),
+            dest: dest.into(),
+            stand_in: a.stand_in,
+            mode,
+            sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            source,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,6 +152,9 @@ pub struct PlannedArtifact {
 pub struct PlannedUnit {
     pub name: String,
     pub enable: bool,
+    /// False for a component whose binary is a named stand-in: its unit is installed
+    /// (and can be verified) but never enabled or started.
+    pub start: bool,
     /// Files whose change restarts (or reloads) the unit.
     pub restart_on: Vec<String>,
     /// Apply changes without a restart (e.g. `wg syncconf` keeps tunnels up).
@@ -150,17 +194,36 @@ impl PhasePlan {
 #[serde(rename_all = "camelCase")]
 pub struct NodePlan {
     pub node: String,
-    pub role: Role,
+    #[serde(serialize_with = "roles_text")]
+    pub roles: Roles,
+    /// Runs the control plane (k3s server, hardway controller).
+    pub control_plane: bool,
     pub mesh_ip: String,
     pub endpoint: Option<String>,
     /// OS packages the host needs (Debian/Ubuntu names).
     pub packages: Vec<String>,
+    /// Commands preflight requires on the host (from those packages).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub required_commands: Vec<String>,
+    /// The host must have swap off (a kubelet refuses to run with it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub swap_forbidden: bool,
     pub phases: Vec<PhasePlan>,
 }
 
 impl NodePlan {
-    pub fn new(node: &str, role: Role, mesh_ip: String, endpoint: Option<String>) -> NodePlan {
-        NodePlan { node: node.into(), role, mesh_ip, endpoint, packages: Vec::new(), phases: Vec::new() }
+    pub fn new(node: &str, roles: Roles, mesh_ip: String, endpoint: Option<String>) -> NodePlan {
+        NodePlan {
+            node: node.into(),
+            control_plane: roles.is_control_plane(),
+            roles,
+            mesh_ip,
+            endpoint,
+            packages: Vec::new(),
+            required_commands: Vec::new(),
+            swap_forbidden: false,
+            phases: Vec::new(),
+        }
     }
 
     /// The phase's plan, created in phase order on first use.
@@ -202,6 +265,10 @@ pub struct Plan {
     pub peers: Vec<PeerPlan>,
     /// Facts worth telling the operator (relayed pairs, artifacts that cannot travel).
     pub notes: Vec<String>,
+}
+
+fn roles_text<S: serde::Serializer>(roles: &Roles, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(roles)
 }
 
 fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {

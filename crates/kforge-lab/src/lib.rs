@@ -51,6 +51,45 @@ pub struct UpOptions {
     pub nodes: usize,
     pub behind_nat: Vec<String>,
     pub mirror: Option<String>,
+    pub example: LabExample,
+}
+
+/// Which cluster file `up` writes for the machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabExample {
+    /// k3s: lab-1 is the server, the others agents; bring a k3s binary to bin/k3s.
+    K3s,
+    /// hardway: every machine a controller and a worker; etcd from this workstation's
+    /// Debian packages, kforge's named stand-in for what cannot be obtained.
+    Hardway,
+}
+
+/// Where the hardway lab's real etcd comes from (Debian's etcd-server/etcd-client).
+pub const WORKSTATION_ETCD: &[(&str, &str)] = &[("etcd", "/usr/bin/etcd"), ("etcdctl", "/usr/bin/etcdctl")];
+/// The named stand-in, built beside `kforge` (`cargo build --workspace --bins`).
+pub const STAND_IN_BINARY: &str = "kforge-stand-in";
+
+/// The binaries a hardway lab's cluster file points at: (name in DIR/bin, source).
+fn hardway_binaries() -> Result<Vec<(&'static str, PathBuf)>, LabError> {
+    let mut v: Vec<(&'static str, PathBuf)> = Vec::new();
+    for (name, path) in WORKSTATION_ETCD {
+        if !Path::new(path).exists() {
+            return Err(LabError::Setup(format!(
+                "{path} is missing: the hardway lab runs the real etcd from this workstation\n  help: apt-get install etcd-server etcd-client"
+            )));
+        }
+        v.push((name, PathBuf::from(path)));
+    }
+    let exe = std::env::current_exe().map_err(|e| LabError::Setup(format!("where is kforge? {e}")))?;
+    let stand_in = exe.with_file_name(STAND_IN_BINARY);
+    if !stand_in.exists() {
+        return Err(LabError::Setup(format!(
+            "{} is missing: it is built with kforge\n  help: cargo build --workspace --bins",
+            stand_in.display()
+        )));
+    }
+    v.push(("stand-in", stand_in));
+    Ok(v)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +157,10 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
     if opts.behind_nat.len() == opts.nodes {
         return Err(LabError::Setup("at least one machine must have a public address".into()));
     }
+    let binaries = match opts.example {
+        LabExample::Hardway => hardway_binaries()?,
+        LabExample::K3s => Vec::new(),
+    };
     if opts.dir.join("lab.json").exists() {
         return Err(LabError::Setup(format!(
             "a lab is already up in {} (run `kforge lab down` first)",
@@ -141,7 +184,12 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
         id,
     };
     state.save()?;
-    match build(&mut state, &image, &names, &opts.behind_nat, log) {
+    let bin = dir.join("bin");
+    for (name, source) in &binaries {
+        fs::create_dir_all(&bin).map_err(|e| LabError::io(&bin, e))?;
+        fs::copy(source, bin.join(name)).map_err(|e| LabError::io(source, e))?;
+    }
+    match build(&mut state, &image, &names, &opts.behind_nat, opts.example, log) {
         Ok(()) => Ok(state),
         Err(e) => {
             log("lab up failed; removing what was created");
@@ -156,6 +204,7 @@ fn build(
     image: &Path,
     names: &[String],
     nat: &[String],
+    example: LabExample,
     log: &dyn Fn(&str),
 ) -> Result<(), LabError> {
     let dir = state.dir.clone();
@@ -217,7 +266,7 @@ fn build(
     }
     write_file(&dir.join("known_hosts"), &known_hosts, 0o644)?;
     write_file(&dir.join("ssh_config"), &ssh_config(state), 0o644)?;
-    write_file(&dir.join("kforge.yaml"), &cluster_file(state), 0o644)?;
+    write_file(&dir.join("kforge.yaml"), &cluster_file(state, example), 0o644)?;
     wait_for_ssh(state, log)
 }
 
@@ -260,14 +309,22 @@ fn ssh_config(state: &LabState) -> String {
     s
 }
 
-/// The `lab` example with this lab's machines as nodes (the first is the server).
-fn cluster_file(state: &LabState) -> String {
-    let example = kforge_core::spec::examples::LAB;
-    let head = &example[..example.find("  nodes:\n").expect("the lab example has nodes")];
+/// The lab example with this lab's machines as nodes: k3s with the first as the
+/// server, or hardway with every machine a controller and a worker.
+fn cluster_file(state: &LabState, example: LabExample) -> String {
+    let example_text = match example {
+        LabExample::K3s => kforge_core::spec::examples::LAB,
+        LabExample::Hardway => kforge_core::spec::examples::HARDWAY_LAB,
+    };
+    let head = &example_text[..example_text.find("  nodes:\n").expect("the lab example has nodes")];
     let mut s = head.to_string();
     s.push_str("  nodes:\n");
     for (i, m) in state.machines.iter().enumerate() {
-        let role = if i == 0 { "server" } else { "agent" };
+        let role = match (example, i) {
+            (LabExample::Hardway, _) => "[controller, worker]",
+            (LabExample::K3s, 0) => "server",
+            (LabExample::K3s, _) => "agent",
+        };
         match m.public_ip {
             Some(ip) => s.push_str(&format!(
                 "    - {{name: {}, role: {role}, endpoint: {ip}, ssh: {{host: {}}}}}\n",

@@ -12,7 +12,10 @@ use crate::LabError;
 use crate::sh::run;
 
 pub const SUITE: &str = "bookworm";
-const PACKAGES: &str = "systemd-sysv,udev,openssh-server,wireguard-tools,nftables,iproute2,iputils-ping,procps";
+/// What every lab machine has, as a fresh VPS image would (plus nginx, which the
+/// hardway distribution needs on controllers). The cache directory's name carries a
+/// digest of this list, so changing it builds a new image.
+const PACKAGES: &str = "systemd-sysv,udev,openssh-server,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx";
 const READY_MARK: &str = ".kforge-rootfs-ready";
 
 /// Where the cache lives: `KFORGE_LAB_CACHE`, else `/var/cache/kforge-lab`.
@@ -84,12 +87,13 @@ fn mirror_in_list(text: &str) -> Option<String> {
 /// The cached root filesystem, built on first use (a few minutes).
 pub fn ensure(mirror_flag: Option<&str>, log: &dyn Fn(&str)) -> Result<PathBuf, LabError> {
     let cache = cache_dir();
-    let root = cache.join(format!("rootfs-{SUITE}"));
+    let tag = &kforge_core::hashing::sha256_hex(PACKAGES.as_bytes())[..8];
+    let root = cache.join(format!("rootfs-{SUITE}-{tag}"));
     if root.join(READY_MARK).exists() {
         return Ok(root);
     }
     std::fs::create_dir_all(&cache).map_err(|e| LabError::io(&cache, e))?;
-    let staging = cache.join(format!("rootfs-{SUITE}.building"));
+    let staging = cache.join(format!("rootfs-{SUITE}-{tag}.building"));
     let _ = std::fs::remove_dir_all(&staging);
     let mirror = mirror(mirror_flag)?;
     log(&format!("building the lab root filesystem with debootstrap (once, a few minutes) into {}", root.display()));
@@ -112,6 +116,9 @@ fn finish(root: &Path) -> Result<(), LabError> {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    // nginx is there for kforge to run (the hardway /healthz proxy), not as a web
+    // server on port 80 of every machine.
+    let _ = std::fs::remove_file(root.join("etc/systemd/system/multi-user.target.wants/nginx.service"));
     // The machine-id is set per machine; an empty one here would be shared.
     let _ = std::fs::write(root.join("etc/machine-id"), "");
     Ok(())

@@ -7,10 +7,9 @@ use std::sync::Mutex;
 
 use kforge_core::pipeline::{BORINGTUN_DEST, use_userspace_wireguard};
 use kforge_core::plan::{ArtifactSource, NodePlan, Phase, PhasePlan, Plan, PlannedArtifact};
-use kforge_core::spec::Role;
 
 use crate::artifacts::{ArtifactStore, find_boringtun};
-use crate::facts::{self, Manifest, NodeFacts};
+use crate::facts::{self, Manifest, NodeFacts, PENDING_DIR};
 use crate::lock::HostLock;
 use crate::remote_script::PhaseScript;
 use crate::ssh::{Host, shell_quote};
@@ -24,6 +23,9 @@ struct HostRun {
     report: HostReport,
     /// What kforge has written, as it will be recorded on the host.
     manifest: BTreeMap<String, String>,
+    /// Files and artifacts changed by this apply so far (any phase): a binary
+    /// uploaded in `artifacts` restarts its unit in a later phase.
+    changed_paths: BTreeSet<String>,
     failed: bool,
 }
 
@@ -74,6 +76,7 @@ fn run(
             facts: NodeFacts::default(),
             report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
             manifest: BTreeMap::new(),
+            changed_paths: BTreeSet::new(),
             failed: false,
         });
     }
@@ -115,6 +118,7 @@ fn run(
                 Some(path) => Some(PlannedArtifact {
                     name: "boringtun-cli".into(),
                     dest: BORINGTUN_DEST.into(),
+                    stand_in: false,
                     mode: 0o755,
                     sha256: None,
                     source: ArtifactSource::Path { path: path.display().to_string() },
@@ -143,8 +147,8 @@ fn run(
     let store = Mutex::new(ArtifactStore::default());
     for phase in Phase::ALL {
         // Agents join a control plane; without a healthy one they would only wait.
-        if phase == Phase::Workers && hosts.iter().any(|h| h.failed && h.plan.role == Role::Server) {
-            for h in hosts.iter_mut().filter(|h| !h.failed && h.plan.role == Role::Agent) {
+        if phase == Phase::Workers && hosts.iter().any(|h| h.failed && h.plan.control_plane) {
+            for h in hosts.iter_mut().filter(|h| !h.failed && !h.plan.control_plane) {
                 h.fail("skipped: a server failed, so there is no healthy control plane to join");
             }
         }
@@ -215,7 +219,20 @@ fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport 
 
 fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex<ArtifactStore>) -> Result<(), String> {
     // Artifacts: upload only where the host's copy differs.
-    let mut changed_paths: BTreeSet<String> = BTreeSet::new();
+    let mut changed_paths = std::mem::take(&mut h.changed_paths);
+    let result = run_phase_inner(h, pp, opts, store, &mut changed_paths);
+    h.changed_paths = changed_paths;
+    result
+}
+
+fn run_phase_inner(
+    h: &mut HostRun,
+    pp: &PhasePlan,
+    opts: &ApplyOptions,
+    store: &Mutex<ArtifactStore>,
+    changed_paths: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    let mut phase_changed = false;
     for a in &pp.artifacts {
         let local = store.lock().unwrap().resolve(a, &opts.base_dir, &opts.cache_dir)?;
         if h.facts.hashes.get(&a.dest) == Some(&local.sha256) {
@@ -223,13 +240,24 @@ fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex
         }
         h.report.artifacts_uploaded.push(a.dest.clone());
         changed_paths.insert(a.dest.clone());
+        phase_changed = true;
         if opts.dry_run {
             continue;
         }
         let (dir, file) = a.dest.rsplit_once('/').unwrap_or(("/", &a.dest));
         let tmp = format!("{dir}/.{file}.kforge-tmp-upload");
+        // Units that run this binary are marked pending before it lands, so a crash
+        // between upload and restart still restarts them on the next apply.
+        let pending: String = h
+            .plan
+            .phases
+            .iter()
+            .flat_map(|p| p.units.iter())
+            .filter(|u| u.start && u.restart_on.contains(&a.dest))
+            .map(|u| format!("touch {}; ", shell_quote(&format!("{PENDING_DIR}/{}", u.name))))
+            .collect();
         let script = format!(
-            "set -e; umask 077; mkdir -p {d}; cat > {t}; echo '{sum}  {t}' | sha256sum -c --status || {{ rm -f {t}; echo 'upload corrupted' >&2; exit 1; }}; chmod {mode:o} {t}; sync {t}; mv -f {t} {dest}",
+            "set -e; umask 077; mkdir -p {d} {PENDING_DIR}; cat > {t}; echo '{sum}  {t}' | sha256sum -c --status || {{ rm -f {t}; echo 'upload corrupted' >&2; exit 1; }}; chmod {mode:o} {t}; sync {t}; {pending}mv -f {t} {dest}",
             d = shell_quote(dir),
             t = shell_quote(&tmp),
             sum = local.sha256,
@@ -259,11 +287,12 @@ fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex
             }
         }
     }
-    script.daemon_reload = changed_paths.iter().any(|p| p.starts_with("/etc/systemd/system/"));
-    if !script.writes.is_empty() {
+    script.daemon_reload = script.writes.iter().any(|f| f.path.starts_with("/etc/systemd/system/"));
+    // Guarded commands (sysctl, unpacking, addons) run when this phase changed anything.
+    if phase_changed || !script.writes.is_empty() {
         script.commands = pp.commands.clone();
     }
-    for u in &pp.units {
+    for u in pp.units.iter().filter(|u| u.start) {
         let (active, enabled) = h.facts.units.get(&u.name).copied().unwrap_or((false, false));
         let inputs_changed = u.restart_on.iter().any(|p| changed_paths.contains(p));
         let pending = h.facts.pending.contains(&u.name);
@@ -285,6 +314,7 @@ fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex
     if script.writes.is_empty()
         && script.restarts.is_empty()
         && script.enables.is_empty()
+        && script.commands.is_empty()
         && script.clean_temp_files.is_empty()
     {
         return Ok(());

@@ -34,6 +34,8 @@ pub struct NodeFacts {
     pub listening: BTreeSet<String>,
     /// Leftover temp files of an interrupted apply.
     pub stale_temp_files: Vec<String>,
+    /// Of the plan's required commands, those the host lacks.
+    pub missing_commands: Vec<String>,
 }
 
 /// Every path whose hash the engine needs: planned files, artifacts, old manifest.
@@ -71,6 +73,7 @@ for f in {pending}/*; do [ -e "$f" ] && echo "pending ${{f##*/}}"; done
 [ -f {manifest} ] && echo "manifest $(base64 -w0 < {manifest})"
 ss -Hltn 2>/dev/null | awk '{{n=split($4,a,":"); print "listen tcp/" a[n]}}'
 ss -Hlun 2>/dev/null | awk '{{n=split($4,a,":"); print "listen udp/" a[n]}}'
+for c in {commands}; do PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || echo "missing $c"; done
 for d in {dirs}; do [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'; done
 true
 "#,
@@ -79,6 +82,7 @@ true
         pending = PENDING_DIR,
         manifest = MANIFEST,
         dirs = q(&dirs.into_iter().collect::<Vec<_>>()),
+        commands = q(&plan.required_commands),
     );
     let out = host.run_script("gather facts", &script)?;
     Ok(parse(&out))
@@ -117,6 +121,7 @@ fn parse(out: &str) -> NodeFacts {
             (Some("pending"), Some(name), None) => {
                 f.pending.insert(name.into());
             }
+            (Some("missing"), Some(name), None) => f.missing_commands.push(name.into()),
             (Some("manifest"), Some(b64), None) => {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();

@@ -34,11 +34,20 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
                 "{node}: clock is {skew} s off this workstation's; enable NTP (timedatectl set-ntp true)"
             ));
         }
+        if plan.swap_forbidden && f.swap_on {
+            problems.push(format!(
+                "{node}: swap is on and the kubelet refuses to run with it: `swapoff -a` and remove swap from /etc/fstab"
+            ));
+        }
+        for c in &f.missing_commands {
+            problems
+                .push(format!("{node}: `{c}` is not installed; install it first (Debian/Ubuntu: apt-get install {c})"));
+        }
         // A port kforge needs, taken by something kforge did not install.
         if f.manifest.is_empty() {
             let mut needed = vec![format!("udp/{mesh_port}")];
-            if plan.role == kforge_core::spec::Role::Server {
-                needed.push("tcp/6443".into());
+            if plan.control_plane {
+                needed.extend(["tcp/6443", "tcp/2379", "tcp/2380"].map(String::from));
             }
             needed.push("tcp/10250".into());
             for sock in needed {
@@ -54,7 +63,7 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kforge_core::spec::Role;
+    use kforge_core::spec::{Role, Roles};
 
     fn facts(hostname: &str, id: &str, clock: i64, init: &str) -> NodeFacts {
         NodeFacts { hostname: hostname.into(), machine_id: id.into(), clock, init: init.into(), ..NodeFacts::default() }
@@ -62,8 +71,8 @@ mod tests {
 
     #[test]
     fn refuses_skewed_clocks_and_hosts_without_systemd_by_name() {
-        let a = NodePlan::new("a", Role::Server, "10.4.0.1".into(), None);
-        let b = NodePlan::new("b", Role::Agent, "10.4.0.2".into(), None);
+        let a = NodePlan::new("a", Roles::one(Role::Server), "10.4.0.1".into(), None);
+        let b = NodePlan::new("b", Roles::one(Role::Agent), "10.4.0.2".into(), None);
         let fa = facts("a", "1111", 1000, "systemd");
         let fb = facts("b", "2222", 1031, "init");
         let problems = check(&[(&a, &fa), (&b, &fb)], 1000, 51820);
@@ -76,5 +85,24 @@ mod tests {
         );
         let within = facts("b", "2222", 1030, "systemd");
         assert!(check(&[(&a, &fa), (&b, &within)], 1000, 51820).is_empty(), "30 s is tolerated");
+    }
+
+    #[test]
+    fn refuses_swap_on_a_worker_and_a_missing_command_by_name() {
+        let mut w = NodePlan::new("w", Roles::new(vec![Role::Controller, Role::Worker]), "10.4.0.1".into(), None);
+        w.swap_forbidden = true;
+        let mut f = facts("w", "1111", 1000, "systemd");
+        f.swap_on = true;
+        f.missing_commands = vec!["nginx".into()];
+        assert_eq!(
+            check(&[(&w, &f)], 1000, 51820),
+            [
+                "w: swap is on and the kubelet refuses to run with it: `swapoff -a` and remove swap from /etc/fstab",
+                "w: `nginx` is not installed; install it first (Debian/Ubuntu: apt-get install nginx)",
+            ]
+        );
+        w.swap_forbidden = false;
+        f.missing_commands.clear();
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "swap is fine where no kubelet runs");
     }
 }

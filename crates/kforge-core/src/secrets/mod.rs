@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use base64::Engine;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -51,6 +52,9 @@ pub struct SecretsBundle {
     pub mesh_ips: BTreeMap<String, Ipv4Addr>,
     /// Leaf id (e.g. `admin`) → issued certificate.
     pub certificates: BTreeMap<String, IssuedCert>,
+    /// hardway worker → its pod network; kept so a new worker never moves another's pods.
+    #[serde(default, rename = "podCIDRs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_cidrs: BTreeMap<String, Ipv4Net>,
 }
 
 impl std::fmt::Debug for SecretsBundle {
@@ -107,6 +111,7 @@ impl SecretsBundle {
             wireguard: BTreeMap::new(),
             mesh_ips: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            pod_cidrs: BTreeMap::new(),
         }
     }
 
@@ -141,7 +146,52 @@ impl SecretsBundle {
         }
         report.merge(self.reconcile_wireguard(spec));
         report.merge(self.reconcile_mesh_ips(spec));
+        report.merge(self.reconcile_pod_cidrs(spec));
         Ok(report)
+    }
+
+    /// hardway: each worker's own slice of `network.podCIDR` (kept ones first, then
+    /// the lowest free slice for each new worker in file order). Its CNI bridge hands
+    /// out pod addresses from it and the mesh routes it to that worker.
+    fn reconcile_pod_cidrs(&mut self, spec: &Cluster) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let ipnet::IpNet::V4(pods) = spec.spec.network.pod_cidr.0 else {
+            return report;
+        };
+        let prefix = spec.spec.hardway.node_pod_prefix;
+        let workers: Vec<&str> = if spec.spec.distribution.kind == crate::spec::DistributionKind::Hardway {
+            spec.spec.nodes.iter().filter(|n| n.role.has(crate::spec::Role::Worker)).map(|n| n.name.as_str()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut next: BTreeMap<String, Ipv4Net> = BTreeMap::new();
+        for w in &workers {
+            if let Some(net) = self.pod_cidrs.get(*w)
+                && net.prefix_len() == prefix
+                && pods.contains(net)
+                && !next.values().any(|n| n == net)
+            {
+                next.insert(w.to_string(), *net);
+            }
+        }
+        if let Ok(mut slices) = pods.subnets(prefix) {
+            for w in &workers {
+                if !next.contains_key(*w) {
+                    let used: BTreeSet<Ipv4Net> = next.values().copied().collect();
+                    let net =
+                        slices.find(|s| !used.contains(s)).expect("validation checked the pod network is large enough");
+                    next.insert(w.to_string(), net);
+                    report.created.push(format!("pod network {w}={net}"));
+                }
+            }
+        }
+        for (name, net) in &self.pod_cidrs {
+            if !next.contains_key(name) {
+                report.removed.push(format!("pod network {name}={net}"));
+            }
+        }
+        self.pod_cidrs = next;
+        report
     }
 
     fn reconcile_wireguard(&mut self, spec: &Cluster) -> ReconcileReport {

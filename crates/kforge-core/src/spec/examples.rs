@@ -6,9 +6,12 @@
 pub const HOMELAB: &str = include_str!("../../examples/homelab.yaml");
 pub const HA: &str = include_str!("../../examples/ha.yaml");
 pub const LAB: &str = include_str!("../../examples/lab.yaml");
+pub const HARDWAY: &str = include_str!("../../examples/hardway.yaml");
+pub const HARDWAY_LAB: &str = include_str!("../../examples/hardway-lab.yaml");
 
 /// Name → text, in the order `kforge init --help` lists them.
-pub const ALL: &[(&str, &str)] = &[("homelab", HOMELAB), ("ha", HA), ("lab", LAB)];
+pub const ALL: &[(&str, &str)] =
+    &[("homelab", HOMELAB), ("ha", HA), ("hardway", HARDWAY), ("lab", LAB), ("hardway-lab", HARDWAY_LAB)];
 
 pub fn get(name: &str) -> Option<&'static str> {
     ALL.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)

@@ -119,6 +119,8 @@ fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
         "addresses are written like 203.0.113.10, networks like 10.42.0.0/16"
     } else if message.contains("invalid type") {
         "check the value's type against `kforge schema`"
+    } else if message.contains("role") {
+        "k3s: `role: server` or `role: agent`; hardway: `controller`, `worker` or `[controller, worker]`"
     } else {
         "YAML syntax: check indentation, brackets and quotes at this position"
     };

@@ -56,6 +56,8 @@ pub struct ClusterSpec {
     pub pki: Pki,
     #[serde(default)]
     pub k3s: K3sOptions,
+    #[serde(default)]
+    pub hardway: HardwayOptions,
     /// Where binaries come from: a URL with its sha256, or a local path.
     #[serde(default)]
     pub artifacts: Artifacts,
@@ -67,7 +69,7 @@ pub struct ClusterSpec {
 pub struct Distribution {
     #[serde(rename = "type")]
     pub kind: DistributionKind,
-    /// Release to install, e.g. `v1.33.5+k3s1`.
+    /// Release to install: `v1.33.5+k3s1` (k3s) or `v1.32.3` (hardway).
     pub version: String,
 }
 
@@ -76,6 +78,18 @@ pub struct Distribution {
 pub enum DistributionKind {
     /// K3s: one binary per node, embedded etcd for HA server sets.
     K3s,
+    /// Upstream Kubernetes "the hard way": etcd, kube-apiserver, controller-manager,
+    /// scheduler on controllers; containerd, kubelet, kube-proxy on workers.
+    Hardway,
+}
+
+impl DistributionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributionKind::K3s => "k3s",
+            DistributionKind::Hardway => "hardway",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -310,14 +324,86 @@ impl Default for K3sOptions {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+/// Options of the `hardway` distribution.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HardwayOptions {
+    /// Size of the pod network each worker gets from `network.podCIDR` (a /24 is
+    /// 254 pods). Allocated once per worker and kept in the secrets bundle.
+    #[serde(default = "default_node_pod_prefix")]
+    pub node_pod_prefix: u8,
+    /// Port of the plain-HTTP `/healthz` proxy (nginx) on controllers, for an L4 load
+    /// balancer's health check. Reachable on the mesh only unless published.
+    #[serde(default = "default_healthz_port")]
+    pub healthz_port: u16,
+}
+
+impl Default for HardwayOptions {
+    fn default() -> Self {
+        HardwayOptions { node_pod_prefix: default_node_pod_prefix(), healthz_port: default_healthz_port() }
+    }
+}
+
+/// Where each binary comes from. k3s needs `k3s`; hardway needs the rest (keys are
+/// the upstream binary names). A missing entry means the host already has it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Artifacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k3s: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcdctl: Option<Artifact>,
+    #[serde(default, rename = "kube-apiserver", skip_serializing_if = "Option::is_none")]
+    pub kube_apiserver: Option<Artifact>,
+    #[serde(default, rename = "kube-controller-manager", skip_serializing_if = "Option::is_none")]
+    pub kube_controller_manager: Option<Artifact>,
+    #[serde(default, rename = "kube-scheduler", skip_serializing_if = "Option::is_none")]
+    pub kube_scheduler: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubectl: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<Artifact>,
+    #[serde(default, rename = "kube-proxy", skip_serializing_if = "Option::is_none")]
+    pub kube_proxy: Option<Artifact>,
+    /// The release tarball (`bin/containerd`, `bin/containerd-shim-runc-v2`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runc: Option<Artifact>,
+    /// The CNI plugins release tarball (`bridge`, `loopback`, `host-local`, …).
+    #[serde(default, rename = "cni-plugins", skip_serializing_if = "Option::is_none")]
+    pub cni_plugins: Option<Artifact>,
 }
 
-/// One binary: `url` + `sha256`, or a `path` on the workstation (sha256 optional).
+impl Artifacts {
+    /// Every configured artifact with its key in the file, in file-schema order.
+    pub fn entries(&self) -> Vec<(&'static str, &Artifact)> {
+        let all: [(&'static str, &Option<Artifact>); 12] = [
+            ("k3s", &self.k3s),
+            ("etcd", &self.etcd),
+            ("etcdctl", &self.etcdctl),
+            ("kube-apiserver", &self.kube_apiserver),
+            ("kube-controller-manager", &self.kube_controller_manager),
+            ("kube-scheduler", &self.kube_scheduler),
+            ("kubectl", &self.kubectl),
+            ("kubelet", &self.kubelet),
+            ("kube-proxy", &self.kube_proxy),
+            ("containerd", &self.containerd),
+            ("runc", &self.runc),
+            ("cni-plugins", &self.cni_plugins),
+        ];
+        all.into_iter().filter_map(|(k, a)| a.as_ref().map(|a| (k, a))).collect()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Artifact> {
+        self.entries().into_iter().find(|(k, _)| *k == key).map(|(_, a)| a)
+    }
+}
+
+/// One binary (or release tarball): `url` + `sha256`, or a `path` on the workstation
+/// (sha256 optional). A name ending in `.tar.gz`/`.tgz` is unpacked on the host.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Artifact {
@@ -327,6 +413,20 @@ pub struct Artifact {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The file is a named stand-in, not the real program (`kforge lab` uses these for
+    /// binaries that cannot be obtained): kforge installs it and its unit so both can
+    /// be verified, but never starts it, never counts it as working, and skips what
+    /// needs it (addons need kube-apiserver and kubectl).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stand_in: bool,
+}
+
+impl Artifact {
+    /// The source's file name ends like a tarball.
+    pub fn is_archive(&self) -> bool {
+        let name = self.url.as_deref().or(self.path.as_deref()).unwrap_or("");
+        name.ends_with(".tar.gz") || name.ends_with(".tgz")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -334,7 +434,9 @@ pub struct Artifact {
 pub struct Node {
     /// Node name: a DNS label, unique; also the Kubernetes node name.
     pub name: String,
-    pub role: Role,
+    /// `server` or `agent` (k3s); `controller`, `worker` or `[controller, worker]`
+    /// (hardway).
+    pub role: Roles,
     /// Public address others can reach (WireGuard endpoint, node-external-ip).
     /// Omit for a node behind NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,10 +459,112 @@ pub struct Node {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Runs the control plane (and workloads unless tainted).
+    /// k3s: runs the control plane (and workloads unless tainted).
     Server,
-    /// Runs workloads only.
+    /// k3s: runs workloads only.
     Agent,
+    /// hardway: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+    Controller,
+    /// hardway: containerd, kubelet, kube-proxy.
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::Controller => "controller",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// A node's roles: one (`role: server`) or several (`role: [controller, worker]`).
+/// Kept sorted and without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(Vec<Role>);
+
+impl Roles {
+    pub fn new(mut roles: Vec<Role>) -> Roles {
+        roles.sort_by_key(|r| *r as u8);
+        roles.dedup();
+        Roles(roles)
+    }
+    pub fn one(role: Role) -> Roles {
+        Roles(vec![role])
+    }
+    pub fn has(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Role> + '_ {
+        self.0.iter().copied()
+    }
+    /// Runs the control plane: a k3s server or a hardway controller.
+    pub fn is_control_plane(&self) -> bool {
+        self.has(Role::Server) || self.has(Role::Controller)
+    }
+    /// Runs a kubelet: every k3s node, a hardway worker.
+    pub fn runs_workloads(&self) -> bool {
+        self.has(Role::Server) || self.has(Role::Agent) || self.has(Role::Worker)
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|r| r.name()).collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Roles {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Roles;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a role (server, agent, controller, worker) or a list of roles")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Roles, E> {
+                Role::deserialize(serde::de::value::StrDeserializer::<E>::new(v)).map(Roles::one)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Roles, A::Error> {
+                let mut v = Vec::new();
+                while let Some(r) = seq.next_element::<Role>()? {
+                    v.push(r);
+                }
+                if v.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "a node needs at least one role, e.g. `role: [controller, worker]`",
+                    ));
+                }
+                Ok(Roles::new(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Roles {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl JsonSchema for Roles {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Roles".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = g.subschema_for::<Role>();
+        schemars::json_schema!({
+            "description": "One role, or a list (hardway: [controller, worker])",
+            "anyOf": [one, { "type": "array", "items": one, "minItems": 1 }]
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -506,6 +710,12 @@ fn default_ca_days() -> u32 {
 }
 fn default_renew_days() -> u32 {
     30
+}
+fn default_node_pod_prefix() -> u8 {
+    24
+}
+fn default_healthz_port() -> u16 {
+    8080
 }
 fn default_flannel_backend() -> String {
     "vxlan".into()

@@ -58,12 +58,46 @@ fn header(c: &Cluster, out: &mut Vec<Diagnostic>) {
 
 fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let v = &c.spec.distribution.version;
-    let DistributionKind::K3s = c.spec.distribution.kind;
-    if !is_k3s_version(v) {
-        out.push(
-            Diagnostic::error("spec.distribution.version", format!("`{v}` is not a K3s release"))
-                .help("K3s releases look like `v1.33.5+k3s1`"),
-        );
+    match c.spec.distribution.kind {
+        DistributionKind::K3s => {
+            if !is_k3s_version(v) {
+                out.push(
+                    Diagnostic::error("spec.distribution.version", format!("`{v}` is not a K3s release"))
+                        .help("K3s releases look like `v1.33.5+k3s1`"),
+                );
+            }
+        }
+        DistributionKind::Hardway => {
+            if !is_kubernetes_version(v) {
+                out.push(
+                    Diagnostic::error("spec.distribution.version", format!("`{v}` is not a Kubernetes release"))
+                        .help("Kubernetes releases look like `v1.32.3`"),
+                );
+            }
+            let pods = c.spec.network.pod_cidr.0;
+            let prefix = c.spec.hardway.node_pod_prefix;
+            if prefix <= pods.prefix_len() || prefix > 28 {
+                out.push(
+                    Diagnostic::error(
+                        "spec.hardway.nodePodPrefix",
+                        format!("each worker's pod network /{prefix} does not fit inside podCIDR {pods}"),
+                    )
+                    .help(format!("use a prefix between /{} and /28 (default /24)", pods.prefix_len() + 1)),
+                );
+            } else {
+                let workers = c.spec.nodes.iter().filter(|n| n.role.has(Role::Worker)).count() as u64;
+                let room = 1u64 << (prefix - pods.prefix_len()).min(63);
+                if workers > room {
+                    out.push(
+                        Diagnostic::error(
+                            "spec.hardway.nodePodPrefix",
+                            format!("{workers} workers but podCIDR {pods} holds only {room} /{prefix} networks"),
+                        )
+                        .help("use a larger podCIDR or a longer nodePodPrefix"),
+                    );
+                }
+            }
+        }
     }
     for (i, name) in c.spec.k3s.disable.iter().enumerate() {
         const KNOWN: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"];
@@ -206,19 +240,47 @@ fn nodes(c: &Cluster, out: &mut Vec<Diagnostic>) {
         );
         return;
     }
-    let servers = nodes.iter().filter(|n| n.role == Role::Server).count();
+    let kind = c.spec.distribution.kind;
+    let (cp_role, allowed): (&str, &[Role]) = match kind {
+        DistributionKind::K3s => ("server", &[Role::Server, Role::Agent]),
+        DistributionKind::Hardway => ("controller", &[Role::Controller, Role::Worker]),
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(bad) = n.role.iter().find(|r| !allowed.contains(r)) {
+            let names: Vec<&str> = allowed.iter().map(|r| r.name()).collect();
+            out.push(
+                Diagnostic::error(
+                    format!("spec.nodes[{i}].role"),
+                    format!("role `{}` does not exist in the {} distribution", bad.name(), kind.name()),
+                )
+                .help(match kind {
+                    DistributionKind::K3s => "k3s nodes are `server` or `agent`".to_string(),
+                    DistributionKind::Hardway => format!(
+                        "hardway nodes are {}, or both: `role: [controller, worker]`",
+                        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" or ")
+                    ),
+                }),
+            );
+        } else if kind == DistributionKind::K3s && n.role.iter().count() > 1 {
+            out.push(
+                Diagnostic::error(format!("spec.nodes[{i}].role"), "a k3s node is either a server or an agent")
+                    .help("a k3s server runs workloads too: `role: server`"),
+            );
+        }
+    }
+    let servers = nodes.iter().filter(|n| n.role.is_control_plane()).count();
     if servers == 0 {
         out.push(
-            Diagnostic::error("spec.nodes", "no node has `role: server`")
-                .help("a cluster needs a control plane: make one node (or three, for HA) a server"),
+            Diagnostic::error("spec.nodes", format!("no node has `role: {cp_role}`"))
+                .help(format!("a cluster needs a control plane: make one node (or three, for HA) a {cp_role}")),
         );
     } else if servers % 2 == 0 {
         out.push(
             Diagnostic::warning(
                 "spec.nodes",
-                format!("{servers} servers: an even number adds no fault tolerance to etcd's quorum"),
+                format!("{servers} {cp_role}s: an even number adds no fault tolerance to etcd's quorum"),
             )
-            .help(format!("use {} or {} servers", servers - 1, servers + 1)),
+            .help(format!("use {} or {} {cp_role}s", servers - 1, servers + 1)),
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -430,10 +492,27 @@ fn pki(c: &Cluster, out: &mut Vec<Diagnostic>) {
 }
 
 fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
-    let Some(a) = &c.spec.artifacts.k3s else {
-        return;
-    };
-    let path = "spec.artifacts.k3s";
+    let k3s = c.spec.distribution.kind == DistributionKind::K3s;
+    for (key, a) in c.spec.artifacts.entries() {
+        let path = format!("spec.artifacts.{key}");
+        if (key == "k3s") != k3s {
+            out.push(
+                Diagnostic::error(
+                    &path,
+                    format!("the {} distribution does not use `{key}`", c.spec.distribution.kind.name()),
+                )
+                .help(if k3s {
+                    "a k3s cluster needs only `k3s`".to_string()
+                } else {
+                    format!("hardway binaries are: {}", crate::hardway::COMPONENT_KEYS.join(", "))
+                }),
+            );
+        }
+        artifact(&path, a, out);
+    }
+}
+
+fn artifact(path: &str, a: &Artifact, out: &mut Vec<Diagnostic>) {
     match (&a.url, &a.path) {
         (Some(_), Some(_)) => out.push(
             Diagnostic::error(path, "give either `url` or `path`, not both")
@@ -486,6 +565,13 @@ pub fn dns_label(s: &str) -> Result<(), &'static str> {
         return Err("must not start or end with '-'");
     }
     Ok(())
+}
+
+/// `v1.32.3`: an upstream Kubernetes release.
+fn is_kubernetes_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else { return false };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn is_k3s_version(v: &str) -> bool {
@@ -541,6 +627,15 @@ mod tests {
         assert!(dns_label("a_b").is_err());
         assert!(dns_label("-a").is_err());
         assert!(dns_label(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn kubernetes_versions() {
+        assert!(is_kubernetes_version("v1.33.5"));
+        assert!(!is_kubernetes_version("1.33.5"));
+        assert!(!is_kubernetes_version("v1.33"));
+        assert!(!is_kubernetes_version("v1.33.5+k3s1"));
+        assert!(!is_kubernetes_version("v1..5"));
     }
 
     #[test]

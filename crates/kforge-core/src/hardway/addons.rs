@@ -1,0 +1,182 @@
+//! Cluster addons: RBAC so the API server may talk to kubelets, and CoreDNS. Applied
+//! from the initialising controller once its API server answers.
+
+use super::{ADDONS_DIR, ADMIN_KUBECONFIG, is_stand_in};
+use crate::hashing::sha256_hex;
+use crate::model::Model;
+use crate::plan::{NodePlan, Phase, PlannedCommand, PlannedFile};
+use crate::secrets::SecretsBundle;
+
+pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
+const STAMP: &str = "/var/lib/kforge/addons.applied";
+
+/// The stand-in that keeps addons from being applied, if any.
+pub fn blocked_by(model: &Model<'_>) -> Option<String> {
+    ["kube-apiserver", "kubectl"].into_iter().find(|k| is_stand_in(model, k)).map(String::from)
+}
+
+pub fn plan(model: &Model<'_>, _secrets: &SecretsBundle, np: &mut NodePlan) {
+    let rbac = PlannedFile::new(format!("{ADDONS_DIR}/10-apiserver-to-kubelet.yaml"), 0o644, rbac()).about(
+        "ClusterRole system:kube-apiserver-to-kubelet and its binding to user `kubernetes`.",
+        "kubectl apply (kforge, once the API answers); then the kubelets' webhook authorizer",
+        vec![
+            (
+                "rules".into(),
+                "nodes/proxy, stats, log, spec, metrics: what `kubectl logs/exec/top` need from a kubelet".into(),
+            ),
+            ("subjects".into(), "user `kubernetes`: the CN of the API server's kubelet client certificate".into()),
+        ],
+    );
+    let dns = PlannedFile::new(format!("{ADDONS_DIR}/20-coredns.yaml"), 0o644, coredns(model)).about(
+        "CoreDNS: the cluster's DNS server (Deployment, Service kube-dns, RBAC, Corefile).",
+        "kubectl apply (kforge); pods resolve through it",
+        vec![
+            (
+                "Service clusterIP".into(),
+                format!(
+                    "{}: the address every kubelet gives pods as their nameserver (clusterDNS)",
+                    model.cluster_dns_ip
+                ),
+            ),
+            ("Corefile kubernetes".into(), format!("{}: the cluster domain", model.spec.spec.network.cluster_domain)),
+        ],
+    );
+    let digest = sha256_hex(format!("{}{}", rbac.sha256, dns.sha256).as_bytes());
+    let p = np.phase(Phase::Addons);
+    p.files.extend([rbac, dns]);
+    if blocked_by(model).is_some() {
+        return;
+    }
+    let kubectl = format!("/usr/local/bin/kubectl --kubeconfig {ADMIN_KUBECONFIG}");
+    p.commands.push(PlannedCommand {
+        description: "wait for the API server, then apply the addons".into(),
+        run: format!(
+            "for i in $(seq 90); do {kubectl} get --raw=/readyz >/dev/null 2>&1 && break; sleep 2; done; {kubectl} apply -f {ADDONS_DIR} && mkdir -p /var/lib/kforge && echo {digest} > {STAMP}"
+        ),
+        unless: Some(format!("[ \"$(cat {STAMP} 2>/dev/null)\" = {digest} ]")),
+    });
+}
+
+fn rbac() -> String {
+    "# Managed by kforge: lets the API server (user `kubernetes`) use the kubelet API.\n\
+     apiVersion: rbac.authorization.k8s.io/v1\n\
+     kind: ClusterRole\n\
+     metadata:\n\
+     \x20 name: system:kube-apiserver-to-kubelet\n\
+     \x20 annotations:\n\
+     \x20   rbac.authorization.kubernetes.io/autoupdate: \"true\"\n\
+     \x20 labels:\n\
+     \x20   kubernetes.io/bootstrapping: rbac-defaults\n\
+     rules:\n\
+     \x20 - apiGroups: [\"\"]\n\
+     \x20   resources: [nodes/proxy, nodes/stats, nodes/log, nodes/spec, nodes/metrics]\n\
+     \x20   verbs: [\"*\"]\n\
+     ---\n\
+     apiVersion: rbac.authorization.k8s.io/v1\n\
+     kind: ClusterRoleBinding\n\
+     metadata:\n\
+     \x20 name: system:kube-apiserver\n\
+     roleRef:\n\
+     \x20 apiGroup: rbac.authorization.k8s.io\n\
+     \x20 kind: ClusterRole\n\
+     \x20 name: system:kube-apiserver-to-kubelet\n\
+     subjects:\n\
+     \x20 - apiGroup: rbac.authorization.k8s.io\n\
+     \x20   kind: User\n\
+     \x20   name: kubernetes\n"
+        .to_string()
+}
+
+fn coredns(model: &Model<'_>) -> String {
+    let domain = &model.spec.spec.network.cluster_domain;
+    let dns_ip = model.cluster_dns_ip;
+    format!(
+        r#"# Managed by kforge: CoreDNS, the cluster DNS at {dns_ip}.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: coredns, namespace: kube-system}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: "system:coredns"}}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: "system:coredns"}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}}
+subjects: [{{kind: ServiceAccount, name: coredns, namespace: kube-system}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: coredns, namespace: kube-system}}
+data:
+  Corefile: |
+    .:53 {{
+        errors
+        health {{ lameduck 5s }}
+        ready
+        kubernetes {domain} in-addr.arpa ip6.arpa {{
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+        }}
+        forward . /etc/resolv.conf
+        cache 30
+        loop
+        reload
+        loadbalance
+    }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels: {{k8s-app: kube-dns}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{k8s-app: kube-dns}}}}
+  template:
+    metadata: {{labels: {{k8s-app: kube-dns}}}}
+    spec:
+      serviceAccountName: coredns
+      priorityClassName: system-cluster-critical
+      containers:
+        - name: coredns
+          image: {COREDNS_IMAGE}
+          args: [-conf, /etc/coredns/Corefile]
+          ports:
+            - {{containerPort: 53, name: dns, protocol: UDP}}
+            - {{containerPort: 53, name: dns-tcp, protocol: TCP}}
+          livenessProbe: {{httpGet: {{path: /health, port: 8080}}}}
+          readinessProbe: {{httpGet: {{path: /ready, port: 8181}}}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {{add: [NET_BIND_SERVICE], drop: [ALL]}}
+            readOnlyRootFilesystem: true
+          volumeMounts: [{{name: config, mountPath: /etc/coredns, readOnly: true}}]
+      volumes:
+        - name: config
+          configMap: {{name: coredns, items: [{{key: Corefile, path: Corefile}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {{k8s-app: kube-dns, kubernetes.io/name: CoreDNS}}
+spec:
+  selector: {{k8s-app: kube-dns}}
+  clusterIP: {dns_ip}
+  ports:
+    - {{name: dns, port: 53, protocol: UDP}}
+    - {{name: dns-tcp, port: 53, protocol: TCP}}
+"#
+    )
+}
