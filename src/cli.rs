@@ -110,6 +110,36 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Check the cluster for real, over SSH: mesh, firewall, certificates, services, etcd.
+    ///
+    /// Every node dials every other node's mesh address; the firewall table must be
+    /// loaded; each certificate file on a host must be the one the bundle issued; every
+    /// unit kforge starts must be active; hardway: etcd must answer
+    /// `endpoint health --cluster` over mTLS. Components installed as stand-ins are
+    /// listed by name as not running. Exit 0 only when every check passes.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Explain a node's files: what each is, which component reads it, and why its
+    /// important fields have their values (the learner's view of the hard way).
+    ///
+    ///   kforge explain                     the nodes and what each runs
+    ///   kforge explain NODE                every file of NODE, one line each
+    ///   kforge explain NODE PATH           one file in full (PATH as in `kforge plan`)
+    Explain {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        node: Option<String>,
+        path: Option<String>,
+    },
+    /// etcd of a hardway cluster: health, snapshot, restore (over SSH, mTLS).
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Local lab machines to try kforge on (root; systemd-nspawn + network namespaces).
     #[command(subcommand)]
     Lab(LabCommand),
@@ -117,6 +147,54 @@ pub enum Command {
     Schema,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SshArgs {
+    /// OpenSSH config to use (default: ssh_config beside the cluster file if there is one,
+    /// else your own ~/.ssh/config).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EtcdCommand {
+    /// `etcdctl endpoint health --cluster` with kforge's client certificate.
+    Health {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+    },
+    /// Save a snapshot on a healthy controller and copy it here (mode 0600).
+    Snapshot {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// Where to write the snapshot.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Rebuild every member from a snapshot, in one step.
+    ///
+    /// Checks the snapshot on a controller before stopping anything, then stops
+    /// kube-apiserver and etcd on every controller, restores each member's data
+    /// directory under its name and mesh peer URL (the old one is kept as
+    /// /var/lib/etcd.before-restore-<time>), and starts all members together.
+    /// Destructive for writes made after the snapshot: needs --yes.
+    Restore {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// The snapshot file (from `kforge etcd snapshot`).
+        #[arg(value_name = "FILE")]
+        snapshot: PathBuf,
+        /// Confirm: replace the cluster's data with the snapshot's.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,4 +251,13 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -10,7 +10,7 @@ use kforge_core::secrets::{AgeCredentials, ReconcileReport, SecretsBundle, Secre
 use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig, render};
 
-use crate::cli::{ClusterArgs, Command, Format, LabCommand, LabExampleArg};
+use crate::cli::{ClusterArgs, Command, EtcdCommand, Format, LabCommand, LabExampleArg, SshArgs};
 use crate::output;
 
 pub enum CliError {
@@ -69,6 +69,9 @@ pub fn run(command: Command) -> Result<(), CliError> {
             apply(&cluster, dry_run, parallel, ssh_config, output)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
+        Command::Status { cluster, ssh, output } => status(&cluster, &ssh, output),
+        Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
+        Command::Etcd(cmd) => etcd(cmd),
         Command::Lab(cmd) => lab(cmd),
         Command::Schema => {
             let schema = schemars::schema_for!(spec::Cluster);
@@ -130,6 +133,7 @@ fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) 
         let kind = match kind {
             "WireGuard" => "WireGuard keys",
             "mesh" => "mesh addresses",
+            "pod" => "pod networks",
             "certificate" => "certificates",
             "CA" => "CAs",
             _ => "other secrets",
@@ -286,6 +290,27 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Where relative paths resolve (the cluster file's directory), which ssh_config to
+/// use, and how to reach each node.
+fn remote(
+    args: &ClusterArgs,
+    cluster: &spec::Cluster,
+    ssh_config: Option<std::path::PathBuf>,
+) -> (std::path::PathBuf, Option<std::path::PathBuf>, Vec<kforge_ssh::Target>) {
+    let base_dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let ssh_config = ssh_config.or_else(|| Some(base_dir.join("ssh_config")).filter(|p| p.exists()));
+    let targets = cluster
+        .spec
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let host = n.ssh.host.clone().or_else(|| n.endpoint.map(|e| e.to_string()))?;
+            Some(kforge_ssh::Target { node: n.name.clone(), host, user: n.ssh.user.clone(), port: n.ssh.port })
+        })
+        .collect();
+    (base_dir, ssh_config, targets)
+}
+
 fn apply(
     args: &ClusterArgs,
     dry_run: bool,
@@ -296,16 +321,7 @@ fn apply(
     let session = Session::open(args)?;
     let plan = build_plan(&session.model(), &session.secrets);
     let spec = &session.spec.cluster.spec;
-    let base_dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let ssh_config = ssh_config.or_else(|| Some(base_dir.join("ssh_config")).filter(|p| p.exists()));
-    let targets = spec
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            let host = n.ssh.host.clone().or_else(|| n.endpoint.map(|e| e.to_string()))?;
-            Some(kforge_ssh::Target { node: n.name.clone(), host, user: n.ssh.user.clone(), port: n.ssh.port })
-        })
-        .collect();
+    let (base_dir, ssh_config, targets) = remote(args, &session.spec.cluster, ssh_config);
     let cache_dir = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -339,4 +355,131 @@ fn apply(
             failed.join(", ")
         )))
     }
+}
+
+/// The controllers as etcd members, for `kforge etcd` and `kforge status`.
+fn etcd_members(model: &Model<'_>, targets: &[kforge_ssh::Target]) -> Vec<kforge_ssh::etcd::Member> {
+    kforge_core::hardway::controllers(model)
+        .into_iter()
+        .filter_map(|m| {
+            let target = targets.iter().find(|t| t.node == m.name)?.clone();
+            Some(kforge_ssh::etcd::Member { name: m.name.clone(), mesh_ip: m.mesh_ip, target })
+        })
+        .collect()
+}
+
+fn require_hardway(session: &Session) -> Result<(), CliError> {
+    if session.spec.cluster.spec.distribution.kind != spec::DistributionKind::Hardway {
+        return Err(CliError::Other(
+            "`kforge etcd` manages the hardway distribution's etcd; K3s embeds its own (see `k3s etcd-snapshot`)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
+    use kforge_ssh::etcd::Etcd;
+    let (args, ssh) = match &cmd {
+        EtcdCommand::Health { cluster, ssh } => (cluster, ssh),
+        EtcdCommand::Snapshot { cluster, ssh, .. } => (cluster, ssh),
+        EtcdCommand::Restore { cluster, ssh, .. } => (cluster, ssh),
+    };
+    let session = Session::open(args)?;
+    require_hardway(&session)?;
+    let model = session.model();
+    let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
+    let members = etcd_members(&model, &targets);
+    let etcd =
+        Etcd::connect(members, &model.spec.metadata.name, ssh_config).map_err(|e| CliError::Other(e.to_string()))?;
+    let fail = |e: kforge_ssh::etcd::EtcdError| CliError::Other(e.to_string());
+    match cmd {
+        EtcdCommand::Health { .. } => {
+            let out = etcd.health().map_err(fail)?;
+            print!("{out}");
+            if out.contains("unhealthy") || !out.contains("is healthy") {
+                return Err(CliError::Other("etcd is not healthy".into()));
+            }
+        }
+        EtcdCommand::Snapshot { out, .. } => {
+            let r = etcd.snapshot(&out).map_err(fail)?;
+            println!(
+                "snapshot of etcd at revision {} ({} keys, {} bytes) taken on {}\n  {} (mode 0600, sha256 {})",
+                r.status.revision,
+                r.status.total_key,
+                r.status.total_size,
+                r.member,
+                out.display(),
+                r.sha256
+            );
+        }
+        EtcdCommand::Restore { snapshot: file, yes, .. } => {
+            if !yes {
+                return Err(CliError::Other(format!(
+                    "restoring replaces the data of every etcd member with {} (writes made since it was taken are lost; the old data directories are kept aside)\n  help: re-run with --yes",
+                    file.display()
+                )));
+            }
+            let r = etcd.restore(&file, &|step: &str| eprintln!("etcd restore: {step}")).map_err(fail)?;
+            println!(
+                "restored etcd from {} (revision {}, {} keys)",
+                file.display(),
+                r.status.revision,
+                r.status.total_key
+            );
+            for (member, kept) in &r.kept {
+                match kept {
+                    Some(dir) => println!("  {member}: previous data kept in {dir}"),
+                    None => println!("  {member}: had no data directory"),
+                }
+            }
+            print!("{}", r.health);
+        }
+    }
+    Ok(())
+}
+
+fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let model = session.model();
+    let plan = build_plan(&model, &session.secrets);
+    let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
+    let hardway = session.spec.cluster.spec.distribution.kind == spec::DistributionKind::Hardway;
+    let etcd_health = hardway.then(|| {
+        kforge_ssh::etcd::Etcd::connect(etcd_members(&model, &targets), &model.spec.metadata.name, ssh_config.clone())
+            .and_then(|e| e.health())
+            .map_err(|e| e.to_string())
+    });
+    let earliest_expiry = session
+        .secrets
+        .certificates
+        .values()
+        .filter_map(|c| kforge_core::pki::not_after(&c.pair.cert))
+        .min()
+        .map(|t| t.date().to_string());
+    let input = kforge_ssh::status::StatusInput {
+        plan: &plan,
+        targets: &targets,
+        ssh_config,
+        earliest_expiry,
+        etcd_health,
+        stand_ins: if hardway {
+            kforge_core::hardway::stand_ins(&model).into_iter().map(String::from).collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+        Format::Text => print!("{}", output::status_text(&report)),
+    }
+    if report.healthy() { Ok(()) } else { Err(CliError::Other("some checks failed (see above)".into())) }
+}
+
+fn explain(args: &ClusterArgs, node: Option<&str>, path: Option<&str>) -> Result<(), CliError> {
+    let session = Session::open(args)?;
+    let plan = build_plan(&session.model(), &session.secrets);
+    print!("{}", output::explain(&plan, node, path).map_err(CliError::Other)?);
+    Ok(())
 }

@@ -285,3 +285,100 @@ impl HostProgress {
         }
     }
 }
+
+/// `kforge status`: one line per check, then what is not running and why.
+pub fn status_text(r: &kforge_ssh::status::StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "cluster {} ({})", r.cluster, r.distribution);
+    for c in &r.checks {
+        let _ = writeln!(o, "  {:<13} {:<5} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+    }
+    if !r.not_running.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<13} {:<5} {} — stand-ins: their binaries cannot be obtained on this machine, so they were installed but never run",
+            "not running",
+            "-",
+            r.not_running.join(", ")
+        );
+    }
+    o
+}
+
+/// `kforge explain [NODE] [PATH]`.
+pub fn explain(plan: &Plan, node: Option<&str>, path: Option<&str>) -> Result<String, String> {
+    let mut o = String::new();
+    let Some(node) = node else {
+        let _ = writeln!(o, "cluster {} ({}), API {}", plan.cluster, plan.distribution, plan.api);
+        for n in &plan.nodes {
+            let units: Vec<String> = n
+                .phases
+                .iter()
+                .flat_map(|p| p.units.iter())
+                .map(|u| if u.start { u.name.clone() } else { format!("{} (stand-in, not run)", u.name) })
+                .collect();
+            let _ = writeln!(o, "\n{}  {}  mesh {}", n.node, n.roles, n.mesh_ip);
+            let _ = writeln!(o, "  runs: {}", units.join(", "));
+            let _ = writeln!(o, "  files: {} (kforge explain {} lists them)", n.files().count(), n.node);
+        }
+        return Ok(o);
+    };
+    let names: Vec<&str> = plan.nodes.iter().map(|n| n.node.as_str()).collect();
+    let np = plan
+        .nodes
+        .iter()
+        .find(|n| n.node == node)
+        .ok_or_else(|| format!("no node `{node}` in the cluster file (nodes: {})", names.join(", ")))?;
+    let Some(path) = path else {
+        let _ = writeln!(o, "{}  {}  mesh {}", np.node, np.roles, np.mesh_ip);
+        for phase in &np.phases {
+            if phase.files.is_empty() {
+                continue;
+            }
+            let _ = writeln!(o, "\n  {}", phase.phase.name());
+            for f in &phase.files {
+                let what = f.about.as_ref().map(|a| a.what.as_str()).unwrap_or("");
+                let _ = writeln!(o, "    {:<52} {what}", f.path);
+            }
+        }
+        let _ = writeln!(o, "\nkforge explain {} PATH   explains one file in full", np.node);
+        return Ok(o);
+    };
+    let matches: Vec<&kforge_core::plan::PlannedFile> = match np.files().find(|f| f.path == path) {
+        Some(f) => vec![f],
+        None => np.files().filter(|f| f.path.ends_with(path) || f.path.contains(path)).collect(),
+    };
+    let f = match matches.as_slice() {
+        [one] => *one,
+        [] => return Err(format!("{node} has no file matching `{path}` (kforge explain {node} lists them)")),
+        many => {
+            let list: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
+            return Err(format!("`{path}` matches several files of {node}: {}", list.join(", ")));
+        }
+    };
+    let _ = writeln!(o, "{} on {node}  ({:04o} {}, {})", f.path, f.mode, f.owner, size(f.size));
+    match &f.about {
+        Some(a) => {
+            let _ = writeln!(o, "\n  what     {}", a.what);
+            let _ = writeln!(o, "  read by  {}", a.read_by);
+            if !a.fields.is_empty() {
+                let _ = writeln!(o, "\n  why it says what it says:");
+                for (field, why) in &a.fields {
+                    let _ = writeln!(o, "    {field}\n        {why}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(o, "\n  (key material or a file whose content speaks for itself)");
+        }
+    }
+    if f.secret {
+        let _ = writeln!(o, "\n  content: holds key material, not shown (kforge never prints a secret)");
+    } else if let Ok(text) = std::str::from_utf8(&f.content) {
+        let _ = writeln!(o, "\n  content:");
+        for line in text.lines() {
+            let _ = writeln!(o, "  | {line}");
+        }
+    }
+    Ok(o)
+}

@@ -2,7 +2,6 @@
 //! (bounded) inside a phase, a host that fails dropping out without stopping the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kforge_core::pipeline::{BORINGTUN_DEST, use_userspace_wireguard};
@@ -12,7 +11,7 @@ use crate::artifacts::{ArtifactStore, find_boringtun};
 use crate::facts::{self, Manifest, NodeFacts, PENDING_DIR};
 use crate::lock::HostLock;
 use crate::remote_script::PhaseScript;
-use crate::ssh::{Host, shell_quote};
+use crate::ssh::{ControlDir, Host, shell_quote};
 use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport};
 
 /// One host's state through the apply.
@@ -42,12 +41,8 @@ pub fn apply(
     opts: &ApplyOptions,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<ApplyReport, ApplyError> {
-    sweep_dead_control_dirs();
-    let control_dir = std::env::temp_dir().join(format!("kforge-ssh-{}", std::process::id()));
-    create_private_dir(&control_dir)?;
-    let result = run(plan, opts, &control_dir, progress);
-    let _ = std::fs::remove_dir_all(&control_dir);
-    result
+    let control = ControlDir::create().map_err(ApplyError::Setup)?;
+    run(plan, opts, control.path(), progress)
 }
 
 fn run(
@@ -342,25 +337,6 @@ fn run_phase_inner(
 
 fn manifest_json(cluster: &str, files: &BTreeMap<String, String>) -> String {
     serde_json::to_string(&Manifest { cluster: cluster.into(), files: files.clone() }).expect("manifest serializes")
-}
-
-/// An apply that was killed leaves its ControlMaster directory behind: remove those
-/// whose process is gone.
-fn sweep_dead_control_dirs() {
-    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("kforge-ssh-").and_then(|p| p.parse::<u32>().ok())
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn create_private_dir(dir: &PathBuf) -> Result<(), ApplyError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| ApplyError::Setup(format!("{}: {e}", dir.display())))
 }
 
 /// Run `f` on every host with at most `n` at a time.

@@ -16,11 +16,13 @@
 
 mod artifacts;
 mod engine;
+pub mod etcd;
 pub mod facts;
 mod lock;
 mod preflight;
 mod remote_script;
 pub mod ssh;
+pub mod status;
 
 use std::path::PathBuf;
 

@@ -71,6 +71,29 @@ impl Host {
         self.finish(what, child)
     }
 
+    /// Copy a remote file to `local` (written 0600), returning its sha256.
+    pub fn download(&self, what: &str, remote: &str, local: &Path) -> Result<String, SshError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut c = self.command();
+        c.arg(format!("cat {}", shell_quote(remote)));
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(SshError::Spawn)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(local)
+            .map_err(SshError::Spawn)?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut hasher = kforge_core::hashing::Sha256Writer::new(&mut file);
+        let copied = std::io::copy(&mut stdout, &mut hasher);
+        let sum = hasher.finish();
+        self.finish(what, child)?;
+        copied.map_err(SshError::Spawn)?;
+        file.sync_all().map_err(SshError::Spawn)?;
+        Ok(sum)
+    }
+
     /// Start `bash -s` with stdin kept open by the caller (the host lock).
     pub fn spawn_bash(&self) -> Result<Child, SshError> {
         let mut c = self.command();
@@ -109,6 +132,44 @@ impl Host {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// The directory holding this process's ControlMaster sockets: private (0700),
+/// removed on drop. Directories left by killed runs are swept on creation.
+pub struct ControlDir(PathBuf);
+
+impl ControlDir {
+    pub fn create() -> Result<ControlDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        sweep_dead_control_dirs();
+        let dir = std::env::temp_dir().join(format!("kforge-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(ControlDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A killed kforge leaves its ControlMaster directory behind: remove those whose
+/// process is gone.
+fn sweep_dead_control_dirs() {
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("kforge-ssh-").and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -1,0 +1,289 @@
+//! `kforge etcd snapshot|restore|health` for the hardway distribution: etcd's own
+//! tools (etcdctl, or etcdutl where the release has it) run on the controllers over
+//! SSH, with kforge's etcd client certificate (`/etc/etcd/etcdctl.env`).
+//!
+//! Restore rebuilds the member set from the cluster file: every controller gets the
+//! snapshot, etcd is stopped everywhere (and kube-apiserver, which would otherwise
+//! write to a half-restored cluster), each member's data directory is rebuilt with
+//! `snapshot restore` under its own name and mesh peer URL, the old directory is kept
+//! aside (`/var/lib/etcd.before-restore-<time>`), then all members start together.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+use crate::Target;
+use crate::lock::HostLock;
+use crate::ssh::{ControlDir, Host, SshError, shell_quote};
+
+const ENV: &str = "set -a; . /etc/etcd/etcdctl.env; set +a; export PATH=/usr/local/bin:$PATH";
+const REMOTE_SNAPSHOT: &str = "/var/lib/kforge/etcd-snapshot.db";
+const REMOTE_RESTORE: &str = "/var/lib/kforge/etcd-restore.db";
+const DATA_DIR: &str = "/var/lib/etcd";
+/// Start etcd and wait until it is active. A start can fail transiently right after a
+/// stop (seen in containers: the old cgroup not yet gone, exit 219/CGROUP); the unit's
+/// Restart=on-failure brings it back within seconds, so waiting for "active" covers it.
+const START_ETCD: &str = "timeout 120 systemctl start etcd.service && exit 0; \
+    for i in $(seq 60); do systemctl is-active -q etcd.service && exit 0; sleep 2; done; \
+    systemctl status etcd.service --no-pager -n 5 >&2; exit 1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// One etcd member: a controller of the cluster file.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub mesh_ip: Ipv4Addr,
+    pub target: Target,
+}
+
+/// What `etcdctl snapshot status -w json` reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    pub hash: u64,
+    pub revision: u64,
+    pub total_key: u64,
+    pub total_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    /// The member the snapshot was taken on.
+    pub member: String,
+    pub sha256: String,
+    pub status: SnapshotStatus,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub status: SnapshotStatus,
+    /// Where each member's previous data directory was kept (if it had one).
+    pub kept: Vec<(String, Option<String>)>,
+    /// `etcdctl endpoint health --cluster` after the restart.
+    pub health: String,
+}
+
+/// The controllers, reachable over SSH with this process's ControlMaster directory.
+pub struct Etcd {
+    members: Vec<(Member, Host)>,
+    cluster_token: String,
+    _control: ControlDir,
+}
+
+impl Etcd {
+    pub fn connect(
+        members: Vec<Member>,
+        cluster: &str,
+        ssh_config: Option<std::path::PathBuf>,
+    ) -> Result<Etcd, EtcdError> {
+        let control = ControlDir::create().map_err(EtcdError::Refused)?;
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let host = Host {
+                    node: m.name.clone(),
+                    target: m.target.host.clone(),
+                    user: m.target.user.clone(),
+                    port: m.target.port,
+                    ssh_config: ssh_config.clone(),
+                    control_dir: control.path().to_path_buf(),
+                };
+                (m, host)
+            })
+            .collect();
+        Ok(Etcd { members, cluster_token: format!("kforge-{cluster}"), _control: control })
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members.iter().map(|(m, _)| format!("{}=https://{}:2380", m.name, m.mesh_ip)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `etcdctl endpoint health --cluster` from the first member that answers.
+    pub fn health(&self) -> Result<String, EtcdError> {
+        let mut last = None;
+        for (_, host) in &self.members {
+            match host.run_script("etcd health", &format!("{ENV}; etcdctl endpoint health --cluster 2>&1")) {
+                Ok(out) => return Ok(out),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(EtcdError::Ssh).unwrap_or_else(|| EtcdError::Refused("the cluster has no controllers".into())))
+    }
+
+    /// Save a snapshot on the first member that can take one and copy it to `out`
+    /// (mode 0600: it holds every Secret, encrypted or not).
+    pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, EtcdError> {
+        let mut failures = Vec::new();
+        for (m, host) in &self.members {
+            let save = format!(
+                "{ENV}; mkdir -p /var/lib/kforge; rm -f {REMOTE_SNAPSHOT}; \
+                 ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 etcdctl snapshot save {REMOTE_SNAPSHOT} >/dev/null; \
+                 chmod 600 {REMOTE_SNAPSHOT}; {status}; sha256sum {REMOTE_SNAPSHOT} | cut -d' ' -f1",
+                status = status_command(REMOTE_SNAPSHOT)
+            );
+            let out_text = match host.run_script("etcd snapshot save", &save) {
+                Ok(o) => o,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let (status, remote_sum) = parse_status_and_sum(&out_text)?;
+            let tmp = out.with_extension("kforge-tmp");
+            let local_sum = host.download("download the snapshot", REMOTE_SNAPSHOT, &tmp)?;
+            let _ = host.run_script("remove the remote snapshot", &format!("rm -f {REMOTE_SNAPSHOT}"));
+            if local_sum != remote_sum {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(EtcdError::Refused(format!(
+                    "the snapshot changed in transit (sha256 {local_sum} here, {remote_sum} on {})",
+                    m.name
+                )));
+            }
+            std::fs::rename(&tmp, out).map_err(|e| EtcdError::Refused(format!("{}: {e}", out.display())))?;
+            return Ok(SnapshotReport { member: m.name.clone(), sha256: local_sum, status });
+        }
+        Err(EtcdError::Refused(format!("no member could take a snapshot:\n  {}", failures.join("\n  "))))
+    }
+
+    /// Rebuild every member from `file`. Refuses, before stopping anything, when a
+    /// controller is unreachable or the snapshot fails its integrity check.
+    pub fn restore(&self, file: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<RestoreReport, EtcdError> {
+        // Exclusive with `kforge apply`, which would restart etcd under our feet.
+        progress("locking every controller");
+        let locks: Vec<HostLock> = self.members.iter().map(|(_, h)| HostLock::acquire(h)).collect::<Result<_, _>>()?;
+        let sum = {
+            let mut f =
+                std::fs::File::open(file).map_err(|e| EtcdError::Refused(format!("{}: {e}", file.display())))?;
+            let mut w = kforge_core::hashing::Sha256Writer::new(std::io::sink());
+            std::io::copy(&mut f, &mut w).map_err(|e| EtcdError::Refused(format!("{}: {e}", file.display())))?;
+            w.finish()
+        };
+        progress("uploading the snapshot to every controller");
+        let verify_upload = format!(
+            "set -e; umask 077; mkdir -p /var/lib/kforge; cat > {REMOTE_RESTORE}; echo '{sum}  {REMOTE_RESTORE}' | sha256sum -c --status"
+        );
+        self.each(|_, h| h.upload("upload the snapshot", file, &verify_upload).map(|_| ()))?;
+        let first = &self.members[0].1;
+        let checked = first.run_script("check the snapshot", &format!("{ENV}; {}", status_command(REMOTE_RESTORE)));
+        let status = match checked {
+            Ok(out) => parse_status(&out)?,
+            Err(e) => {
+                let _ = self.each(|_, h| h.run_script("clean up", &format!("rm -f {REMOTE_RESTORE}")).map(|_| ()));
+                return Err(EtcdError::Refused(format!(
+                    "the snapshot is not a valid etcd snapshot; nothing was stopped: {e}"
+                )));
+            }
+        };
+
+        progress("stopping kube-apiserver and etcd on every controller");
+        let was_serving: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        self.each(|m, h| {
+            let out = h.run_script(
+                "stop etcd",
+                "if systemctl is-active -q kube-apiserver.service; then echo apiserver-was-active; systemctl stop kube-apiserver.service; fi; systemctl stop etcd.service",
+            )?;
+            if out.contains("apiserver-was-active") {
+                was_serving.lock().unwrap().push(m.name.clone());
+            }
+            Ok(())
+        })?;
+
+        progress("restoring each member's data directory");
+        let initial_cluster = self.initial_cluster();
+        let token = format!("{}-restored-{}", self.cluster_token, unix_now());
+        let kept: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
+        self.each(|m, h| {
+            let script = format!(
+                "set -e; {ENV}; tool=etcdctl; command -v etcdutl >/dev/null && tool=etcdutl; \
+                 rm -rf {DATA_DIR}.restoring; \
+                 ETCDCTL_API=3 $tool snapshot restore {REMOTE_RESTORE} --name {name} --initial-cluster {ic} \
+                   --initial-cluster-token {token} --initial-advertise-peer-urls https://{ip}:2380 \
+                   --data-dir {DATA_DIR}.restoring >/dev/null 2>&1; \
+                 if [ -d {DATA_DIR} ]; then k={DATA_DIR}.before-restore-$(date +%Y%m%dT%H%M%S); mv {DATA_DIR} $k; echo kept=$k; fi; \
+                 mv {DATA_DIR}.restoring {DATA_DIR}; chmod 700 {DATA_DIR}; rm -f {REMOTE_RESTORE}",
+                name = shell_quote(&m.name),
+                ic = shell_quote(&initial_cluster),
+                ip = m.mesh_ip,
+            );
+            let out = h.run_script("etcd snapshot restore", &script)?;
+            let k = out.lines().find_map(|l| l.strip_prefix("kept=")).map(String::from);
+            kept.lock().unwrap().push((m.name.clone(), k));
+            Ok(())
+        })?;
+
+        // etcd (Type=notify) is "started" only once it has a quorum: start all at once.
+        progress("starting etcd on every controller");
+        self.each(|_, h| h.run_script("start etcd", START_ETCD).map(|_| ()))?;
+        let serving = was_serving.into_inner().unwrap();
+        self.each(|m, h| {
+            if serving.contains(&m.name) {
+                h.run_script("start kube-apiserver", "systemctl start kube-apiserver.service")?;
+            }
+            Ok(())
+        })?;
+        let health = self.health()?;
+        drop(locks);
+        let mut kept = kept.into_inner().unwrap();
+        kept.sort();
+        Ok(RestoreReport { status, kept, health })
+    }
+
+    /// Run `f` on every member at once; the first error wins.
+    fn each(&self, f: impl Fn(&Member, &Host) -> Result<(), SshError> + Sync) -> Result<(), EtcdError> {
+        let errors: Mutex<Vec<SshError>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (m, h) in &self.members {
+                let (f, errors) = (&f, &errors);
+                s.spawn(move || {
+                    if let Err(e) = f(m, h) {
+                        errors.lock().unwrap().push(e);
+                    }
+                });
+            }
+        });
+        match errors.into_inner().unwrap().into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for (_, h) in &self.members {
+            h.close();
+        }
+    }
+}
+
+/// `snapshot status` (etcdutl in etcd ≥ 3.5, etcdctl before) as JSON.
+fn status_command(file: &str) -> String {
+    format!(
+        "if command -v etcdutl >/dev/null; then etcdutl snapshot status {file} -w json; else etcdctl snapshot status {file} -w json; fi"
+    )
+}
+
+fn parse_status(out: &str) -> Result<SnapshotStatus, EtcdError> {
+    let line = out.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(line)
+        .map_err(|e| EtcdError::Refused(format!("unexpected `snapshot status` output ({e}): {out}")))
+}
+
+fn parse_status_and_sum(out: &str) -> Result<(SnapshotStatus, String), EtcdError> {
+    let status = parse_status(out)?;
+    let sum = out.lines().rev().find(|l| l.len() == 64).unwrap_or("").to_string();
+    Ok((status, sum))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
