@@ -16,6 +16,8 @@ use kforge_lab::LabState;
 
 use crate::util::{Output, TestContext, run};
 
+mod hardway;
+
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 struct Lab {
@@ -27,10 +29,18 @@ struct Lab {
 impl Lab {
     /// `kforge lab up` with the k3s stand-in placed where the lab example expects k3s.
     fn up(nodes: usize, behind_nat: &[&str]) -> Lab {
+        let lab = Lab::up_example("k3s", nodes, behind_nat);
+        std::fs::create_dir_all(lab.ctx.path("lab/bin")).unwrap();
+        std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
+        lab
+    }
+
+    /// `kforge lab up --example EXAMPLE`: the lab torn down by Drop whatever happens.
+    fn up_example(example: &str, nodes: usize, behind_nat: &[&str]) -> Lab {
         let serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let ctx = TestContext::new();
         let n = nodes.to_string();
-        let mut args = vec!["lab", "up", "--nodes", &n];
+        let mut args = vec!["lab", "up", "--example", example, "--nodes", &n];
         for m in behind_nat {
             args.extend(["--behind-nat", m]);
         }
@@ -40,11 +50,8 @@ impl Lab {
             panic!("lab up failed:\n{}", out.stderr);
         }
         let state = LabState::load(&ctx.path("lab")).unwrap();
-        // The guard first: from here on, whatever panics, Drop takes the lab down.
-        let lab = Lab { ctx, state, _serial: serial };
-        std::fs::create_dir_all(lab.ctx.path("lab/bin")).unwrap();
-        std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
-        lab
+        // From here on, whatever panics, Drop takes the lab down.
+        Lab { ctx, state, _serial: serial }
     }
 
     fn apply(&self, extra: &[&str]) -> Output {
