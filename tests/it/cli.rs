@@ -51,7 +51,7 @@ fn completions_and_help_teach_the_commands() {
 
 #[test]
 fn init_writes_every_example_and_the_plan_covers_every_node() {
-    for example in ["homelab", "ha", "lab"] {
+    for example in kforge_core::spec::examples::names() {
         let ctx = TestContext::with_example(example);
         let plan: serde_json::Value =
             serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();

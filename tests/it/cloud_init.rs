@@ -6,7 +6,7 @@ use crate::util::{TestContext, run};
 
 #[test]
 fn cloud_init_accepts_every_user_data_and_it_carries_the_exact_files() {
-    for example in ["homelab", "ha", "lab"] {
+    for example in kforge_core::spec::examples::names() {
         let ctx = TestContext::with_example(example);
         let out = ctx.render("out");
         let plan: serde_json::Value =

@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod cloud_init;
 mod firewall;
+mod hardway;
 mod lab;
 mod mesh;
 mod pcap;
