@@ -464,7 +464,7 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         earliest_expiry,
         etcd_health,
         stand_ins: if hardway {
-            kforge_core::hardway::stand_ins(&model).into_iter().map(String::from).collect()
+            kforge_core::hardway::stand_ins(&model).into_iter().map(|(k, why)| (k.to_string(), why)).collect()
         } else {
             Vec::new()
         },

@@ -293,13 +293,21 @@ pub fn status_text(r: &kforge_ssh::status::StatusReport) -> String {
     for c in &r.checks {
         let _ = writeln!(o, "  {:<13} {:<5} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
     }
-    if !r.not_running.is_empty() {
+    // Stand-ins grouped by why the real program is not there; never counted as working.
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (component, why) in &r.not_running {
+        match reasons.iter_mut().find(|(w, _)| w == why) {
+            Some((_, v)) => v.push(component),
+            None => reasons.push((why, vec![component])),
+        }
+    }
+    for (why, components) in reasons {
         let _ = writeln!(
             o,
-            "  {:<13} {:<5} {} — stand-ins: their binaries cannot be obtained on this machine, so they were installed but never run",
+            "  {:<13} {:<5} {} (stand-ins, never started): {why}",
             "not running",
             "-",
-            r.not_running.join(", ")
+            components.join(", ")
         );
     }
     o

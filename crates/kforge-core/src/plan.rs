@@ -139,7 +139,7 @@ impl PlannedArtifact {
         PlannedArtifact {
             name: name.into(),
             dest: dest.into(),
-            stand_in: a.stand_in,
+            stand_in: a.stand_in.is_some(),
             mode,
             sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             source,

@@ -27,8 +27,8 @@ pub struct StatusReport {
     pub cluster: String,
     pub distribution: String,
     pub checks: Vec<Check>,
-    /// Components installed as stand-ins: not run, not counted.
-    pub not_running: Vec<String>,
+    /// Components installed as stand-ins, with why: not run, not counted.
+    pub not_running: Vec<(String, String)>,
 }
 
 impl StatusReport {
@@ -45,7 +45,8 @@ pub struct StatusInput<'a> {
     pub earliest_expiry: Option<String>,
     /// Hardway: `etcdctl endpoint health --cluster` output (None: no etcd here).
     pub etcd_health: Option<Result<String, String>>,
-    pub stand_ins: Vec<String>,
+    /// (component, why its real binary is not used).
+    pub stand_ins: Vec<(String, String)>,
 }
 
 #[derive(Default)]

@@ -146,12 +146,12 @@ pub fn component(key: &str) -> &'static Component {
 
 /// The component's binary is kforge's named stand-in (never started, never counted).
 pub fn is_stand_in(model: &Model<'_>, key: &str) -> bool {
-    model.spec.spec.artifacts.get(key).is_some_and(|a| a.stand_in)
+    model.spec.spec.artifacts.get(key).is_some_and(|a| a.stand_in.is_some())
 }
 
-/// Components configured as stand-ins, for the plan's notes and the demo's status.
-pub fn stand_ins(model: &Model<'_>) -> Vec<&'static str> {
-    COMPONENT_KEYS.iter().copied().filter(|k| is_stand_in(model, k)).collect()
+/// Components configured as stand-ins, with why, for the plan's notes and the status.
+pub fn stand_ins(model: &Model<'_>) -> Vec<(&'static str, String)> {
+    COMPONENT_KEYS.iter().filter_map(|k| Some((*k, model.spec.spec.artifacts.get(k)?.stand_in.clone()?))).collect()
 }
 
 /// `https://<controller mesh IP>:2379` for every controller, in mesh-address order.
@@ -667,7 +667,7 @@ pub fn notes(model: &Model<'_>) -> Vec<String> {
     if !stand_ins.is_empty() {
         notes.push(format!(
             "stand-ins, not the real programs: {} — installed with their units so both can be verified, never started",
-            stand_ins.join(", ")
+            stand_ins.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
         ));
     }
     if addons::blocked_by(model).is_some() {

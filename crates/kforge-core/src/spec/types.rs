@@ -413,12 +413,13 @@ pub struct Artifact {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// The file is a named stand-in, not the real program (`kforge lab` uses these for
-    /// binaries that cannot be obtained): kforge installs it and its unit so both can
-    /// be verified, but never starts it, never counts it as working, and skips what
-    /// needs it (addons need kube-apiserver and kubectl).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stand_in: bool,
+    /// The file is a named stand-in, not the real program; the value says why the real
+    /// one is not used (`kforge lab` sets it for binaries that cannot be obtained).
+    /// kforge installs it and its unit so both can be verified, but never starts it,
+    /// never counts it as working, and skips what needs it (addons need kube-apiserver
+    /// and kubectl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_in: Option<String>,
 }
 
 impl Artifact {
