@@ -350,3 +350,19 @@ fn the_plan_marks_stand_ins_and_they_are_never_started() {
     let addons = json["nodes"][0]["phases"].as_array().unwrap().iter().find(|p| p["phase"] == "addons").unwrap();
     assert!(addons["commands"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn the_bootstrap_script_installs_what_the_node_needs_and_never_starts_a_stand_in() {
+    let ctx = TestContext::with_example("hardway-lab");
+    let out = ctx.render("out");
+    let script = std::fs::read_to_string(out.join("lab-1/var/lib/kforge/bootstrap.sh")).unwrap();
+    run("bash", &["-n", out.join("lab-1/var/lib/kforge/bootstrap.sh").to_str().unwrap()]);
+    assert!(script.contains("need nginx nginx"), "controllers need nginx for /healthz");
+    // etcd waits for a quorum; other controllers may boot later: never block on it.
+    assert!(script.contains("systemctl restart --no-block etcd.service"), "{script}");
+    for stand_in in ["kube-apiserver.service", "kubelet.service", "containerd.service"] {
+        assert!(!script.contains(&format!("restart {stand_in}")), "{stand_in} is a stand-in: {script}");
+        assert!(!script.contains(&format!("enable -q {stand_in}")), "{stand_in} is a stand-in: {script}");
+    }
+    assert!(script.contains("systemctl restart kforge-healthz.service"), "{script}");
+}

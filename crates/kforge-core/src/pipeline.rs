@@ -55,12 +55,34 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
 
         let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
         let mesh = np.phase(Phase::Mesh);
-        mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))));
-        mesh.files.push(PlannedFile::new(
-            SYSCTL_FILE,
-            0o644,
-            "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
+        let peers = model.mesh_peers(me);
+        let mut mesh_why = vec![
+            ("Address".to_string(), format!("{}: this node's mesh address, allocated once and kept in the secrets bundle", me.mesh_ip)),
+            ("[Peer] per member".to_string(), format!("{} peers: a full mesh, so every node-to-node byte is encrypted", peers.len())),
+            (
+                "AllowedIPs".to_string(),
+                "each peer's /32 (plus its pod network with hardway, and the members it relays for): wg-quick turns them into routes".into(),
+            ),
+        ];
+        if me.endpoint.is_none() {
+            mesh_why.push((
+                "PersistentKeepalive".into(),
+                format!("{} s: this node is behind NAT, keepalives hold the mapping open", spec.mesh.keepalive),
+            ));
+        }
+        mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))).about(
+            "The WireGuard mesh interface (wg-quick format), with this node's private key.",
+            format!("wg-quick@{iface}.service; changes are applied with `wg syncconf` (setconf on userspace WireGuard), tunnels stay up"),
+            mesh_why,
         ));
+        mesh.files.push(
+            PlannedFile::new(
+                SYSCTL_FILE,
+                0o644,
+                "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
+            )
+            .about("Kernel setting: IP forwarding on.", "systemd-sysctl at boot; kforge applies it at once", vec![]),
+        );
         mesh.commands.push(PlannedCommand {
             description: "apply kernel settings (skipped when forwarding is already on)".into(),
             run: format!("sysctl -q -p {SYSCTL_FILE}"),
@@ -82,7 +104,15 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         if spec.firewall.enabled {
             let unit_path = format!("/etc/systemd/system/{FIREWALL_UNIT}");
             let fw = np.phase(Phase::Firewall);
-            fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)));
+            fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)).about(
+                "The node's firewall: nftables table `inet kforge`, replaced atomically; other tables are left alone.",
+                "nft, loaded by kforge-firewall.service before the network comes up",
+                vec![
+                    ("input policy drop".into(), "public side default-deny: only SSH (allow-list, rate limit), the mesh UDP port, ICMP essentials and published ports".into()),
+                    ("iifname mesh/cni accept".into(), "traffic on the mesh is already authenticated and encrypted by WireGuard".into()),
+                    ("forward".into(), "public traffic is forwarded only when DNAT'd to a published port, so NodePorts do not leak".into()),
+                ],
+            ));
             fw.files.push(PlannedFile::new(&unit_path, 0o644, render_firewall_unit(FIREWALL_FILE)));
             fw.units.push(PlannedUnit {
                 name: FIREWALL_UNIT.into(),

@@ -166,19 +166,8 @@ pub fn controllers<'m>(model: &'m Model<'_>) -> Vec<&'m Member> {
     v
 }
 
-/// Packages a host needs for what kforge starts there (Debian/Ubuntu names).
-fn packages(model: &Model<'_>, node: &Node) -> Vec<String> {
-    let mut v: Vec<String> = crate::pipeline::HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
-    if node.role.has(Role::Controller) {
-        v.push("nginx".into());
-    }
-    if node.role.has(Role::Worker) && !is_stand_in(model, "kubelet") {
-        v.extend(["conntrack", "socat", "ipset"].map(String::from));
-    }
-    v
-}
-
-/// Commands preflight requires on the host before anything is written.
+/// Commands preflight requires on the host before anything is written, for what
+/// kforge starts there (each is also the name of its Debian/Ubuntu package).
 pub fn required_commands(model: &Model<'_>, node: &Node) -> Vec<String> {
     let mut v = Vec::new();
     if node.role.has(Role::Controller) {
@@ -192,8 +181,8 @@ pub fn required_commands(model: &Model<'_>, node: &Node) -> Vec<String> {
 
 /// Add everything a hardway node runs to its plan.
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
-    np.packages = packages(model, node);
     np.required_commands = required_commands(model, node);
+    np.packages.extend(np.required_commands.iter().cloned());
     np.swap_forbidden = node.role.has(Role::Worker) && !is_stand_in(model, "kubelet");
     plan_artifacts(model, node, np);
     if node.role.has(Role::Controller) {
@@ -656,11 +645,29 @@ pub fn node_addresses(me: &Member) -> Vec<IpAddr> {
 pub fn notes(model: &Model<'_>) -> Vec<String> {
     let mut notes = Vec::new();
     let artifacts = &model.spec.spec.artifacts;
-    let missing: Vec<&str> = COMPONENT_KEYS.iter().copied().filter(|k| artifacts.get(k).is_none()).collect();
+    // The etcd release tarball carries etcdctl too.
+    let etcd_tarball = artifacts.etcd.as_ref().is_some_and(Artifact::is_archive);
+    let missing: Vec<&str> = COMPONENT_KEYS
+        .iter()
+        .copied()
+        .filter(|k| artifacts.get(k).is_none() && !(*k == "etcdctl" && etcd_tarball))
+        .collect();
     if !missing.is_empty() {
         notes.push(format!(
             "no artifact is configured for {}: hosts must already have them (set spec.artifacts.<name>)",
             missing.join(", ")
+        ));
+    }
+    let local: Vec<&str> = artifacts
+        .entries()
+        .into_iter()
+        .filter(|(_, a)| a.url.is_none() && a.stand_in.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if !local.is_empty() {
+        notes.push(format!(
+            "{} come from this workstation: `apply` uploads them; cloud-init user-data cannot carry binaries, so hosts booted from it need them in their image (or pin url + sha256)",
+            local.join(", ")
         ));
     }
     let stand_ins = stand_ins(model);

@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use super::shell_quote as q;
-use crate::plan::{ArtifactSource, NodePlan};
+use crate::plan::{ArtifactSource, NodePlan, Phase};
 
 pub const PATH: &str = "/var/lib/kforge/bootstrap.sh";
 
@@ -57,6 +57,10 @@ pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "need wg wireguard-tools");
     let _ = writeln!(s, "need nft nftables");
+    for c in &node.required_commands {
+        // The commands kforge requires are named like their Debian/Ubuntu packages.
+        let _ = writeln!(s, "need {} {}", q(c), q(c));
+    }
     let mut reloaded = false;
     for phase in &node.phases {
         let _ = writeln!(s, "\n# --- phase: {} ---", phase.phase.name());
@@ -93,11 +97,17 @@ pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
                 }
             }
         }
-        for u in &phase.units {
+        for u in phase.units.iter().filter(|u| u.start) {
             if u.enable {
                 let _ = writeln!(s, "systemctl enable -q {}", q(&u.name));
             }
-            let _ = writeln!(s, "systemctl restart {}", q(&u.name));
+            if phase.phase == Phase::Datastore {
+                // An etcd member is "started" only once it has a quorum, and the other
+                // controllers may boot minutes later: do not wait for it here.
+                let _ = writeln!(s, "systemctl restart --no-block {}", q(&u.name));
+            } else {
+                let _ = writeln!(s, "systemctl restart {}", q(&u.name));
+            }
         }
     }
     let _ = writeln!(s, "\nlog {}", q(&format!("{}: bootstrap finished", node.node)));
