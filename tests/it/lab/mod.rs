@@ -164,6 +164,19 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         lab.ssh("lab-2", "stat -c %a /etc/kforge/k3s/token /etc/rancher/k3s/config.yaml /etc/wireguard/kforge0.conf");
     assert_eq!(tokens.split_whitespace().collect::<Vec<_>>(), ["600", "600", "600"], "secrets are 0600 on hosts");
 
+    // `kforge status` checks the same for real: every pair over the mesh (relayed pairs
+    // included), the firewall, the certificates on disk, the (stand-in) K3s units.
+    let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(status.contains("12 of 12 node pairs reach each other"), "{status}");
+    assert!(status.contains("k3s-agent.service 3/3") && status.contains("k3s.service 1/1"), "{status}");
+    assert!(!status.contains("etcd"), "K3s embeds its etcd; kforge does not check it: {status}");
+    // Stop one node's firewall and status says so, exits non-zero, names the node.
+    lab.ssh("lab-2", "nft delete table inet kforge");
+    let broken = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
+    assert_eq!(broken.code, 1, "{}", broken.stdout);
+    assert!(broken.stdout.contains("firewall      FAIL  table inet kforge missing on lab-2"), "{}", broken.stdout);
+    lab.ssh("lab-2", "systemctl restart kforge-firewall.service");
+
     // A second apply writes zero files and restarts zero units.
     let again = lab.apply_json();
     assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
