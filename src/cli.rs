@@ -12,11 +12,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "One declarative file turns any set of Linux hosts into a secure, GitOps-ready Kubernetes cluster.\n\n\
         kforge reads kforge.yaml, keeps every secret in a bundle beside it (kforge.secrets.yaml, 0600, or\n\
         kforge.secrets.age), and derives everything each node needs: WireGuard mesh, nftables firewall,\n\
-        K3s config, certificates, systemd units. Nothing touches a host until you deliver it.\n\n\
+        certificates, systemd units, and either K3s or upstream Kubernetes \"the hard way\" (etcd,\n\
+        kube-apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy). Nothing touches\n\
+        a host until you deliver it: `apply` over SSH, or `render` to files and cloud-init user-data.\n\n\
         Start here:\n  kforge init --example homelab mycluster   write a cluster file and its secrets\n  \
         kforge check -f mycluster/kforge.yaml      validate it\n  \
         kforge plan  -f mycluster/kforge.yaml      see what every node gets\n  \
-        kforge render -f mycluster/kforge.yaml --out out/   files + cloud-init user-data per node",
+        kforge render -f mycluster/kforge.yaml --out out/   files + cloud-init user-data per node\n  \
+        kforge apply -f mycluster/kforge.yaml      converge the hosts over SSH\n  \
+        kforge status -f mycluster/kforge.yaml     check mesh, firewall, certificates, services, etcd\n  \
+        kforge explain -f mycluster/kforge.yaml NODE PATH   why a generated file says what it says",
     propagate_version = true
 )]
 pub struct Cli {
