@@ -143,7 +143,10 @@ impl ControlDir {
     pub fn create() -> Result<ControlDir, String> {
         use std::os::unix::fs::DirBuilderExt;
         sweep_dead_control_dirs();
-        let dir = std::env::temp_dir().join(format!("kforge-ssh-{}", std::process::id()));
+        // One per use (status opens etcd's and its own): pid, then a counter.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kforge-ssh-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(ControlDir(dir))
@@ -165,7 +168,8 @@ impl Drop for ControlDir {
 fn sweep_dead_control_dirs() {
     for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("kforge-ssh-").and_then(|p| p.parse::<u32>().ok())
+        let pid = name.strip_prefix("kforge-ssh-").and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
+        if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = std::fs::remove_dir_all(entry.path());

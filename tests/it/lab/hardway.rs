@@ -63,64 +63,20 @@ fn three_controllers_form_a_healthy_etcd_over_mtls_on_the_mesh() {
     let dir = lab.ctx.path("foreign");
     std::fs::create_dir_all(&dir).unwrap();
     let d = |f: &str| dir.join(f).display().to_string();
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &d("ca.key"),
-            "-out",
-            &d("ca.crt"),
-            "-subj",
-            "/CN=foreign-ca",
-            "-days",
-            "1",
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &d("c.key"),
-            "-out",
-            &d("c.csr"),
-            "-subj",
-            "/CN=kforge-etcd-client",
-        ],
-    );
+    // openssl with its arguments written as on a command line (paths have no spaces).
+    let openssl = |args: &str| run("openssl", &args.split_whitespace().collect::<Vec<_>>());
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    openssl(&format!("req -x509 {ec} -keyout {} -out {} -subj /CN=foreign-ca -days 1", d("ca.key"), d("ca.crt")));
+    openssl(&format!("req {ec} -keyout {} -out {} -subj /CN=kforge-etcd-client", d("c.key"), d("c.csr")));
     std::fs::write(dir.join("ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &d("c.csr"),
-            "-CA",
-            &d("ca.crt"),
-            "-CAkey",
-            &d("ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &d("c.crt"),
-            "-days",
-            "1",
-            "-extfile",
-            &d("ext"),
-        ],
-    );
+    openssl(&format!(
+        "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -out {} -days 1 -extfile {}",
+        d("c.csr"),
+        d("ca.crt"),
+        d("ca.key"),
+        d("c.crt"),
+        d("ext")
+    ));
     let cert = std::fs::read_to_string(d("c.crt")).unwrap();
     let key = std::fs::read_to_string(d("c.key")).unwrap();
     lab.ssh("lab-1", &format!("umask 077; printf '%s' '{cert}' > /tmp/f.crt; printf '%s' '{key}' > /tmp/f.key"));

@@ -5,7 +5,6 @@ use super::{ADDONS_DIR, ADMIN_KUBECONFIG, is_stand_in};
 use crate::hashing::sha256_hex;
 use crate::model::Model;
 use crate::plan::{NodePlan, Phase, PlannedCommand, PlannedFile};
-use crate::secrets::SecretsBundle;
 
 pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
 const STAMP: &str = "/var/lib/kforge/addons.applied";
@@ -15,7 +14,7 @@ pub fn blocked_by(model: &Model<'_>) -> Option<String> {
     ["kube-apiserver", "kubectl"].into_iter().find(|k| is_stand_in(model, k)).map(String::from)
 }
 
-pub fn plan(model: &Model<'_>, _secrets: &SecretsBundle, np: &mut NodePlan) {
+pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
     let rbac = PlannedFile::new(format!("{ADDONS_DIR}/10-apiserver-to-kubelet.yaml"), 0o644, rbac()).about(
         "ClusterRole system:kube-apiserver-to-kubelet and its binding to user `kubernetes`.",
         "kubectl apply (kforge, once the API answers); then the kubelets' webhook authorizer",

@@ -189,7 +189,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         plan_etcd(model, secrets, me, np);
         plan_control_plane(model, secrets, me, node, np);
         if me.name == model.first_server().name {
-            addons::plan(model, secrets, np);
+            addons::plan(model, np);
         }
     }
     if node.role.has(Role::Worker) {
@@ -202,14 +202,23 @@ fn plan_artifacts(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
     for c in COMPONENTS.iter().filter(|c| node.role.has(c.role)) {
         let Some(a) = artifacts.get(c.key) else { continue };
         let phase = np.phase(Phase::Artifacts);
-        match (a.is_archive(), c.unpack_into) {
-            (true, Some(dir)) => {
-                let tarball = format!("{ARCHIVES}/{}.tar.gz", c.key);
-                phase.artifacts.push(PlannedArtifact::from_spec(c.key, &tarball, 0o644, a));
-                phase.commands.push(unpack(&tarball, dir, c.members));
+        let path = upload_path(c, a);
+        match c.unpack_into.filter(|_| a.is_archive()) {
+            Some(dir) => {
+                phase.artifacts.push(PlannedArtifact::from_spec(c.key, &path, 0o644, a));
+                phase.commands.push(unpack(&path, dir, c.members));
             }
-            _ => phase.artifacts.push(PlannedArtifact::from_spec(c.key, c.dest, 0o755, a)),
+            None => phase.artifacts.push(PlannedArtifact::from_spec(c.key, &path, 0o755, a)),
         }
+    }
+}
+
+/// Where the artifact lands on the host: the binary itself, or the release tarball
+/// kept under /var/lib/kforge/archives when the component unpacks one.
+fn upload_path(c: &Component, a: &Artifact) -> String {
+    match c.unpack_into.filter(|_| a.is_archive()) {
+        Some(_) => format!("{ARCHIVES}/{}.tar.gz", c.key),
+        None => c.dest.to_string(),
     }
 }
 
@@ -233,14 +242,9 @@ fn unpack(tarball: &str, dir: &str, members: &[&str]) -> PlannedCommand {
 /// A unit for `component`: started unless its binary is a stand-in.
 fn unit(model: &Model<'_>, name: &str, component: &str, mut restart_on: Vec<String>, needs: &[&str]) -> PlannedUnit {
     let stand_in = is_stand_in(model, component) || needs.iter().any(|k| is_stand_in(model, k));
-    let c = self::component(component);
-    if model.spec.spec.artifacts.get(component).is_some() {
-        restart_on.push(
-            match (model.spec.spec.artifacts.get(component).is_some_and(Artifact::is_archive), c.unpack_into) {
-                (true, Some(_)) => format!("{ARCHIVES}/{component}.tar.gz"),
-                _ => c.dest.to_string(),
-            },
-        );
+    // A new binary (or tarball) restarts the unit.
+    if let Some(a) = model.spec.spec.artifacts.get(component) {
+        restart_on.push(upload_path(self::component(component), a));
     }
     PlannedUnit { name: name.into(), enable: !stand_in, start: !stand_in, restart_on, reload_command: None }
 }
