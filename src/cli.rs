@@ -223,9 +223,12 @@ pub enum LabCommand {
     /// debootstrap into /var/cache/kforge-lab (KFORGE_LAB_CACHE). Then:
     ///   kforge apply -f lab/kforge.yaml
     ///
-    /// --example hardway: every machine a controller and a worker; DIR/bin gets the real
-    /// etcd from this workstation (apt-get install etcd-server etcd-client) and kforge's
-    /// named stand-in for the Kubernetes binaries that cannot be obtained here.
+    /// --example hardway: every machine a controller and a worker, running the real
+    /// upstream programs: DIR/bin links to the components cache that
+    /// `scripts/components v1.37.2` builds from the Go modules, and DIR/images gets the
+    /// lab's image archives (pause, CoreDNS, busybox). Real kubelets need kernel-wide
+    /// sysctls this workstation may lack; --host-sysctls lets the lab set them (each
+    /// change printed, restored by `lab down`).
     Up {
         /// Which cluster file to write: k3s (lab-1 server, others agents) or hardway.
         #[arg(long, value_enum, default_value = "k3s")]
@@ -242,6 +245,11 @@ pub enum LabCommand {
         /// Debian mirror for debootstrap (default: this machine's apt sources).
         #[arg(long, value_name = "URL")]
         mirror: Option<String>,
+        /// Set the kernel-wide sysctls kubelets require (vm.overcommit_memory=1,
+        /// kernel.panic=10, kernel.panic_on_oops=1, …) on this workstation: lab machines
+        /// share its kernel. Printed, and restored when the last such lab goes down.
+        #[arg(long)]
+        host_sysctls: bool,
     },
     /// Stop the machines and remove every namespace, interface, mount and file the lab made.
     Down {

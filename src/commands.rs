@@ -236,12 +236,12 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { example, dir, nodes, behind_nat, mirror } => {
+        LabCommand::Up { example, dir, nodes, behind_nat, mirror, host_sysctls } => {
             let example = match example {
                 LabExampleArg::K3s => kforge_lab::LabExample::K3s,
                 LabExampleArg::Hardway => kforge_lab::LabExample::Hardway,
             };
-            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example };
+            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls };
             let state = kforge_lab::up(&opts, &log)?;
             let d = state.dir.display();
             println!(

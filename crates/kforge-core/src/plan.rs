@@ -21,17 +21,21 @@ pub enum Phase {
     Firewall,
     Datastore,
     ControlPlane,
+    /// What pods run on (containerd, runc, CNI) and the workers' API load balancer:
+    /// running before the kubelets start, so images can be imported into containerd.
+    Runtime,
     Workers,
     Addons,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Artifacts,
         Phase::Mesh,
         Phase::Firewall,
         Phase::Datastore,
         Phase::ControlPlane,
+        Phase::Runtime,
         Phase::Workers,
         Phase::Addons,
     ];
@@ -43,6 +47,7 @@ impl Phase {
             Phase::Firewall => "firewall",
             Phase::Datastore => "datastore",
             Phase::ControlPlane => "control-plane",
+            Phase::Runtime => "runtime",
             Phase::Workers => "workers",
             Phase::Addons => "addons",
         }

@@ -15,6 +15,8 @@
 //! `down` stops the machines and removes every namespace, veth, mount and file it
 //! made. Requires root.
 
+pub mod host_sysctls;
+pub mod images;
 mod machine;
 mod net;
 pub mod rootfs;
@@ -52,6 +54,9 @@ pub struct UpOptions {
     pub behind_nat: Vec<String>,
     pub mirror: Option<String>,
     pub example: LabExample,
+    /// Let the lab set the kernel-wide sysctls real kubelets require (see
+    /// [`host_sysctls`]); the hardway lab refuses to start without it.
+    pub host_sysctls: bool,
 }
 
 /// Which cluster file `up` writes for the machines.
@@ -59,37 +64,44 @@ pub struct UpOptions {
 pub enum LabExample {
     /// k3s: lab-1 is the server, the others agents; bring a k3s binary to bin/k3s.
     K3s,
-    /// hardway: every machine a controller and a worker; etcd from this workstation's
-    /// Debian packages, kforge's named stand-in for what cannot be obtained.
+    /// hardway: every machine a controller and a worker, every component the real
+    /// upstream program from `scripts/components` (built from Go modules).
     Hardway,
 }
 
-/// Where the hardway lab's real etcd comes from (Debian's etcd-server/etcd-client).
-pub const WORKSTATION_ETCD: &[(&str, &str)] = &[("etcd", "/usr/bin/etcd"), ("etcdctl", "/usr/bin/etcdctl")];
-/// The named stand-in, built beside `kforge` (`cargo build --workspace --bins`).
-pub const STAND_IN_BINARY: &str = "kforge-stand-in";
+/// The Kubernetes version of the hardway lab (its example pins the same).
+pub const HARDWAY_VERSION: &str = "v1.37.2";
 
-/// The binaries a hardway lab's cluster file points at: (name in DIR/bin, source).
-fn hardway_binaries() -> Result<Vec<(&'static str, PathBuf)>, LabError> {
-    let mut v: Vec<(&'static str, PathBuf)> = Vec::new();
-    for (name, path) in WORKSTATION_ETCD {
-        if !Path::new(path).exists() {
-            return Err(LabError::Setup(format!(
-                "{path} is missing: the hardway lab runs the real etcd from this workstation\n  help: apt-get install etcd-server etcd-client"
-            )));
-        }
-        v.push((name, PathBuf::from(path)));
-    }
-    let exe = std::env::current_exe().map_err(|e| LabError::Setup(format!("where is kforge? {e}")))?;
-    let stand_in = exe.with_file_name(STAND_IN_BINARY);
-    if !stand_in.exists() {
+/// Where `scripts/components VERSION` puts the binaries (`KFORGE_COMPONENTS`, else
+/// /var/cache/kforge-components).
+pub fn components_dir(version: &str) -> PathBuf {
+    let root = std::env::var_os("KFORGE_COMPONENTS").map(PathBuf::from);
+    root.unwrap_or_else(|| PathBuf::from("/var/cache/kforge-components")).join(format!("bin-{version}"))
+}
+
+/// Check that every file the hardway lab example names under ./bin is in the
+/// components cache; returns the cache directory `lab up` links as DIR/bin.
+fn hardway_components() -> Result<PathBuf, LabError> {
+    let dir = components_dir(HARDWAY_VERSION);
+    let example = kforge_core::spec::examples::HARDWAY_LAB;
+    let missing: Vec<&str> = example
+        .split("path: ./bin/")
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .filter(|f| !dir.join(f.trim()).exists())
+        .collect();
+    if !missing.is_empty() || !Path::new(images::BUSYBOX_STATIC).exists() {
         return Err(LabError::Setup(format!(
-            "{} is missing: it is built with kforge\n  help: cargo build --workspace --bins",
-            stand_in.display()
+            "the hardway lab runs the real Kubernetes components, and {} {} missing\n  help: scripts/components {HARDWAY_VERSION} (builds them from their Go modules, cached), and apt-get install busybox-static",
+            if missing.is_empty() {
+                images::BUSYBOX_STATIC.to_string()
+            } else {
+                format!("{} in {}", missing.join(", "), dir.display())
+            },
+            if missing.len() > 1 { "are" } else { "is" },
         )));
     }
-    v.push(("stand-in", stand_in));
-    Ok(v)
+    Ok(dir)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +116,10 @@ pub struct LabState {
     pub wan_ns: String,
     pub host_veth: String,
     pub machines: Vec<MachineState>,
+    /// This lab holds the kubelet's kernel-wide sysctls (restored when the last such
+    /// lab goes down).
+    #[serde(default)]
+    pub host_sysctls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +133,9 @@ pub struct MachineState {
     /// Router namespace, for a machine behind NAT.
     pub router_ns: Option<String>,
     pub pid: Option<u32>,
+    /// The machine's own cgroup directory in each hierarchy (removed by `down`).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl LabState {
@@ -157,9 +176,19 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
     if opts.behind_nat.len() == opts.nodes {
         return Err(LabError::Setup("at least one machine must have a public address".into()));
     }
-    let binaries = match opts.example {
-        LabExample::Hardway => hardway_binaries()?,
-        LabExample::K3s => Vec::new(),
+    let components = match opts.example {
+        LabExample::Hardway => {
+            let differing = host_sysctls::differing()?;
+            if !opts.host_sysctls && !differing.is_empty() {
+                let list: Vec<String> = differing.iter().map(|(n, now, need)| format!("{n} {now} -> {need}")).collect();
+                return Err(LabError::Setup(format!(
+                    "the hardway lab runs real kubelets, which require kernel-wide settings this workstation does not have: {}.\n  They are not per-namespace: lab machines share this kernel, so the lab would change the workstation's own.\n  help: add --host-sysctls to let the lab set them (printed, and restored by `kforge lab down`)",
+                    list.join(", ")
+                )));
+            }
+            Some(hardway_components()?)
+        }
+        LabExample::K3s => None,
     };
     if opts.dir.join("lab.json").exists() {
         return Err(LabError::Setup(format!(
@@ -181,15 +210,11 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
         wan_ns: format!("kfl{id}-wan"),
         host_veth: format!("kfl{id}"),
         machines: Vec::new(),
+        host_sysctls: false,
         id,
     };
     state.save()?;
-    let bin = dir.join("bin");
-    for (name, source) in &binaries {
-        fs::create_dir_all(&bin).map_err(|e| LabError::io(&bin, e))?;
-        fs::copy(source, bin.join(name)).map_err(|e| LabError::io(source, e))?;
-    }
-    match build(&mut state, &image, &names, &opts.behind_nat, opts.example, log) {
+    match prepare_and_build(&mut state, &image, &names, opts, components.as_deref(), log) {
         Ok(()) => Ok(state),
         Err(e) => {
             log("lab up failed; removing what was created");
@@ -197,6 +222,38 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
             Err(e)
         }
     }
+}
+
+/// Everything `up` creates after its state is saved (so a failure can be undone).
+fn prepare_and_build(
+    state: &mut LabState,
+    image: &Path,
+    names: &[String],
+    opts: &UpOptions,
+    components: Option<&Path>,
+    log: &dyn Fn(&str),
+) -> Result<(), LabError> {
+    if let Some(components) = components {
+        // ./bin is the components cache; ./images the lab's own image archives.
+        let bin = state.dir.join("bin");
+        if bin.is_symlink() || bin.is_file() {
+            fs::remove_file(&bin).map_err(|e| LabError::io(&bin, e))?;
+        } else if bin.is_dir() {
+            fs::remove_dir_all(&bin).map_err(|e| LabError::io(&bin, e))?;
+        }
+        std::os::unix::fs::symlink(components, &bin).map_err(|e| LabError::io(&bin, e))?;
+        let coredns = components.join("coredns");
+        let out = state.dir.join("images");
+        log("writing the lab's image archives (pause, CoreDNS, busybox) from static binaries");
+        images::write_lab_images(Path::new(images::BUSYBOX_STATIC), &coredns, &out)
+            .map_err(|e| LabError::io(&out, e))?;
+        if opts.host_sysctls {
+            state.host_sysctls = true;
+            state.save()?;
+            host_sysctls::acquire(&state.id, log)?;
+        }
+    }
+    build(state, image, names, &opts.behind_nat, opts.example, log)
 }
 
 fn build(
@@ -235,6 +292,7 @@ fn build(
                 ssh_ip: net::host(private, 2),
                 router_ns: Some(router_ns.clone()),
                 pid: None,
+                cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
             });
             state.save()?;
             net::attach(&state.wan_ns, &router_ns, &format!("r{nat_count}"), router_public, prefix)?;
@@ -248,15 +306,17 @@ fn build(
                 ssh_ip: public,
                 router_ns: None,
                 pid: None,
+                cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
             });
             state.save()?;
             net::attach(&state.wan_ns, &ns, &port, public, prefix)?;
             state.machines.len() - 1
         };
         let mdir = state.runtime.join(name);
-        let host_key = machine::prepare(image, &mdir, name, &authorized)?;
+        let host_key = machine::prepare(image, &mdir, name, &authorized, state.workstation_ip)?;
         known_hosts.push_str(&format!("{} {host_key}\n", state.machines[machine].ssh_ip));
-        let pid = machine::boot(&mdir.join("root"), name, &ns, &dir.join("machines").join(format!("{name}.log")))?;
+        let log_path = dir.join("machines").join(format!("{name}.log"));
+        let pid = machine::boot(&mdir, name, &ns, &state.machines[machine].cgroups, &log_path)?;
         state.machines[machine].pid = Some(pid);
         state.save()?;
         log(&format!(
@@ -362,7 +422,7 @@ pub fn down_all(log: &dyn Fn(&str)) -> Result<usize, LabError> {
     Ok(n)
 }
 
-const RUNTIME_ROOT: &str = "/var/lib/kforge-lab";
+pub(crate) const RUNTIME_ROOT: &str = "/var/lib/kforge-lab";
 
 fn down_state(state: &LabState, log: &dyn Fn(&str)) {
     for m in &state.machines {
@@ -370,6 +430,7 @@ fn down_state(state: &LabState, log: &dyn Fn(&str)) {
             machine::stop(pid);
         }
         machine::remove(&state.runtime.join(&m.name));
+        machine::remove_cgroups(&m.cgroups);
         net::delete_ns(&m.ns);
         if let Some(r) = &m.router_ns {
             net::delete_ns(r);
@@ -378,6 +439,9 @@ fn down_state(state: &LabState, log: &dyn Fn(&str)) {
     }
     net::delete_ns(&state.wan_ns);
     net::delete_link(&state.host_veth);
+    if state.host_sysctls {
+        host_sysctls::release(&state.id, log);
+    }
     let _ = fs::remove_dir_all(&state.runtime);
     for f in ["lab.json", "ssh_config", "known_hosts", "id_ed25519", "id_ed25519.pub"] {
         let _ = fs::remove_file(state.dir.join(f));
@@ -413,6 +477,9 @@ pub fn leftovers(state: &LabState) -> Vec<String> {
         if machine::is_mounted(&state.runtime.join(&m.name).join("root")) {
             v.push(format!("overlay of {}", m.name));
         }
+        for c in m.cgroups.iter().filter(|c| c.exists()) {
+            v.push(format!("cgroup {}", c.display()));
+        }
         if let Some(r) = m.router_ns.as_ref().filter(|r| net::ns_exists(r)) {
             v.push(format!("namespace {r}"));
         }
@@ -425,6 +492,9 @@ pub fn leftovers(state: &LabState) -> Vec<String> {
     }
     if state.runtime.exists() {
         v.push(format!("directory {}", state.runtime.display()));
+    }
+    if host_sysctls::held_by(&state.id) {
+        v.push("host sysctls held".into());
     }
     v
 }

@@ -10,8 +10,22 @@ use std::time::{Duration, Instant};
 use crate::LabError;
 use crate::sh::{quietly, run};
 
+/// Joins the machine's own cgroup subtree, then execs nspawn in a cgroup namespace.
+const ENTER_CGROUPS: &str = include_str!("scripts/enter-cgroups.sh");
+/// PID 1 until systemd: opens the machine's cgroup controllers for containers.
+const MACHINE_INIT: &str = include_str!("scripts/machine-init.sh");
+const MACHINE_INIT_PATH: &str = "usr/local/sbin/kforge-lab-init";
+
 /// Mount `root` as an overlay (lower = the shared image) and give it an identity.
-pub fn prepare(image: &Path, dir: &Path, name: &str, authorized_key: &str) -> Result<String, LabError> {
+/// `nameserver` goes into its resolv.conf: a lab address, never the workstation's own
+/// resolver, so nothing in the lab sends DNS queries off the lab's networks.
+pub fn prepare(
+    image: &Path,
+    dir: &Path,
+    name: &str,
+    authorized_key: &str,
+    nameserver: std::net::Ipv4Addr,
+) -> Result<String, LabError> {
     for sub in ["upper", "work", "root"] {
         fs::create_dir_all(dir.join(sub)).map_err(|e| LabError::io(dir, e))?;
     }
@@ -32,6 +46,14 @@ pub fn prepare(image: &Path, dir: &Path, name: &str, authorized_key: &str) -> Re
     };
     write("etc/hostname", &format!("{name}\n"), 0o644)?;
     write("etc/hosts", &format!("127.0.0.1 localhost\n127.0.1.1 {name}\n"), 0o644)?;
+    write(
+        "etc/resolv.conf",
+        &format!("# kforge lab: a lab address (nothing answers DNS there)\nnameserver {nameserver}\n"),
+        0o644,
+    )?;
+    write(MACHINE_INIT_PATH, MACHINE_INIT, 0o755)?;
+    // containerd's overlayfs snapshotter cannot stack on the machine's overlay root.
+    fs::create_dir_all(dir.join("containerd")).map_err(|e| LabError::io(dir, e))?;
     let id: String = kforge_core::random::random_hex(16);
     write("etc/machine-id", &format!("{id}\n"), 0o444)?;
     write("root/.ssh/authorized_keys", authorized_key, 0o600)?;
@@ -44,16 +66,78 @@ pub fn prepare(image: &Path, dir: &Path, name: &str, authorized_key: &str) -> Re
     Ok(public.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
 }
 
+/// One directory per cgroup v1 hierarchy for a machine: `<this process's cgroup>/
+/// kforge-lab/<subtree>` (a kubelet's cgroups then live under its machine's).
+pub fn cgroup_dirs(subtree: &str) -> Vec<PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    own.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let name = match controllers {
+                "" => return None, // the cgroup v2 hierarchy: empty on this kind of host
+                "name=systemd" => "systemd",
+                c => c,
+            };
+            let mut base = Path::new("/sys/fs/cgroup").join(name);
+            if !base.is_dir() {
+                base = Path::new("/sys/fs/cgroup").join(name.split(',').next()?);
+            }
+            Some(base.join(path.trim_start_matches('/')).join("kforge-lab").join(subtree))
+        })
+        .collect()
+}
+
+/// Remove a machine's cgroup directories (after it stopped), deepest first.
+pub fn remove_cgroups(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let mut all: Vec<PathBuf> = Vec::new();
+        collect_dirs(dir, &mut all);
+        all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for d in all {
+            let _ = fs::remove_dir(&d);
+        }
+        // The shared kforge-lab level goes with the last machine.
+        if let Some(parent) = dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+}
+
 /// Boot the machine in the background; returns the nspawn process id.
-pub fn boot(root: &Path, name: &str, ns: &str, log: &Path) -> Result<u32, LabError> {
+///
+/// Beyond a plain container it can run containers itself (containerd, runc, a real
+/// kubelet): all capabilities, the keyring and bpf system calls runc uses, its own
+/// cgroup subtree opened read-write by the init wrapper, an ext4 directory for
+/// containerd, and the network namespace's sysctls writable (the kubelet and
+/// kube-proxy set `net.*`; nspawn would mount /proc/sys read-only).
+pub fn boot(dir: &Path, name: &str, ns: &str, cgroups: &[PathBuf], log: &Path) -> Result<u32, LabError> {
     let log_file = fs::File::create(log).map_err(|e| LabError::io(log, e))?;
     let err_file = log_file.try_clone().map_err(|e| LabError::io(log, e))?;
+    let root = dir.join("root");
+    let containerd = format!("--bind={}:/var/lib/containerd", dir.join("containerd").display());
     // setsid: the machine outlives this kforge process (until `lab down`).
     let child = Command::new("setsid")
-        .args(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D"])
-        .arg(root)
+        .args(["sh", "-c", ENTER_CGROUPS, "enter-cgroups"])
+        .args(cgroups)
+        .arg("--")
+        .args(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--resolv-conf=off", "-D"])
+        .arg(&root)
         .args(["-M", name, &format!("--network-namespace-path=/run/netns/{ns}")])
-        .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN,CAP_NET_RAW", "-b"])
+        .args(["--bind=/dev/net/tun", &containerd, "--capability=all", "--system-call-filter=@keyring bpf"])
+        .arg(format!("/{MACHINE_INIT_PATH}"))
+        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file)

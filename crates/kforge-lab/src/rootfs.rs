@@ -15,7 +15,7 @@ pub const SUITE: &str = "bookworm";
 /// What every lab machine has, as a fresh VPS image would (plus nginx, which the
 /// hardway distribution needs on controllers). The cache directory's name carries a
 /// digest of this list, so changing it builds a new image.
-const PACKAGES: &str = "systemd-sysv,udev,openssh-server,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx";
+const PACKAGES: &str = "systemd-sysv,udev,openssh-server,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx,libnginx-mod-stream,conntrack,socat,ipset,iptables,kmod";
 const READY_MARK: &str = ".kforge-rootfs-ready";
 
 /// Where the cache lives: `KFORGE_LAB_CACHE`, else `/var/cache/kforge-lab`.

@@ -6,7 +6,6 @@ use crate::hashing::sha256_hex;
 use crate::model::Model;
 use crate::plan::{NodePlan, Phase, PlannedCommand, PlannedFile};
 
-pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
 const STAMP: &str = "/var/lib/kforge/addons.applied";
 
 /// The stand-in that keeps addons from being applied, if any.
@@ -89,6 +88,7 @@ fn rbac() -> String {
 fn coredns(model: &Model<'_>) -> String {
     let domain = &model.spec.spec.network.cluster_domain;
     let dns_ip = model.cluster_dns_ip;
+    let image = &model.spec.spec.hardway.coredns_image;
     format!(
         r#"# Managed by kforge: CoreDNS, the cluster DNS at {dns_ip}.
 apiVersion: v1
@@ -119,7 +119,9 @@ data:
   Corefile: |
     .:53 {{
         errors
-        health {{ lameduck 5s }}
+        health {{
+            lameduck 5s
+        }}
         ready
         kubernetes {domain} in-addr.arpa ip6.arpa {{
             pods insecure
@@ -146,9 +148,15 @@ spec:
     spec:
       serviceAccountName: coredns
       priorityClassName: system-cluster-critical
+      # The node's resolv.conf for names outside the cluster (ClusterFirst would send
+      # CoreDNS's own upstream queries back to itself: a loop its `loop` plugin kills).
+      dnsPolicy: Default
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{k8s-app: kube-dns}}}}}}
       containers:
         - name: coredns
-          image: {COREDNS_IMAGE}
+          image: {image}
+          imagePullPolicy: IfNotPresent
           args: [-conf, /etc/coredns/Corefile]
           ports:
             - {{containerPort: 53, name: dns, protocol: UDP}}

@@ -48,6 +48,8 @@ pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net) -> String {
             "tlsCertFile": format!("{KUBELET_DIR}/kubelet.crt"),
             "tlsPrivateKeyFile": format!("{KUBELET_DIR}/kubelet.key"),
             "registerNode": true,
+            // Kubernetes 1.35+ refuses cgroup v1 unless told otherwise (hardway.allowCgroupV1).
+            "failCgroupV1": !model.spec.spec.hardway.allow_cgroup_v1,
         }),
     )
 }
@@ -61,6 +63,11 @@ pub fn kubelet_config_explained(model: &Model<'_>, pod_cidr: Ipv4Net) -> Vec<(St
         ("podCIDR".into(), format!("{pod_cidr}: this worker's slice of the pod network (same as its CNI bridge range)")),
         ("cgroupDriver".into(), "systemd, like containerd's SystemdCgroup".into()),
         ("failSwapOn".into(), "true: kforge's preflight refuses a worker with swap on before anything is written".into()),
+        ("failCgroupV1".into(), if model.spec.spec.hardway.allow_cgroup_v1 {
+            "false: hardway.allowCgroupV1 is set, so the kubelet runs on a cgroup v1 host (in maintenance upstream; move to cgroup v2)".into()
+        } else {
+            "true: Kubernetes 1.35+ supports cgroup v2 only by default; kforge's preflight refuses a cgroup v1 host first".into()
+        }),
     ]
 }
 
@@ -73,6 +80,10 @@ pub fn kube_proxy_config(model: &Model<'_>, kubeconfig: &str) -> String {
             "clientConnection": {"kubeconfig": kubeconfig},
             "mode": "iptables",
             "clusterCIDR": model.spec.spec.network.pod_cidr.to_string(),
+            // Leave the kernel-wide conntrack table size to the host (sysctl
+            // net.netfilter.nf_conntrack_max) instead of resizing it at start; where
+            // nf_conntrack is built in there is no module parameter to resize anyway.
+            "conntrack": {"maxPerCore": 0},
         }),
     )
 }
@@ -99,23 +110,63 @@ pub fn cni_loopback() -> String {
         + "\n"
 }
 
-pub fn containerd_config() -> String {
-    "# containerd configuration. Managed by kforge.\n\
-     version = 2\n\
-     \n\
-     [plugins.\"io.containerd.grpc.v1.cri\"]\n\
-     \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
-     \x20   snapshotter = \"overlayfs\"\n\
-     \x20   default_runtime_name = \"runc\"\n\
-     \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
-     \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-     \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
-     \x20   SystemdCgroup = true\n\
-     \x20   BinaryName = \"/usr/local/sbin/runc\"\n\
-     \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-     \x20   bin_dir = \"/opt/cni/bin\"\n\
-     \x20   conf_dir = \"/etc/cni/net.d\"\n"
-        .to_string()
+/// containerd 2.x configuration (format `version = 3`: the CRI plugin is split into
+/// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`).
+pub fn containerd_config(sandbox_image: &str) -> String {
+    format!(
+        "# containerd configuration (containerd 2.x). Managed by kforge.\n\
+         version = 3\n\
+         \n\
+         [plugins.'io.containerd.cri.v1.images']\n\
+         \x20 snapshotter = 'overlayfs'\n\
+         \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n\
+         \x20   sandbox = '{sandbox_image}'\n\
+         \n\
+         [plugins.'io.containerd.cri.v1.runtime']\n\
+         \x20 restrict_oom_score_adj = true\n\
+         \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd]\n\
+         \x20   default_runtime_name = 'runc'\n\
+         \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
+         \x20     runtime_type = 'io.containerd.runc.v2'\n\
+         \x20     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+         \x20       SystemdCgroup = true\n\
+         \x20       BinaryName = '/usr/local/sbin/runc'\n\
+         \x20 [plugins.'io.containerd.cri.v1.runtime'.cni]\n\
+         \x20   bin_dirs = ['/opt/cni/bin']\n\
+         \x20   conf_dir = '/etc/cni/net.d'\n"
+    )
+}
+
+/// nginx (stream) on a worker: 127.0.0.1:PORT balanced over every controller's API
+/// server on the mesh, so kubelets and kube-proxy survive any one controller.
+pub fn api_balancer_nginx(model: &Model<'_>) -> String {
+    let port = model.spec.spec.hardway.api_balancer_port;
+    let upstreams: String = super::controllers(model)
+        .iter()
+        .map(|m| format!("        server {}:{API_PORT} max_fails=1 fail_timeout=5s;\n", m.mesh_ip))
+        .collect();
+    format!(
+        "# kforge API load balancer on this worker. Managed by kforge.\n\
+         # TCP passthrough: TLS is end to end between the client and an API server, so the\n\
+         # certificates and client identities are untouched.\n\
+         load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         pid /run/{unit}.pid;\n\
+         error_log stderr;\n\
+         worker_processes 1;\n\
+         events {{ worker_connections 1024; }}\n\
+         stream {{\n\
+         \x20   upstream kube_apiservers {{\n\
+         {upstreams}\
+         \x20   }}\n\
+         \x20   server {{\n\
+         \x20       listen 127.0.0.1:{port};\n\
+         \x20       proxy_pass kube_apiservers;\n\
+         \x20       proxy_connect_timeout 2s;\n\
+         \x20       proxy_timeout 24h;\n\
+         \x20   }}\n\
+         }}\n",
+        unit = super::API_BALANCER_UNIT.trim_end_matches(".service"),
+    )
 }
 
 /// nginx answering plain-HTTP `/healthz` by asking the local API server over TLS.

@@ -58,6 +58,10 @@ pub const ADDONS_DIR: &str = "/etc/kforge/addons";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kforge/admin.kubeconfig";
 pub const HEALTHZ_CONF: &str = "/etc/kforge/healthz-nginx.conf";
 pub const HEALTHZ_UNIT: &str = "kforge-healthz.service";
+pub const API_BALANCER_CONF: &str = "/etc/kforge/api-balancer-nginx.conf";
+pub const API_BALANCER_UNIT: &str = "kforge-api-balancer.service";
+/// Image archives from `spec.images`, uploaded before containerd imports them.
+pub const IMAGES_DIR: &str = "/var/lib/kforge/images";
 const BIN: &str = "/usr/local/bin";
 const ARCHIVES: &str = "/var/lib/kforge/archives";
 
@@ -170,9 +174,8 @@ pub fn controllers<'m>(model: &'m Model<'_>) -> Vec<&'m Member> {
 /// kforge starts there (each is also the name of its Debian/Ubuntu package).
 pub fn required_commands(model: &Model<'_>, node: &Node) -> Vec<String> {
     let mut v = Vec::new();
-    if node.role.has(Role::Controller) {
-        v.push("nginx".to_string());
-    }
+    // nginx: the /healthz proxy on controllers, the API load balancer on workers.
+    v.push("nginx".to_string());
     if node.role.has(Role::Worker) && !is_stand_in(model, "kubelet") {
         v.extend(["conntrack", "socat", "ipset"].map(String::from));
     }
@@ -183,6 +186,10 @@ pub fn required_commands(model: &Model<'_>, node: &Node) -> Vec<String> {
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
     np.required_commands = required_commands(model, node);
     np.packages.extend(np.required_commands.iter().cloned());
+    if node.role.has(Role::Worker) {
+        // The API load balancer is nginx's stream module (a separate package on Debian).
+        np.packages.push("libnginx-mod-stream".into());
+    }
     np.swap_forbidden = node.role.has(Role::Worker) && !is_stand_in(model, "kubelet");
     plan_artifacts(model, node, np);
     if node.role.has(Role::Controller) {
@@ -211,6 +218,40 @@ fn plan_artifacts(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
             None => phase.artifacts.push(PlannedArtifact::from_spec(c.key, &path, 0o755, a)),
         }
     }
+    if node.role.has(Role::Worker) {
+        for img in &model.spec.spec.images {
+            let dest = format!("{IMAGES_DIR}/{}", img.host_file());
+            let name = format!("image {}", img.name);
+            np.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec(&name, &dest, 0o644, &img.artifact()));
+        }
+    }
+}
+
+/// `ctr images import` of each image archive, after containerd runs and before the
+/// kubelet starts. Skipped when the archive was imported already (a stamp with its
+/// digest) and containerd still knows the image (a wiped /var/lib/containerd re-imports).
+fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
+    model
+        .spec
+        .spec
+        .images
+        .iter()
+        .map(|img| {
+            let archive = format!("{IMAGES_DIR}/{}", img.host_file());
+            let stamp = format!("{archive}.imported");
+            let ctr = "/usr/local/bin/ctr --namespace k8s.io";
+            let name = &img.name;
+            PlannedCommand {
+                description: format!("import image {name} into containerd"),
+                run: format!(
+                    "{ctr} images import --local {archive} >/dev/null && {ctr} images ls -q 'name=={name}' | grep -qx '{name}' && sha256sum {archive} | cut -d' ' -f1 > {stamp}"
+                ),
+                unless: Some(format!(
+                    "[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {archive} | cut -d' ' -f1)\" ] && {ctr} images ls -q 'name=={name}' | grep -qx '{name}'"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Where the artifact lands on the host: the binary itself, or the release tarball
@@ -515,14 +556,18 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
     let cluster = &model.spec.metadata.name;
     let ca = &secrets.ca("server-ca").cert;
     let pod_cidr = me.pod_cidr.expect("a worker has a pod network after reconcile");
-    let api = model.api_url();
+    let hw = &model.spec.spec.hardway;
+    // Kubelet and kube-proxy dial the local balancer over all controllers.
+    let api = format!("https://127.0.0.1:{}", hw.api_balancer_port);
 
     let mut runtime_files = vec![
-        PlannedFile::new("/etc/containerd/config.toml", 0o644, configs::containerd_config()).about(
-            "containerd's configuration: the CRI plugin with runc as the runtime and CNI from /opt/cni/bin.",
+        PlannedFile::new("/etc/containerd/config.toml", 0o644, configs::containerd_config(&hw.sandbox_image)).about(
+            "containerd's configuration (containerd 2.x, `version = 3`): the CRI plugin with runc as the runtime and CNI from /opt/cni/bin.",
             "containerd",
             vec![
                 ("SystemdCgroup".into(), "true, matching the kubelet's cgroupDriver: systemd (two cgroup managers fight otherwise)".into()),
+                ("restrict_oom_score_adj".into(), "true: no container gets a lower OOM score than containerd itself (-999 from its unit, so nothing changes on a normal host); where containerd cannot lower its own (no CAP_SYS_RESOURCE, as in nested or lab machines) pods still start instead of failing at runc init".into()),
+                ("pinned_images.sandbox".into(), format!("{}: the pod sandbox (\"pause\") image (hardway.sandboxImage); the kubelet no longer has a flag for it, and a pinned image is never garbage-collected", hw.sandbox_image)),
                 ("cni.conf_dir".into(), "/etc/cni/net.d: the bridge and loopback configs kforge writes".into()),
             ],
         ),
@@ -557,6 +602,27 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
         containerd_unit.restart_on.push(component("runc").dest.into());
     }
 
+    let balancer_unit_path = format!("/etc/systemd/system/{API_BALANCER_UNIT}");
+    let balancer_files = vec![
+        PlannedFile::new(API_BALANCER_CONF, 0o644, configs::api_balancer_nginx(model)).about(
+            "nginx stream: the API on 127.0.0.1 of this worker, balanced over every controller's API server.",
+            "nginx, run by kforge-api-balancer.service; dialled by the kubelet and kube-proxy (their kubeconfigs)",
+            vec![
+                ("listen".into(), format!("127.0.0.1:{}: local only, nothing new on any interface", hw.api_balancer_port)),
+                ("upstream".into(), format!("every controller's mesh address on {API_PORT}: with one controller down, the others answer")),
+                ("TLS".into(), "passed through untouched: the client still verifies the API server's certificate (its SANs include 127.0.0.1) and presents its own".into()),
+            ],
+        ),
+        PlannedFile::new(&balancer_unit_path, 0o644, units::api_balancer(&model.spec.spec.mesh.interface)),
+    ];
+    let balancer_unit = PlannedUnit {
+        name: API_BALANCER_UNIT.into(),
+        enable: true,
+        start: true,
+        restart_on: balancer_files.iter().map(|f| f.path.clone()).collect(),
+        reload_command: None,
+    };
+
     let kubelet_serving = secrets.certificate(&certs::kubelet_serving_id(&node.name));
     let kubelet_client = secrets.certificate(&certs::kubelet_client_id(&node.name));
     let user = format!("system:node:{}", node.name);
@@ -578,7 +644,7 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
             "kubelet (--kubeconfig)",
             vec![
                 ("user".into(), format!("CN={user}, O=system:nodes: the Node authorizer lets a kubelet see only its own pods, secrets and node object")),
-                ("server".into(), format!("{api}: the API address on the mesh (the controller with the lowest mesh address)")),
+                ("server".into(), format!("{api}: this worker's API load balancer over every controller")),
             ],
         ),
         PlannedFile::new(kl("kubelet-config.yaml"), 0o644, configs::kubelet_config(model, pod_cidr)).about(
@@ -620,6 +686,7 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
                 "kube-proxy (--config)",
                 vec![
                     ("mode".into(), "iptables: Service addresses are rewritten on every node".into()),
+                    ("conntrack.maxPerCore".into(), "0: kube-proxy leaves the kernel-wide conntrack table size to the host (nf_conntrack_max) rather than resizing it; it fails to start where nf_conntrack is built in otherwise".into()),
                     ("clusterCIDR".into(), format!("{}: traffic from outside it to a Service is masqueraded", model.spec.spec.network.pod_cidr)),
                 ],
             ),
@@ -629,11 +696,15 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
     let restart_on = proxy_files.iter().map(|f| f.path.clone()).collect();
     let proxy_unit = unit(model, "kube-proxy.service", "kube-proxy", restart_on, &[]);
 
+    let runtime = np.phase(Phase::Runtime);
+    runtime.files.extend(runtime_files);
+    runtime.files.extend(balancer_files);
+    runtime.units.extend([containerd_unit, balancer_unit]);
     let p = np.phase(Phase::Workers);
-    p.files.extend(runtime_files);
+    p.commands.extend(image_imports(model));
     p.files.extend(kubelet_files);
     p.files.extend(proxy_files);
-    p.units.extend([containerd_unit, kubelet_unit, proxy_unit]);
+    p.units.extend([kubelet_unit, proxy_unit]);
 }
 
 /// Every address a kubelet on `me` is reached at (its serving certificate's SANs).

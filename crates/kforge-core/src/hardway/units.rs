@@ -219,16 +219,39 @@ pub fn kube_scheduler(config: &str) -> String {
 }
 
 pub fn healthz() -> String {
+    nginx_unit(
+        "plain-HTTP /healthz for an L4 load balancer's health check",
+        "kforge /healthz proxy for the Kubernetes API (nginx)",
+        "kube-apiserver.service",
+        super::HEALTHZ_UNIT,
+        super::HEALTHZ_CONF,
+    )
+}
+
+pub fn api_balancer(mesh: &str) -> String {
+    nginx_unit(
+        "this worker's kubelet and kube-proxy reach every controller's API server through it",
+        "kforge API load balancer on 127.0.0.1 (nginx stream)",
+        &format!("wg-quick@{mesh}.service"),
+        super::API_BALANCER_UNIT,
+        super::API_BALANCER_CONF,
+    )
+}
+
+/// An nginx instance of kforge's own, with its own configuration and pid file (the
+/// distribution's nginx.service stays untouched).
+fn nginx_unit(why: &str, description: &str, after: &str, unit: &str, conf: &str) -> String {
+    let pid = unit.trim_end_matches(".service");
     format!(
-        "# Managed by kforge: plain-HTTP /healthz for an L4 load balancer's health check.\n\
+        "# Managed by kforge: {why}.\n\
          [Unit]\n\
-         Description=kforge /healthz proxy for the Kubernetes API (nginx)\n\
-         After=network-online.target kube-apiserver.service\n\
+         Description={description}\n\
+         After=network-online.target {after}\n\
          Wants=network-online.target\n\
          \n\
          [Service]\n\
          Type=forking\n\
-         PIDFile=/run/kforge-healthz.pid\n\
+         PIDFile=/run/{pid}.pid\n\
          ExecStartPre=/usr/sbin/nginx -t -q -c {conf}\n\
          ExecStart=/usr/sbin/nginx -c {conf}\n\
          ExecReload=/usr/sbin/nginx -c {conf} -s reload\n\
@@ -236,8 +259,7 @@ pub fn healthz() -> String {
          Restart=on-failure\n\
          \n\
          [Install]\n\
-         WantedBy=multi-user.target\n",
-        conf = super::HEALTHZ_CONF
+         WantedBy=multi-user.target\n"
     )
 }
 

@@ -61,7 +61,45 @@ pub struct ClusterSpec {
     /// Where binaries come from: a URL with its sha256, or a local path.
     #[serde(default)]
     pub artifacts: Artifacts,
+    /// Container image archives (OCI layout or docker-archive tarballs) imported into
+    /// containerd on every worker before the kubelet starts, for hosts that cannot
+    /// pull from a registry (air gap). Each is verified by sha256 when one is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageArchive>,
     pub nodes: Vec<Node>,
+}
+
+/// One container image archive and the image reference it carries.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageArchive {
+    /// The image reference inside the archive (`registry.k8s.io/pause:3.10.1`): after
+    /// the import, containerd must know an image by this name.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ImageArchive {
+    /// As an artifact (same sources, same verification and cache).
+    pub fn artifact(&self) -> Artifact {
+        Artifact { url: self.url.clone(), path: self.path.clone(), sha256: self.sha256.clone(), stand_in: None }
+    }
+
+    /// The archive's file name on the host: a digest of the reference keeps names unique
+    /// and free of `/` and `:`.
+    pub fn host_file(&self) -> String {
+        let slug: String = self
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
+        format!("{slug}.tar")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -336,12 +374,50 @@ pub struct HardwayOptions {
     /// balancer's health check. Reachable on the mesh only unless published.
     #[serde(default = "default_healthz_port")]
     pub healthz_port: u16,
+    /// Port of the API load balancer on every worker (nginx stream on 127.0.0.1 over all
+    /// controllers' API servers): kubelets and kube-proxy dial it, so no single
+    /// controller is a single point of failure for workers.
+    #[serde(default = "default_api_balancer_port")]
+    pub api_balancer_port: u16,
+    /// containerd's pod sandbox ("pause") image. Pin it to one of `spec.images` on hosts
+    /// that cannot pull.
+    #[serde(default = "default_sandbox_image")]
+    pub sandbox_image: String,
+    /// The CoreDNS image of the DNS addon (pin it to one of `spec.images` on hosts that
+    /// cannot pull).
+    #[serde(default = "default_coredns_image")]
+    pub coredns_image: String,
+    /// Run kubelets on a cgroup v1 host anyway (the kubelet's `failCgroupV1: false`).
+    /// Kubernetes 1.35+ refuses cgroup v1 by default and kforge's preflight does too:
+    /// cgroup v1 is in maintenance upstream. Only for hosts that cannot move to v2.
+    #[serde(default)]
+    pub allow_cgroup_v1: bool,
 }
 
 impl Default for HardwayOptions {
     fn default() -> Self {
-        HardwayOptions { node_pod_prefix: default_node_pod_prefix(), healthz_port: default_healthz_port() }
+        HardwayOptions {
+            node_pod_prefix: default_node_pod_prefix(),
+            healthz_port: default_healthz_port(),
+            api_balancer_port: default_api_balancer_port(),
+            sandbox_image: default_sandbox_image(),
+            coredns_image: default_coredns_image(),
+            allow_cgroup_v1: false,
+        }
     }
+}
+
+fn default_api_balancer_port() -> u16 {
+    6445
+}
+
+pub fn default_coredns_image() -> String {
+    "registry.k8s.io/coredns/coredns:v1.12.1".into()
+}
+
+/// The pause image Kubernetes 1.35–1.37 ship with.
+pub fn default_sandbox_image() -> String {
+    "registry.k8s.io/pause:3.10.1".into()
 }
 
 /// Where each binary comes from. k3s needs `k3s`; hardway needs the rest (keys are

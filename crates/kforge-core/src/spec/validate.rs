@@ -32,6 +32,7 @@ pub fn validate(c: &Cluster) -> Vec<Diagnostic> {
     firewall(c, &mut out);
     pki(c, &mut out);
     artifacts(c, &mut out);
+    images(c, &mut out);
     out
 }
 
@@ -509,6 +510,45 @@ fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
             );
         }
         artifact(&path, a, out);
+    }
+}
+
+fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let images = &c.spec.images;
+    if images.is_empty() {
+        return;
+    }
+    if c.spec.distribution.kind == DistributionKind::K3s {
+        out.push(
+            Diagnostic::error("spec.images", "image archives are imported by the hardway distribution only (so far)")
+                .help("for K3s, place archives in /var/lib/rancher/k3s/agent/images/ on each node"),
+        );
+    }
+    let mut seen = HashMap::new();
+    for (i, img) in images.iter().enumerate() {
+        let path = format!("spec.images[{i}]");
+        if img.name.is_empty() || img.name.contains(char::is_whitespace) {
+            out.push(
+                Diagnostic::error(format!("{path}.name"), "not an image reference")
+                    .help("the reference the archive carries, e.g. registry.k8s.io/pause:3.10.1"),
+            );
+        } else if let Some(first) = seen.insert(img.name.clone(), i) {
+            out.push(
+                Diagnostic::error(format!("{path}.name"), format!("`{}` is already spec.images[{first}]", img.name))
+                    .help("list each image once"),
+            );
+        }
+        artifact(&path, &img.artifact(), out);
+    }
+    let sandbox = &c.spec.hardway.sandbox_image;
+    if !images.iter().any(|i| &i.name == sandbox) {
+        out.push(
+            Diagnostic::warning(
+                "spec.images",
+                format!("containerd's sandbox image `{sandbox}` is not among the image archives: a host that cannot pull starts no pod"),
+            )
+            .help("add its archive here, or set spec.hardway.sandboxImage to one of these images"),
+        );
     }
 }
 
