@@ -264,6 +264,14 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
     },
+    /// Reboot one machine (clean shutdown, boot on the same disk): what comes back is
+    /// what its enabled units bring back, with no apply.
+    Restart {
+        /// The machine, e.g. lab-3.
+        name: String,
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
 }
 
 #[cfg(test)]

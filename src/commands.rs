@@ -260,7 +260,7 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                     println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)")
                 }
                 kforge_lab::LabExample::Hardway => println!(
-                    "next: kforge apply -f {d}/kforge.yaml   (etcd is real; the Kubernetes binaries are stand-ins: {d}/bin)"
+                    "next: kforge apply -f {d}/kforge.yaml   (the real components from {d}/bin, images from {d}/images)"
                 ),
             }
             println!("stop: kforge lab down --dir {d}");
@@ -273,6 +273,10 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 kforge_lab::down(&dir, &log)?;
                 println!("lab down: nothing left running");
             }
+        }
+        LabCommand::Restart { name, dir } => {
+            kforge_lab::restart(&dir, &name, &log)?;
+            println!("lab restart: {name} is up again");
         }
         LabCommand::Status { dir } => {
             for (m, running, ssh) in kforge_lab::status(&dir)? {
@@ -468,6 +472,14 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         } else {
             Vec::new()
         },
+        // The Kubernetes checks need the real API server and kubectl.
+        kubernetes: (hardway && kforge_core::hardway::addons_blocked_by(&model).is_none()).then(|| {
+            kforge_ssh::status::KubernetesProbe {
+                cluster_dns: model.cluster_dns_ip.to_string(),
+                cluster_domain: model.spec.spec.network.cluster_domain.clone(),
+                kubernetes_version: model.spec.spec.distribution.version.clone(),
+            }
+        }),
     };
     let report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
     match format {

@@ -18,6 +18,14 @@ pub fn render_wg_quick(model: &Model<'_>, me: &Member, private_key: Option<&Priv
         let _ = writeln!(out, "ListenPort = {}", mesh.port);
     }
     let _ = writeln!(out, "MTU = {}", mesh.mtu);
+    if model.spec.spec.distribution.kind == crate::spec::DistributionKind::Hardway && me.pod_cidr.is_some() {
+        // kube-proxy rewrites Service addresses only after the kernel found a route for
+        // them: on a host without a default route (air gap, the lab) the node itself
+        // could not reach a ClusterIP. This route only gets packets that far.
+        let svc = model.spec.spec.network.service_cidr;
+        let _ = writeln!(out, "# Service addresses (kube-proxy rewrites them before they leave)");
+        let _ = writeln!(out, "PostUp = ip route replace {svc} dev %i");
+    }
     match private_key {
         Some(k) => {
             let _ = writeln!(out, "PrivateKey = {}", k.as_base64());

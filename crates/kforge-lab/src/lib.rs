@@ -403,6 +403,28 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
     kforge_core::fsutil::write_atomic(path, text.as_bytes(), mode).map_err(|e| LabError::io(path, e))
 }
 
+/// Restart one machine as a reboot would: systemd inside shuts down cleanly, then the
+/// machine boots again on the same disk, network and cgroups. Nothing is re-applied:
+/// what comes back is what the machine's own enabled units bring back.
+pub fn restart(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<(), LabError> {
+    let mut state = LabState::load(dir)?;
+    let Some(i) = state.machines.iter().position(|m| m.name == name) else {
+        let names: Vec<&str> = state.machines.iter().map(|m| m.name.as_str()).collect();
+        return Err(LabError::Setup(format!("no machine {name} in this lab (it has {})", names.join(", "))));
+    };
+    if let Some(pid) = state.machines[i].pid {
+        log(&format!("{name}: shutting down"));
+        machine::stop(pid);
+    }
+    let m = &state.machines[i];
+    let log_path = state.dir.join("machines").join(format!("{name}.log"));
+    let pid = machine::boot(&state.runtime.join(name), name, &m.ns, &m.cgroups, &log_path)?;
+    state.machines[i].pid = Some(pid);
+    state.save()?;
+    log(&format!("{name}: booting"));
+    wait_for_ssh(&state, log)
+}
+
 /// Tear the lab down: machines, mounts, namespaces, veths, routes, files.
 pub fn down(dir: &Path, log: &dyn Fn(&str)) -> Result<(), LabError> {
     down_state(&LabState::load(dir)?, log);

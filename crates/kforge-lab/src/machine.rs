@@ -52,6 +52,12 @@ pub fn prepare(
         0o644,
     )?;
     write(MACHINE_INIT_PATH, MACHINE_INIT, 0o755)?;
+    // No login on the console: getty's vhangup() of /dev/console at boot sends SIGHUP to
+    // whoever holds it as controlling terminal — a kubelet that opened /dev/kmsg (linked
+    // to the console, as kind does) and died with it after every reboot.
+    let getty = root.join("etc/systemd/system/console-getty.service");
+    fs::create_dir_all(getty.parent().unwrap()).map_err(|e| LabError::io(&getty, e))?;
+    std::os::unix::fs::symlink("/dev/null", &getty).map_err(|e| LabError::io(&getty, e))?;
     // containerd's overlayfs snapshotter cannot stack on the machine's overlay root.
     fs::create_dir_all(dir.join("containerd")).map_err(|e| LabError::io(dir, e))?;
     let id: String = kforge_core::random::random_hex(16);

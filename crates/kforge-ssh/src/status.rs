@@ -47,6 +47,19 @@ pub struct StatusInput<'a> {
     pub etcd_health: Option<Result<String, String>>,
     /// (component, why its real binary is not used).
     pub stand_ins: Vec<(String, String)>,
+    /// Hardway with a real API server: what the Kubernetes checks ask.
+    pub kubernetes: Option<KubernetesProbe>,
+}
+
+/// The Kubernetes checks of a hardway cluster: the API's `/readyz` and every node
+/// Ready (asked on a controller with its admin kubeconfig), and CoreDNS answering a
+/// real query for `kubernetes.default.svc.<domain>` at the cluster DNS Service (sent
+/// from a worker, so kube-proxy's Service rules are on the path too).
+#[derive(Debug, Clone)]
+pub struct KubernetesProbe {
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+    pub kubernetes_version: String,
 }
 
 #[derive(Default)]
@@ -59,6 +72,18 @@ struct HostSeen {
     hashes: BTreeMap<String, String>,
 }
 
+fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option<Host> {
+    let t = input.targets.iter().find(|t| t.node == node)?;
+    Some(Host {
+        node: node.to_string(),
+        target: t.host.clone(),
+        user: t.user.clone(),
+        port: t.port,
+        ssh_config: input.ssh_config.clone(),
+        control_dir: control.path().to_path_buf(),
+    })
+}
+
 pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
     let plan = input.plan;
     let control = ControlDir::create()?;
@@ -66,15 +91,7 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
     let mesh_ips: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.node.clone(), n.mesh_ip.clone())).collect();
     std::thread::scope(|s| {
         for np in &plan.nodes {
-            let Some(t) = input.targets.iter().find(|t| t.node == np.node) else { continue };
-            let host = Host {
-                node: np.node.clone(),
-                target: t.host.clone(),
-                user: t.user.clone(),
-                port: t.port,
-                ssh_config: input.ssh_config.clone(),
-                control_dir: control.path().to_path_buf(),
-            };
+            let Some(host) = host_for(input, &np.node, &control) else { continue };
             let (seen, mesh_ips) = (&seen, &mesh_ips);
             s.spawn(move || {
                 let peers: Vec<&str> =
@@ -257,10 +274,126 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         checks.push(Check { name: "etcd".into(), ok, detail });
     }
 
+    if let Some(probe) = &input.kubernetes {
+        let answering = |control_plane: bool| {
+            plan.nodes
+                .iter()
+                .filter(|n| n.control_plane == control_plane || (!control_plane && n.roles.runs_workloads()))
+                .filter(|n| seen.get(&n.node).is_some_and(|h| h.reachable))
+                .filter_map(|n| host_for(input, &n.node, &control))
+                .collect::<Vec<_>>()
+        };
+        checks.extend(kubernetes_checks(plan, probe, &answering(true), &answering(false)));
+    }
+
     Ok(StatusReport {
         cluster: plan.cluster.clone(),
         distribution: plan.distribution.clone(),
         checks,
         not_running: input.stand_ins.clone(),
     })
+}
+
+const KUBECTL: &str = "/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s";
+
+/// `api`, `nodes` and `dns` checks (see [`KubernetesProbe`]).
+fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host], worker_hosts: &[Host]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let script = format!(
+        "echo \"readyz $({KUBECTL} get --raw=/readyz 2>&1 | tail -1)\"\n\
+         {KUBECTL} get nodes -o jsonpath='{{range .items[*]}}node {{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}{{\"\\n\"}}{{end}}'\n\
+         true\n"
+    );
+    let answer = controllers.iter().find_map(|h| h.run_script("kubernetes status", &script).ok());
+    let Some(out) = answer else {
+        checks.push(Check { name: "api".into(), ok: false, detail: "no controller answered over SSH".into() });
+        return checks;
+    };
+    let readyz = out.lines().find_map(|l| l.strip_prefix("readyz ")).unwrap_or("").trim().to_string();
+    checks.push(Check {
+        name: "api".into(),
+        ok: readyz == "ok",
+        detail: if readyz == "ok" {
+            "/readyz ok (kube-apiserver, asked with the admin kubeconfig on a controller)".into()
+        } else {
+            format!("/readyz: {readyz}")
+        },
+    });
+    let mut registered: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for line in out.lines().filter_map(|l| l.strip_prefix("node ")) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let [name, version, ready] = w.as_slice() {
+            registered.insert(name.to_string(), (version.to_string(), *ready == "True"));
+        }
+    }
+    let mut problems = Vec::new();
+    let workers: Vec<&str> =
+        plan.nodes.iter().filter(|n| n.roles.runs_workloads()).map(|n| n.node.as_str()).collect();
+    for w in &workers {
+        match registered.get(*w) {
+            None => problems.push(format!("{w} not registered")),
+            Some((_, false)) => problems.push(format!("{w} not Ready")),
+            Some((v, true)) if v != &probe.kubernetes_version => {
+                problems.push(format!("{w} runs {v}, not {}", probe.kubernetes_version))
+            }
+            Some(_) => {}
+        }
+    }
+    checks.push(Check {
+        name: "nodes".into(),
+        ok: problems.is_empty() && readyz == "ok",
+        detail: if problems.is_empty() {
+            format!("{} of {} Ready, kubelet {}", workers.len(), workers.len(), probe.kubernetes_version)
+        } else {
+            problems.join("; ")
+        },
+    });
+    let name = format!("kubernetes.default.svc.{}", probe.cluster_domain);
+    let dns = dns_answer(&dns_query_script(&probe.cluster_dns, &name), worker_hosts);
+    checks.push(match dns {
+        Some(Ok(addr)) => Check {
+            name: "dns".into(),
+            ok: true,
+            detail: format!("CoreDNS at {} answers {name} = {addr}", probe.cluster_dns),
+        },
+        Some(Err(e)) => Check { name: "dns".into(), ok: false, detail: format!("{name} at {}: {e}", probe.cluster_dns) },
+        None => Check { name: "dns".into(), ok: false, detail: "no worker answered over SSH".into() },
+    });
+    checks
+}
+
+/// The first worker's answer: Ok(address) or Err(what went wrong); None if no worker ran it.
+fn dns_answer(script: &str, workers: &[Host]) -> Option<Result<String, String>> {
+    let out = workers.iter().find_map(|h| h.run_script("dns probe", script).ok())?;
+    let line = out.lines().find(|l| l.starts_with("dns ")).unwrap_or("dns no answer").to_string();
+    Some(match line.strip_prefix("dns answer ") {
+        Some(addr) => Ok(addr.trim().to_string()),
+        None => Err(line.trim_start_matches("dns ").to_string()),
+    })
+}
+
+/// A DNS query (type A) for `name` sent with bash's /dev/udp, the answer's first
+/// address decoded from the reply: no dig or nslookup needed on the host.
+fn dns_query_script(server: &str, name: &str) -> String {
+    let mut query: Vec<u8> = vec![0x6b, 0x66, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let printf: String = query.iter().map(|b| format!("\\x{b:02x}")).collect();
+    // The query goes out as one datagram: written to a file first, then one dd write
+    // (printf alone writes it in pieces, each its own datagram).
+    format!(
+        "q=$(mktemp)\n\
+         printf \"{printf}\" >\"$q\"\n\
+         reply=$(timeout 5 bash -c \"exec 3<>/dev/udp/{server}/53; dd if=$q bs=512 count=1 status=none >&3; dd bs=512 count=1 status=none <&3\" | od -An -v -tu1 | tr -s ' \\n' ' ')\n\
+         rm -f \"$q\"\n\
+         set -- $reply\n\
+         if [ $# -lt 12 ]; then echo 'dns no answer within 5 s'; exit 0; fi\n\
+         rcode=$(( $4 & 15 )); answers=$(( $7 * 256 + $8 ))\n\
+         if [ $rcode -ne 0 ] || [ $answers -eq 0 ]; then echo \"dns rcode $rcode, $answers answers\"; exit 0; fi\n\
+         n=$#; eval \"a=\\${{$((n-3))}} b=\\${{$((n-2))}} c=\\${{$((n-1))}} d=\\${{$n}}\"\n\
+         echo \"dns answer $a.$b.$c.$d\"\n"
+    )
 }

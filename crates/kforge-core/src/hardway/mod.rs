@@ -716,6 +716,12 @@ pub fn node_addresses(me: &Member) -> Vec<IpAddr> {
     v
 }
 
+/// The stand-in that keeps the API server (and so the addons and the Kubernetes
+/// checks) from running, if any.
+pub fn addons_blocked_by(model: &Model<'_>) -> Option<String> {
+    addons::blocked_by(model)
+}
+
 /// Notes for the operator specific to hardway.
 pub fn notes(model: &Model<'_>) -> Vec<String> {
     let mut notes = Vec::new();
