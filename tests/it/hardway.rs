@@ -105,7 +105,7 @@ fn every_certificate_has_the_subject_sans_and_usage_of_design_section_8() {
         let (cert, server) = kubeconfig_cert(kubeconfig, &tmp);
         check(what, &cert, &client_ca, &Expect { subject, sans: &[], server: false, client: true });
         if *what == "kube-proxy" {
-            assert_eq!(server, "https://10.4.0.1:6443", "{what} talks to the API's mesh address");
+            assert_eq!(server, "https://127.0.0.1:6445", "{what} talks to its worker's API load balancer");
         } else {
             assert_eq!(server, "https://127.0.0.1:6443", "{what} talks to its own controller's API");
         }
@@ -327,9 +327,27 @@ fn explain_says_what_a_file_is_who_reads_it_and_why() {
     assert!(vague.stderr.contains("matches several files"), "{}", vague.stderr);
 }
 
+/// The hardway lab example with the control plane and kubelet marked as stand-ins
+/// (a user's `standIn:`, for binaries they cannot have yet).
+fn with_stand_ins() -> TestContext {
+    let ctx = TestContext::with_example("hardway-lab");
+    for (key, file) in [
+        ("kube-apiserver", "kube-apiserver"),
+        ("kubectl", "kubectl"),
+        ("kubelet", "kubelet"),
+        ("containerd", "containerd-2.4.2-linux-amd64.tar.gz"),
+    ] {
+        ctx.edit_spec(
+            &format!("    {key}: {{path: ./bin/{file}}}\n"),
+            &format!("    {key}: {{path: ./bin/{file}, standIn: not available here}}\n"),
+        );
+    }
+    ctx
+}
+
 #[test]
 fn the_plan_marks_stand_ins_and_they_are_never_started() {
-    let ctx = TestContext::with_example("hardway-lab");
+    let ctx = with_stand_ins();
     let plan = ctx.kforge(&["plan"]).success().stdout;
     assert!(
         plan.contains("kube-apiserver.service                               installed, not started (stand-in)"),
@@ -344,7 +362,16 @@ fn the_plan_marks_stand_ins_and_they_are_never_started() {
     let started: Vec<&str> = units.iter().filter(|u| u["start"] == true).map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(
         started,
-        ["wg-quick@kforge0.service", "kforge-firewall.service", "etcd.service", "kforge-healthz.service"]
+        [
+            "wg-quick@kforge0.service",
+            "kforge-firewall.service",
+            "etcd.service",
+            "kube-controller-manager.service",
+            "kube-scheduler.service",
+            "kforge-healthz.service",
+            "kforge-api-balancer.service",
+            "kube-proxy.service"
+        ]
     );
     // No addon command: kubectl and the API server are stand-ins.
     let addons = json["nodes"][0]["phases"].as_array().unwrap().iter().find(|p| p["phase"] == "addons").unwrap();
@@ -353,7 +380,7 @@ fn the_plan_marks_stand_ins_and_they_are_never_started() {
 
 #[test]
 fn the_bootstrap_script_installs_what_the_node_needs_and_never_starts_a_stand_in() {
-    let ctx = TestContext::with_example("hardway-lab");
+    let ctx = with_stand_ins();
     let out = ctx.render("out");
     let script = std::fs::read_to_string(out.join("lab-1/var/lib/kforge/bootstrap.sh")).unwrap();
     run("bash", &["-n", out.join("lab-1/var/lib/kforge/bootstrap.sh").to_str().unwrap()]);
@@ -365,4 +392,38 @@ fn the_bootstrap_script_installs_what_the_node_needs_and_never_starts_a_stand_in
         assert!(!script.contains(&format!("enable -q {stand_in}")), "{stand_in} is a stand-in: {script}");
     }
     assert!(script.contains("systemctl restart kforge-healthz.service"), "{script}");
+}
+
+#[test]
+fn a_guarded_command_does_nothing_when_its_guard_holds_on_a_rerun() {
+    // The bootstrap once wrote `GUARD || mkdir … && tar …`: the tar ran even when the
+    // guard held, and a re-run on a converged host aborted under `set -e`. Take the
+    // rendered unpack line for containerd's tarball and run it for real, as a re-run
+    // would: the stamp says the tarball is unpacked, the tarball is gone (so tar would
+    // fail), and the line must change nothing and succeed.
+    let ctx = TestContext::with_example("hardway-lab");
+    let out = ctx.render("out");
+    let script = std::fs::read_to_string(out.join("lab-1/var/lib/kforge/bootstrap.sh")).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.contains("tar -xzf /var/lib/kforge/archives/containerd.tar.gz"))
+        .expect("the containerd unpack command")
+        .to_string();
+    assert!(line.contains(" || { ") && line.ends_with("; }"), "the guard covers the whole command: {line}");
+    let root = ctx.path("host");
+    let at = |p: &str| format!("{}{p}", root.display());
+    let local = line
+        .replace("/var/lib/kforge/archives", &at("/var/lib/kforge/archives"))
+        .replace("-C /usr/local/bin", &format!("-C {}", at("/usr/local/bin")));
+    std::fs::create_dir_all(at("/var/lib/kforge/archives")).unwrap();
+    // A converged host: the stamp holds the digest of the tarball that was unpacked.
+    std::fs::write(at("/var/lib/kforge/archives/containerd.tar.gz"), "tarball bytes").unwrap();
+    let digest = run("sha256sum", &[&at("/var/lib/kforge/archives/containerd.tar.gz")]);
+    std::fs::write(at("/var/lib/kforge/archives/containerd.tar.gz.unpacked"), format!("{}\n", &digest[..64])).unwrap();
+    run("bash", &["-euo", "pipefail", "-c", &local]);
+    assert!(!std::path::Path::new(&at("/usr/local/bin")).exists(), "the unpack ran although the stamp matched");
+    // And where the stamp does not match, it does run (and here fails: not a tarball).
+    std::fs::write(at("/var/lib/kforge/archives/containerd.tar.gz.unpacked"), "other\n").unwrap();
+    let ran = std::process::Command::new("bash").args(["-euo", "pipefail", "-c", &local]).status().unwrap();
+    assert!(!ran.success(), "with a stale stamp the unpack runs");
 }

@@ -250,7 +250,7 @@ mod tests {
 kind: Cluster
 metadata: {name: t}
 spec:
-  distribution: {type: k3s, version: v1.33.5+k3s1}
+  distribution: {type: k3s, version: v1.36.4+k3s1}
   mesh: {relay: edge-1}
   access: {peers: [{name: laptop}]}
   nodes:

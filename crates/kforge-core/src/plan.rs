@@ -176,6 +176,18 @@ pub struct PlannedCommand {
     pub unless: Option<String>,
 }
 
+impl PlannedCommand {
+    /// The command as one shell line, for every executor (bootstrap script and apply):
+    /// `GUARD || { RUN; }`. The braces matter: `GUARD || a && b` would run `b` even when
+    /// the guard holds.
+    pub fn shell_line(&self) -> String {
+        match &self.unless {
+            Some(guard) => format!("{guard} || {{ {}; }}", self.run),
+            None => self.run.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PhasePlan {
     pub phase: Phase,
@@ -213,6 +225,10 @@ pub struct NodePlan {
     /// The host must have swap off (a kubelet refuses to run with it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub swap_forbidden: bool,
+    /// A kubelet runs here that refuses cgroup v1 (Kubernetes 1.35+ unless the cluster
+    /// file allows it): preflight refuses a cgroup v1 host.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requires_cgroup_v2: bool,
     pub phases: Vec<PhasePlan>,
 }
 
@@ -227,6 +243,7 @@ impl NodePlan {
             packages: Vec::new(),
             required_commands: Vec::new(),
             swap_forbidden: false,
+            requires_cgroup_v2: false,
             phases: Vec::new(),
         }
     }

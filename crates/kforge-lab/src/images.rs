@@ -142,6 +142,10 @@ pub const BUSYBOX_STATIC: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh",
     "sleep",
+    "timeout",
+    "wc",
+    "tr",
+    "mkdir",
     "cat",
     "echo",
     "ls",

@@ -313,7 +313,9 @@ fn build(
             state.machines.len() - 1
         };
         let mdir = state.runtime.join(name);
-        let host_key = machine::prepare(image, &mdir, name, &authorized, state.workstation_ip)?;
+        // Its own address as nameserver: nothing answers DNS there, and no query leaves
+        // the machine (CoreDNS forwards outside names to the node's resolver).
+        let host_key = machine::prepare(image, &mdir, name, &authorized, state.machines[machine].ssh_ip)?;
         known_hosts.push_str(&format!("{} {host_key}\n", state.machines[machine].ssh_ip));
         let log_path = dir.join("machines").join(format!("{name}.log"));
         let pid = machine::boot(&mdir, name, &ns, &state.machines[machine].cgroups, &log_path)?;

@@ -20,6 +20,8 @@ pub struct NodeFacts {
     /// Host clock, seconds since the epoch.
     pub clock: i64,
     pub swap_on: bool,
+    /// 2 on a unified (cgroup v2) host, 1 on cgroup v1, 0 when unknown.
+    pub cgroup_version: u8,
     pub wireguard_kernel: bool,
     pub boringtun: bool,
     /// Path → sha256 of the planned files and artifacts that exist on the host.
@@ -65,6 +67,7 @@ echo "hostname=$(hostname)"
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "clock=$(date +%s)"
 echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
+echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
 if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
 command -v boringtun-cli >/dev/null 2>&1 && echo boringtun=yes || echo boringtun=no
 for p in {paths}; do [ -f "$p" ] && echo "file $(sha256sum "$p" | cut -d' ' -f1) $p"; done
@@ -100,6 +103,14 @@ fn parse(out: &str) -> NodeFacts {
                 "machine_id" => f.machine_id = v.into(),
                 "clock" => f.clock = v.parse().unwrap_or(0),
                 "swap" => f.swap_on = v.trim().parse::<u32>().unwrap_or(0) > 0,
+                // cgroup2fs: the unified hierarchy; tmpfs holding v1 controllers otherwise.
+                "cgroup_fs" => {
+                    f.cgroup_version = match v.trim() {
+                        "cgroup2fs" => 2,
+                        "tmpfs" => 1,
+                        _ => 0,
+                    }
+                }
                 "wg_kernel" => f.wireguard_kernel = v == "yes",
                 "boringtun" => f.boringtun = v == "yes",
                 _ => {}
@@ -152,12 +163,13 @@ mod tests {
 
     #[test]
     fn parses_a_facts_transcript() {
-        let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\nwg_kernel=no\nboringtun=yes\n\
+        let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
             pending k3s.service\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\n";
         let f = parse(out);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
+        assert_eq!(f.cgroup_version, 1);
         assert_eq!(f.hashes["/etc/wireguard/kforge0.conf"], "0123");
         assert_eq!(f.units["k3s.service"], (true, true));
         assert_eq!(f.units["wg-quick@kforge0.service"], (false, false));

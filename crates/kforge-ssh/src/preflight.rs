@@ -39,6 +39,11 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
                 "{node}: swap is on and the kubelet refuses to run with it: `swapoff -a` and remove swap from /etc/fstab"
             ));
         }
+        if plan.requires_cgroup_v2 && f.cgroup_version == 1 {
+            problems.push(format!(
+                "{node}: the host runs cgroup v1, which the kubelet refuses since Kubernetes 1.35: boot it with cgroup v2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line), or set spec.hardway.allowCgroupV1: true to run on v1 anyway (in maintenance upstream)"
+            ));
+        }
         for c in &f.missing_commands {
             problems
                 .push(format!("{node}: `{c}` is not installed; install it first (Debian/Ubuntu: apt-get install {c})"));
@@ -103,6 +108,18 @@ mod tests {
         );
         w.swap_forbidden = false;
         f.missing_commands.clear();
+        w.requires_cgroup_v2 = true;
+        f.cgroup_version = 1;
+        let refused = check(&[(&w, &f)], 1000, 51820);
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].starts_with("w: the host runs cgroup v1") && refused[0].contains("allowCgroupV1"),
+            "{refused:?}"
+        );
+        f.cgroup_version = 2;
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "cgroup v2 is what the kubelet wants");
+        w.requires_cgroup_v2 = false;
+        f.cgroup_version = 1;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "swap is fine where no kubelet runs");
     }
 }

@@ -74,11 +74,7 @@ impl PhaseScript {
         }
         for c in &self.commands {
             let _ = writeln!(s, "# {}", c.description);
-            match &c.unless {
-                Some(guard) => writeln!(s, "{guard} || {{ {}; }}", c.run),
-                None => writeln!(s, "{}", c.run),
-            }
-            .expect("write to string");
+            let _ = writeln!(s, "{}", c.shell_line());
         }
         for unit in &self.enables {
             let _ = writeln!(s, "systemctl enable -q {}", q(unit));

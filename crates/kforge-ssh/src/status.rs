@@ -327,8 +327,7 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
         }
     }
     let mut problems = Vec::new();
-    let workers: Vec<&str> =
-        plan.nodes.iter().filter(|n| n.roles.runs_workloads()).map(|n| n.node.as_str()).collect();
+    let workers: Vec<&str> = plan.nodes.iter().filter(|n| n.roles.runs_workloads()).map(|n| n.node.as_str()).collect();
     for w in &workers {
         match registered.get(*w) {
             None => problems.push(format!("{w} not registered")),
@@ -356,7 +355,9 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
             ok: true,
             detail: format!("CoreDNS at {} answers {name} = {addr}", probe.cluster_dns),
         },
-        Some(Err(e)) => Check { name: "dns".into(), ok: false, detail: format!("{name} at {}: {e}", probe.cluster_dns) },
+        Some(Err(e)) => {
+            Check { name: "dns".into(), ok: false, detail: format!("{name} at {}: {e}", probe.cluster_dns) }
+        }
         None => Check { name: "dns".into(), ok: false, detail: "no worker answered over SSH".into() },
     });
     checks

@@ -41,6 +41,10 @@ impl Lab {
         let ctx = TestContext::new();
         let n = nodes.to_string();
         let mut args = vec!["lab", "up", "--example", example, "--nodes", &n];
+        if example == "hardway" {
+            // Real kubelets: the lab sets their kernel-wide sysctls, and lab down restores them.
+            args.push("--host-sysctls");
+        }
         for m in behind_nat {
             args.extend(["--behind-nat", m]);
         }
@@ -258,14 +262,21 @@ struct Stranger {
 
 impl Stranger {
     fn join(lab: &Lab) -> Stranger {
-        let ns = format!("kfl{}-stranger", lab.state.id);
+        Stranger::join_as(lab, "stranger", 200)
+    }
+
+    /// A namespace called NAME on the bridge at the lab subnet's host number N.
+    fn join_as(lab: &Lab, name: &str, n: u32) -> Stranger {
+        let ns = format!("kfl{}-{name}", lab.state.id);
         let wan = &lab.state.wan_ns;
-        let ip = format!("{}/{}", host(lab.state.subnet, 200), lab.state.subnet.prefix_len());
+        let ip = format!("{}/{}", host(lab.state.subnet, n), lab.state.subnet.prefix_len());
+        let port = format!("st{n}");
         run("ip", &["netns", "add", &ns]);
-        run("ip", &["-n", wan, "link", "add", "st0", "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        run("ip", &["-n", wan, "link", "set", "st0", "master", "br0", "up"]);
+        run("ip", &["-n", wan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run("ip", &["-n", wan, "link", "set", &port, "master", "br0", "up"]);
         run("ip", &["-n", &ns, "addr", "add", &ip, "dev", "eth0"]);
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         Stranger { ns }
     }
 
@@ -297,6 +308,11 @@ for p in {udp:?}:
 
 impl Drop for Stranger {
     fn drop(&mut self) {
+        // Whatever still runs in the namespace (a userspace WireGuard) goes with it.
+        let pids = Command::new("ip").args(["netns", "pids", &self.ns]).output().map(|o| o.stdout).unwrap_or_default();
+        for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
@@ -309,54 +325,21 @@ fn host(net: ipnet::Ipv4Net, n: u32) -> std::net::Ipv4Addr {
 fn only_wireguard_and_ssh_cross_the_lab_bridge() {
     let lab = Lab::up(3, &["lab-3"]);
     lab.apply(&[]).success();
-    let pcap = lab.ctx.path("bridge.pcap");
-    let mut capture = Command::new("ip")
-        // Every port of the bridge (unicast between ports never reaches br0 itself).
-        .args([
-            "netns",
-            "exec",
-            &lab.state.wan_ns,
-            "tcpdump",
-            "--immediate-mode",
-            "-Z",
-            "root",
-            "-i",
-            "any",
-            "-y",
-            "LINUX_SLL",
-            "-U",
-            "-w",
-        ])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    // Wait until tcpdump listens.
-    let mut err = BufReader::new(capture.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("listening on") {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap_or(0) == 0 {
-            panic!("tcpdump did not start: {said}");
-        }
-        said.push_str(&line);
-    }
+    let capture = Capture::start(&lab);
     // Plaintext over the mesh: the stand-in greets every client with "k3s stand-in".
     for agent in ["lab-2", "lab-3"] {
         let got = lab.ssh(agent, "timeout 10 bash -c 'exec 3<>/dev/tcp/10.4.0.1/6443; head -c 12 <&3'");
         assert_eq!(got, "k3s stand-in", "{agent} talks to the server over the mesh");
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill").arg(capture.id().to_string()).status();
-    let _ = capture.wait();
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
-    said.push_str(&rest);
-
-    let bytes = std::fs::read(&pcap).unwrap();
+    let bytes = capture.stop();
     assert!(!contains(&bytes, b"k3s stand-in"), "plaintext crossed the bridge");
-    let packets = crate::pcap::ipv4_packets(&bytes);
+    assert_only_wireguard_and_ssh(&lab, &bytes);
+}
+
+/// Every packet on the lab bridge is WireGuard (the mesh port, or a NAT router's
+/// rewritten source port) or SSH with the workstation; both were seen.
+fn assert_only_wireguard_and_ssh(lab: &Lab, bytes: &[u8]) {
+    let packets = crate::pcap::ipv4_packets(bytes);
     let (mut wireguard, mut ssh) = (0, 0);
     for p in &packets {
         match (p.protocol, p.src_port, p.dst_port) {
@@ -375,10 +358,57 @@ fn only_wireguard_and_ssh_cross_the_lab_bridge() {
     }
     assert!(
         wireguard > 4 && ssh > 0,
-        "captured {wireguard} WireGuard and {ssh} SSH packets ({} IPv4 of {} bytes); tcpdump: {said}",
+        "captured {wireguard} WireGuard and {ssh} SSH packets ({} IPv4 of {} bytes)",
         packets.len(),
         bytes.len()
     );
+}
+
+/// tcpdump on every port of the lab bridge, from `start` until `stop`.
+struct Capture {
+    child: std::process::Child,
+    pcap: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(lab: &Lab) -> Capture {
+        let pcap = lab.ctx.path(&format!("bridge-{}.pcap", kforge_core::random::random_hex(4)));
+        let mut child = Command::new("ip")
+            // Every port of the bridge (unicast between ports never reaches br0 itself).
+            .args(["netns", "exec", &lab.state.wan_ns, "tcpdump", "--immediate-mode", "-Z", "root", "-i", "any"])
+            .args(["-y", "LINUX_SLL", "-U", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // Wait until tcpdump listens.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("listening on") {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("tcpdump did not start: {said}");
+            }
+            said.push_str(&line);
+        }
+        Capture { child, pcap }
+    }
+
+    /// Stop and return the capture file's bytes.
+    fn stop(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        std::fs::read(&self.pcap).unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

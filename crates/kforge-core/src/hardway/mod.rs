@@ -191,6 +191,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         np.packages.push("libnginx-mod-stream".into());
     }
     np.swap_forbidden = node.role.has(Role::Worker) && !is_stand_in(model, "kubelet");
+    np.requires_cgroup_v2 = np.swap_forbidden && !model.spec.spec.hardway.allow_cgroup_v1;
     plan_artifacts(model, node, np);
     if node.role.has(Role::Controller) {
         plan_etcd(model, secrets, me, np);

@@ -88,14 +88,7 @@ pub fn render_bootstrap(cluster: &str, node: &NodePlan) -> String {
         }
         for c in &phase.commands {
             let _ = writeln!(s, "# {}", c.description);
-            match &c.unless {
-                Some(guard) => {
-                    let _ = writeln!(s, "{guard} || {}", c.run);
-                }
-                None => {
-                    let _ = writeln!(s, "{}", c.run);
-                }
-            }
+            let _ = writeln!(s, "{}", c.shell_line());
         }
         for u in phase.units.iter().filter(|u| u.start) {
             if u.enable {

@@ -107,7 +107,7 @@ impl ImageArchive {
 pub struct Distribution {
     #[serde(rename = "type")]
     pub kind: DistributionKind,
-    /// Release to install: `v1.33.5+k3s1` (k3s) or `v1.32.3` (hardway).
+    /// Release to install: `v1.36.4+k3s1` (k3s) or `v1.37.2` (hardway).
     pub version: String,
 }
 

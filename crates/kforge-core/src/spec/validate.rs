@@ -64,7 +64,7 @@ fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
             if !is_k3s_version(v) {
                 out.push(
                     Diagnostic::error("spec.distribution.version", format!("`{v}` is not a K3s release"))
-                        .help("K3s releases look like `v1.33.5+k3s1`"),
+                        .help("K3s releases look like `v1.36.4+k3s1`"),
                 );
             }
         }
