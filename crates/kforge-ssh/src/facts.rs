@@ -8,6 +8,8 @@ use crate::ssh::{Host, SshError, shell_quote};
 
 pub const STATE_DIR: &str = "/var/lib/kforge";
 pub const MANIFEST: &str = "/var/lib/kforge/manifest.json";
+/// Digests of the watched files with the size, mtime and inode they were taken at.
+pub const HASH_CACHE: &str = "/var/lib/kforge/hash-cache";
 pub const PENDING_DIR: &str = "/var/lib/kforge/pending";
 
 #[derive(Debug, Clone, Default)]
@@ -70,7 +72,22 @@ echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
 echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
 if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
 command -v boringtun-cli >/dev/null 2>&1 && echo boringtun=yes || echo boringtun=no
-for p in {paths}; do [ -f "$p" ] && echo "file $(sha256sum "$p" | cut -d' ' -f1) $p"; done
+# File digests, reusing the last apply's for files whose size, mtime and inode are
+# unchanged (as git's index does): hashing ~760 MB of binaries on every host at every
+# apply was most of a no-op apply's time. kforge replaces files by rename, so a file it
+# wrote always gets a new inode and is hashed afresh.
+declare -A kf_known=()
+if [ -f {hash_cache} ]; then while read -r h st p; do kf_known["$st $p"]=$h; done < {hash_cache}; fi
+kf_cache=""
+for p in {paths}; do
+  [ -f "$p" ] || continue
+  st=$(stat -c '%s:%.9Y:%i' "$p")
+  h=${{kf_known["$st $p"]:-}}
+  [ -n "$h" ] || h=$(sha256sum "$p" | cut -d' ' -f1)
+  echo "file $h $p"
+  kf_cache+="$h $st $p"$'\n'
+done
+if [ -d {state_dir} ]; then printf '%s' "$kf_cache" > {hash_cache}.tmp && mv -f {hash_cache}.tmp {hash_cache}; fi
 for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1) $(systemctl is-enabled "$u" 2>/dev/null | head -1)"; done
 for f in {pending}/*; do [ -e "$f" ] && echo "pending ${{f##*/}}"; done
 [ -f {manifest} ] && echo "manifest $(base64 -w0 < {manifest})"
@@ -84,6 +101,8 @@ true
         units = q(&units(plan)),
         pending = PENDING_DIR,
         manifest = MANIFEST,
+        hash_cache = HASH_CACHE,
+        state_dir = STATE_DIR,
         dirs = q(&dirs.into_iter().collect::<Vec<_>>()),
         commands = q(&plan.required_commands),
     );

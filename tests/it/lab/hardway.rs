@@ -230,10 +230,8 @@ fn pods_talk_across_nodes_through_services_and_dns(lab: &Lab, ws: &Workstation) 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let fetch = format!(
-        "import urllib.request,time\nfor i in range(40):\n  try:\n    print(urllib.request.urlopen('http://127.0.0.1:18080/', timeout=3).read().decode()); break\n  except Exception: time.sleep(0.5)"
-    );
-    let got = run("ip", &["netns", "exec", &ws.ns.ns, "python3", "-c", &fetch]);
+    let fetch = "import urllib.request,time\nfor i in range(40):\n  try:\n    print(urllib.request.urlopen('http://127.0.0.1:18080/', timeout=3).read().decode()); break\n  except Exception: time.sleep(0.5)";
+    let got = run("ip", &["netns", "exec", &ws.ns.ns, "python3", "-c", fetch]);
     let _ = forward.kill();
     let _ = forward.wait();
     assert_eq!(got.trim(), a.0, "kubectl port-forward reached the pod");

@@ -141,7 +141,7 @@ fn apiserver_flags(model: &Model<'_>, me: &Member) -> Vec<(&'static str, String)
 pub fn kube_apiserver(model: &Model<'_>, me: &Member) -> String {
     let mesh = &model.spec.spec.mesh.interface;
     format!(
-        "{}\n[Service]\nType=notify\n{}Restart=on-failure\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n",
+        "{}\n[Service]\nType=notify\n{}Restart=on-failure\nRestartSec=5\nTimeoutStopSec=30\n\n[Install]\nWantedBy=multi-user.target\n",
         unit_head(
             "Kubernetes API server (kforge)",
             "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
@@ -161,6 +161,7 @@ pub fn kube_apiserver_explained(model: &Model<'_>) -> Vec<(String, String)> {
         ("--kubelet-preferred-address-types".into(), "InternalIP: kubelets register their mesh address, so logs/exec ride WireGuard".into()),
         ("--bind-address".into(), "0.0.0.0, yet the API answers on the mesh only: the firewall drops 6443 on public interfaces unless access.apiOnPublic".into()),
         ("--service-account-issuer".into(), format!("{}: the API address tokens name as their issuer", model.api_url())),
+        ("TimeoutStopSec=30".into(), "a stopping API server drains requests for up to a minute, longer when etcd is gone: 30 s (kubeadm's grace period for it), then systemd ends it; clients retry against the other controllers".into()),
     ];
     if spec.secrets_encryption {
         v.push(("--encryption-provider-config".into(), "Secrets are encrypted (aescbc) before they reach etcd".into()));
