@@ -291,6 +291,18 @@ fn unit(model: &Model<'_>, name: &str, component: &str, mut restart_on: Vec<Stri
     PlannedUnit { name: name.into(), enable: !stand_in, start: !stand_in, restart_on, reload_command: None }
 }
 
+/// One of kforge's own nginx instances (Debian's nginx binary, never a stand-in):
+/// always started, restarted when its configuration or unit changes.
+fn nginx_unit(name: &str, files: &[PlannedFile]) -> PlannedUnit {
+    PlannedUnit {
+        name: name.into(),
+        enable: true,
+        start: true,
+        restart_on: files.iter().map(|f| f.path.clone()).collect(),
+        reload_command: None,
+    }
+}
+
 fn plan_etcd(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: &mut NodePlan) {
     let etcd_ca = &secrets.ca("etcd/server-ca").cert;
     let peer_ca = &secrets.ca("etcd/peer-ca").cert;
@@ -528,13 +540,7 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
         ),
         PlannedFile::new(&healthz_unit_path, 0o644, units::healthz()),
     ];
-    let healthz_unit = PlannedUnit {
-        name: HEALTHZ_UNIT.into(),
-        enable: true,
-        start: true,
-        restart_on: healthz_files.iter().map(|f| f.path.clone()).collect(),
-        reload_command: None,
-    };
+    let healthz_unit = nginx_unit(HEALTHZ_UNIT, &healthz_files);
 
     let admin = secrets.certificate(crate::k3s::ADMIN_CERT_ID);
     let admin_local = PlannedFile::secret(ADMIN_KUBECONFIG, render_kubeconfig(cluster, &local, ca, "admin", admin))
@@ -616,13 +622,7 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
         ),
         PlannedFile::new(&balancer_unit_path, 0o644, units::api_balancer(&model.spec.spec.mesh.interface)),
     ];
-    let balancer_unit = PlannedUnit {
-        name: API_BALANCER_UNIT.into(),
-        enable: true,
-        start: true,
-        restart_on: balancer_files.iter().map(|f| f.path.clone()).collect(),
-        reload_command: None,
-    };
+    let balancer_unit = nginx_unit(API_BALANCER_UNIT, &balancer_files);
 
     let kubelet_serving = secrets.certificate(&certs::kubelet_serving_id(&node.name));
     let kubelet_client = secrets.certificate(&certs::kubelet_client_id(&node.name));
