@@ -6,9 +6,10 @@ use std::path::Path;
 use kforge_core::model::Model;
 use kforge_core::pipeline::{build_plan, reconcile_secrets};
 use kforge_core::plan::Plan;
-use kforge_core::secrets::{AgeCredentials, ReconcileReport, SecretsBundle, SecretsStore};
+use kforge_core::secrets::{ReconcileReport, SecretsBundle};
 use kforge_core::spec::{self, LoadedSpec, SpecError};
-use kforge_core::{k3s, kubeconfig, render};
+use kforge_core::{k3s, kubeconfig};
+use kforge_files::{AgeCredentials, SecretsStore};
 
 use crate::cli::{ClusterArgs, Command, EtcdCommand, Format, LabCommand, LabExampleArg, SshArgs};
 use crate::output;
@@ -53,9 +54,9 @@ macro_rules! impl_other {
 impl_other!(
     kforge_lab::LabError,
     kforge_ssh::ApplyError,
-    kforge_core::secrets::SecretsError,
+    kforge_files::SecretsError,
     kforge_core::pki::PkiError,
-    kforge_core::render::dir::RenderError,
+    kforge_files::tree::RenderError,
     std::io::Error
 );
 
@@ -106,7 +107,7 @@ impl Session {
 }
 
 fn load_spec(file: &Path) -> Result<LoadedSpec, CliError> {
-    let spec = spec::load(file)?;
+    let spec = kforge_files::load_cluster_file(file)?;
     if !spec.warnings.is_empty() {
         eprint!("{}", spec.render_warnings());
     }
@@ -175,7 +176,7 @@ fn init(example: &str, dir: &Path, age_identity: Option<std::path::PathBuf>) -> 
             store.path.display()
         )));
     }
-    kforge_core::fsutil::write_atomic(&file, text.as_bytes(), 0o644)?;
+    kforge_files::write_atomic(&file, text.as_bytes(), 0o644)?;
     reconcile_and_save(&spec, &store)?;
     let f = file.display();
     println!("wrote {f} (example `{example}`)");
@@ -202,7 +203,7 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
 fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
     let session = Session::open(args)?;
     let plan: Plan = build_plan(&session.model(), &session.secrets);
-    render::dir::render_tree(&plan, out)?;
+    kforge_files::tree::render_tree(&plan, out)?;
     print!("{}", output::render_summary(&plan, out));
     Ok(())
 }
@@ -219,7 +220,7 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
     );
     match out {
         Some(path) => {
-            kforge_core::fsutil::write_atomic(path, text.as_bytes(), 0o600)?;
+            kforge_files::write_atomic(path, text.as_bytes(), 0o600)?;
             eprintln!(
                 "wrote {} (0600): admin of {} at {}",
                 path.display(),

@@ -152,7 +152,7 @@ pub fn render_summary(plan: &Plan, out: &Path) -> String {
         let _ = writeln!(
             o,
             "  {d}/{}/{}/{}  mesh config of access peer {}",
-            kforge_core::render::dir::PEERS_DIR,
+            kforge_files::tree::PEERS_DIR,
             p.peer,
             p.config.path,
             p.peer

@@ -137,3 +137,75 @@ fn age_dearmor(bytes: &[u8]) -> Vec<u8> {
     age::armor::ArmoredReader::new(bytes).read_to_end(&mut out).unwrap();
     out
 }
+
+/// A newcomer keeps the real bundle elsewhere and links to it: kforge writes through
+/// the link, so the link and the bundle never diverge.
+#[test]
+fn a_symlinked_bundle_is_updated_through_the_link() {
+    let ctx = TestContext::with_example("ha");
+    std::fs::create_dir(ctx.path("vault")).unwrap();
+    std::fs::rename(ctx.path("kforge.secrets.yaml"), ctx.path("vault/cluster.secrets.yaml")).unwrap();
+    std::os::unix::fs::symlink("vault/cluster.secrets.yaml", ctx.path("kforge.secrets.yaml")).unwrap();
+
+    ctx.edit_spec("  nodes:\n", "  nodes:\n    - {name: agent-9, role: agent, endpoint: 198.51.100.99}\n");
+    ctx.kforge(&["plan"]).success();
+
+    let link = std::fs::symlink_metadata(ctx.path("kforge.secrets.yaml")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link is still a link");
+    let target = ctx.read("vault/cluster.secrets.yaml");
+    assert!(target.contains("agent-9"), "the new node's keys went into the linked bundle");
+    let mode = std::fs::metadata(ctx.path("vault/cluster.secrets.yaml")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(ctx.path("vault")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temp file beside the target: {leftovers:?}");
+}
+
+/// A link whose bundle is gone (an unmounted vault, a moved file) must not become a
+/// brand-new PKI: that would silently replace every CA of a running cluster.
+#[test]
+fn a_dangling_bundle_link_is_refused_and_no_new_pki_is_made() {
+    let ctx = TestContext::with_example("homelab");
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/vault/kforge.secrets.yaml", ctx.path("kforge.secrets.yaml")).unwrap();
+    for args in [&["plan"][..], &["render", "--out", "out"], &["kubeconfig"]] {
+        let out = ctx.kforge(args);
+        assert_eq!(out.code, 1, "kforge {args:?}");
+        assert!(
+            out.stderr.contains("is a symbolic link to /nonexistent/vault/kforge.secrets.yaml, which does not exist"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("does not create a new PKI"), "{}", out.stderr);
+    }
+    assert!(!ctx.path("out").exists(), "nothing was rendered");
+    assert!(std::fs::read_link(ctx.path("kforge.secrets.yaml")).is_ok(), "the link is left as it was");
+    assert!(!ctx.path("kforge.secrets.age").exists());
+}
+
+/// kforge never blocks on, or reads from, a FIFO or a device, linked or not, and a
+/// directory in the bundle's place is not "no bundle".
+#[test]
+fn a_bundle_that_is_not_a_regular_file_is_refused() {
+    let ctx = TestContext::with_example("homelab");
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    crate::util::run("mkfifo", &["-m", "0600", ctx.path("secrets.fifo").to_str().unwrap()]);
+    std::os::unix::fs::symlink("secrets.fifo", ctx.path("kforge.secrets.yaml")).unwrap();
+    let started = std::time::Instant::now();
+    let out = ctx.kforge(&["plan"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("is a FIFO (named pipe), not a regular file"), "{}", out.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "no hang on the FIFO");
+
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", ctx.path("kforge.secrets.yaml")).unwrap();
+    let out = ctx.kforge(&["plan"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("is a device, not a regular file"), "{}", out.stderr);
+
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    std::fs::create_dir(ctx.path("kforge.secrets.yaml")).unwrap();
+    let out = ctx.kforge(&["plan"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("is a directory, not a regular file"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(ctx.path("kforge.secrets.yaml")).unwrap().count(), 0, "nothing written into it");
+}

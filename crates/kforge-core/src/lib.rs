@@ -8,7 +8,6 @@
 //! byte-identical plan, which is what makes `plan`, snapshots and cloud-init cheap.
 
 pub mod firewall;
-pub mod fsutil;
 pub mod hardway;
 pub mod hashing;
 pub mod k3s;

@@ -61,7 +61,7 @@ fn save(r: &Record) -> Result<(), LabError> {
     let p = record_path();
     fs::create_dir_all(crate::RUNTIME_ROOT).map_err(|e| LabError::io(&p, e))?;
     let text = serde_json::to_string_pretty(r).expect("record serializes");
-    kforge_core::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|e| LabError::io(&p, e))
+    kforge_files::write_atomic(&p, text.as_bytes(), 0o600).map_err(|e| LabError::io(&p, e))
 }
 
 /// The settings that differ from what the kubelet needs: (name, now, needed).

@@ -200,7 +200,7 @@ pub fn write_lab_images(busybox: &Path, coredns: &Path, out: &Path) -> io::Resul
     };
     for (img, file) in [(pause, PAUSE.file), (coredns_image, COREDNS.file), (workload, BUSYBOX.file)] {
         let bytes = oci_archive(&img)?;
-        kforge_core::fsutil::write_atomic(&out.join(file), &bytes, 0o644)?;
+        kforge_files::write_atomic(&out.join(file), &bytes, 0o644)?;
     }
     Ok(())
 }

@@ -152,7 +152,7 @@ impl LabState {
         let text = serde_json::to_string_pretty(self).expect("state serializes");
         fs::create_dir_all(&self.runtime).map_err(|e| LabError::io(&self.runtime, e))?;
         for path in [self.dir.join("lab.json"), self.runtime.join("lab.json")] {
-            kforge_core::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| LabError::io(&path, e))?;
+            kforge_files::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| LabError::io(&path, e))?;
         }
         Ok(())
     }
@@ -402,7 +402,7 @@ fn cluster_file(state: &LabState, example: LabExample) -> String {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
-    kforge_core::fsutil::write_atomic(path, text.as_bytes(), mode).map_err(|e| LabError::io(path, e))
+    kforge_files::write_atomic(path, text.as_bytes(), mode).map_err(|e| LabError::io(path, e))
 }
 
 /// Restart one machine as a reboot would: systemd inside shuts down cleanly, then the

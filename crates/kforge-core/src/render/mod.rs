@@ -2,10 +2,10 @@
 //!
 //! * [`script`]: the node's bootstrap script, derived step by step from its plan.
 //! * [`cloud_init`]: `#cloud-config` user-data (write_files + the script).
-//! * [`dir`]: a directory tree, one root per node (`render --out DIR`).
+//!
+//! Writing them to disk (`render --out DIR`) is kforge-files' job: this crate does no I/O.
 
 pub mod cloud_init;
-pub mod dir;
 pub mod script;
 
 /// Quote a string for a POSIX shell.

@@ -8,8 +8,6 @@
 //! leaves whose request changed or that are close to expiry. Nothing is ever
 //! silently regenerated; `Debug` redacts; the text never reaches stdout or a log.
 
-mod store;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -17,8 +15,6 @@ use base64::Engine;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
-
-pub use store::{AgeCredentials, SecretsError, SecretsStore, StoreFormat};
 
 use crate::pki::{self, CertAndKey, CertRequest, IssuedCert, LoadedCa, PkiError};
 use crate::random::{random_bytes, random_hex};

@@ -9,8 +9,6 @@ mod source_map;
 mod types;
 mod validate;
 
-use std::path::Path;
-
 pub use diagnostic::{Diagnostic, Pos, Severity, SpecError};
 pub use source_map::SourceMap;
 pub use types::*;
@@ -53,20 +51,6 @@ impl LoadedSpec {
         }
         out
     }
-}
-
-/// Read and validate a cluster file from disk.
-pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-        file: file.clone(),
-        source_text: String::new(),
-        diagnostics: vec![
-            Diagnostic::error("", format!("cannot read the cluster file: {e}"))
-                .help("run `kforge init` to write one, or point at it with `-f FILE`"),
-        ],
-    })?;
-    parse(&file, &text)
 }
 
 /// Parse and validate cluster-file text; `file` is only used in messages.

@@ -1,17 +1,25 @@
 //! Where the bundle lives: `kforge.secrets.yaml` (plain, 0600) or
 //! `kforge.secrets.age` (age-encrypted to a passphrase or an X25519 recipient),
-//! beside the cluster file. Writes are atomic; a plain bundle that group or others
-//! can read is refused; an unreadable or undecryptable bundle is an error, never a
-//! reason to make a new one.
+//! beside the cluster file.
+//!
+//! The bundle is the cluster's identity, so this module is defensive about it:
+//! - Writes are atomic, in the directory of the file they replace. A symlinked bundle
+//!   is followed: the link stays a link and its target gets the new content.
+//! - A path that exists in any form (a dangling link, a FIFO, a directory, a file
+//!   kforge cannot read) is an error, never a reason to create a new PKI.
+//! - Nothing is read from a FIFO or a device: the file is opened non-blocking and
+//!   checked to be a regular file before a byte is read.
+//! - A plain bundle that group or others can read is refused.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use age::secrecy::SecretString;
+use kforge_core::secrets::{BUNDLE_KIND, SecretsBundle};
 
-use super::{BUNDLE_KIND, SecretsBundle};
-use crate::fsutil::write_atomic;
+use crate::atomic::write_atomic;
 
 pub const PLAIN_NAME: &str = "kforge.secrets.yaml";
 pub const AGE_NAME: &str = "kforge.secrets.age";
@@ -46,6 +54,14 @@ pub enum SecretsError {
     Ambiguous { plain: String, age: String },
     #[error("cannot load age identity {path}: {reason}")]
     Identity { path: String, reason: String },
+    #[error(
+        "{path} is a symbolic link to {target}, which does not exist\n  help: restore the bundle at {target} (or fix the link); kforge does not create a new PKI while {path} exists"
+    )]
+    DanglingLink { path: String, target: String },
+    #[error(
+        "{path} is {kind}, not a regular file\n  help: point kforge at the bundle file itself; kforge reads secrets only from regular files"
+    )]
+    NotRegular { path: String, kind: &'static str },
 }
 
 /// How to open and seal an age-encrypted bundle.
@@ -77,7 +93,10 @@ pub enum StoreFormat {
 }
 
 pub struct SecretsStore {
+    /// The path the operator knows (beside the cluster file); shown in messages.
     pub path: PathBuf,
+    /// Where the bytes live: `path`, or the file a symlink at `path` points to.
+    target: PathBuf,
     pub format: StoreFormat,
     credentials: AgeCredentials,
 }
@@ -89,7 +108,7 @@ impl SecretsStore {
         let dir = cluster_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let plain = dir.join(PLAIN_NAME);
         let age = dir.join(AGE_NAME);
-        let format = match (plain.exists(), age.exists()) {
+        let format = match (present(&plain), present(&age)) {
             (true, true) => {
                 return Err(SecretsError::Ambiguous { plain: show(&plain), age: show(&age) });
             }
@@ -99,11 +118,13 @@ impl SecretsStore {
             (false, false) => StoreFormat::Plain,
         };
         let path = if format == StoreFormat::Plain { plain } else { age };
-        Ok(SecretsStore { path, format, credentials })
+        let target = resolve(&path)?;
+        Ok(SecretsStore { path, target, format, credentials })
     }
 
+    /// A bundle is there (checked to be a regular file, or a link to one, by `beside`).
     pub fn exists(&self) -> bool {
-        self.path.exists()
+        present(&self.path)
     }
 
     /// Load the bundle if there is one; check it belongs to `cluster`.
@@ -113,15 +134,18 @@ impl SecretsStore {
         }
         let path = show(&self.path);
         let read_err = |source| SecretsError::Read { path: path.clone(), source };
+        let (raw, mode) = read_regular(&self.target).map_err(|e| match e {
+            ReadFailure::Io(source) => read_err(source),
+            ReadFailure::NotRegular(kind) => SecretsError::NotRegular { path: path.clone(), kind },
+        })?;
         let bytes = match self.format {
             StoreFormat::Plain => {
-                let mode = std::fs::metadata(&self.path).map_err(read_err)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    return Err(SecretsError::TooOpen { path, mode });
+                    return Err(SecretsError::TooOpen { path: show(&self.target), mode });
                 }
-                std::fs::read(&self.path).map_err(read_err)?
+                raw
             }
-            StoreFormat::Age => self.decrypt(&std::fs::read(&self.path).map_err(read_err)?)?,
+            StoreFormat::Age => self.decrypt(&raw)?,
         };
         let text = String::from_utf8(bytes)
             .map_err(|_| SecretsError::Corrupt { path: path.clone(), reason: "not UTF-8 text".into() })?;
@@ -157,7 +181,8 @@ impl SecretsStore {
             StoreFormat::Plain => plain.into_bytes(),
             StoreFormat::Age => self.encrypt(plain.as_bytes())?,
         };
-        write_atomic(&self.path, &bytes, 0o600).map_err(|source| SecretsError::Write { path, source })
+        // The target, not the link: a symlinked bundle stays one bundle.
+        write_atomic(&self.target, &bytes, 0o600).map_err(|source| SecretsError::Write { path, source })
     }
 
     fn identities(&self) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, SecretsError> {
@@ -219,4 +244,68 @@ impl SecretsStore {
 
 fn show(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The path exists in any form: a file, a directory, a FIFO, or a link (even dangling).
+fn present(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Where a bundle's bytes are: `path` itself, or what a symlink there points to.
+/// A dangling link or a non-regular file is refused here, before anything is read.
+fn resolve(path: &Path) -> Result<PathBuf, SecretsError> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(path.to_path_buf());
+    };
+    let target = if meta.file_type().is_symlink() {
+        match fs::canonicalize(path) {
+            Ok(t) => t,
+            Err(_) => {
+                let link = fs::read_link(path).map(|t| show(&t)).unwrap_or_else(|_| "?".into());
+                return Err(SecretsError::DanglingLink { path: show(path), target: link });
+            }
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let meta = fs::metadata(&target).map_err(|source| SecretsError::Read { path: show(path), source })?;
+    match file_kind(&meta.file_type()) {
+        None => Ok(target),
+        Some(kind) => Err(SecretsError::NotRegular { path: show(path), kind }),
+    }
+}
+
+/// What a non-regular file is, in words; `None` for a regular file.
+fn file_kind(t: &fs::FileType) -> Option<&'static str> {
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+enum ReadFailure {
+    Io(io::Error),
+    NotRegular(&'static str),
+}
+
+/// Read a regular file and its permission bits. Opened non-blocking and checked with
+/// fstat before reading, so a FIFO swapped in after `resolve` cannot hang kforge.
+fn read_regular(target: &Path) -> Result<(Vec<u8>, u32), ReadFailure> {
+    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(target).map_err(ReadFailure::Io)?;
+    let meta = f.metadata().map_err(ReadFailure::Io)?;
+    if let Some(kind) = file_kind(&meta.file_type()) {
+        return Err(ReadFailure::NotRegular(kind));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes).map_err(ReadFailure::Io)?;
+    Ok((bytes, meta.permissions().mode() & 0o777))
 }

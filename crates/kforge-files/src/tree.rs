@@ -17,9 +17,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::cloud_init::render_user_data;
-use super::script::{PATH as SCRIPT_PATH, render_bootstrap};
-use crate::plan::Plan;
+use kforge_core::plan::Plan;
+use kforge_core::render::cloud_init::render_user_data;
+use kforge_core::render::script::{PATH as SCRIPT_PATH, render_bootstrap};
 
 pub const MARKER: &str = ".kforge-render";
 pub const PEERS_DIR: &str = "_peers";
