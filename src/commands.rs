@@ -324,23 +324,19 @@ fn apply(
     format: Format,
 ) -> Result<(), CliError> {
     let session = Session::open(args)?;
-    let plan = build_plan(&session.model(), &session.secrets);
-    let spec = &session.spec.cluster.spec;
+    let model = session.model();
+    let plan = build_plan(&model, &session.secrets);
+    let replan = |node: &str, caps: &kforge_core::pipeline::HostCaps| {
+        kforge_core::pipeline::plan_node(&model, &session.secrets, node, caps)
+    };
     let (base_dir, ssh_config, targets) = remote(args, &session.spec.cluster, ssh_config);
     let cache_dir = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("kforge/artifacts");
-    let opts = kforge_ssh::ApplyOptions {
-        targets,
-        parallel,
-        dry_run,
-        ssh_config,
-        base_dir,
-        cache_dir,
-        mesh_interface: spec.mesh.interface.clone(),
-    };
+    let opts =
+        kforge_ssh::ApplyOptions { targets, parallel, dry_run, ssh_config, base_dir, cache_dir, replan: &replan };
     let progress = output::HostProgress::new(plan.nodes.iter().map(|n| n.node.as_str()));
     let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| progress.update(node, what));
     progress.finish();

@@ -54,9 +54,9 @@ fn bootstrap_script_is_valid_bash_and_orders_the_phases() {
     run("bash", &["-n", script.to_str().unwrap()]);
     let text = std::fs::read_to_string(&script).unwrap();
     let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("bootstrap lacks {needle}"));
-    assert!(at("require_artifact k3s /usr/local/bin/k3s") < at("systemctl restart wg-quick@kforge0.service"));
-    assert!(at("systemctl restart wg-quick@kforge0.service") < at("systemctl restart kforge-firewall.service"));
-    assert!(at("systemctl restart kforge-firewall.service") < at("systemctl restart k3s.service"));
+    assert!(at("kf_require k3s /usr/local/bin/k3s") < at("kf_restart wg-quick@kforge0.service"));
+    assert!(at("kf_restart wg-quick@kforge0.service") < at("kf_restart kforge-firewall.service"));
+    assert!(at("kf_restart kforge-firewall.service") < at("kf_restart k3s.service"));
 }
 
 #[test]
@@ -66,10 +66,7 @@ fn a_pinned_download_is_fetched_and_verified_by_sha256() {
     ctx.edit_spec("k3s: {path: ./k3s}", &format!("k3s: {{url: \"https://example.invalid/k3s\", sha256: {sum}}}"));
     let out = ctx.render("out");
     let text = std::fs::read_to_string(out.join("edge-1/var/lib/kforge/bootstrap.sh")).unwrap();
-    assert!(
-        text.contains(&format!("fetch_artifact k3s https://example.invalid/k3s {sum} /usr/local/bin/k3s 755")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("kf_fetch k3s https://example.invalid/k3s {sum} /usr/local/bin/k3s 755")), "{text}");
     let plan = ctx.kforge(&["plan"]).success().stdout;
     assert!(!plan.contains("cloud-init user-data cannot carry"), "a URL artifact travels fine");
 }

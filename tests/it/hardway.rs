@@ -386,12 +386,12 @@ fn the_bootstrap_script_installs_what_the_node_needs_and_never_starts_a_stand_in
     run("bash", &["-n", out.join("lab-1/var/lib/kforge/bootstrap.sh").to_str().unwrap()]);
     assert!(script.contains("need nginx nginx"), "controllers need nginx for /healthz");
     // etcd waits for a quorum; other controllers may boot later: never block on it.
-    assert!(script.contains("systemctl restart --no-block etcd.service"), "{script}");
+    assert!(script.contains("kf_restart_no_block etcd.service"), "{script}");
     for stand_in in ["kube-apiserver.service", "kubelet.service", "containerd.service"] {
         assert!(!script.contains(&format!("restart {stand_in}")), "{stand_in} is a stand-in: {script}");
         assert!(!script.contains(&format!("enable -q {stand_in}")), "{stand_in} is a stand-in: {script}");
     }
-    assert!(script.contains("systemctl restart kforge-healthz.service"), "{script}");
+    assert!(script.contains("kf_restart kforge-healthz.service"), "{script}");
 }
 
 #[test]

@@ -14,4 +14,5 @@ mod pcap;
 mod pki;
 mod render;
 mod secrets;
+mod shell;
 mod spec_errors;

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::hashing::sha256_hex;
 use crate::model::{Member, Model};
+use crate::paths::unit_file;
 use crate::pki::{CertRequest, Usage};
 use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
 use crate::secrets::{K3S_CAS, SecretsBundle};
@@ -227,8 +228,8 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     );
     files.push(PlannedFile::secret(CONFIG, config_text));
     let unit_name = if is_server { "k3s.service" } else { "k3s-agent.service" };
-    let unit_path = format!("/etc/systemd/system/{unit_name}");
-    files.push(PlannedFile::new(&unit_path, 0o644, render_unit(is_server, &spec.mesh.interface)));
+    let unit_path = unit_file(unit_name);
+    files.push(PlannedFile::systemd(&unit_path, render_unit(is_server, &spec.mesh.interface)));
 
     // A new binary or any of these files restarts K3s.
     let mut restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();

@@ -14,6 +14,7 @@ pub mod k3s;
 pub mod kubeconfig;
 pub mod mesh;
 pub mod model;
+pub mod paths;
 pub mod pipeline;
 pub mod pki;
 pub mod plan;

@@ -42,102 +42,23 @@ pub fn reconcile_secrets(
     Ok((bundle, report))
 }
 
-/// Every node's plan, plus access peers' mesh configs and notes for the operator.
+/// What planning needs to know about a host that the cluster file does not say.
+/// `render` and cloud-init plan with the defaults; `apply` learns each host's from
+/// its facts and plans that host again (executors never edit a plan).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostCaps {
+    /// No WireGuard kernel module: wg-quick runs the userspace boringtun-cli.
+    pub userspace_wireguard: bool,
+    /// boringtun-cli to upload (a workstation path) when the host lacks it.
+    pub boringtun_upload: Option<String>,
+}
+
+/// Every node's plan (hosts with default capabilities), plus access peers' mesh
+/// configs and notes for the operator.
 pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
     let spec = &model.spec.spec;
     let iface = &spec.mesh.interface;
-    let wg_path = format!("/etc/wireguard/{iface}.conf");
-    let mut nodes = Vec::new();
-    for (me, node) in model.nodes() {
-        let mut np =
-            NodePlan::new(&node.name, node.role.clone(), me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
-        np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
-
-        let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
-        let mesh = np.phase(Phase::Mesh);
-        let peers = model.mesh_peers(me);
-        let mut mesh_why = vec![
-            ("Address".to_string(), format!("{}: this node's mesh address, allocated once and kept in the secrets bundle", me.mesh_ip)),
-            ("[Peer] per member".to_string(), format!("{} peers: a full mesh, so every node-to-node byte is encrypted", peers.len())),
-            (
-                "AllowedIPs".to_string(),
-                "each peer's /32 (plus its pod network with hardway, and the members it relays for): wg-quick turns them into routes".into(),
-            ),
-        ];
-        if me.endpoint.is_none() {
-            mesh_why.push((
-                "PersistentKeepalive".into(),
-                format!("{} s: this node is behind NAT, keepalives hold the mapping open", spec.mesh.keepalive),
-            ));
-        }
-        mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))).about(
-            "The WireGuard mesh interface (wg-quick format), with this node's private key.",
-            format!("wg-quick@{iface}.service; changes are applied with `wg syncconf` (setconf on userspace WireGuard), tunnels stay up"),
-            mesh_why,
-        ));
-        mesh.files.push(
-            PlannedFile::new(
-                SYSCTL_FILE,
-                0o644,
-                "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
-            )
-            .about("Kernel setting: IP forwarding on.", "systemd-sysctl at boot; kforge applies it at once", vec![]),
-        );
-        mesh.commands.push(PlannedCommand {
-            description: "apply kernel settings (skipped when forwarding is already on)".into(),
-            run: format!("sysctl -q -p {SYSCTL_FILE}"),
-            unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
-        });
-        let mut wg_inputs = vec![wg_path.clone()];
-        if let Some(dropin) = nat_priming_dropin(model, me, iface) {
-            wg_inputs.push(dropin.path.clone());
-            mesh.files.push(dropin);
-        }
-        mesh.units.push(PlannedUnit {
-            name: format!("wg-quick@{iface}.service"),
-            enable: true,
-            start: true,
-            restart_on: wg_inputs,
-            reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
-        });
-
-        if spec.firewall.enabled {
-            let unit_path = format!("/etc/systemd/system/{FIREWALL_UNIT}");
-            let fw = np.phase(Phase::Firewall);
-            fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)).about(
-                "The node's firewall: nftables table `inet kforge`, replaced atomically; other tables are left alone.",
-                "nft, loaded by kforge-firewall.service before the network comes up",
-                vec![
-                    ("input policy drop".into(), "public side default-deny: only SSH (allow-list, rate limit), the mesh UDP port, ICMP essentials and published ports".into()),
-                    ("iifname mesh/cni accept".into(), "traffic on the mesh is already authenticated and encrypted by WireGuard".into()),
-                    ("forward".into(), "public traffic is forwarded only when DNAT'd to a published port, so NodePorts do not leak".into()),
-                ],
-            ));
-            fw.files.push(PlannedFile::new(&unit_path, 0o644, render_firewall_unit(FIREWALL_FILE)));
-            fw.units.push(PlannedUnit {
-                name: FIREWALL_UNIT.into(),
-                enable: true,
-                start: true,
-                restart_on: vec![FIREWALL_FILE.into(), unit_path],
-                reload_command: Some(format!("nft -f {FIREWALL_FILE}")),
-            });
-        }
-        match spec.distribution.kind {
-            DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, &mut np),
-            DistributionKind::Hardway => hardway::plan_node(model, secrets, me, node, &mut np),
-        }
-        if let Some(hello) = nat_hello(model, me) {
-            // After the barrier every peer's mesh is up; tell them where we are before
-            // K3s needs the mesh (the start-time hello may have come too early).
-            let phase = if node.role.is_control_plane() { Phase::ControlPlane } else { Phase::Workers };
-            np.phase(phase).commands.push(PlannedCommand {
-                description: "behind NAT: send every public peer a packet so it learns this node's address".into(),
-                run: format!("bash -c '{hello}'"),
-                unless: None,
-            });
-        }
-        nodes.push(np);
-    }
+    let nodes = model.nodes().map(|(me, node)| plan_member(model, secrets, me, node, &HostCaps::default())).collect();
 
     let peers = model
         .peers()
@@ -161,6 +82,116 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         peers,
         notes: notes(model),
     }
+}
+
+/// One node's plan for a host with `caps` (`None` for a name that is not a node).
+pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, name: &str, caps: &HostCaps) -> Option<NodePlan> {
+    let (me, node) = model.nodes().find(|(_, n)| n.name == name)?;
+    Some(plan_member(model, secrets, me, node, caps))
+}
+
+fn plan_member(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    me: &crate::model::Member,
+    node: &crate::spec::Node,
+    caps: &HostCaps,
+) -> NodePlan {
+    let spec = &model.spec.spec;
+    let iface = &spec.mesh.interface;
+    let wg_path = format!("/etc/wireguard/{iface}.conf");
+    let mut np =
+        NodePlan::new(&node.name, node.role.clone(), me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
+    np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
+
+    let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
+    let mesh = np.phase(Phase::Mesh);
+    let peers = model.mesh_peers(me);
+    let mut mesh_why = vec![
+        ("Address".to_string(), format!("{}: this node's mesh address, allocated once and kept in the secrets bundle", me.mesh_ip)),
+        ("[Peer] per member".to_string(), format!("{} peers: a full mesh, so every node-to-node byte is encrypted", peers.len())),
+        (
+            "AllowedIPs".to_string(),
+            "each peer's /32 (plus its pod network with hardway, and the members it relays for): wg-quick turns them into routes".into(),
+        ),
+    ];
+    if me.endpoint.is_none() {
+        mesh_why.push((
+            "PersistentKeepalive".into(),
+            format!("{} s: this node is behind NAT, keepalives hold the mapping open", spec.mesh.keepalive),
+        ));
+    }
+    mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))).about(
+        "The WireGuard mesh interface (wg-quick format), with this node's private key.",
+        format!("wg-quick@{iface}.service; changes are applied with `wg syncconf` (setconf on userspace WireGuard), tunnels stay up"),
+        mesh_why,
+    ));
+    mesh.files.push(
+        PlannedFile::new(
+            SYSCTL_FILE,
+            0o644,
+            "# Managed by kforge: pods need forwarding, and so does relaying for NAT'd mesh members.\nnet.ipv4.ip_forward = 1\n",
+        )
+        .about("Kernel setting: IP forwarding on.", "systemd-sysctl at boot; kforge applies it at once", vec![]),
+    );
+    mesh.commands.push(PlannedCommand {
+        description: "apply kernel settings (skipped when forwarding is already on)".into(),
+        run: format!("sysctl -q -p {SYSCTL_FILE}"),
+        unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
+    });
+    let mut wg_inputs = vec![wg_path.clone()];
+    if let Some(dropin) = nat_priming_dropin(model, me, iface) {
+        wg_inputs.push(dropin.path.clone());
+        mesh.files.push(dropin);
+    }
+    mesh.units.push(PlannedUnit {
+        name: format!("wg-quick@{iface}.service"),
+        enable: true,
+        start: true,
+        restart_on: wg_inputs,
+        reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
+    });
+
+    if spec.firewall.enabled {
+        let unit_file = PlannedFile::unit(FIREWALL_UNIT, render_firewall_unit(FIREWALL_FILE));
+        let unit_path = unit_file.path.clone();
+        let fw = np.phase(Phase::Firewall);
+        fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)).about(
+            "The node's firewall: nftables table `inet kforge`, replaced atomically; other tables are left alone.",
+            "nft, loaded by kforge-firewall.service before the network comes up",
+            vec![
+                ("input policy drop".into(), "public side default-deny: only SSH (allow-list, rate limit), the mesh UDP port, ICMP essentials and published ports".into()),
+                ("iifname mesh/cni accept".into(), "traffic on the mesh is already authenticated and encrypted by WireGuard".into()),
+                ("forward".into(), "public traffic is forwarded only when DNAT'd to a published port, so NodePorts do not leak".into()),
+            ],
+        ));
+        fw.files.push(unit_file);
+        fw.units.push(PlannedUnit {
+            name: FIREWALL_UNIT.into(),
+            enable: true,
+            start: true,
+            restart_on: vec![FIREWALL_FILE.into(), unit_path],
+            reload_command: Some(format!("nft -f {FIREWALL_FILE}")),
+        });
+    }
+    match spec.distribution.kind {
+        DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, &mut np),
+        DistributionKind::Hardway => hardway::plan_node(model, secrets, me, node, &mut np),
+    }
+    if let Some(hello) = nat_hello(model, me) {
+        // After the barrier every peer's mesh is up; tell them where we are before
+        // K3s needs the mesh (the start-time hello may have come too early).
+        let phase = if node.role.is_control_plane() { Phase::ControlPlane } else { Phase::Workers };
+        np.phase(phase).commands.push(PlannedCommand {
+            description: "behind NAT: send every public peer a packet so it learns this node's address".into(),
+            run: format!("bash -c '{hello}'"),
+            unless: None,
+        });
+    }
+    if caps.userspace_wireguard {
+        use_userspace_wireguard(&mut np, iface, caps.boringtun_upload.as_deref());
+    }
+    np
 }
 
 fn notes(model: &Model<'_>) -> Vec<String> {
@@ -202,17 +233,23 @@ pub const BORINGTUN_DEST: &str = "/usr/local/bin/boringtun-cli";
 pub const WG_USERSPACE_DROPIN: &str = "/etc/systemd/system/wg-quick@.service.d/kforge-userspace.conf";
 
 /// For a host whose kernel has no WireGuard module: wg-quick runs the userspace
-/// implementation (boringtun-cli), installed from `boringtun` when the host lacks it.
-pub fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<crate::plan::PlannedArtifact>) {
+/// implementation (boringtun-cli), uploaded from `boringtun` when the host lacks it.
+fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<&str>) {
     let mesh = np.phase(Phase::Mesh);
-    if let Some(a) = boringtun {
-        mesh.artifacts.push(a);
+    if let Some(path) = boringtun {
+        mesh.artifacts.push(crate::plan::PlannedArtifact {
+            name: "boringtun-cli".into(),
+            dest: BORINGTUN_DEST.into(),
+            stand_in: false,
+            mode: 0o755,
+            sha256: None,
+            source: crate::plan::ArtifactSource::Path { path: path.into() },
+        });
     }
     mesh.files.insert(
         0,
-        PlannedFile::new(
+        PlannedFile::systemd(
             WG_USERSPACE_DROPIN,
-            0o644,
             "# Managed by kforge: this host's kernel has no WireGuard module, so wg-quick\n\
              # runs the userspace implementation. WG_SUDO=true is what boringtun-cli accepts.\n\
              [Service]\n\
@@ -235,9 +272,8 @@ pub fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option
 /// the mesh touches each directly dialled peer once.
 fn nat_priming_dropin(model: &Model<'_>, me: &crate::model::Member, iface: &str) -> Option<PlannedFile> {
     let hello = nat_hello(model, me)?;
-    Some(PlannedFile::new(
-        format!("/etc/systemd/system/wg-quick@{iface}.service.d/kforge-nat.conf"),
-        0o644,
+    Some(PlannedFile::systemd(
+        format!("{}.d/kforge-nat.conf", crate::paths::unit_file(&format!("wg-quick@{iface}.service"))),
         format!(
             "# Managed by kforge: this node has no public endpoint; say hello to every peer\n\
              # on start so they learn where it is (WireGuard roaming), keepalives do the rest.\n\

@@ -54,9 +54,20 @@ impl Phase {
     }
 }
 
+/// What reads a planned file, as far as executors care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    /// Read by a program kforge starts (restarted through `restart_on`).
+    Config,
+    /// A systemd unit or drop-in: systemd needs a daemon-reload after it changes.
+    SystemdUnit,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedFile {
     pub path: String,
+    pub kind: FileKind,
     /// Octal permission bits, e.g. `0600`.
     #[serde(serialize_with = "octal")]
     pub mode: u32,
@@ -87,6 +98,7 @@ impl PlannedFile {
         let content: Vec<u8> = content.into();
         PlannedFile {
             path: path.into(),
+            kind: FileKind::Config,
             mode,
             owner: "root:root".into(),
             size: content.len(),
@@ -101,6 +113,16 @@ impl PlannedFile {
     pub fn about(mut self, what: impl Into<String>, read_by: impl Into<String>, fields: Vec<(String, String)>) -> Self {
         self.about = Some(Arc::new(About { what: what.into(), read_by: read_by.into(), fields }));
         self
+    }
+
+    /// A systemd unit or drop-in (mode 0644): changing it needs a daemon-reload.
+    pub fn systemd(path: impl Into<String>, content: impl Into<Vec<u8>>) -> PlannedFile {
+        PlannedFile { kind: FileKind::SystemdUnit, ..PlannedFile::new(path, 0o644, content) }
+    }
+
+    /// The unit file of `unit` under /etc/systemd/system.
+    pub fn unit(unit: &str, content: impl Into<Vec<u8>>) -> PlannedFile {
+        PlannedFile::systemd(crate::paths::unit_file(unit), content)
     }
 
     /// A file holding key material: mode 0600 whatever was asked.
@@ -179,9 +201,13 @@ pub struct PlannedCommand {
 impl PlannedCommand {
     /// The command as one shell line, for every executor (bootstrap script and apply):
     /// `GUARD || { RUN; }`. The braces matter: `GUARD || a && b` would run `b` even when
-    /// the guard holds.
+    /// the guard holds. A compound guard is grouped too (`{ a && b; } || { RUN; }`),
+    /// which is what it means and what shellcheck can verify.
     pub fn shell_line(&self) -> String {
         match &self.unless {
+            Some(guard) if guard.contains("&&") || guard.contains("||") => {
+                format!("{{ {guard}; }} || {{ {}; }}", self.run)
+            }
             Some(guard) => format!("{guard} || {{ {}; }}", self.run),
             None => self.run.clone(),
         }
@@ -262,6 +288,25 @@ impl NodePlan {
 
     pub fn files(&self) -> impl Iterator<Item = &PlannedFile> {
         self.phases.iter().flat_map(|p| p.files.iter())
+    }
+
+    pub fn units(&self) -> impl Iterator<Item = &PlannedUnit> {
+        self.phases.iter().flat_map(|p| p.units.iter())
+    }
+
+    /// A digest of what `unit` runs with: the planned digest of each of its inputs.
+    /// Scripts record it when they (re)start the unit, so a re-run restarts only a
+    /// unit whose inputs changed (or that is down). Artifacts without a pinned sha256
+    /// count by path only: apply restarts those itself when it uploads a new one.
+    pub fn unit_inputs(&self, unit: &PlannedUnit) -> String {
+        let mut text = String::new();
+        for path in &unit.restart_on {
+            let file = self.files().find(|f| &f.path == path).map(|f| f.sha256.as_str());
+            let artifact =
+                || self.phases.iter().flat_map(|p| p.artifacts.iter()).find(|a| &a.dest == path)?.sha256.as_deref();
+            text.push_str(&format!("{path} {}\n", file.or_else(artifact).unwrap_or("-")));
+        }
+        sha256_hex(text.as_bytes())[..16].to_string()
     }
 }
 

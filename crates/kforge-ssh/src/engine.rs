@@ -4,19 +4,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use kforge_core::pipeline::{BORINGTUN_DEST, use_userspace_wireguard};
-use kforge_core::plan::{ArtifactSource, NodePlan, Phase, PhasePlan, Plan, PlannedArtifact};
+use kforge_core::paths::{self, BOOTSTRAP_SCRIPT};
+use kforge_core::pipeline::HostCaps;
+use kforge_core::plan::{FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedFile};
+use kforge_core::render::script::render_bootstrap;
+use kforge_core::render::steps::{Step, to_shell};
 
 use crate::artifacts::{ArtifactStore, find_boringtun};
-use crate::facts::{self, Manifest, NodeFacts, PENDING_DIR};
+use crate::facts::{self, Manifest, NodeFacts};
 use crate::lock::HostLock;
-use crate::remote_script::PhaseScript;
-use crate::ssh::{ControlDir, Host, shell_quote};
+use crate::remote_script::{PhaseScript, Restart};
+use crate::ssh::{ControlDir, Host};
 use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport};
 
 /// One host's state through the apply.
 struct HostRun {
     host: Host,
+    cluster: String,
     plan: NodePlan,
     facts: NodeFacts,
     report: HostReport,
@@ -45,39 +49,63 @@ pub fn apply(
     run(plan, opts, control.path(), progress)
 }
 
+/// Everything an apply does, step by step; each step works on the hosts still healthy.
 fn run(
     plan: Plan,
     opts: &ApplyOptions,
     control_dir: &std::path::Path,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<ApplyReport, ApplyError> {
-    let mut hosts: Vec<HostRun> = Vec::new();
-    for np in plan.nodes.iter() {
-        let t = opts
-            .targets
-            .iter()
-            .find(|t| t.node == np.node)
-            .ok_or_else(|| ApplyError::Setup(format!("{}: no SSH target (set ssh.host or endpoint)", np.node)))?;
-        hosts.push(HostRun {
-            host: Host {
-                node: np.node.clone(),
-                target: t.host.clone(),
-                user: t.user.clone(),
-                port: t.port,
-                ssh_config: opts.ssh_config.clone(),
-                control_dir: control_dir.to_path_buf(),
-            },
-            plan: np.clone(),
-            facts: NodeFacts::default(),
-            report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
-            manifest: BTreeMap::new(),
-            changed_paths: BTreeSet::new(),
-            failed: false,
-        });
+    let mut hosts = connect(&plan, opts, control_dir)?;
+    gather_facts(&mut hosts, opts, progress);
+    if hosts.iter().all(|h| h.failed) {
+        return Ok(finish(&plan, opts, hosts));
     }
+    if let Err(e) = preflight(&hosts, &plan) {
+        hosts.iter().for_each(|h| h.host.close());
+        return Err(e);
+    }
+    plan_for_capabilities(&mut hosts, opts, progress);
+    let locks = lock(&mut hosts, opts);
+    run_phases(&mut hosts, &plan, opts, progress);
+    finish_hosts(&mut hosts, &plan, opts);
+    drop(locks);
+    Ok(finish(&plan, opts, hosts))
+}
 
-    // Facts, in one round trip per host.
-    parallel(&mut hosts, opts.parallel, |h| {
+/// One `HostRun` per node, with how to reach it (nothing is contacted yet).
+fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> Result<Vec<HostRun>, ApplyError> {
+    plan.nodes
+        .iter()
+        .map(|np| {
+            let t =
+                opts.targets.iter().find(|t| t.node == np.node).ok_or_else(|| {
+                    ApplyError::Setup(format!("{}: no SSH target (set ssh.host or endpoint)", np.node))
+                })?;
+            Ok(HostRun {
+                host: Host {
+                    node: np.node.clone(),
+                    target: t.host.clone(),
+                    user: t.user.clone(),
+                    port: t.port,
+                    ssh_config: opts.ssh_config.clone(),
+                    control_dir: control_dir.to_path_buf(),
+                },
+                cluster: plan.cluster.clone(),
+                plan: np.clone(),
+                facts: NodeFacts::default(),
+                report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
+                manifest: BTreeMap::new(),
+                changed_paths: BTreeSet::new(),
+                failed: false,
+            })
+        })
+        .collect()
+}
+
+/// Facts, in one round trip per host.
+fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+    parallel(hosts, opts.parallel, |h| {
         progress(&h.host.node, "facts");
         match facts::gather(&h.host, &h.plan) {
             Ok(f) => {
@@ -87,58 +115,59 @@ fn run(
             Err(e) => h.fail(e),
         }
     });
-    if hosts.iter().all(|h| h.failed) {
-        return Ok(finish(&plan, opts, hosts));
-    }
+}
 
-    // Preflight over every reachable host: refuse before touching anything.
+/// Preflight over every reachable host: refuse before touching anything.
+fn preflight(hosts: &[HostRun], plan: &Plan) -> Result<(), ApplyError> {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let healthy: Vec<(&NodePlan, &NodeFacts)> =
         hosts.iter().filter(|h| !h.failed).map(|h| (&h.plan, &h.facts)).collect();
     let problems = crate::preflight::check(&healthy, now, plan.mesh_port);
-    if !problems.is_empty() {
-        hosts.iter().for_each(|h| h.host.close());
-        return Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")));
+    if problems.is_empty() {
+        return Ok(());
     }
+    Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")))
+}
 
-    // Hosts without the WireGuard kernel module run the userspace implementation.
+/// What the cluster file cannot say about a host (its kernel's WireGuard) is an
+/// input to planning: such a host is planned again with its capabilities.
+fn plan_for_capabilities(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
     let boringtun = find_boringtun();
     for h in hosts.iter_mut().filter(|h| !h.failed && !h.facts.wireguard_kernel) {
         h.report.userspace_wireguard = true;
-        let upload = if h.facts.boringtun {
-            None
-        } else {
-            match &boringtun {
-                Some(path) => Some(PlannedArtifact {
-                    name: "boringtun-cli".into(),
-                    dest: BORINGTUN_DEST.into(),
-                    stand_in: false,
-                    mode: 0o755,
-                    sha256: None,
-                    source: ArtifactSource::Path { path: path.display().to_string() },
-                }),
-                None => {
-                    h.fail("no WireGuard kernel module and no boringtun-cli on the host or on this workstation to upload\n  help: cargo install boringtun-cli --locked (on this workstation)");
-                    continue;
-                }
+        let upload = match (&boringtun, h.facts.boringtun) {
+            (_, true) => None,
+            (Some(path), false) => Some(path.display().to_string()),
+            (None, false) => {
+                h.fail("no WireGuard kernel module and no boringtun-cli on the host or on this workstation to upload\n  help: cargo install boringtun-cli --locked (on this workstation)");
+                continue;
             }
         };
-        use_userspace_wireguard(&mut h.plan, &opts.mesh_interface, upload);
+        let caps = HostCaps { userspace_wireguard: true, boringtun_upload: upload };
+        match (opts.replan)(&h.plan.node, &caps) {
+            Some(plan) => h.plan = plan,
+            None => h.fail("the planner does not know this node"),
+        }
         progress(&h.host.node, "no WireGuard kernel module: using userspace boringtun-cli");
     }
+}
 
-    // One apply at a time per host (not needed to look).
-    let mut locks: Vec<HostLock> = Vec::new();
-    if !opts.dry_run {
-        let acquired: Mutex<Vec<HostLock>> = Mutex::new(Vec::new());
-        parallel(&mut hosts, opts.parallel, |h| match HostLock::acquire(&h.host) {
-            Ok(l) => acquired.lock().unwrap().push(l),
-            Err(e) => h.fail(e),
-        });
-        locks = acquired.into_inner().unwrap();
+/// One apply at a time per host (a dry run only looks, so it takes no lock).
+fn lock(hosts: &mut [HostRun], opts: &ApplyOptions) -> Vec<HostLock> {
+    if opts.dry_run {
+        return Vec::new();
     }
+    let acquired: Mutex<Vec<HostLock>> = Mutex::new(Vec::new());
+    parallel(hosts, opts.parallel, |h| match HostLock::acquire(&h.host) {
+        Ok(l) => acquired.lock().unwrap().push(l),
+        Err(e) => h.fail(e),
+    });
+    acquired.into_inner().unwrap()
+}
 
+/// Phases in order with a barrier between them, hosts in parallel inside a phase.
+fn run_phases(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
     let store = Mutex::new(ArtifactStore::default());
     for phase in Phase::ALL {
         // Agents join a control plane; without a healthy one they would only wait.
@@ -168,37 +197,35 @@ fn run(
             });
         }
     }
+}
 
-    // Files kforge wrote before that the plan no longer has.
-    parallel(&mut hosts, opts.parallel, |h| {
-        if h.failed {
-            return;
-        }
+/// After the phases: remove what kforge wrote before that the plan no longer has, and
+/// leave the host its own bootstrap script (this plan, this host's capabilities), so
+/// re-running it by hand converges to the same state without kforge.
+fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
+    parallel(hosts, opts.parallel, |h| {
         let planned: BTreeSet<String> = h.plan.files().map(|f| f.path.clone()).collect();
         let gone: Vec<String> = h.manifest.keys().filter(|p| !planned.contains(*p)).cloned().collect();
-        if gone.is_empty() {
-            return;
-        }
         h.report.files_removed.extend(gone.iter().cloned());
-        if opts.dry_run {
+        let bootstrap = PlannedFile::new(BOOTSTRAP_SCRIPT, 0o700, render_bootstrap(&plan.cluster, &h.plan));
+        let bootstrap_current = h.facts.hashes.get(BOOTSTRAP_SCRIPT) == Some(&bootstrap.sha256);
+        if opts.dry_run || (gone.is_empty() && bootstrap_current) {
             return;
         }
         for g in &gone {
             h.manifest.remove(g);
         }
-        let daemon_reload = gone.iter().any(|p| p.starts_with("/etc/systemd/system/"));
         let script = PhaseScript {
-            removes: gone,
-            daemon_reload,
-            manifest_json: Some(manifest_json(&plan.cluster, &h.manifest)),
+            daemon_reload: gone.iter().any(|p| paths::is_systemd_file(p)),
+            removes: gone.iter().map(|p| (p.clone(), paths::unit_of_file(p).map(String::from))).collect(),
+            writes: if bootstrap_current { vec![] } else { vec![bootstrap] },
+            manifest_json: Some(manifest_json(&h.cluster, &h.manifest)),
             ..PhaseScript::default()
         };
-        if let Err(e) = h.host.run_script("remove obsolete files", &script.render()) {
+        if let Err(e) = h.host.run_script("finish", &script.render()) {
             h.fail(e);
         }
     });
-    drop(locks);
-    Ok(finish(&plan, opts, hosts))
 }
 
 fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport {
@@ -239,26 +266,16 @@ fn run_phase_inner(
         if opts.dry_run {
             continue;
         }
-        let (dir, file) = a.dest.rsplit_once('/').unwrap_or(("/", &a.dest));
-        let tmp = format!("{dir}/.{file}.kforge-tmp-upload");
         // Units that run this binary are marked pending before it lands, so a crash
         // between upload and restart still restarts them on the next apply.
-        let pending: String = h
+        let mut steps: Vec<Step> = h
             .plan
-            .phases
-            .iter()
-            .flat_map(|p| p.units.iter())
+            .units()
             .filter(|u| u.start && u.restart_on.contains(&a.dest))
-            .map(|u| format!("touch {}; ", shell_quote(&format!("{PENDING_DIR}/{}", u.name))))
+            .map(|u| Step::MarkPending(u.name.clone()))
             .collect();
-        let script = format!(
-            "set -e; umask 077; mkdir -p {d} {PENDING_DIR}; cat > {t}; echo '{sum}  {t}' | sha256sum -c --status || {{ rm -f {t}; echo 'upload corrupted' >&2; exit 1; }}; chmod {mode:o} {t}; sync {t}; {pending}mv -f {t} {dest}",
-            d = shell_quote(dir),
-            t = shell_quote(&tmp),
-            sum = local.sha256,
-            mode = a.mode,
-            dest = shell_quote(&a.dest)
-        );
+        steps.push(Step::Receive { dest: a.dest.clone(), sha256: local.sha256.clone(), mode: a.mode });
+        let script = to_shell(&[format!("kforge apply: receive {}", a.name)], &steps);
         h.host.upload(&format!("upload {}", a.name), &local.file, &script).map_err(|e| e.to_string())?;
         h.facts.hashes.insert(a.dest.clone(), local.sha256.clone());
     }
@@ -282,7 +299,7 @@ fn run_phase_inner(
             }
         }
     }
-    script.daemon_reload = script.writes.iter().any(|f| f.path.starts_with("/etc/systemd/system/"));
+    script.daemon_reload = script.writes.iter().any(|f| f.kind == FileKind::SystemdUnit);
     // Guarded commands (sysctl, unpacking, addons) run when this phase changed anything.
     if phase_changed || !script.writes.is_empty() {
         script.commands = pp.commands.clone();
@@ -297,10 +314,11 @@ fn run_phase_inner(
         if inputs_changed || pending || !active {
             // A reload keeps a running unit's connections (wg syncconf, nft -f) — unless
             // the unit definition itself changed.
-            let unit_def_changed =
-                u.restart_on.iter().any(|p| p.starts_with("/etc/systemd/system/") && changed_paths.contains(p));
+            let unit_def_changed = h.plan.files().any(|f| {
+                f.kind == FileKind::SystemdUnit && u.restart_on.contains(&f.path) && changed_paths.contains(&f.path)
+            });
             let reload = u.reload_command.clone().filter(|_| active && !pending && !unit_def_changed);
-            script.restarts.push((u.name.clone(), reload));
+            script.restarts.push(Restart { unit: u.name.clone(), inputs: h.plan.unit_inputs(u), reload });
         }
     }
     for f in &pp.files {
@@ -314,9 +332,9 @@ fn run_phase_inner(
     {
         return Ok(());
     }
-    script.manifest_json = Some(manifest_json(&h.plan.node, &h.manifest));
+    script.manifest_json = Some(manifest_json(&h.cluster, &h.manifest));
     if opts.dry_run {
-        h.report.units_restarted.extend(script.restarts.iter().map(|(u, _)| u.clone()));
+        h.report.units_restarted.extend(script.restarts.iter().map(|r| r.unit.clone()));
         return Ok(());
     }
     let out = h.host.run_script(&format!("phase {}", pp.phase.name()), &script.render()).map_err(|e| e.to_string())?;

@@ -6,11 +6,7 @@ use kforge_core::plan::NodePlan;
 
 use crate::ssh::{Host, SshError, shell_quote};
 
-pub const STATE_DIR: &str = "/var/lib/kforge";
-pub const MANIFEST: &str = "/var/lib/kforge/manifest.json";
-/// Digests of the watched files with the size, mtime and inode they were taken at.
-pub const HASH_CACHE: &str = "/var/lib/kforge/hash-cache";
-pub const PENDING_DIR: &str = "/var/lib/kforge/pending";
+pub use kforge_core::paths::{HASH_CACHE, MANIFEST, PENDING_DIR, STATE_DIR};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeFacts {
@@ -49,6 +45,8 @@ fn watched_paths(plan: &NodePlan) -> Vec<String> {
     // Added after facts when the host turns out to need userspace WireGuard.
     v.push(kforge_core::pipeline::BORINGTUN_DEST.into());
     v.push(kforge_core::pipeline::WG_USERSPACE_DROPIN.into());
+    // The host's own bootstrap script, left by every apply.
+    v.push(kforge_core::paths::BOOTSTRAP_SCRIPT.into());
     v
 }
 

@@ -47,7 +47,10 @@ pub struct Target {
     pub port: u16,
 }
 
-pub struct ApplyOptions {
+/// Plans one node again for a host's capabilities (found by its facts).
+pub type Replan<'a> = dyn Fn(&str, &kforge_core::pipeline::HostCaps) -> Option<kforge_core::plan::NodePlan> + Sync + 'a;
+
+pub struct ApplyOptions<'a> {
     pub targets: Vec<Target>,
     pub parallel: usize,
     pub dry_run: bool,
@@ -56,7 +59,7 @@ pub struct ApplyOptions {
     pub base_dir: PathBuf,
     /// Where downloaded artifacts are cached by sha256.
     pub cache_dir: PathBuf,
-    pub mesh_interface: String,
+    pub replan: &'a Replan<'a>,
 }
 
 /// What happened (or, with `--dry-run`, would happen) on one host.

@@ -49,7 +49,7 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
     p.commands.push(PlannedCommand {
         description: "wait for the API server, then apply the addons".into(),
         run: format!(
-            "for i in $(seq 90); do {kubectl} get --raw=/readyz >/dev/null 2>&1 && break; sleep 2; done; {kubectl} apply -f {ADDONS_DIR} && mkdir -p /var/lib/kforge && echo {digest} > {STAMP}"
+            "for _ in $(seq 90); do {kubectl} get --raw=/readyz >/dev/null 2>&1 && break; sleep 2; done; {kubectl} apply -f {ADDONS_DIR} && mkdir -p /var/lib/kforge && echo {digest} > {STAMP}"
         ),
         unless: Some(format!("[ \"$(cat {STAMP} 2>/dev/null)\" = {digest} ]")),
     });

@@ -26,6 +26,7 @@ use std::net::IpAddr;
 
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
+use crate::paths::unit_file;
 use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedCommand, PlannedFile, PlannedUnit};
 use crate::secrets::SecretsBundle;
 use crate::spec::{Artifact, Node, Role};
@@ -349,8 +350,8 @@ fn plan_etcd(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: &mut N
             vec![("ETCDCTL_ENDPOINTS".into(), "every controller's mesh address, port 2379".into())],
         ),
     ];
-    let unit_path = "/etc/systemd/system/etcd.service".to_string();
-    files.push(PlannedFile::new(&unit_path, 0o644, units::etcd(model, me)).about(
+    let unit_path = unit_file("etcd.service");
+    files.push(PlannedFile::systemd(&unit_path, units::etcd(model, me)).about(
         format!("The etcd member on {}.", me.name),
         "systemd",
         units::etcd_explained(model, me),
@@ -455,8 +456,8 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
             ),
         );
     }
-    let unit_path = "/etc/systemd/system/kube-apiserver.service".to_string();
-    apiserver_files.push(PlannedFile::new(&unit_path, 0o644, units::kube_apiserver(model, me)).about(
+    let unit_path = unit_file("kube-apiserver.service");
+    apiserver_files.push(PlannedFile::systemd(&unit_path, units::kube_apiserver(model, me)).about(
         format!("The Kubernetes API server on {}.", node.name),
         "systemd",
         units::kube_apiserver_explained(model),
@@ -478,8 +479,8 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
         ),
         PlannedFile::secret(k("client-ca.key"), client_ca.key.clone()),
     ];
-    let cm_unit_path = "/etc/systemd/system/kube-controller-manager.service".to_string();
-    cm_files.push(PlannedFile::new(&cm_unit_path, 0o644, units::kube_controller_manager(model)).about(
+    let cm_unit_path = unit_file("kube-controller-manager.service");
+    cm_files.push(PlannedFile::systemd(&cm_unit_path, units::kube_controller_manager(model)).about(
         "kube-controller-manager: node lifecycle, service accounts, CSR signing.",
         "systemd",
         units::kube_controller_manager_explained(model),
@@ -509,8 +510,8 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
                 ],
             ),
     ];
-    let sched_unit_path = "/etc/systemd/system/kube-scheduler.service".to_string();
-    sched_files.push(PlannedFile::new(&sched_unit_path, 0o644, units::kube_scheduler(sched_config_path)).about(
+    let sched_unit_path = unit_file("kube-scheduler.service");
+    sched_files.push(PlannedFile::systemd(&sched_unit_path, units::kube_scheduler(sched_config_path)).about(
         "kube-scheduler: assigns pods to nodes.",
         "systemd",
         vec![(
@@ -522,7 +523,7 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
     let sched_unit = unit(model, "kube-scheduler.service", "kube-scheduler", restart_on, &[]);
 
     let healthz = configs::healthz_nginx(model, me);
-    let healthz_unit_path = format!("/etc/systemd/system/{HEALTHZ_UNIT}");
+    let healthz_unit_path = unit_file(HEALTHZ_UNIT);
     let healthz_files = vec![
         PlannedFile::new(HEALTHZ_CONF, 0o644, healthz).about(
             "nginx as a plain-HTTP /healthz endpoint in front of the API server's HTTPS /healthz.",
@@ -538,7 +539,7 @@ fn plan_control_plane(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, n
                 ),
             ],
         ),
-        PlannedFile::new(&healthz_unit_path, 0o644, units::healthz()),
+        PlannedFile::systemd(&healthz_unit_path, units::healthz()),
     ];
     let healthz_unit = nginx_unit(HEALTHZ_UNIT, &healthz_files);
 
@@ -601,15 +602,15 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
             "# Managed by kforge: bridged pod traffic passes iptables, so Services work pod to pod.\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n",
         ),
     ];
-    let containerd_unit_path = "/etc/systemd/system/containerd.service".to_string();
-    runtime_files.push(PlannedFile::new(&containerd_unit_path, 0o644, units::containerd()));
+    let containerd_unit_path = unit_file("containerd.service");
+    runtime_files.push(PlannedFile::systemd(&containerd_unit_path, units::containerd()));
     let containerd_restart: Vec<String> = vec!["/etc/containerd/config.toml".into(), containerd_unit_path.clone()];
     let mut containerd_unit = unit(model, "containerd.service", "containerd", containerd_restart, &["runc"]);
     if model.spec.spec.artifacts.runc.is_some() {
         containerd_unit.restart_on.push(component("runc").dest.into());
     }
 
-    let balancer_unit_path = format!("/etc/systemd/system/{API_BALANCER_UNIT}");
+    let balancer_unit_path = unit_file(API_BALANCER_UNIT);
     let balancer_files = vec![
         PlannedFile::new(API_BALANCER_CONF, 0o644, configs::api_balancer_nginx(model)).about(
             "nginx stream: the API on 127.0.0.1 of this worker, balanced over every controller's API server.",
@@ -620,7 +621,7 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
                 ("TLS".into(), "passed through untouched: the client still verifies the API server's certificate (its SANs include 127.0.0.1) and presents its own".into()),
             ],
         ),
-        PlannedFile::new(&balancer_unit_path, 0o644, units::api_balancer(&model.spec.spec.mesh.interface)),
+        PlannedFile::systemd(&balancer_unit_path, units::api_balancer(&model.spec.spec.mesh.interface)),
     ];
     let balancer_unit = nginx_unit(API_BALANCER_UNIT, &balancer_files);
 
@@ -654,8 +655,8 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
             configs::kubelet_config_explained(model, pod_cidr),
         ),
     ];
-    let kubelet_unit_path = "/etc/systemd/system/kubelet.service".to_string();
-    kubelet_files.push(PlannedFile::new(&kubelet_unit_path, 0o644, units::kubelet(model, me, node)).about(
+    let kubelet_unit_path = unit_file("kubelet.service");
+    kubelet_files.push(PlannedFile::systemd(&kubelet_unit_path, units::kubelet(model, me, node)).about(
         format!("The kubelet on {}.", node.name),
         "systemd",
         vec![
@@ -692,8 +693,8 @@ fn plan_worker(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &N
                 ],
             ),
     ];
-    let proxy_unit_path = "/etc/systemd/system/kube-proxy.service".to_string();
-    proxy_files.push(PlannedFile::new(&proxy_unit_path, 0o644, units::kube_proxy(&kp("kube-proxy-config.yaml"))));
+    let proxy_unit_path = unit_file("kube-proxy.service");
+    proxy_files.push(PlannedFile::systemd(&proxy_unit_path, units::kube_proxy(&kp("kube-proxy-config.yaml"))));
     let restart_on = proxy_files.iter().map(|f| f.path.clone()).collect();
     let proxy_unit = unit(model, "kube-proxy.service", "kube-proxy", restart_on, &[]);
 

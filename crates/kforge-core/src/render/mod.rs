@@ -7,6 +7,7 @@
 
 pub mod cloud_init;
 pub mod script;
+pub mod steps;
 
 /// Quote a string for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {

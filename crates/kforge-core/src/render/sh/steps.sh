@@ -1,0 +1,86 @@
+# kforge's step functions, shared by every script kforge renders (the bootstrap
+# script and each apply phase). Generated scripts call only these and guarded commands.
+set -euo pipefail
+umask 077
+KF_STATE=/var/lib/kforge
+
+log() { echo "kforge: $*" >&2; }
+fail() { echo "kforge: error: $*" >&2; exit 1; }
+
+# kf_write PATH MODE OWNER, base64 content on stdin: temp file beside the target,
+# fsync, rename. A crash leaves the old file or the new one, never half of either.
+kf_write() {
+  local p=$1 d t
+  d=$(dirname "$p"); mkdir -p "$d"; t="$d/.$(basename "$p").kforge-tmp-$$"
+  base64 -d > "$t"; chmod "$2" "$t"; chown "$3" "$t"; sync "$t"; mv -f "$t" "$p"
+  echo "KF written $p"
+}
+
+# kf_receive DEST SHA256 MODE, the artifact on stdin: verified before it replaces DEST.
+kf_receive() {
+  local dest=$1 d t
+  d=$(dirname "$dest"); mkdir -p "$d"; t="$d/.$(basename "$dest").kforge-tmp-upload"
+  cat > "$t"
+  echo "$2  $t" | sha256sum -c --status || { rm -f "$t"; echo "kforge: upload of $dest corrupted" >&2; exit 1; }
+  chmod "$3" "$t"; sync "$t"; mv -f "$t" "$dest"
+}
+
+# kf_stamp UNIT INPUTS: the unit now runs with these inputs (digest of its files).
+kf_stamp() {
+  mkdir -p "$KF_STATE/units"; printf '%s\n' "$2" > "$KF_STATE/units/$1.inputs"
+}
+
+# kf_unchanged UNIT INPUTS: the unit is active and was last started with INPUTS.
+kf_unchanged() {
+  systemctl is-active -q "$1" && [ "$(cat "$KF_STATE/units/$1.inputs" 2>/dev/null)" = "$2" ]
+}
+
+# kf_restart UNIT INPUTS: restart and wait (at most 2 minutes), or show why not.
+kf_restart() {
+  if ! timeout 120 systemctl restart "$1"; then
+    echo "kforge: $1 did not start:" >&2; systemctl status "$1" --no-pager -n 5 >&2 || true; return 1
+  fi
+  kf_stamp "$1" "$2"; echo "KF restarted $1"
+}
+
+# kf_restart_no_block UNIT INPUTS: an etcd member is "started" only with a quorum,
+# and the other members may boot minutes later: queue the restart, do not wait.
+kf_restart_no_block() {
+  systemctl restart --no-block "$1"; kf_stamp "$1" "$2"; echo "KF restarted $1"
+}
+
+# kf_reloaded UNIT INPUTS: record a successful reload (the reload ran just before).
+kf_reloaded() {
+  kf_stamp "$1" "$2"; echo "KF reloaded $1"
+}
+
+# kf_fetch NAME URL SHA256 DEST MODE: download, verify, install atomically.
+kf_fetch() {
+  local name=$1 url=$2 sum=$3 dest=$4 mode=$5 tmp
+  if [ -f "$dest" ] && echo "$sum  $dest" | sha256sum -c --status; then return 0; fi
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$dest.kforge-XXXXXX")
+  curl -fsSL --retry 3 -o "$tmp" "$url" || { rm -f "$tmp"; fail "cannot download $name from $url"; }
+  if ! echo "$sum  $tmp" | sha256sum -c --status; then
+    rm -f "$tmp"; fail "$name from $url does not match its sha256 $sum"
+  fi
+  chmod "$mode" "$tmp" && mv -f "$tmp" "$dest"
+}
+
+# kf_require NAME DEST SHA256|"" HINT: the binary must already be on the host.
+kf_require() {
+  local name=$1 dest=$2 sum=$3 hint=$4
+  [ -e "$dest" ] || fail "$dest ($name) is missing: $hint"
+  if [ -n "$sum" ] && ! echo "$sum  $dest" | sha256sum -c --status; then
+    fail "$dest ($name) does not match its sha256 $sum"
+  fi
+}
+
+# kf_need COMMAND PACKAGE: install PACKAGE when COMMAND is missing (apt hosts).
+kf_need() {
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || fail "$1 is missing; install package $2"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+}
+
+mkdir -p "$KF_STATE/pending"

@@ -1,0 +1,153 @@
+//! The one step language every executor speaks, and the one place steps become shell.
+//!
+//! The bootstrap script (cloud-init, rendered trees) and every apply phase over SSH
+//! are lists of [`Step`]s; [`to_shell`] renders them after the shared functions in
+//! `sh/steps.sh` (shellcheck runs on both in CI). A step never guesses what a file is:
+//! the plan says (see [`crate::plan::FileKind`]).
+
+use std::fmt::Write;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::shell_quote as q;
+use crate::plan::{PlannedCommand, PlannedFile};
+
+/// The functions every rendered script starts with.
+pub const PRELUDE: &str = include_str!("sh/steps.sh");
+/// Units restarted with pending changes are marked here first (apply).
+pub const PENDING_DIR: &str = "/var/lib/kforge/pending";
+
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A `# comment` line: what the next lines are for.
+    Comment(String),
+    /// Progress on stderr.
+    Log(String),
+    /// Install `package` when `command` is missing (apt hosts).
+    Need {
+        command: String,
+        package: String,
+    },
+    /// Download `url`, verify it against `sha256`, install it at `dest`.
+    Fetch {
+        name: String,
+        url: String,
+        sha256: String,
+        dest: String,
+        mode: u32,
+    },
+    /// The binary must already be at `dest` (it cannot travel in user-data).
+    Require {
+        name: String,
+        dest: String,
+        sha256: Option<String>,
+        hint: String,
+    },
+    /// Remove a leftover temp file of an interrupted apply.
+    CleanTemp(String),
+    /// The unit's inputs are about to change: restart it even if this run dies.
+    MarkPending(String),
+    /// Take an artifact from stdin, verify it, install it at `dest` (apply's upload).
+    Receive {
+        dest: String,
+        sha256: String,
+        mode: u32,
+    },
+    /// Write the file atomically (content travels base64 in the script).
+    Write(PlannedFile),
+    /// Remove a file kforge wrote before; a unit is stopped and disabled first.
+    Remove {
+        path: String,
+        unit: Option<String>,
+    },
+    DaemonReload,
+    /// A command, skipped when its guard holds.
+    Run(PlannedCommand),
+    Enable(String),
+    /// (Re)start `unit`, recording the digest of the inputs it runs with.
+    Restart {
+        unit: String,
+        inputs: String,
+        /// Try this first while the unit runs (e.g. `wg syncconf`: tunnels stay up).
+        reload: Option<String>,
+        /// Only when the unit is down or ran with other inputs (re-runnable scripts).
+        when_changed: bool,
+        /// Queue the restart without waiting for the unit to be ready.
+        no_block: bool,
+    },
+    ClearPending(String),
+    /// Record what kforge wrote on this host (JSON), for the next apply.
+    RecordManifest {
+        path: String,
+        json: String,
+    },
+}
+
+/// Render steps as one bash script: shebang, header comment lines, prelude, steps.
+pub fn to_shell(header: &[String], steps: &[Step]) -> String {
+    let mut s = String::from("#!/bin/bash\n");
+    for line in header {
+        let _ = writeln!(s, "# {line}");
+    }
+    s.push_str(PRELUDE);
+    for step in steps {
+        render_step(&mut s, step);
+    }
+    s
+}
+
+fn render_step(s: &mut String, step: &Step) {
+    let _ = match step {
+        Step::Comment(text) => writeln!(s, "\n# {text}"),
+        Step::Log(text) => writeln!(s, "log {}", q(text)),
+        Step::Need { command, package } => writeln!(s, "kf_need {} {}", q(command), q(package)),
+        Step::Fetch { name, url, sha256, dest, mode } => {
+            writeln!(s, "kf_fetch {} {} {} {} {mode:o}", q(name), q(url), q(sha256), q(dest))
+        }
+        Step::Require { name, dest, sha256, hint } => {
+            let sum = sha256.clone().unwrap_or_default();
+            writeln!(s, "kf_require {} {} {} {}", q(name), q(dest), q(&sum), q(hint))
+        }
+        Step::CleanTemp(path) => writeln!(s, "rm -f {p}; echo {m}", p = q(path), m = q(&format!("KF cleaned {path}"))),
+        Step::MarkPending(unit) => writeln!(s, "touch {}", q(&format!("{PENDING_DIR}/{unit}"))),
+        Step::Receive { dest, sha256, mode } => writeln!(s, "kf_receive {} {} {mode:o}", q(dest), q(sha256)),
+        Step::Write(f) => write_file(s, f),
+        Step::Remove { path, unit } => {
+            if let Some(unit) = unit {
+                // A stop that fails fails the script: the file and its manifest entry
+                // stay, so the next run tries again instead of leaving the unit behind.
+                let _ = writeln!(s, "if [ -e {} ]; then systemctl disable --now -q {}; fi", q(path), q(unit));
+            }
+            writeln!(s, "rm -f {p}; echo {m}", p = q(path), m = q(&format!("KF removed {path}")))
+        }
+        Step::DaemonReload => writeln!(s, "systemctl daemon-reload"),
+        Step::Run(c) => writeln!(s, "# {}\n{}", c.description, c.shell_line()),
+        Step::Enable(unit) => writeln!(s, "systemctl enable -q {}", q(unit)),
+        Step::Restart { unit, inputs, reload, when_changed, no_block } => {
+            let (u, i) = (q(unit), q(inputs));
+            let restart = if *no_block { "kf_restart_no_block" } else { "kf_restart" };
+            let action = match reload {
+                Some(cmd) => format!(
+                    "if systemctl is-active -q {u} && {cmd}; then kf_reloaded {u} {i}; else {restart} {u} {i}; fi"
+                ),
+                None => format!("{restart} {u} {i}"),
+            };
+            if *when_changed { writeln!(s, "kf_unchanged {u} {i} || {{ {action}; }}") } else { writeln!(s, "{action}") }
+        }
+        Step::ClearPending(unit) => writeln!(s, "rm -f {}", q(&format!("{PENDING_DIR}/{unit}"))),
+        Step::RecordManifest { path, json } => {
+            writeln!(s, "kf_write {} 0600 root:root >/dev/null <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
+        }
+    };
+}
+
+fn write_file(s: &mut String, f: &PlannedFile) -> std::fmt::Result {
+    writeln!(s, "kf_write {} {:04o} {} <<'KFEOF'", q(&f.path), f.mode, q(&f.owner))?;
+    let encoded = STANDARD.encode(&*f.content);
+    for chunk in encoded.as_bytes().chunks(76) {
+        s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        s.push('\n');
+    }
+    writeln!(s, "KFEOF")
+}

@@ -1,0 +1,130 @@
+//! kforge's shell, linted: the step functions every script starts with, the probes
+//! kept as `.sh` files, the project's scripts, and what kforge renders — the
+//! bootstrap script of every node of every example, and every kind of step an apply
+//! sends over SSH. All through one renderer (`kforge_core::render::steps`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kforge_core::plan::{PlannedCommand, PlannedFile};
+use kforge_core::render::steps::{Step, to_shell};
+
+use crate::util::TestContext;
+
+/// shellcheck at its default severity (style included): every finding fails.
+fn shellcheck(files: &[PathBuf]) {
+    assert!(!files.is_empty());
+    let out = Command::new("shellcheck")
+        .args(["--shell=bash", "--external-sources"])
+        .args(files)
+        .output()
+        .expect("shellcheck runs (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "shellcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn shell_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            shell_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "sh") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_shell_kept_as_files_passes_shellcheck() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        shell_files(&krate.unwrap().path().join("src"), &mut files);
+    }
+    let count = files.len();
+    assert!(count >= 4, "the step functions, probes and lab scripts: {files:?}");
+    for script in std::fs::read_dir(root.join("scripts")).unwrap() {
+        files.push(script.unwrap().path());
+    }
+    shellcheck(&files);
+}
+
+#[test]
+fn every_rendered_bootstrap_script_passes_shellcheck() {
+    let mut scripts = Vec::new();
+    let ctxs: Vec<TestContext> = kforge_core::spec::examples::ALL
+        .iter()
+        .map(|(name, _)| {
+            let ctx = TestContext::with_example(name);
+            let out = ctx.render("out");
+            for node in std::fs::read_dir(&out).unwrap() {
+                let script = node.unwrap().path().join("var/lib/kforge/bootstrap.sh");
+                if script.exists() {
+                    scripts.push(script);
+                }
+            }
+            ctx
+        })
+        .collect();
+    assert!(scripts.len() >= 2 * ctxs.len(), "every example's nodes: {scripts:?}");
+    shellcheck(&scripts);
+}
+
+#[test]
+fn every_kind_of_apply_step_renders_to_clean_shell() {
+    let file = PlannedFile::new("/etc/kforge/example.conf", 0o644, "key = 'value'\n");
+    let steps = vec![
+        Step::Comment("what follows".into()),
+        Step::Log("node: phase mesh".into()),
+        Step::Need { command: "nft".into(), package: "nftables".into() },
+        Step::Fetch {
+            name: "k3s".into(),
+            url: "https://example.invalid/k3s?x=1&y=2".into(),
+            sha256: "a".repeat(64),
+            dest: "/usr/local/bin/k3s".into(),
+            mode: 0o755,
+        },
+        Step::Require {
+            name: "etcd".into(),
+            dest: "/usr/local/bin/etcd".into(),
+            sha256: None,
+            hint: "it's local".into(),
+        },
+        Step::CleanTemp("/etc/kforge/.x.kforge-tmp-1".into()),
+        Step::MarkPending("wg-quick@kforge0.service".into()),
+        Step::Receive { dest: "/usr/local/bin/k3s".into(), sha256: "b".repeat(64), mode: 0o755 },
+        Step::Write(file),
+        Step::Remove { path: "/etc/systemd/system/old.service".into(), unit: Some("old.service".into()) },
+        Step::DaemonReload,
+        Step::Run(PlannedCommand {
+            description: "apply kernel settings".into(),
+            run: "sysctl -q -p /etc/sysctl.d/90-kforge.conf".into(),
+            unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
+        }),
+        Step::Enable("wg-quick@kforge0.service".into()),
+        Step::Restart {
+            unit: "wg-quick@kforge0.service".into(),
+            inputs: "0123456789abcdef".into(),
+            reload: Some("wg syncconf kforge0 <(wg-quick strip kforge0)".into()),
+            when_changed: true,
+            no_block: false,
+        },
+        Step::Restart {
+            unit: "etcd.service".into(),
+            inputs: "0123456789abcdef".into(),
+            reload: None,
+            when_changed: false,
+            no_block: true,
+        },
+        Step::ClearPending("wg-quick@kforge0.service".into()),
+        Step::RecordManifest { path: "/var/lib/kforge/manifest.json".into(), json: "{\"files\":{}}".into() },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phase.sh");
+    std::fs::write(&path, to_shell(&["every step".into()], &steps)).unwrap();
+    shellcheck(&[path]);
+}
