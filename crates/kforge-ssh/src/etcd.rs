@@ -18,16 +18,16 @@ use crate::Target;
 use crate::lock::HostLock;
 use crate::ssh::{ControlDir, Host, SshError, shell_quote};
 
-const ENV: &str = "set -a; . /etc/etcd/etcdctl.env; set +a; export PATH=/usr/local/bin:$PATH";
 const REMOTE_SNAPSHOT: &str = "/var/lib/kforge/etcd-snapshot.db";
 const REMOTE_RESTORE: &str = "/var/lib/kforge/etcd-restore.db";
-const DATA_DIR: &str = "/var/lib/etcd";
-/// Start etcd and wait until it is active. A start can fail transiently right after a
-/// stop (seen in containers: the old cgroup not yet gone, exit 219/CGROUP); the unit's
-/// Restart=on-failure brings it back within seconds, so waiting for "active" covers it.
-const START_ETCD: &str = "timeout 120 systemctl start etcd.service && exit 0; \
-    for i in $(seq 60); do systemctl is-active -q etcd.service && exit 0; sleep 2; done; \
-    systemctl status etcd.service --no-pager -n 5 >&2; exit 1";
+/// The helpers, kept as shell (shellcheck runs on the file in CI).
+const ETCD_SH: &str = include_str!("sh/etcd.sh");
+
+/// The helper file followed by one call of `function` with `args` quoted.
+fn helper(function: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    format!("{ETCD_SH}\n{function} {}\n", args.join(" "))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -111,7 +111,7 @@ impl Etcd {
     pub fn health(&self) -> Result<String, EtcdError> {
         let mut last = None;
         for (_, host) in &self.members {
-            match host.run_script("etcd health", &format!("{ENV}; etcdctl endpoint health --cluster 2>&1")) {
+            match host.run_script("etcd health", &helper("kf_etcd_health", &[])) {
                 Ok(out) => return Ok(out),
                 Err(e) => last = Some(e),
             }
@@ -124,12 +124,7 @@ impl Etcd {
     pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, EtcdError> {
         let mut failures = Vec::new();
         for (m, host) in &self.members {
-            let save = format!(
-                "{ENV}; mkdir -p /var/lib/kforge; rm -f {REMOTE_SNAPSHOT}; \
-                 ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 etcdctl snapshot save {REMOTE_SNAPSHOT} >/dev/null; \
-                 chmod 600 {REMOTE_SNAPSHOT}; {status}; sha256sum {REMOTE_SNAPSHOT} | cut -d' ' -f1",
-                status = status_command(REMOTE_SNAPSHOT)
-            );
+            let save = helper("kf_snapshot_save", &[REMOTE_SNAPSHOT]);
             let out_text = match host.run_script("etcd snapshot save", &save) {
                 Ok(o) => o,
                 Err(e) => {
@@ -168,12 +163,10 @@ impl Etcd {
             w.finish()
         };
         progress("uploading the snapshot to every controller");
-        let verify_upload = format!(
-            "set -e; umask 077; mkdir -p /var/lib/kforge; cat > {REMOTE_RESTORE}; echo '{sum}  {REMOTE_RESTORE}' | sha256sum -c --status"
-        );
+        let verify_upload = helper("kf_receive_snapshot", &[REMOTE_RESTORE, &sum]);
         self.each(|_, h| h.upload("upload the snapshot", file, &verify_upload).map(|_| ()))?;
         let first = &self.members[0].1;
-        let checked = first.run_script("check the snapshot", &format!("{ENV}; {}", status_command(REMOTE_RESTORE)));
+        let checked = first.run_script("check the snapshot", &helper("kf_check_snapshot", &[REMOTE_RESTORE]));
         let status = match checked {
             Ok(out) => parse_status(&out)?,
             Err(e) => {
@@ -187,10 +180,7 @@ impl Etcd {
         progress("stopping kube-apiserver and etcd on every controller");
         let was_serving: Mutex<Vec<String>> = Mutex::new(Vec::new());
         self.each(|m, h| {
-            let out = h.run_script(
-                "stop etcd",
-                "if systemctl is-active -q kube-apiserver.service; then echo apiserver-was-active; systemctl stop kube-apiserver.service; fi; systemctl stop etcd.service",
-            )?;
+            let out = h.run_script("stop etcd", &helper("kf_stop_members", &[]))?;
             if out.contains("apiserver-was-active") {
                 was_serving.lock().unwrap().push(m.name.clone());
             }
@@ -202,18 +192,8 @@ impl Etcd {
         let token = format!("{}-restored-{}", self.cluster_token, unix_now());
         let kept: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
         self.each(|m, h| {
-            let script = format!(
-                "set -e; {ENV}; tool=etcdctl; command -v etcdutl >/dev/null && tool=etcdutl; \
-                 rm -rf {DATA_DIR}.restoring; \
-                 ETCDCTL_API=3 $tool snapshot restore {REMOTE_RESTORE} --name {name} --initial-cluster {ic} \
-                   --initial-cluster-token {token} --initial-advertise-peer-urls https://{ip}:2380 \
-                   --data-dir {DATA_DIR}.restoring >/dev/null 2>&1; \
-                 if [ -d {DATA_DIR} ]; then k={DATA_DIR}.before-restore-$(date +%Y%m%dT%H%M%S); mv {DATA_DIR} $k; echo kept=$k; fi; \
-                 mv {DATA_DIR}.restoring {DATA_DIR}; chmod 700 {DATA_DIR}; rm -f {REMOTE_RESTORE}",
-                name = shell_quote(&m.name),
-                ic = shell_quote(&initial_cluster),
-                ip = m.mesh_ip,
-            );
+            let peer_url = format!("https://{}:2380", m.mesh_ip);
+            let script = helper("kf_restore", &[REMOTE_RESTORE, &m.name, &initial_cluster, &token, &peer_url]);
             let out = h.run_script("etcd snapshot restore", &script)?;
             let k = out.lines().find_map(|l| l.strip_prefix("kept=")).map(String::from);
             kept.lock().unwrap().push((m.name.clone(), k));
@@ -222,7 +202,7 @@ impl Etcd {
 
         // etcd (Type=notify) is "started" only once it has a quorum: start all at once.
         progress("starting etcd on every controller");
-        self.each(|_, h| h.run_script("start etcd", START_ETCD).map(|_| ()))?;
+        self.each(|_, h| h.run_script("start etcd", &helper("kf_start_etcd", &[])).map(|_| ()))?;
         let serving = was_serving.into_inner().unwrap();
         self.each(|m, h| {
             if serving.contains(&m.name) {
@@ -266,11 +246,6 @@ impl Drop for Etcd {
 }
 
 /// `snapshot status` (etcdutl in etcd ≥ 3.5, etcdctl before) as JSON.
-fn status_command(file: &str) -> String {
-    format!(
-        "if command -v etcdutl >/dev/null; then etcdutl snapshot status {file} -w json; else etcdctl snapshot status {file} -w json; fi"
-    )
-}
 
 fn parse_status(out: &str) -> Result<SnapshotStatus, EtcdError> {
     let line = out.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or("");

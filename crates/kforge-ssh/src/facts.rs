@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kforge_core::plan::NodePlan;
 
-use crate::ssh::{Host, SshError, shell_quote};
-
-pub use kforge_core::paths::{HASH_CACHE, MANIFEST, PENDING_DIR, STATE_DIR};
+use crate::ssh::{Host, SshError, sh_array};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeFacts {
@@ -54,55 +52,22 @@ fn units(plan: &NodePlan) -> Vec<String> {
     plan.phases.iter().flat_map(|p| p.units.iter().map(|u| u.name.clone())).collect()
 }
 
+const FACTS_SH: &str = include_str!("sh/facts.sh");
+
 pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
     let paths = watched_paths(plan);
-    let dirs: BTreeSet<String> = paths.iter().filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string())).collect();
-    let q = |v: &[String]| v.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ");
+    let dirs: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let script = format!(
-        r#"set -u
-. /etc/os-release 2>/dev/null; echo "os=${{ID:-unknown}} ${{VERSION_ID:-}}"
-echo "arch=$(uname -m)"
-echo "init=$(cat /proc/1/comm 2>/dev/null)"
-echo "hostname=$(hostname)"
-echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
-echo "clock=$(date +%s)"
-echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
-echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
-if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
-command -v boringtun-cli >/dev/null 2>&1 && echo boringtun=yes || echo boringtun=no
-# File digests, reusing the last apply's for files whose size, mtime and inode are
-# unchanged (as git's index does): hashing ~760 MB of binaries on every host at every
-# apply was most of a no-op apply's time. kforge replaces files by rename, so a file it
-# wrote always gets a new inode and is hashed afresh.
-declare -A kf_known=()
-if [ -f {hash_cache} ]; then while read -r h st p; do kf_known["$st $p"]=$h; done < {hash_cache}; fi
-kf_cache=""
-for p in {paths}; do
-  [ -f "$p" ] || continue
-  st=$(stat -c '%s:%.9Y:%i' "$p")
-  h=${{kf_known["$st $p"]:-}}
-  [ -n "$h" ] || h=$(sha256sum "$p" | cut -d' ' -f1)
-  echo "file $h $p"
-  kf_cache+="$h $st $p"$'\n'
-done
-if [ -d {state_dir} ]; then printf '%s' "$kf_cache" > {hash_cache}.tmp && mv -f {hash_cache}.tmp {hash_cache}; fi
-for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1) $(systemctl is-enabled "$u" 2>/dev/null | head -1)"; done
-for f in {pending}/*; do [ -e "$f" ] && echo "pending ${{f##*/}}"; done
-[ -f {manifest} ] && echo "manifest $(base64 -w0 < {manifest})"
-ss -Hltn 2>/dev/null | awk '{{n=split($4,a,":"); print "listen tcp/" a[n]}}'
-ss -Hlun 2>/dev/null | awk '{{n=split($4,a,":"); print "listen udp/" a[n]}}'
-for c in {commands}; do PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || echo "missing $c"; done
-for d in {dirs}; do [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'; done
-true
-"#,
-        paths = q(&paths),
-        units = q(&units(plan)),
-        pending = PENDING_DIR,
-        manifest = MANIFEST,
-        hash_cache = HASH_CACHE,
-        state_dir = STATE_DIR,
-        dirs = q(&dirs.into_iter().collect::<Vec<_>>()),
-        commands = q(&plan.required_commands),
+        "{}\n{}\n{}\n{}\n{FACTS_SH}",
+        sh_array("KF_PATHS", &paths),
+        sh_array("KF_UNITS", &units(plan)),
+        sh_array("KF_COMMANDS", &plan.required_commands),
+        sh_array("KF_DIRS", &dirs),
     );
     let out = host.run_script("gather facts", &script)?;
     Ok(parse(&out))

@@ -186,3 +186,8 @@ fn last_lines(s: &str) -> String {
 pub fn shell_quote(s: &str) -> String {
     kforge_core::render::shell_quote(s)
 }
+
+/// A bash array assignment: `NAME=('a' 'b c')`, each item quoted.
+pub fn sh_array(name: &str, items: &[String]) -> String {
+    format!("{name}=({})", items.iter().map(|i| shell_quote(i)).collect::<Vec<_>>().join(" "))
+}

@@ -96,23 +96,12 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
             s.spawn(move || {
                 let peers: Vec<&str> =
                     mesh_ips.iter().filter(|(n, _)| n != &np.node).map(|(_, ip)| ip.as_str()).collect();
-                let units: Vec<String> = np
-                    .phases
-                    .iter()
-                    .flat_map(|p| p.units.iter().filter(|u| u.start).map(|u| u.name.clone()))
-                    .collect();
-                let certs: Vec<String> =
-                    np.files().filter(|f| f.path.ends_with(".crt")).map(|f| shell_quote(&f.path)).collect();
-                let script = format!(
-                    "for ip in {peers}; do if timeout 3 bash -c \"echo > /dev/tcp/$ip/22\" 2>/dev/null; then echo \"reach $ip yes\"; else echo \"reach $ip no\"; fi; done\n\
-                     nft list table inet kforge >/dev/null 2>&1 && echo 'firewall yes' || echo 'firewall no'\n\
-                     for u in {units}; do echo \"unit $u $(systemctl is-active $u 2>/dev/null | head -1)\"; done\n\
-                     for f in {certs}; do [ -f \"$f\" ] && echo \"file $(sha256sum \"$f\" | cut -d' ' -f1) $f\"; done\n\
-                     true\n",
-                    peers = peers.join(" "),
-                    units = units.iter().map(|u| shell_quote(u)).collect::<Vec<_>>().join(" "),
-                    certs = certs.join(" "),
-                );
+                let units: Vec<String> =
+                    np.phases.iter().flat_map(|p| p.units.iter().filter(|u| u.start).map(|u| u.name.clone())).collect();
+                let certs: Vec<&str> =
+                    np.files().filter(|f| f.path.ends_with(".crt")).map(|f| f.path.as_str()).collect();
+                let certs: Vec<String> = certs.iter().map(|c| c.to_string()).collect();
+                let script = probe_call("kf_host_status", &[peers.join(" "), units.join(" "), certs.join(" ")]);
                 let mut h = HostSeen::default();
                 match host.run_script("status", &script) {
                     Ok(out) => {
@@ -294,16 +283,19 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
     })
 }
 
-const KUBECTL: &str = "/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s";
+/// The probes, kept as shell (shellcheck runs on the file in CI).
+const STATUS_SH: &str = include_str!("sh/status.sh");
+
+/// The probe file followed by one call of `function` with `args` quoted.
+fn probe_call(function: &str, args: &[String]) -> String {
+    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    format!("{STATUS_SH}\n{function} {}\n", args.join(" "))
+}
 
 /// `api`, `nodes` and `dns` checks (see [`KubernetesProbe`]).
 fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host], worker_hosts: &[Host]) -> Vec<Check> {
     let mut checks = Vec::new();
-    let script = format!(
-        "echo \"readyz $({KUBECTL} get --raw=/readyz 2>&1 | tail -1)\"\n\
-         {KUBECTL} get nodes -o jsonpath='{{range .items[*]}}node {{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}{{\"\\n\"}}{{end}}'\n\
-         true\n"
-    );
+    let script = probe_call("kf_kubernetes_status", &[]);
     let answer = controllers.iter().find_map(|h| h.run_script("kubernetes status", &script).ok());
     let Some(out) = answer else {
         checks.push(Check { name: "api".into(), ok: false, detail: "no controller answered over SSH".into() });
@@ -373,8 +365,8 @@ fn dns_answer(script: &str, workers: &[Host]) -> Option<Result<String, String>> 
     })
 }
 
-/// A DNS query (type A) for `name` sent with bash's /dev/udp, the answer's first
-/// address decoded from the reply: no dig or nslookup needed on the host.
+/// A DNS query (type A) for `name` sent with bash's /dev/udp (`kf_dns_query`), the
+/// answer's first address decoded from the reply: no dig or nslookup needed on the host.
 fn dns_query_script(server: &str, name: &str) -> String {
     let mut query: Vec<u8> = vec![0x6b, 0x66, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
@@ -383,18 +375,5 @@ fn dns_query_script(server: &str, name: &str) -> String {
     }
     query.extend_from_slice(&[0, 0, 1, 0, 1]);
     let printf: String = query.iter().map(|b| format!("\\x{b:02x}")).collect();
-    // The query goes out as one datagram: written to a file first, then one dd write
-    // (printf alone writes it in pieces, each its own datagram).
-    format!(
-        "q=$(mktemp)\n\
-         printf \"{printf}\" >\"$q\"\n\
-         reply=$(timeout 5 bash -c \"exec 3<>/dev/udp/{server}/53; dd if=$q bs=512 count=1 status=none >&3; dd bs=512 count=1 status=none <&3\" | od -An -v -tu1 | tr -s ' \\n' ' ')\n\
-         rm -f \"$q\"\n\
-         set -- $reply\n\
-         if [ $# -lt 12 ]; then echo 'dns no answer within 5 s'; exit 0; fi\n\
-         rcode=$(( $4 & 15 )); answers=$(( $7 * 256 + $8 ))\n\
-         if [ $rcode -ne 0 ] || [ $answers -eq 0 ]; then echo \"dns rcode $rcode, $answers answers\"; exit 0; fi\n\
-         n=$#; eval \"a=\\${{$((n-3))}} b=\\${{$((n-2))}} c=\\${{$((n-1))}} d=\\${{$n}}\"\n\
-         echo \"dns answer $a.$b.$c.$d\"\n"
-    )
+    probe_call("kf_dns_query", &[server.to_string(), printf])
 }

@@ -107,6 +107,7 @@ fn the_hard_way_runs_for_real() {
     etcd_is_a_healthy_mtls_cluster_on_the_mesh(&lab);
     every_unit_verifies_and_explain_matches_the_host(&lab);
     assert_eq!(totals(&lab.apply_json()), (0, 0), "a second apply changes nothing");
+    lab.rerunning_the_bootstrap_changes_nothing();
     workers_survive_a_stopped_api_server(&lab);
     a_rebooted_worker_comes_back_without_apply(&lab);
     a_thousand_keys_survive_snapshot_wipe_and_restore(&lab);

@@ -76,6 +76,27 @@ impl Lab {
         run("ssh", &["-F", cfg.to_str().unwrap(), node, cmd])
     }
 
+    /// Run, on every machine, the bootstrap script apply left there (the same steps
+    /// cloud-init runs, rendered for that host) and check it changes nothing on a
+    /// converged host: no file newer than before, no unit restarted or reloaded.
+    fn rerunning_the_bootstrap_changes_nothing(&self) {
+        const UNITS: &str = r#"for f in /var/lib/kforge/units/*.inputs; do u=${f##*/}; u=${u%.inputs}; echo "$u $(systemctl show -p InvocationID --value "$u")"; done"#;
+        for m in &self.state.machines {
+            let before = self.ssh(&m.name, UNITS);
+            assert!(before.lines().count() >= 3, "{}: units with recorded inputs: {before}", m.name);
+            let out = self.ssh(
+                &m.name,
+                "touch /run/kforge-before-bootstrap && sleep 1 && bash /var/lib/kforge/bootstrap.sh 2>&1 && \
+                 echo NEWER: && find /etc /usr/local /opt/cni /var/lib/kforge -newer /run/kforge-before-bootstrap -type f",
+            );
+            let (log, newer) = out.split_once("NEWER:").unwrap_or((&out, "?"));
+            assert!(log.contains("bootstrap finished"), "{}: {out}", m.name);
+            assert!(!log.contains("KF restarted") && !log.contains("KF reloaded"), "{}: {log}", m.name);
+            assert_eq!(newer.trim(), "", "{}: the bootstrap changed files", m.name);
+            assert_eq!(self.ssh(&m.name, UNITS), before, "{}: a unit was restarted", m.name);
+        }
+    }
+
     fn public_ip(&self, node: &str) -> String {
         self.state.machine(node).unwrap().public_ip.unwrap().to_string()
     }
@@ -184,6 +205,7 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     // A second apply writes zero files and restarts zero units.
     let again = lab.apply_json();
     assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
+    lab.rerunning_the_bootstrap_changes_nothing();
     for h in again["hosts"].as_array().unwrap() {
         assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");
     }

@@ -1,0 +1,79 @@
+# kforge's etcd helpers, run on a controller over SSH with kforge's etcd client
+# certificate (/etc/etcd/etcdctl.env). kforge sends this file, then calls one function.
+set -euo pipefail
+umask 077
+KF_ETCD_DATA=/var/lib/etcd
+
+kf_etcd_env() {
+  set -a
+  # shellcheck source=/dev/null
+  . /etc/etcd/etcdctl.env
+  set +a
+  export PATH=/usr/local/bin:$PATH
+}
+
+# kf_snapshot_status FILE: etcdutl where the release has it (etcdctl's is deprecated).
+kf_snapshot_status() {
+  if command -v etcdutl >/dev/null; then etcdutl snapshot status "$1" -w json; else etcdctl snapshot status "$1" -w json; fi
+}
+
+kf_etcd_health() {
+  kf_etcd_env
+  etcdctl endpoint health --cluster 2>&1
+}
+
+# kf_snapshot_save FILE: a snapshot of the local member, its status and its sha256.
+kf_snapshot_save() {
+  kf_etcd_env
+  mkdir -p "$(dirname "$1")"; rm -f "$1"
+  ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 etcdctl snapshot save "$1" >/dev/null
+  chmod 600 "$1"
+  kf_snapshot_status "$1"
+  sha256sum "$1" | cut -d' ' -f1
+}
+
+# kf_receive_snapshot FILE SHA256, the snapshot on stdin.
+kf_receive_snapshot() {
+  mkdir -p "$(dirname "$1")"; cat > "$1"
+  echo "$2  $1" | sha256sum -c --status
+}
+
+kf_check_snapshot() {
+  kf_etcd_env
+  kf_snapshot_status "$1"
+}
+
+# kf_stop_members: kube-apiserver (it would write to a half-restored cluster) and etcd.
+kf_stop_members() {
+  if systemctl is-active -q kube-apiserver.service; then
+    echo apiserver-was-active; systemctl stop kube-apiserver.service
+  fi
+  systemctl stop etcd.service
+}
+
+# kf_restore FILE NAME INITIAL_CLUSTER TOKEN PEER_URL: this member's data directory
+# rebuilt from the snapshot; the old one is kept aside and named on stdout.
+kf_restore() {
+  local tool=etcdctl kept
+  kf_etcd_env
+  command -v etcdutl >/dev/null && tool=etcdutl
+  rm -rf "$KF_ETCD_DATA.restoring"
+  ETCDCTL_API=3 "$tool" snapshot restore "$1" --name "$2" --initial-cluster "$3" \
+    --initial-cluster-token "$4" --initial-advertise-peer-urls "$5" \
+    --data-dir "$KF_ETCD_DATA.restoring" >/dev/null 2>&1
+  if [ -d "$KF_ETCD_DATA" ]; then
+    kept=$KF_ETCD_DATA.before-restore-$(date +%Y%m%dT%H%M%S)
+    mv "$KF_ETCD_DATA" "$kept"; echo "kept=$kept"
+  fi
+  mv "$KF_ETCD_DATA.restoring" "$KF_ETCD_DATA"; chmod 700 "$KF_ETCD_DATA"; rm -f "$1"
+}
+
+# kf_start_etcd: start and wait until active. A start can fail transiently right after
+# a stop (seen in containers: the old cgroup not yet gone, exit 219/CGROUP); the unit's
+# Restart=on-failure brings it back within seconds, so waiting for "active" covers it.
+kf_start_etcd() {
+  timeout 120 systemctl start etcd.service && return 0
+  for _ in $(seq 60); do systemctl is-active -q etcd.service && return 0; sleep 2; done
+  systemctl status etcd.service --no-pager -n 5 >&2
+  return 1
+}

@@ -1,0 +1,59 @@
+# kforge facts: what a host is and has, in one SSH round trip, read-only except for
+# the digest cache. Inputs (arrays, set by kforge before this file):
+#   KF_PATHS     files whose sha256 the apply needs (planned files, artifacts)
+#   KF_UNITS     units whose state it needs
+#   KF_COMMANDS  commands the plan requires
+#   KF_DIRS      directories where an interrupted apply may have left temp files
+# Output: one `key=value` or `kind args…` line per fact (parsed by facts.rs).
+# shellcheck disable=SC2154
+set -u
+KF_STATE=/var/lib/kforge
+
+# shellcheck source=/dev/null
+. /etc/os-release 2>/dev/null
+echo "os=${ID:-unknown} ${VERSION_ID:-}"
+echo "arch=$(uname -m)"
+echo "init=$(cat /proc/1/comm 2>/dev/null)"
+echo "hostname=$(hostname)"
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "clock=$(date +%s)"
+echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
+echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
+if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
+if command -v boringtun-cli >/dev/null 2>&1; then echo boringtun=yes; else echo boringtun=no; fi
+
+# File digests, reusing the last apply's for files whose size, mtime and inode are
+# unchanged (as git's index does): hashing ~760 MB of binaries on every host at every
+# apply was most of a no-op apply's time. kforge replaces files by rename, so a file it
+# wrote always gets a new inode and is hashed afresh.
+declare -A kf_known=()
+if [ -f "$KF_STATE/hash-cache" ]; then
+  while read -r h st p; do kf_known["$st $p"]=$h; done < "$KF_STATE/hash-cache"
+fi
+kf_cache=""
+for p in "${KF_PATHS[@]}"; do
+  [ -f "$p" ] || continue
+  st=$(stat -c '%s:%.9Y:%i' "$p")
+  h=${kf_known["$st $p"]:-}
+  [ -n "$h" ] || h=$(sha256sum "$p" | cut -d' ' -f1)
+  echo "file $h $p"
+  kf_cache+="$h $st $p"$'\n'
+done
+if [ -d "$KF_STATE" ]; then
+  printf '%s' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
+fi
+
+for u in "${KF_UNITS[@]}"; do
+  echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1) $(systemctl is-enabled "$u" 2>/dev/null | head -1)"
+done
+for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/}"; done
+[ -f "$KF_STATE/manifest.json" ] && echo "manifest $(base64 -w0 < "$KF_STATE/manifest.json")"
+ss -Hltn 2>/dev/null | awk '{n=split($4,a,":"); print "listen tcp/" a[n]}'
+ss -Hlun 2>/dev/null | awk '{n=split($4,a,":"); print "listen udp/" a[n]}'
+for c in "${KF_COMMANDS[@]}"; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || echo "missing $c"
+done
+for d in "${KF_DIRS[@]}"; do
+  [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'
+done
+true
