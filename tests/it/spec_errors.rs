@@ -32,3 +32,19 @@ fn an_even_number_of_servers_warns_but_passes() {
     assert!(out.stderr.contains("--> kforge.yaml:"), "{}", out.stderr);
     assert!(out.stdout.contains("warnings  1"), "{}", out.stdout);
 }
+
+/// A generated or pasted file past the parser's limits is "too large", not a syntax
+/// error the operator would hunt for; the line shown is cut to a readable window.
+#[test]
+fn a_huge_document_is_too_large_not_a_syntax_error() {
+    let ctx = TestContext::with_example("hardway");
+    let nodes: String = (0..60_000)
+        .map(|i| format!("    - {{name: w-{i}, role: worker, endpoint: 198.51.{}.{}}}\n", i / 250, i % 250 + 1))
+        .collect();
+    ctx.edit_spec("  nodes:\n", &format!("  nodes:\n{nodes}"));
+    let out = ctx.kforge(&["check"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("error: the document is too large for kforge's YAML parser"), "{}", out.stderr);
+    assert!(!out.stderr.contains("syntax"), "{}", out.stderr);
+    assert!(out.stderr.lines().all(|l| l.chars().count() < 400), "{}", out.stderr);
+}

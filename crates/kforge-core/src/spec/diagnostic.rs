@@ -63,7 +63,7 @@ impl Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let _ = writeln!(out, "{label}: {}", self.message);
+        let _ = writeln!(out, "{label}: {}", capped(&self.message));
         // rustc's layout: the gutter is as wide as the line number.
         let num = self.pos.map(|p| p.line.to_string()).unwrap_or_default();
         let pad = " ".repeat(num.len().max(1));
@@ -71,7 +71,8 @@ impl Diagnostic {
             Some(pos) => {
                 let _ = writeln!(out, "{pad}--> {file}:{}:{}", pos.line, pos.column);
                 if let Some(text) = source.lines().nth(pos.line.saturating_sub(1)) {
-                    let caret_pad = " ".repeat(pos.column.saturating_sub(1));
+                    let (text, column) = excerpt(text, pos.column);
+                    let caret_pad = " ".repeat(column.saturating_sub(1));
                     let _ = writeln!(out, "{pad} |");
                     let _ = writeln!(out, "{num} | {text}");
                     let _ = writeln!(out, "{pad} | {caret_pad}^");
@@ -89,6 +90,40 @@ impl Diagnostic {
         }
         out
     }
+}
+
+/// At most this many characters of a source line are echoed with an error.
+pub const ECHO_CHARS: usize = 200;
+
+/// A window of `line` around `column` (1-based) of at most [`ECHO_CHARS`], with `…`
+/// where it was cut, and the column within the window: a 5 MB line stays readable.
+pub fn excerpt(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= ECHO_CHARS {
+        return (line.to_string(), column);
+    }
+    let start = column.saturating_sub(1).saturating_sub(ECHO_CHARS / 4).min(chars.len() - ECHO_CHARS);
+    let end = start + ECHO_CHARS;
+    let mut text = String::new();
+    if start > 0 {
+        text.push('…');
+    }
+    text.extend(&chars[start..end]);
+    if end < chars.len() {
+        text.push('…');
+    }
+    (text, column - start + usize::from(start > 0))
+}
+
+/// A message that quotes a pasted value stays a few lines long.
+fn capped(message: &str) -> String {
+    const MAX: usize = ECHO_CHARS + 40;
+    let n = message.chars().count();
+    if n <= MAX {
+        return message.to_string();
+    }
+    let kept: String = message.chars().take(MAX).collect();
+    format!("{kept}… ({} more characters)", n - MAX)
 }
 
 /// A cluster file that cannot be used, with everything wrong in it.

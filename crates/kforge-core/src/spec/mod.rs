@@ -59,9 +59,15 @@ pub fn parse(file: &str, text: &str) -> Result<LoadedSpec, SpecError> {
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
     };
+    if text.trim().lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Err(fail(vec![
+            Diagnostic { pos: Some(Pos { line: 1, column: 1 }), ..Diagnostic::error("", "the cluster file is empty") }
+                .help("`kforge init --example NAME DIR` writes a complete example to start from"),
+        ]));
+    }
     let cluster: Cluster = match serde_saphyr::from_str_with_options(text, options) {
         Ok(c) => c,
-        Err(e) => return Err(fail(vec![yaml_diagnostic(&e)])),
+        Err(e) => return Err(fail(vec![yaml_diagnostic(&e, text)])),
     };
     let map = SourceMap::build(text);
     let mut diagnostics = validate::validate(&cluster);
@@ -77,12 +83,21 @@ pub fn parse(file: &str, text: &str) -> Result<LoadedSpec, SpecError> {
 }
 
 /// Turn a YAML/serde error into a located diagnostic with a hint for common cases.
-fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
+fn yaml_diagnostic(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
     use serde_saphyr::MessageFormatter;
     let inner = e.without_snippet();
     let message = serde_saphyr::UserMessageFormatter.format_message(inner).into_owned();
     let pos =
         e.location().filter(|l| l.line() > 0).map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        return Diagnostic {
+            pos,
+            ..Diagnostic::error("", format!("the document is too large for kforge's YAML parser ({breach:?})")).help(
+                "a cluster file is small: this much YAML is a generated or pasted mistake (the parser stops at 250,000 values, depth 64, 50,000 aliases)",
+            )
+        };
+    }
+    let key = pos.and_then(|p| key_at(text, p)).unwrap_or_default();
     let help = if message.contains("unknown field") {
         "remove or rename this key; `kforge schema` lists every key the file may have"
     } else if message.contains("missing field") {
@@ -91,8 +106,12 @@ fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
         "use one of the values listed"
     } else if message.contains("duplicate") {
         "each key may appear once in a mapping"
+    } else if (message.contains("invalid u16") || message.contains("invalid u32")) && key == "keepalive" {
+        "write the keepalive in seconds, 0 (off) to 65535; 25 keeps a NAT mapping open"
+    } else if (message.contains("invalid u16") || message.contains("invalid u32")) && key.ends_with("ort") {
+        "write a port number, 1 to 65535"
     } else if message.contains("invalid u16") || message.contains("invalid u32") {
-        "write a whole number (ports are 1..=65535)"
+        "write a whole number in range (see `kforge schema` for this key)"
     } else if message.contains("invalid boolean") {
         "write true or false"
     } else if message.contains("expected sequence") {
@@ -109,6 +128,15 @@ fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
         "YAML syntax: check indentation, brackets and quotes at this position"
     };
     Diagnostic { pos, ..Diagnostic::error("", message).help(help) }
+}
+
+/// The key whose value starts at `pos` (`port` in `{port: 70000}`), if any.
+fn key_at(text: &str, pos: Pos) -> Option<String> {
+    let line = text.lines().nth(pos.line.checked_sub(1)?)?;
+    let before: String = line.chars().take(pos.column.saturating_sub(1)).collect();
+    let before = before.trim_end().strip_suffix(':')?;
+    let key = before.rsplit(|c: char| c.is_whitespace() || c == '{' || c == ',' || c == '-').next()?;
+    Some(key.trim_matches(|c| c == '"' || c == '\'').to_string())
 }
 
 #[cfg(test)]
