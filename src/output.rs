@@ -304,7 +304,7 @@ pub fn status_text(r: &kforge_ssh::status::StatusReport) -> String {
     for (why, components) in reasons {
         let _ = writeln!(
             o,
-            "  {:<13} {:<5} {} (stand-ins, never started): {why}",
+            "  {:<13} {:<5} {} (stand-ins, not the real programs; not counted): {why}",
             "not running",
             "-",
             components.join(", ")

@@ -77,3 +77,16 @@ fn a_warning_repeated_across_a_fleet_is_counted_not_flooded() {
     assert_eq!(out.stderr.matches("has neither an endpoint nor ssh.host").count(), 3, "{}", out.stderr);
     assert!(out.stderr.contains("warning: 9 more like the above"), "{}", out.stderr);
 }
+
+/// A fresh `init` of the hard way names local binaries the operator has not fetched
+/// yet: apply lists each missing file once and contacts no host.
+#[test]
+fn apply_names_each_missing_local_artifact_once_before_contacting_a_host() {
+    let ctx = TestContext::with_example("hardway");
+    let out = ctx.kforge(&["apply", "--dry-run"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("local artifacts are missing; no host was contacted"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("./bin/kube-apiserver (kube-apiserver)").count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("./bin/etcd-v3.6.16-linux-amd64.tar.gz (etcd)"), "{}", out.stderr);
+    assert!(!out.stderr.contains("ssh"), "no host was dialled: {}", out.stderr);
+}

@@ -252,6 +252,13 @@ fn prepare_and_build(
             state.save()?;
             host_sysctls::acquire(&state.id, log)?;
         }
+    } else {
+        // The k3s example names ./bin/k3s: the directory is there for the binary.
+        let bin = state.dir.join("bin");
+        fs::create_dir_all(&bin).map_err(|e| LabError::io(&bin, e))?;
+        if !bin.join("k3s").exists() {
+            log(&format!("put a k3s binary at {} before `kforge apply`", bin.join("k3s").display()));
+        }
     }
     build(state, image, names, &opts.behind_nat, opts.example, log)
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use kforge_core::paths::{self, BOOTSTRAP_SCRIPT};
 use kforge_core::pipeline::HostCaps;
-use kforge_core::plan::{FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedFile};
+use kforge_core::plan::{ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedFile};
 use kforge_core::render::script::render_bootstrap;
 use kforge_core::render::steps::{Step, to_shell};
 
@@ -56,6 +56,7 @@ fn run(
     control_dir: &std::path::Path,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<ApplyReport, ApplyError> {
+    local_artifacts_exist(&plan, opts)?;
     let mut hosts = connect(&plan, opts, control_dir)?;
     gather_facts(&mut hosts, opts, progress);
     if hosts.iter().all(|h| h.failed) {
@@ -71,6 +72,37 @@ fn run(
     finish_hosts(&mut hosts, &plan, opts);
     drop(locks);
     Ok(finish(&plan, opts, hosts))
+}
+
+/// Every artifact that comes from this workstation is there: reported once per file,
+/// before any host is contacted (not once per host, halfway through a phase).
+fn local_artifacts_exist(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
+    let mut missing: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for a in plan.nodes.iter().flat_map(|n| n.phases.iter().flat_map(|p| p.artifacts.iter())) {
+        if let ArtifactSource::Path { path } = &a.source
+            && !opts.base_dir.join(path).is_file()
+        {
+            // As the operator wrote it when the cluster file is in the current directory.
+            let shown = match opts.base_dir.as_os_str().to_str() {
+                Some("" | ".") => path.clone(),
+                _ => opts.base_dir.join(path).display().to_string(),
+            };
+            missing.entry(shown).or_default().insert(&a.name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|(file, names)| format!("  {file} ({})", names.iter().copied().collect::<Vec<_>>().join(", ")))
+        .collect();
+    Err(ApplyError::Setup(format!(
+        "{} local artifact{} missing; no host was contacted:\n{}\n  help: put the files there (paths are relative to the cluster file), or set spec.artifacts.<name>.url + sha256",
+        missing.len(),
+        if missing.len() == 1 { " is" } else { "s are" },
+        lines.join("\n")
+    )))
 }
 
 /// One `HostRun` per node, with how to reach it (nothing is contacted yet).

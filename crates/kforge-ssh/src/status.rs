@@ -70,6 +70,8 @@ struct HostSeen {
     firewall_table: bool,
     units: BTreeMap<String, String>,
     hashes: BTreeMap<String, String>,
+    /// Binary → the first line of its `--version`.
+    versions: BTreeMap<String, String>,
 }
 
 fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option<Host> {
@@ -121,6 +123,9 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
                                 }
                                 ["file", sum, path] => {
                                     h.hashes.insert(path.to_string(), sum.to_string());
+                                }
+                                ["version", path, text] => {
+                                    h.versions.insert(path.to_string(), text.to_string());
                                 }
                                 _ => {}
                             }
@@ -275,12 +280,22 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         checks.extend(kubernetes_checks(plan, probe, &answering(true), &answering(false)));
     }
 
-    Ok(StatusReport {
-        cluster: plan.cluster.clone(),
-        distribution: plan.distribution.clone(),
-        checks,
-        not_running: input.stand_ins.clone(),
-    })
+    let mut not_running = input.stand_ins.clone();
+    let stand_in_k3s: Vec<&str> = seen
+        .iter()
+        .filter(|(_, h)| h.versions.values().any(|v| v.contains("stand-in")))
+        .map(|(node, _)| node.as_str())
+        .collect();
+    if !stand_in_k3s.is_empty() {
+        not_running.push((
+            "k3s".into(),
+            format!(
+                "the k3s binary on {} is kforge-k3s-stand-in, not K3s: it checks the files K3s reads and joins over the mesh, but no Kubernetes runs",
+                stand_in_k3s.join(", ")
+            ),
+        ));
+    }
+    Ok(StatusReport { cluster: plan.cluster.clone(), distribution: plan.distribution.clone(), checks, not_running })
 }
 
 /// The probes, kept as shell (shellcheck runs on the file in CI).

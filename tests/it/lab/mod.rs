@@ -193,6 +193,9 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     // included), the firewall, the certificates on disk, the (stand-in) K3s units.
     let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).success().stdout;
     assert!(status.contains("12 of 12 node pairs reach each other"), "{status}");
+    // The stand-in is named as what it is: no Kubernetes runs in this lab.
+    assert!(status.contains("not running   -     k3s (stand-ins, not the real programs; not counted)"), "{status}");
+    assert!(status.contains("is kforge-k3s-stand-in, not K3s"), "{status}");
     assert!(status.contains("k3s-agent.service 3/3") && status.contains("k3s.service 1/1"), "{status}");
     assert!(!status.contains("etcd"), "K3s embeds its etcd; kforge does not check it: {status}");
     // Stop one node's firewall and status says so, exits non-zero, names the node.
