@@ -214,7 +214,7 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
     let text = kubeconfig::render_kubeconfig(
         &session.spec.cluster.metadata.name,
         &model.api_url(),
-        &session.secrets.ca("server-ca").cert,
+        &session.secrets.ca(kforge_core::pki::Ca::Server).cert,
         "admin",
         session.secrets.certificate(k3s::ADMIN_CERT_ID),
     );

@@ -36,7 +36,7 @@ fn assert_validity(cert: &Path, min_days: u64, max_days: u64) {
 fn openssl_verifies_every_chain_with_the_expected_names() {
     let ctx = TestContext::with_example("ha");
     let out = ctx.render("out");
-    for ca in kforge_core::secrets::K3S_CAS {
+    for ca in kforge_core::pki::Ca::ALL {
         let crt = out.join(format!("server-1/{TLS}/{ca}.crt"));
         openssl_verify(&crt, &crt);
         let text = openssl_text(&crt);

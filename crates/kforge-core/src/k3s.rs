@@ -15,12 +15,13 @@ use serde::Serialize;
 use crate::hashing::sha256_hex;
 use crate::model::{Member, Model};
 use crate::paths::unit_file;
+use crate::pki::Ca;
 use crate::pki::{CertRequest, Usage};
 use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
-use crate::secrets::{K3S_CAS, SecretsBundle};
+use crate::secrets::SecretsBundle;
 use crate::spec::Node;
 
-pub const BINARY: &str = "/usr/local/bin/k3s";
+pub const BINARY: &str = crate::component::Component::K3s.install().dest;
 pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 pub const TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
 pub const ENCRYPTION_CONFIG: &str = "/var/lib/rancher/k3s/server/cred/encryption-config.json";
@@ -39,7 +40,7 @@ pub const ADMIN_CERT_ID: &str = "admin";
 pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
     let mut out = vec![CertRequest {
         id: ADMIN_CERT_ID.into(),
-        issuer: "client-ca".into(),
+        issuer: Ca::Client,
         common_name: "admin".into(),
         organizations: vec!["system:masters".into()],
         dns_names: vec![],
@@ -49,7 +50,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
     for (member, node) in model.servers() {
         out.push(CertRequest {
             id: serving_cert_id(&node.name),
-            issuer: "server-ca".into(),
+            issuer: Ca::Server,
             common_name: "kube-apiserver".into(),
             organizations: vec![],
             dns_names: api_dns_names(model, node),
@@ -106,7 +107,7 @@ pub fn agent_token(secrets: &SecretsBundle) -> String {
 }
 
 fn ca_hash(secrets: &SecretsBundle) -> String {
-    sha256_hex(secrets.ca("server-ca").cert.as_bytes())
+    sha256_hex(secrets.ca(Ca::Server).cert.as_bytes())
 }
 
 /// `/etc/rancher/k3s/config.yaml`: keys are K3s's CLI flag names.
@@ -205,7 +206,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
 
         files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", server_token(secrets))));
         files.push(PlannedFile::secret(AGENT_TOKEN_FILE, format!("{}\n", secrets.k3s_agent_token)));
-        for ca in K3S_CAS {
+        for ca in Ca::ALL {
             let pair = secrets.ca(ca);
             files.push(PlannedFile::new(format!("{TLS_DIR}/{ca}.crt"), 0o644, pair.cert.clone()));
             files.push(PlannedFile::secret(format!("{TLS_DIR}/{ca}.key"), pair.key.clone()));

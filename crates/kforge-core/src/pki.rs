@@ -59,13 +59,50 @@ pub enum Usage {
     ServerAndClient,
 }
 
+/// kforge's CAs. Their bundle keys are also K3s's file names under `server/tls/`
+/// (`etcd/server-ca` → `server/tls/etcd/server-ca.crt`), so K3s takes them as custom CAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ca {
+    /// Signs serving certificates (API server, kubelets).
+    Server,
+    /// Signs client certificates: users, components, kubelets, the API server's kubelet client.
+    Client,
+    /// The aggregation layer's front proxy (`--requestheader-client-ca-file`).
+    RequestHeader,
+    /// etcd's serving certificates and its clients.
+    EtcdServer,
+    /// etcd members among themselves.
+    EtcdPeer,
+}
+
+impl Ca {
+    pub const ALL: [Ca; 5] = [Ca::Server, Ca::Client, Ca::RequestHeader, Ca::EtcdServer, Ca::EtcdPeer];
+
+    /// The bundle key (and K3s's file name).
+    pub const fn id(self) -> &'static str {
+        match self {
+            Ca::Server => "server-ca",
+            Ca::Client => "client-ca",
+            Ca::RequestHeader => "request-header-ca",
+            Ca::EtcdServer => "etcd/server-ca",
+            Ca::EtcdPeer => "etcd/peer-ca",
+        }
+    }
+}
+
+impl std::fmt::Display for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 /// Everything that defines a leaf certificate; its fingerprint decides re-issuance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRequest {
     /// Bundle key, e.g. `admin` or `apiserver/cp-1`.
     pub id: String,
-    /// Bundle key of the issuing CA, e.g. `client-ca`.
-    pub issuer: String,
+    /// The issuing CA.
+    pub issuer: Ca,
     pub common_name: String,
     pub organizations: Vec<String>,
     pub dns_names: Vec<String>,
@@ -205,7 +242,7 @@ mod tests {
     fn request() -> CertRequest {
         CertRequest {
             id: "admin".into(),
-            issuer: "client-ca".into(),
+            issuer: Ca::Client,
             common_name: "admin".into(),
             organizations: vec!["system:masters".into()],
             dns_names: vec![],

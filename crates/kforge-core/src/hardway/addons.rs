@@ -2,6 +2,7 @@
 //! from the initialising controller once its API server answers.
 
 use super::{ADDONS_DIR, ADMIN_KUBECONFIG, is_stand_in};
+use crate::component::Component;
 use crate::hashing::sha256_hex;
 use crate::model::Model;
 use crate::plan::{NodePlan, Phase, PlannedCommand, PlannedFile};
@@ -10,7 +11,7 @@ const STAMP: &str = "/var/lib/kforge/addons.applied";
 
 /// The stand-in that keeps addons from being applied, if any.
 pub fn blocked_by(model: &Model<'_>) -> Option<String> {
-    ["kube-apiserver", "kubectl"].into_iter().find(|k| is_stand_in(model, k)).map(String::from)
+    [Component::KubeApiserver, Component::Kubectl].into_iter().find(|c| is_stand_in(model, *c)).map(|c| c.key().into())
 }
 
 pub fn plan(model: &Model<'_>, np: &mut NodePlan) {

@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::model::Model;
-use crate::pki::{CertRequest, Usage};
+use crate::pki::{Ca, CertRequest, Usage};
 use crate::spec::Role;
 
 pub const ADMIN_ID: &str = crate::k3s::ADMIN_CERT_ID;
@@ -43,10 +43,10 @@ pub fn etcd_peer_id(node: &str) -> String {
     format!("etcd-peer/{node}")
 }
 
-fn client(id: &str, issuer: &str, cn: &str, o: &[&str]) -> CertRequest {
+fn client(id: &str, issuer: Ca, cn: &str, o: &[&str]) -> CertRequest {
     CertRequest {
         id: id.into(),
-        issuer: issuer.into(),
+        issuer,
         common_name: cn.into(),
         organizations: o.iter().map(|s| s.to_string()).collect(),
         dns_names: vec![],
@@ -58,21 +58,21 @@ fn client(id: &str, issuer: &str, cn: &str, o: &[&str]) -> CertRequest {
 /// Every leaf a hardway cluster needs.
 pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
     let mut out = vec![
-        client(ADMIN_ID, "client-ca", "admin", &["system:masters"]),
+        client(ADMIN_ID, Ca::Client, "admin", &["system:masters"]),
         client(
             CONTROLLER_MANAGER_ID,
-            "client-ca",
+            Ca::Client,
             "system:kube-controller-manager",
             &["system:kube-controller-manager"],
         ),
         // Upstream's guide once had O=system:system:kube-scheduler; RBAC knows this one.
-        client(SCHEDULER_ID, "client-ca", "system:kube-scheduler", &["system:kube-scheduler"]),
-        client(KUBE_PROXY_ID, "client-ca", "system:kube-proxy", &["system:node-proxier"]),
+        client(SCHEDULER_ID, Ca::Client, "system:kube-scheduler", &["system:kube-scheduler"]),
+        client(KUBE_PROXY_ID, Ca::Client, "system:kube-proxy", &["system:node-proxier"]),
         // The user the system:kube-apiserver-to-kubelet ClusterRole is bound to.
-        client(APISERVER_KUBELET_CLIENT_ID, "client-ca", "kubernetes", &[]),
-        client(FRONT_PROXY_CLIENT_ID, "request-header-ca", "front-proxy-client", &[]),
-        client(APISERVER_ETCD_CLIENT_ID, "etcd/server-ca", "kube-apiserver-etcd-client", &[]),
-        client(ETCD_CLIENT_ID, "etcd/server-ca", "kforge-etcd-client", &[]),
+        client(APISERVER_KUBELET_CLIENT_ID, Ca::Client, "kubernetes", &[]),
+        client(FRONT_PROXY_CLIENT_ID, Ca::RequestHeader, "front-proxy-client", &[]),
+        client(APISERVER_ETCD_CLIENT_ID, Ca::EtcdServer, "kube-apiserver-etcd-client", &[]),
+        client(ETCD_CLIENT_ID, Ca::EtcdServer, "kforge-etcd-client", &[]),
     ];
     let sans_ips = apiserver_ip_addresses(model);
     let sans_dns = apiserver_dns_names(model);
@@ -80,7 +80,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
         if node.role.has(Role::Controller) {
             out.push(CertRequest {
                 id: apiserver_id(&node.name),
-                issuer: "server-ca".into(),
+                issuer: Ca::Server,
                 common_name: "kubernetes".into(),
                 organizations: vec![],
                 dns_names: sans_dns.clone(),
@@ -90,7 +90,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
             let local = vec![IpAddr::V4(member.mesh_ip), IpAddr::V4(Ipv4Addr::LOCALHOST)];
             out.push(CertRequest {
                 id: etcd_server_id(&node.name),
-                issuer: "etcd/server-ca".into(),
+                issuer: Ca::EtcdServer,
                 common_name: node.name.clone(),
                 organizations: vec![],
                 dns_names: vec![node.name.clone(), "localhost".into()],
@@ -99,7 +99,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
             });
             out.push(CertRequest {
                 id: etcd_peer_id(&node.name),
-                issuer: "etcd/peer-ca".into(),
+                issuer: Ca::EtcdPeer,
                 common_name: node.name.clone(),
                 organizations: vec![],
                 dns_names: vec![node.name.clone()],
@@ -111,7 +111,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
             let user = format!("system:node:{}", node.name);
             out.push(CertRequest {
                 id: kubelet_serving_id(&node.name),
-                issuer: "server-ca".into(),
+                issuer: Ca::Server,
                 common_name: user.clone(),
                 organizations: vec!["system:nodes".into()],
                 dns_names: vec![node.name.clone()],
@@ -120,7 +120,7 @@ pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
             });
             out.push(CertRequest {
                 id: kubelet_client_id(&node.name),
-                issuer: "client-ca".into(),
+                issuer: Ca::Client,
                 common_name: user,
                 organizations: vec!["system:nodes".into()],
                 dns_names: vec![],

@@ -16,15 +16,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use crate::pki::{self, CertAndKey, CertRequest, IssuedCert, LoadedCa, PkiError};
+use crate::pki::{self, Ca, CertAndKey, CertRequest, IssuedCert, LoadedCa, PkiError};
 use crate::random::{random_bytes, random_hex};
 use crate::spec::{Cluster, IpAddress};
 use crate::wireguard::PrivateKey;
 
 pub const BUNDLE_KIND: &str = "SecretsBundle";
-
-/// CAs K3s accepts as custom CAs (bundle key = path under `server/tls/`, sans `.crt`).
-pub const K3S_CAS: &[&str] = &["server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"];
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -117,10 +114,10 @@ impl SecretsBundle {
     pub fn reconcile_identity(&mut self, spec: &Cluster, now: OffsetDateTime) -> Result<ReconcileReport, PkiError> {
         let mut report = ReconcileReport::default();
         let pki = &spec.spec.pki;
-        for ca in K3S_CAS {
-            if !self.cas.contains_key(*ca) {
-                let cn = format!("kforge-{}-{}", spec.metadata.name, ca.replace('/', "-"));
-                self.cas.insert(ca.to_string(), pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?);
+        for ca in Ca::ALL {
+            if !self.cas.contains_key(ca.id()) {
+                let cn = format!("kforge-{}-{}", spec.metadata.name, ca.id().replace('/', "-"));
+                self.cas.insert(ca.id().to_string(), pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?);
                 report.created.push(format!("CA {ca}"));
             }
         }
@@ -275,10 +272,10 @@ impl SecretsBundle {
         let mut report = ReconcileReport::default();
         let pki = &spec.spec.pki;
         let renew_after = now + Duration::days(pki.renew_before_days as i64);
-        let mut cas: BTreeMap<&str, LoadedCa> = BTreeMap::new();
+        let mut cas: BTreeMap<Ca, LoadedCa> = BTreeMap::new();
         let mut due: Vec<(&CertRequest, Due)> = Vec::new();
         for req in requests {
-            let ca_pair = self.cas.get(&req.issuer).expect("CAs are created before leaves");
+            let ca_pair = self.cas.get(req.issuer.id()).expect("CAs are created before leaves");
             let wanted = req.fingerprint(ca_pair, pki.key_algorithm);
             let why = match self.certificates.get(&req.id) {
                 None => Due::Missing,
@@ -289,15 +286,14 @@ impl SecretsBundle {
                     None => return Err(PkiError::Parse { what: req.id.clone() }),
                 },
             };
-            if !cas.contains_key(req.issuer.as_str()) {
-                cas.insert(&req.issuer, LoadedCa::load(&req.issuer, ca_pair)?);
+            if !cas.contains_key(&req.issuer) {
+                cas.insert(req.issuer, LoadedCa::load(req.issuer.id(), ca_pair)?);
             }
             due.push((req, why));
         }
         // Key generation dominates (RSA 4096 takes about a second a key): issue on
         // every core, then record in request order so the bundle stays deterministic.
-        let issue =
-            |req: &CertRequest| cas[req.issuer.as_str()].issue(req, pki.key_algorithm, pki.leaf_validity_days, now);
+        let issue = |req: &CertRequest| cas[&req.issuer].issue(req, pki.key_algorithm, pki.leaf_validity_days, now);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, due.len().max(1));
         let chunk = due.len().div_ceil(threads).max(1);
         let issued: Vec<Result<IssuedCert, PkiError>> = std::thread::scope(|s| {
@@ -325,8 +321,8 @@ impl SecretsBundle {
         Ok(report)
     }
 
-    pub fn ca(&self, id: &str) -> &CertAndKey {
-        self.cas.get(id).unwrap_or_else(|| panic!("CA {id} is created by reconcile_identity"))
+    pub fn ca(&self, ca: Ca) -> &CertAndKey {
+        self.cas.get(ca.id()).unwrap_or_else(|| panic!("CA {ca} is created by reconcile_identity"))
     }
 
     pub fn certificate(&self, id: &str) -> &CertAndKey {

@@ -5,6 +5,7 @@
 //! their own (addresses, CIDRs) are newtypes whose `Deserialize` fails with a message
 //! that says how to fix them, so the YAML deserializer can point at the exact spot.
 
+use crate::component::Component;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -454,27 +455,28 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    /// Every configured artifact with its key in the file, in file-schema order.
-    pub fn entries(&self) -> Vec<(&'static str, &Artifact)> {
-        let all: [(&'static str, &Option<Artifact>); 12] = [
-            ("k3s", &self.k3s),
-            ("etcd", &self.etcd),
-            ("etcdctl", &self.etcdctl),
-            ("kube-apiserver", &self.kube_apiserver),
-            ("kube-controller-manager", &self.kube_controller_manager),
-            ("kube-scheduler", &self.kube_scheduler),
-            ("kubectl", &self.kubectl),
-            ("kubelet", &self.kubelet),
-            ("kube-proxy", &self.kube_proxy),
-            ("containerd", &self.containerd),
-            ("runc", &self.runc),
-            ("cni-plugins", &self.cni_plugins),
-        ];
-        all.into_iter().filter_map(|(k, a)| a.as_ref().map(|a| (k, a))).collect()
+    /// The artifact configured for `c`, if any.
+    pub fn get(&self, c: Component) -> Option<&Artifact> {
+        match c {
+            Component::K3s => &self.k3s,
+            Component::Etcd => &self.etcd,
+            Component::Etcdctl => &self.etcdctl,
+            Component::KubeApiserver => &self.kube_apiserver,
+            Component::KubeControllerManager => &self.kube_controller_manager,
+            Component::KubeScheduler => &self.kube_scheduler,
+            Component::Kubectl => &self.kubectl,
+            Component::Kubelet => &self.kubelet,
+            Component::KubeProxy => &self.kube_proxy,
+            Component::Containerd => &self.containerd,
+            Component::Runc => &self.runc,
+            Component::CniPlugins => &self.cni_plugins,
+        }
+        .as_ref()
     }
 
-    pub fn get(&self, key: &str) -> Option<&Artifact> {
-        self.entries().into_iter().find(|(k, _)| *k == key).map(|(_, a)| a)
+    /// Every configured artifact with its component, in file-schema order.
+    pub fn entries(&self) -> Vec<(Component, &Artifact)> {
+        Component::ALL.into_iter().filter_map(|c| Some((c, self.get(c)?))).collect()
     }
 }
 

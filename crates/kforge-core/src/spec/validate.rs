@@ -2,6 +2,7 @@
 //! networks, duplicate names and addresses, quorum, references to unknown nodes.
 //! Each finding names the YAML path; the caller attaches line and column.
 
+use crate::component::Component;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -494,9 +495,10 @@ fn pki(c: &Cluster, out: &mut Vec<Diagnostic>) {
 
 fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
     let k3s = c.spec.distribution.kind == DistributionKind::K3s;
-    for (key, a) in c.spec.artifacts.entries() {
+    for (component, a) in c.spec.artifacts.entries() {
+        let key = component.key();
         let path = format!("spec.artifacts.{key}");
-        if (key == "k3s") != k3s {
+        if (component == Component::K3s) != k3s {
             out.push(
                 Diagnostic::error(
                     &path,
@@ -505,7 +507,10 @@ fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
                 .help(if k3s {
                     "a k3s cluster needs only `k3s`".to_string()
                 } else {
-                    format!("hardway binaries are: {}", crate::hardway::COMPONENT_KEYS.join(", "))
+                    format!(
+                        "hardway binaries are: {}",
+                        Component::hardway().map(Component::key).collect::<Vec<_>>().join(", ")
+                    )
                 }),
             );
         }

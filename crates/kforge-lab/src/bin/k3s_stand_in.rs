@@ -45,6 +45,8 @@ fn run(role: &str) -> Result<(), String> {
     let node_ip = get("node-ip")?;
     let mut verified = vec![format!("role={role}"), format!("node-ip={node_ip}"), "token=K10".into()];
     let listener = if role == "server" {
+        // K3s's own custom-CA file names, listed here as K3s documents them (not taken
+        // from kforge's list), so the stand-in checks what K3s would read.
         for ca in ["server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"] {
             for ext in ["crt", "key"] {
                 let p = format!("{TLS}/{ca}.{ext}");

@@ -1,0 +1,119 @@
+//! The programs kforge installs, named once. Each one's key under `spec.artifacts`,
+//! where it lands on a host, which role needs it and how its release is unpacked all
+//! come from the one `match` in [`Component::install`]; the cluster file's
+//! `Artifacts` and every hardway phase look components up here.
+
+use crate::spec::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    K3s,
+    Etcd,
+    Etcdctl,
+    KubeApiserver,
+    KubeControllerManager,
+    KubeScheduler,
+    Kubectl,
+    Kubelet,
+    KubeProxy,
+    Containerd,
+    Runc,
+    CniPlugins,
+}
+
+/// Where a component's binary goes on a host.
+#[derive(Debug, Clone, Copy)]
+pub struct Install {
+    /// The binary kforge checks for (the one a unit runs).
+    pub dest: &'static str,
+    /// Which hardway role needs it; `None`: every node (K3s).
+    pub role: Option<Role>,
+    /// Unpacked here when the artifact is a release tarball (top directory stripped).
+    pub unpack_into: Option<&'static str>,
+    /// Only these tarball members (tar wildcards); everything when empty.
+    pub members: &'static [&'static str],
+}
+
+const BIN: &str = "/usr/local/bin";
+
+impl Component {
+    /// In the cluster file's schema order.
+    pub const ALL: [Component; 12] = [
+        Component::K3s,
+        Component::Etcd,
+        Component::Etcdctl,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+        Component::Kubectl,
+        Component::Kubelet,
+        Component::KubeProxy,
+        Component::Containerd,
+        Component::Runc,
+        Component::CniPlugins,
+    ];
+
+    /// The components of a hardway cluster (everything but K3s).
+    pub fn hardway() -> impl Iterator<Item = Component> {
+        Component::ALL.into_iter().filter(|c| *c != Component::K3s)
+    }
+
+    /// The key under `spec.artifacts`.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Component::K3s => "k3s",
+            Component::Etcd => "etcd",
+            Component::Etcdctl => "etcdctl",
+            Component::KubeApiserver => "kube-apiserver",
+            Component::KubeControllerManager => "kube-controller-manager",
+            Component::KubeScheduler => "kube-scheduler",
+            Component::Kubectl => "kubectl",
+            Component::Kubelet => "kubelet",
+            Component::KubeProxy => "kube-proxy",
+            Component::Containerd => "containerd",
+            Component::Runc => "runc",
+            Component::CniPlugins => "cni-plugins",
+        }
+    }
+
+    pub const fn install(self) -> Install {
+        const fn binary(dest: &'static str, role: Role) -> Install {
+            Install { dest, role: Some(role), unpack_into: None, members: &[] }
+        }
+        match self {
+            Component::K3s => Install { dest: "/usr/local/bin/k3s", role: None, unpack_into: None, members: &[] },
+            Component::Etcd => Install {
+                dest: "/usr/local/bin/etcd",
+                role: Some(Role::Controller),
+                unpack_into: Some(BIN),
+                members: &["*/etcd", "*/etcdctl", "*/etcdutl"],
+            },
+            Component::Etcdctl => binary("/usr/local/bin/etcdctl", Role::Controller),
+            Component::KubeApiserver => binary("/usr/local/bin/kube-apiserver", Role::Controller),
+            Component::KubeControllerManager => binary("/usr/local/bin/kube-controller-manager", Role::Controller),
+            Component::KubeScheduler => binary("/usr/local/bin/kube-scheduler", Role::Controller),
+            Component::Kubectl => binary("/usr/local/bin/kubectl", Role::Controller),
+            Component::Kubelet => binary("/usr/local/bin/kubelet", Role::Worker),
+            Component::KubeProxy => binary("/usr/local/bin/kube-proxy", Role::Worker),
+            Component::Containerd => Install {
+                dest: "/usr/local/bin/containerd",
+                role: Some(Role::Worker),
+                unpack_into: Some(BIN),
+                members: &["bin/*"],
+            },
+            Component::Runc => binary("/usr/local/sbin/runc", Role::Worker),
+            Component::CniPlugins => Install {
+                dest: "/opt/cni/bin/bridge",
+                role: Some(Role::Worker),
+                unpack_into: Some("/opt/cni/bin"),
+                members: &[],
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}

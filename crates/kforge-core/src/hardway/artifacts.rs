@@ -1,0 +1,90 @@
+//! Hardway artifacts: each component's binary or release tarball (unpacked once per
+//! distinct tarball), and the image archives containerd imports before the kubelet runs.
+
+use super::IMAGES_DIR;
+use crate::component::Component;
+use crate::model::Model;
+use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedCommand};
+use crate::spec::{Artifact, Node, Role};
+
+/// Release tarballs are kept here (their digest stamps beside them).
+const ARCHIVES: &str = "/var/lib/kforge/archives";
+
+/// The binaries (or release tarballs) this node's roles need, and the image archives
+/// a worker imports.
+pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
+    let artifacts = &model.spec.spec.artifacts;
+    for c in Component::hardway().filter(|c| c.install().role.is_some_and(|r| node.role.has(r))) {
+        let Some(a) = artifacts.get(c) else { continue };
+        let install = c.install();
+        let phase = np.phase(Phase::Artifacts);
+        let path = upload_path(c, a);
+        match install.unpack_into.filter(|_| a.is_archive()) {
+            Some(dir) => {
+                phase.artifacts.push(PlannedArtifact::from_spec(c.key(), &path, 0o644, a));
+                phase.commands.push(unpack(&path, dir, install.members));
+            }
+            None => phase.artifacts.push(PlannedArtifact::from_spec(c.key(), &path, 0o755, a)),
+        }
+    }
+    if node.role.has(Role::Worker) {
+        for img in &model.spec.spec.images {
+            let dest = format!("{IMAGES_DIR}/{}", img.host_file());
+            let name = format!("image {}", img.name);
+            np.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec(&name, &dest, 0o644, &img.artifact()));
+        }
+    }
+}
+
+/// `ctr images import` of each image archive, after containerd runs and before the
+/// kubelet starts. Skipped when the archive was imported already (a stamp with its
+/// digest) and containerd still knows the image (a wiped /var/lib/containerd re-imports).
+pub(super) fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
+    model
+        .spec
+        .spec
+        .images
+        .iter()
+        .map(|img| {
+            let archive = format!("{IMAGES_DIR}/{}", img.host_file());
+            let stamp = format!("{archive}.imported");
+            let ctr = "/usr/local/bin/ctr --namespace k8s.io";
+            let name = &img.name;
+            PlannedCommand {
+                description: format!("import image {name} into containerd"),
+                run: format!(
+                    "{ctr} images import --local {archive} >/dev/null && {ctr} images ls -q 'name=={name}' | grep -qx '{name}' && sha256sum {archive} | cut -d' ' -f1 > {stamp}"
+                ),
+                unless: Some(format!(
+                    "[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {archive} | cut -d' ' -f1)\" ] && {ctr} images ls -q 'name=={name}' | grep -qx '{name}'"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Where the artifact lands on the host: the binary itself, or the release tarball
+/// kept under /var/lib/kforge/archives when the component unpacks one.
+pub(super) fn upload_path(c: Component, a: &Artifact) -> String {
+    match c.install().unpack_into.filter(|_| a.is_archive()) {
+        Some(_) => format!("{ARCHIVES}/{}.tar.gz", c.key()),
+        None => c.install().dest.to_string(),
+    }
+}
+
+/// Unpack a release tarball once per distinct tarball (a stamp holds its digest).
+fn unpack(tarball: &str, dir: &str, members: &[&str]) -> PlannedCommand {
+    let stamp = format!("{tarball}.unpacked");
+    let members = if members.is_empty() {
+        String::new()
+    } else {
+        format!(" --wildcards {}", members.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(" "))
+    };
+    PlannedCommand {
+        description: format!("unpack {tarball} into {dir}"),
+        run: format!(
+            "mkdir -p {dir} && tar -xzf {tarball} -C {dir} --strip-components=1 --no-same-owner{members} && sha256sum {tarball} | cut -d' ' -f1 > {stamp}"
+        ),
+        unless: Some(format!("[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {tarball} | cut -d' ' -f1)\" ]")),
+    }
+}
