@@ -286,8 +286,8 @@ impl SecretsBundle {
                     None => return Err(PkiError::Parse { what: req.id.clone() }),
                 },
             };
-            if !cas.contains_key(&req.issuer) {
-                cas.insert(req.issuer, LoadedCa::load(req.issuer.id(), ca_pair)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = cas.entry(req.issuer) {
+                e.insert(LoadedCa::load(req.issuer.id(), ca_pair)?);
             }
             due.push((req, why));
         }
