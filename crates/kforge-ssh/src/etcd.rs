@@ -245,8 +245,6 @@ impl Drop for Etcd {
     }
 }
 
-/// `snapshot status` (etcdutl in etcd ≥ 3.5, etcdctl before) as JSON.
-
 fn parse_status(out: &str) -> Result<SnapshotStatus, EtcdError> {
     let line = out.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
     serde_json::from_str(line)
