@@ -12,6 +12,7 @@
 //!   NAT'd members); from the public side only connections DNAT'd to a published port
 //!   (hostPort/LoadBalancer), so NodePorts do not leak to the internet.
 
+use crate::systemd::UnitFile;
 use std::fmt::Write;
 
 use ipnet::IpNet;
@@ -163,24 +164,23 @@ fn source_matches(allow: &[Cidr]) -> Vec<String> {
 
 /// The boot-time unit that loads the ruleset before the network comes up.
 pub fn render_firewall_unit(nft_path: &str) -> String {
-    format!(
-        "# Managed by kforge: loads table inet kforge before the network is up.\n\
-         [Unit]\n\
-         Description=kforge firewall (nftables table inet kforge)\n\
-         DefaultDependencies=no\n\
-         Before=network-pre.target\n\
-         Wants=network-pre.target\n\
-         After=local-fs.target\n\
-         \n\
-         [Service]\n\
-         Type=oneshot\n\
-         RemainAfterExit=yes\n\
-         ExecStart=/usr/sbin/nft -f {nft_path}\n\
-         ExecReload=/usr/sbin/nft -f {nft_path}\n\
-         # Gone already is fine; a transient netlink error gets two more tries.\n\
-         ExecStop=/bin/sh -c 'for try in 1 2 3; do /usr/sbin/nft list table inet kforge >/dev/null 2>&1 || exit 0; /usr/sbin/nft delete table inet kforge && exit 0; sleep 1; done; exit 1'\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
+    UnitFile::new("Managed by kforge: loads table inet kforge before the network is up.")
+        .section("Unit")
+        .set("Description", "kforge firewall (nftables table inet kforge)")
+        .set("DefaultDependencies", "no")
+        .set("Before", "network-pre.target")
+        .set("Wants", "network-pre.target")
+        .set("After", "local-fs.target")
+        .section("Service")
+        .set("Type", "oneshot")
+        .set("RemainAfterExit", "yes")
+        .set("ExecStart", format!("/usr/sbin/nft -f {nft_path}"))
+        .set("ExecReload", format!("/usr/sbin/nft -f {nft_path}"))
+        .note("Gone already is fine; a transient netlink error gets two more tries.")
+        .set(
+            "ExecStop",
+            "/bin/sh -c 'for try in 1 2 3; do /usr/sbin/nft list table inet kforge >/dev/null 2>&1 || exit 0; /usr/sbin/nft delete table inet kforge && exit 0; sleep 1; done; exit 1'",
+        )
+        .wanted_by_multi_user()
+        .render()
 }

@@ -20,6 +20,7 @@ use crate::pki::{CertRequest, Usage};
 use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
 use crate::secrets::SecretsBundle;
 use crate::spec::Node;
+use crate::systemd::UnitFile;
 
 pub const BINARY: &str = crate::component::Component::K3s.install().dest;
 pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
@@ -275,33 +276,29 @@ pub(crate) fn encryption_config(key_b64: &str) -> String {
 
 /// K3s's systemd unit (as its installer writes it), ordered after the mesh.
 fn render_unit(server: bool, mesh_interface: &str) -> String {
-    let (what, exec) = if server { ("server", "server") } else { ("agent", "agent") };
-    format!(
-        "# Managed by kforge: K3s {what}, started once the mesh interface is up.\n\
-         [Unit]\n\
-         Description=Lightweight Kubernetes ({what}, kforge)\n\
-         Documentation=https://k3s.io\n\
-         Wants=network-online.target\n\
-         After=network-online.target wg-quick@{mesh_interface}.service kforge-firewall.service\n\
-         Requires=wg-quick@{mesh_interface}.service\n\
-         \n\
-         [Service]\n\
-         Type=notify\n\
-         EnvironmentFile=-/etc/default/%N\n\
-         KillMode=process\n\
-         Delegate=yes\n\
-         LimitNOFILE=1048576\n\
-         LimitNPROC=infinity\n\
-         LimitCORE=infinity\n\
-         TasksMax=infinity\n\
-         TimeoutStartSec=0\n\
-         Restart=always\n\
-         RestartSec=5s\n\
-         ExecStartPre=-/sbin/modprobe br_netfilter\n\
-         ExecStartPre=-/sbin/modprobe overlay\n\
-         ExecStart={BINARY} {exec}\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
+    let what = if server { "server" } else { "agent" };
+    UnitFile::new(format!("Managed by kforge: K3s {what}, started once the mesh interface is up."))
+        .section("Unit")
+        .set("Description", format!("Lightweight Kubernetes ({what}, kforge)"))
+        .set("Documentation", "https://k3s.io")
+        .set("Wants", "network-online.target")
+        .set("After", format!("network-online.target wg-quick@{mesh_interface}.service kforge-firewall.service"))
+        .set("Requires", format!("wg-quick@{mesh_interface}.service"))
+        .section("Service")
+        .set("Type", "notify")
+        .set("EnvironmentFile", "-/etc/default/%N")
+        .set("KillMode", "process")
+        .set("Delegate", "yes")
+        .set("LimitNOFILE", "1048576")
+        .set("LimitNPROC", "infinity")
+        .set("LimitCORE", "infinity")
+        .set("TasksMax", "infinity")
+        .set("TimeoutStartSec", "0")
+        .set("Restart", "always")
+        .set("RestartSec", "5s")
+        .set("ExecStartPre", "-/sbin/modprobe br_netfilter")
+        .set("ExecStartPre", "-/sbin/modprobe overlay")
+        .set("ExecStart", format!("{BINARY} {what}"))
+        .wanted_by_multi_user()
+        .render()
 }

@@ -23,4 +23,5 @@ pub mod random;
 pub mod render;
 pub mod secrets;
 pub mod spec;
+pub mod systemd;
 pub mod wireguard;

@@ -125,6 +125,11 @@ impl PlannedFile {
         PlannedFile::systemd(crate::paths::unit_file(unit), content)
     }
 
+    /// A unit file rendered from `file`, explained by its own flags and settings.
+    pub fn from_unit(unit: &str, file: &crate::systemd::UnitFile, what: impl Into<String>) -> PlannedFile {
+        PlannedFile::unit(unit, file.render()).about(what, "systemd", file.explained())
+    }
+
     /// A file holding key material: mode 0600 whatever was asked.
     pub fn secret(path: impl Into<String>, content: impl Into<Vec<u8>>) -> PlannedFile {
         PlannedFile { secret: true, ..PlannedFile::new(path, 0o600, content) }

@@ -6,7 +6,6 @@ use super::{ADMIN_KUBECONFIG, HEALTHZ_CONF, HEALTHZ_UNIT, KUBE_DIR, certs, confi
 use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
-use crate::paths::unit_file;
 use crate::pki::Ca;
 use crate::plan::{NodePlan, Phase, PlannedFile};
 use crate::secrets::SecretsBundle;
@@ -23,34 +22,34 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
     let kubelet_client = secrets.certificate(certs::APISERVER_KUBELET_CLIENT_ID);
     let front_client = secrets.certificate(certs::FRONT_PROXY_CLIENT_ID);
     let local = format!("https://127.0.0.1:{API_PORT}");
-    let k = |name: &str| format!("{KUBE_DIR}/{name}");
+    let p = Paths::new();
     let sa_public = crate::pki::public_key_pem(&secrets.service_account_key).expect("bundle holds a valid key");
 
     let mut apiserver_files = vec![
-        PlannedFile::new(k("ca.crt"), 0o644, ca.clone()).about(
+        PlannedFile::new(p.ca.clone(), 0o644, ca.clone()).about(
             "The cluster CA (kforge's `server-ca`): signs the API server's and the kubelets' serving certificates.",
             "every client of the API (kubeconfigs embed it), kube-apiserver (--kubelet-certificate-authority), kube-controller-manager (--root-ca-file: the ca.crt pods get)",
             vec![],
         ),
-        PlannedFile::new(k("client-ca.crt"), 0o644, client_ca.cert.clone()).about(
+        PlannedFile::new(p.client_ca.clone(), 0o644, client_ca.cert.clone()).about(
             "The client CA (kforge's `client-ca`): a client certificate it signed authenticates as its CN (user) and O (groups).",
             "kube-apiserver (--client-ca-file), kubelets (authentication.x509.clientCAFile)",
             vec![],
         ),
-        PlannedFile::new(k("kube-apiserver.crt"), 0o644, serving.cert.clone()).about(
+        PlannedFile::new(p.apiserver_crt.clone(), 0o644, serving.cert.clone()).about(
             format!("The API server's serving certificate on {}.", node.name),
             "kube-apiserver (--tls-cert-file)",
             certs::apiserver_sans_explained(model),
         ),
-        PlannedFile::secret(k("kube-apiserver.key"), serving.key.clone()),
-        PlannedFile::new(k("etcd-ca.crt"), 0o644, secrets.ca(Ca::EtcdServer).cert.clone()),
-        PlannedFile::new(k("apiserver-etcd-client.crt"), 0o644, etcd_client.cert.clone()).about(
+        PlannedFile::secret(p.apiserver_key.clone(), serving.key.clone()),
+        PlannedFile::new(p.etcd_ca.clone(), 0o644, secrets.ca(Ca::EtcdServer).cert.clone()),
+        PlannedFile::new(p.etcd_client_crt.clone(), 0o644, etcd_client.cert.clone()).about(
             "The API server's etcd client certificate, signed by the etcd CA.",
             "kube-apiserver (--etcd-certfile)",
             vec![],
         ),
-        PlannedFile::secret(k("apiserver-etcd-client.key"), etcd_client.key.clone()),
-        PlannedFile::new(k("apiserver-kubelet-client.crt"), 0o644, kubelet_client.cert.clone()).about(
+        PlannedFile::secret(p.etcd_client_key.clone(), etcd_client.key.clone()),
+        PlannedFile::new(p.kubelet_client_crt.clone(), 0o644, kubelet_client.cert.clone()).about(
             "The API server's client certificate towards kubelets (logs, exec, port-forward).",
             "kube-apiserver (--kubelet-client-certificate)",
             vec![(
@@ -58,24 +57,24 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 "`kubernetes`: the user the system:kube-apiserver-to-kubelet ClusterRole is bound to (addons)".into(),
             )],
         ),
-        PlannedFile::secret(k("apiserver-kubelet-client.key"), kubelet_client.key.clone()),
-        PlannedFile::new(k("front-proxy-ca.crt"), 0o644, front_ca.clone()),
-        PlannedFile::new(k("front-proxy-client.crt"), 0o644, front_client.cert.clone()).about(
+        PlannedFile::secret(p.kubelet_client_key.clone(), kubelet_client.key.clone()),
+        PlannedFile::new(p.front_proxy_ca.clone(), 0o644, front_ca.clone()),
+        PlannedFile::new(p.front_proxy_client_crt.clone(), 0o644, front_client.cert.clone()).about(
             "The aggregation layer's client certificate (CN front-proxy-client).",
             "kube-apiserver (--proxy-client-cert-file) when it proxies to extension API servers such as metrics-server",
             vec![],
         ),
-        PlannedFile::secret(k("front-proxy-client.key"), front_client.key.clone()),
-        PlannedFile::new(k("service-account.pub"), 0o644, sa_public).about(
+        PlannedFile::secret(p.front_proxy_client_key.clone(), front_client.key.clone()),
+        PlannedFile::new(p.sa_pub.clone(), 0o644, sa_public).about(
             "Public half of the service-account signing key.",
             "kube-apiserver (--service-account-key-file: verifies tokens)",
             vec![],
         ),
-        PlannedFile::secret(k("service-account.key"), secrets.service_account_key.clone()),
+        PlannedFile::secret(p.sa_key.clone(), secrets.service_account_key.clone()),
     ];
     if spec.secrets_encryption {
         apiserver_files.push(
-            PlannedFile::secret(k("encryption-config.yaml"), crate::k3s::encryption_config(&secrets.encryption_key))
+            PlannedFile::secret(p.encryption_config.clone(), crate::k3s::encryption_config(&secrets.encryption_key))
                 .about(
                 "EncryptionConfiguration (apiserver.config.k8s.io/v1): Secrets are encrypted before they reach etcd.",
                 "kube-apiserver (--encryption-provider-config)",
@@ -93,11 +92,31 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             ),
         );
     }
-    let unit_path = unit_file("kube-apiserver.service");
-    apiserver_files.push(PlannedFile::systemd(&unit_path, units::kube_apiserver(model, me)).about(
+    let apiserver = units::kube_apiserver(
+        model,
+        me,
+        &units::ApiserverFiles {
+            client_ca: &p.client_ca,
+            etcd_ca: &p.etcd_ca,
+            etcd_cert: &p.etcd_client_crt,
+            etcd_key: &p.etcd_client_key,
+            kubelet_ca: &p.ca,
+            kubelet_client_cert: &p.kubelet_client_crt,
+            kubelet_client_key: &p.kubelet_client_key,
+            proxy_client_cert: &p.front_proxy_client_crt,
+            proxy_client_key: &p.front_proxy_client_key,
+            front_proxy_ca: &p.front_proxy_ca,
+            service_account_pub: &p.sa_pub,
+            service_account_key: &p.sa_key,
+            tls_cert: &p.apiserver_crt,
+            tls_key: &p.apiserver_key,
+            encryption_config: spec.secrets_encryption.then_some(p.encryption_config.as_str()),
+        },
+    );
+    apiserver_files.push(PlannedFile::from_unit(
+        "kube-apiserver.service",
+        &apiserver,
         format!("The Kubernetes API server on {}.", node.name),
-        "systemd",
-        units::kube_apiserver_explained(model),
     ));
     let restart_on = apiserver_files.iter().map(|f| f.path.clone()).collect();
     let apiserver_unit = unit(model, "kube-apiserver.service", Component::KubeApiserver, restart_on, &[]);
@@ -106,7 +125,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
     let cm_cert = secrets.certificate(certs::CONTROLLER_MANAGER_ID);
     let cm_kubeconfig = render_kubeconfig(cluster, &local, ca, "system:kube-controller-manager", cm_cert);
     let mut cm_files = vec![
-        PlannedFile::secret(k("kube-controller-manager.kubeconfig"), cm_kubeconfig).about(
+        PlannedFile::secret(p.cm_kubeconfig.clone(), cm_kubeconfig).about(
             "kube-controller-manager's kubeconfig.",
             "kube-controller-manager (--kubeconfig)",
             vec![
@@ -114,22 +133,31 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ("user".into(), "CN=O=system:kube-controller-manager, the identity its ClusterRole is bound to".into()),
             ],
         ),
-        PlannedFile::secret(k("client-ca.key"), client_ca.key.clone()),
+        PlannedFile::secret(p.client_ca_key.clone(), client_ca.key.clone()),
     ];
-    let cm_unit_path = unit_file("kube-controller-manager.service");
-    cm_files.push(PlannedFile::systemd(&cm_unit_path, units::kube_controller_manager(model)).about(
+    let cm = units::kube_controller_manager(
+        model,
+        &units::ControllerManagerFiles {
+            kubeconfig: &p.cm_kubeconfig,
+            signing_cert: &p.client_ca,
+            signing_key: &p.client_ca_key,
+            root_ca: &p.ca,
+            service_account_key: &p.sa_key,
+        },
+    );
+    cm_files.push(PlannedFile::from_unit(
+        "kube-controller-manager.service",
+        &cm,
         "kube-controller-manager: node lifecycle, service accounts, CSR signing.",
-        "systemd",
-        units::kube_controller_manager_explained(model),
     ));
-    let restart_on = cm_files.iter().map(|f| f.path.clone()).chain([k("ca.crt"), k("service-account.key")]).collect();
+    let restart_on = cm_files.iter().map(|f| f.path.clone()).chain([p.ca.clone(), p.sa_key.clone()]).collect();
     let cm_unit = unit(model, "kube-controller-manager.service", Component::KubeControllerManager, restart_on, &[]);
 
     let sched_cert = secrets.certificate(certs::SCHEDULER_ID);
     let sched_kubeconfig = render_kubeconfig(cluster, &local, ca, "system:kube-scheduler", sched_cert);
     let sched_config_path = "/etc/kubernetes/config/kube-scheduler.yaml";
     let mut sched_files = vec![
-        PlannedFile::secret(k("kube-scheduler.kubeconfig"), sched_kubeconfig).about(
+        PlannedFile::secret(p.sched_kubeconfig.clone(), sched_kubeconfig).about(
             "kube-scheduler's kubeconfig.",
             "kube-scheduler (through its KubeSchedulerConfiguration)",
             vec![(
@@ -137,7 +165,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 "CN=O=system:kube-scheduler (upstream's guide once wrote `system:system:kube-scheduler`, which no RBAC rule matches)".into(),
             )],
         ),
-        PlannedFile::new(sched_config_path, 0o644, configs::kube_scheduler_config(&k("kube-scheduler.kubeconfig")))
+        PlannedFile::new(sched_config_path, 0o644, configs::kube_scheduler_config(&p.sched_kubeconfig.clone()))
             .about(
                 "KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1).",
                 "kube-scheduler (--config)",
@@ -147,20 +175,15 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ],
             ),
     ];
-    let sched_unit_path = unit_file("kube-scheduler.service");
-    sched_files.push(PlannedFile::systemd(&sched_unit_path, units::kube_scheduler(sched_config_path)).about(
+    sched_files.push(PlannedFile::from_unit(
+        "kube-scheduler.service",
+        &units::kube_scheduler(sched_config_path),
         "kube-scheduler: assigns pods to nodes.",
-        "systemd",
-        vec![(
-            "--config".into(),
-            "the scheduler reads everything from its configuration file; seed 002 lost hours to a missing one".into(),
-        )],
     ));
     let restart_on = sched_files.iter().map(|f| f.path.clone()).collect();
     let sched_unit = unit(model, "kube-scheduler.service", Component::KubeScheduler, restart_on, &[]);
 
     let healthz = configs::healthz_nginx(model, me);
-    let healthz_unit_path = unit_file(HEALTHZ_UNIT);
     let healthz_files = vec![
         PlannedFile::new(HEALTHZ_CONF, 0o644, healthz).about(
             "nginx as a plain-HTTP /healthz endpoint in front of the API server's HTTPS /healthz.",
@@ -176,7 +199,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ),
             ],
         ),
-        PlannedFile::systemd(&healthz_unit_path, units::healthz()),
+        PlannedFile::unit(HEALTHZ_UNIT, units::healthz().render()),
     ];
     let healthz_unit = nginx_unit(HEALTHZ_UNIT, &healthz_files);
 
@@ -195,4 +218,52 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
     p.files.extend(healthz_files);
     p.files.push(admin_local);
     p.units.extend([apiserver_unit, cm_unit, sched_unit, healthz_unit]);
+}
+
+/// The files the control plane's units read, under /var/lib/kubernetes: each path is
+/// written once and used by both the planned file and the flag that names it.
+struct Paths {
+    apiserver_crt: String,
+    apiserver_key: String,
+    ca: String,
+    client_ca: String,
+    client_ca_key: String,
+    cm_kubeconfig: String,
+    encryption_config: String,
+    etcd_ca: String,
+    etcd_client_crt: String,
+    etcd_client_key: String,
+    front_proxy_ca: String,
+    front_proxy_client_crt: String,
+    front_proxy_client_key: String,
+    kubelet_client_crt: String,
+    kubelet_client_key: String,
+    sa_key: String,
+    sa_pub: String,
+    sched_kubeconfig: String,
+}
+
+impl Paths {
+    fn new() -> Paths {
+        Paths {
+            apiserver_crt: format!("{KUBE_DIR}/kube-apiserver.crt"),
+            apiserver_key: format!("{KUBE_DIR}/kube-apiserver.key"),
+            ca: format!("{KUBE_DIR}/ca.crt"),
+            client_ca: format!("{KUBE_DIR}/client-ca.crt"),
+            client_ca_key: format!("{KUBE_DIR}/client-ca.key"),
+            cm_kubeconfig: format!("{KUBE_DIR}/kube-controller-manager.kubeconfig"),
+            encryption_config: format!("{KUBE_DIR}/encryption-config.yaml"),
+            etcd_ca: format!("{KUBE_DIR}/etcd-ca.crt"),
+            etcd_client_crt: format!("{KUBE_DIR}/apiserver-etcd-client.crt"),
+            etcd_client_key: format!("{KUBE_DIR}/apiserver-etcd-client.key"),
+            front_proxy_ca: format!("{KUBE_DIR}/front-proxy-ca.crt"),
+            front_proxy_client_crt: format!("{KUBE_DIR}/front-proxy-client.crt"),
+            front_proxy_client_key: format!("{KUBE_DIR}/front-proxy-client.key"),
+            kubelet_client_crt: format!("{KUBE_DIR}/apiserver-kubelet-client.crt"),
+            kubelet_client_key: format!("{KUBE_DIR}/apiserver-kubelet-client.key"),
+            sa_key: format!("{KUBE_DIR}/service-account.key"),
+            sa_pub: format!("{KUBE_DIR}/service-account.pub"),
+            sched_kubeconfig: format!("{KUBE_DIR}/kube-scheduler.kubeconfig"),
+        }
+    }
 }

@@ -1,10 +1,9 @@
 //! The etcd member on each controller: mTLS for clients and peers under their own
 //! CAs, peers on mesh addresses, and kforge's etcdctl environment.
 
-use super::{ETCD_DIR, ETCDCTL_ENV, certs, etcd_client_urls, unit, units};
+use super::{ETCD_DATA_DIR, ETCD_DIR, ETCDCTL_ENV, certs, etcd_client_urls, unit, units};
 use crate::component::Component;
 use crate::model::{Member, Model};
-use crate::paths::unit_file;
 use crate::pki::Ca;
 use crate::plan::{NodePlan, Phase, PlannedFile};
 use crate::secrets::SecretsBundle;
@@ -17,32 +16,61 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
     let client = secrets.certificate(certs::ETCD_CLIENT_ID);
     let cas =
         "kforge's etcd CAs are separate from the Kubernetes CAs: a Kubernetes client certificate opens no door in etcd";
-    let mut files = vec![
-        PlannedFile::new(format!("{ETCD_DIR}/ca.crt"), 0o644, etcd_ca.clone()).about(
-            "The etcd client CA (kforge's `etcd/server-ca`): signs etcd's serving certificates and every certificate allowed to talk to etcd as a client.",
-            "etcd (--trusted-ca-file: clients must present a certificate it signed), etcdctl and kube-apiserver (--etcd-cafile: to trust etcd's serving certificate)",
-            vec![("issuer".into(), cas.into())],
-        ),
-        PlannedFile::new(format!("{ETCD_DIR}/server.crt"), 0o644, server.cert.clone()).about(
-            format!("etcd's serving certificate on {}.", me.name),
-            "etcd (--cert-file)",
-            vec![
-                ("SANs".into(), format!("{} and its mesh address {}: clients dial etcd on the mesh; 127.0.0.1 for local tools", me.name, me.mesh_ip)),
-                ("extended key usage".into(), "serverAuth and clientAuth: etcd also uses this certificate as a client of its own gRPC gateway".into()),
-            ],
-        ),
-        PlannedFile::secret(format!("{ETCD_DIR}/server.key"), server.key.clone()),
-        PlannedFile::new(format!("{ETCD_DIR}/peer-ca.crt"), 0o644, peer_ca.clone()).about(
-            "The etcd peer CA (kforge's `etcd/peer-ca`).",
-            "etcd (--peer-trusted-ca-file): only members with a certificate it signed may join the raft group",
-            vec![],
-        ),
-        PlannedFile::new(format!("{ETCD_DIR}/peer.crt"), 0o644, peer.cert.clone()).about(
-            format!("{}'s etcd peer certificate, used both to serve and to dial the other members.", me.name),
-            "etcd (--peer-cert-file)",
-            vec![("SANs".into(), format!("{} and {}: peers talk over the mesh only", me.name, me.mesh_ip))],
-        ),
-        PlannedFile::secret(format!("{ETCD_DIR}/peer.key"), peer.key.clone()),
+    let ca_file = PlannedFile::new(format!("{ETCD_DIR}/ca.crt"), 0o644, etcd_ca.clone()).about(
+        "The etcd client CA (kforge's `etcd/server-ca`): signs etcd's serving certificates and every certificate allowed to talk to etcd as a client.",
+        "etcd (--trusted-ca-file: clients must present a certificate it signed), etcdctl and kube-apiserver (--etcd-cafile: to trust etcd's serving certificate)",
+        vec![("issuer".into(), cas.into())],
+    );
+    let cert_file = PlannedFile::new(format!("{ETCD_DIR}/server.crt"), 0o644, server.cert.clone()).about(
+        format!("etcd's serving certificate on {}.", me.name),
+        "etcd (--cert-file)",
+        vec![
+            (
+                "SANs".into(),
+                format!(
+                    "{} and its mesh address {}: clients dial etcd on the mesh; 127.0.0.1 for local tools",
+                    me.name, me.mesh_ip
+                ),
+            ),
+            (
+                "extended key usage".into(),
+                "serverAuth and clientAuth: etcd also uses this certificate as a client of its own gRPC gateway".into(),
+            ),
+        ],
+    );
+    let key_file = PlannedFile::secret(format!("{ETCD_DIR}/server.key"), server.key.clone());
+    let peer_ca_file = PlannedFile::new(format!("{ETCD_DIR}/peer-ca.crt"), 0o644, peer_ca.clone()).about(
+        "The etcd peer CA (kforge's `etcd/peer-ca`).",
+        "etcd (--peer-trusted-ca-file): only members with a certificate it signed may join the raft group",
+        vec![],
+    );
+    let peer_cert_file = PlannedFile::new(format!("{ETCD_DIR}/peer.crt"), 0o644, peer.cert.clone()).about(
+        format!("{}'s etcd peer certificate, used both to serve and to dial the other members.", me.name),
+        "etcd (--peer-cert-file)",
+        vec![("SANs".into(), format!("{} and {}: peers talk over the mesh only", me.name, me.mesh_ip))],
+    );
+    let peer_key_file = PlannedFile::secret(format!("{ETCD_DIR}/peer.key"), peer.key.clone());
+    // The unit's flags name the planned files themselves: one path, written once.
+    let etcd_unit = units::etcd(
+        model,
+        me,
+        &units::EtcdFiles {
+            data_dir: ETCD_DATA_DIR,
+            ca: &ca_file.path,
+            cert: &cert_file.path,
+            key: &key_file.path,
+            peer_ca: &peer_ca_file.path,
+            peer_cert: &peer_cert_file.path,
+            peer_key: &peer_key_file.path,
+        },
+    );
+    let files = vec![
+        ca_file,
+        cert_file,
+        key_file,
+        peer_ca_file,
+        peer_cert_file,
+        peer_key_file,
         PlannedFile::new(format!("{ETCD_DIR}/kforge-client.crt"), 0o644, client.cert.clone()).about(
             "kforge's etcd client certificate (CN kforge-etcd-client).",
             "etcdctl run by kforge and by the operator (health, snapshot, restore)",
@@ -54,13 +82,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
             "the operator's shell, `kforge etcd snapshot|restore`",
             vec![("ETCDCTL_ENDPOINTS".into(), "every controller's mesh address, port 2379".into())],
         ),
+        PlannedFile::from_unit("etcd.service", &etcd_unit, format!("The etcd member on {}.", me.name)),
     ];
-    let unit_path = unit_file("etcd.service");
-    files.push(PlannedFile::systemd(&unit_path, units::etcd(model, me)).about(
-        format!("The etcd member on {}.", me.name),
-        "systemd",
-        units::etcd_explained(model, me),
-    ));
     let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).filter(|p| p != ETCDCTL_ENV).collect();
     let u = unit(model, "etcd.service", Component::Etcd, restart_on, &[]);
     let p = np.phase(Phase::Datastore);

@@ -1,225 +1,234 @@
-//! systemd units of the hardway components. Each flag is here for a reason the
-//! matching `*_explained` function gives (`kforge explain`).
+//! systemd units of the hardway components. Every flag and setting worth explaining
+//! carries its reason here, next to its value (`systemd::Flag`, `UnitFile`): the same
+//! list renders the unit and what `kforge explain` says about it.
 
-use super::{ETCD_DATA_DIR, ETCD_DIR, KUBE_DIR, KUBELET_DIR, controllers, etcd_client_urls};
+use super::{KUBELET_DIR, controllers, etcd_client_urls};
 use crate::model::{API_PORT, Member, Model};
 use crate::spec::Node;
+use crate::systemd::{Flag, UnitFile, flag};
 
-/// `[Unit]` ordering shared by every component: after the mesh and the firewall.
-fn unit_head(description: &str, docs: &str, mesh: &str, extra: &str) -> String {
-    format!(
-        "# Managed by kforge.\n\
-         [Unit]\n\
-         Description={description}\n\
-         Documentation={docs}\n\
-         Wants=network-online.target\n\
-         After=network-online.target wg-quick@{mesh}.service kforge-firewall.service{extra}\n"
-    )
+/// The files etcd reads, as planned (`etcd.rs` builds this from its planned files).
+pub struct EtcdFiles<'a> {
+    pub data_dir: &'a str,
+    pub ca: &'a str,
+    pub cert: &'a str,
+    pub key: &'a str,
+    pub peer_ca: &'a str,
+    pub peer_cert: &'a str,
+    pub peer_key: &'a str,
 }
 
-/// Flags as `  --name=value \` lines (systemd joins the continuation lines).
-fn exec(binary: &str, flags: &[(&str, String)]) -> String {
-    let mut s = format!("ExecStart={binary}");
-    for (k, v) in flags {
-        if v.is_empty() {
-            s.push_str(&format!(" \\\n  --{k}"));
-        } else {
-            s.push_str(&format!(" \\\n  --{k}={v}"));
-        }
-    }
-    s.push('\n');
-    s
+/// The files kube-apiserver reads, as planned (`control_plane.rs` builds this).
+pub struct ApiserverFiles<'a> {
+    pub client_ca: &'a str,
+    pub etcd_ca: &'a str,
+    pub etcd_cert: &'a str,
+    pub etcd_key: &'a str,
+    pub kubelet_ca: &'a str,
+    pub kubelet_client_cert: &'a str,
+    pub kubelet_client_key: &'a str,
+    pub proxy_client_cert: &'a str,
+    pub proxy_client_key: &'a str,
+    pub front_proxy_ca: &'a str,
+    pub service_account_pub: &'a str,
+    pub service_account_key: &'a str,
+    pub tls_cert: &'a str,
+    pub tls_key: &'a str,
+    pub encryption_config: Option<&'a str>,
 }
 
-fn initial_cluster(model: &Model<'_>) -> String {
+/// The files kube-controller-manager reads, as planned.
+pub struct ControllerManagerFiles<'a> {
+    pub kubeconfig: &'a str,
+    pub signing_cert: &'a str,
+    pub signing_key: &'a str,
+    pub root_ca: &'a str,
+    pub service_account_key: &'a str,
+}
+
+/// `[Unit]` shared by the components: after the mesh and the firewall.
+fn component_unit(description: &str, docs: &str, mesh: &str, after_also: &str) -> UnitFile {
+    UnitFile::new("Managed by kforge.")
+        .section("Unit")
+        .set("Description", description)
+        .set("Documentation", docs)
+        .set("Wants", "network-online.target")
+        .set("After", format!("network-online.target wg-quick@{mesh}.service kforge-firewall.service{after_also}"))
+}
+
+/// `initial-cluster`: every controller by name and mesh peer URL, in mesh-address order.
+pub fn initial_cluster(model: &Model<'_>) -> String {
     controllers(model).iter().map(|m| format!("{}=https://{}:2380", m.name, m.mesh_ip)).collect::<Vec<_>>().join(",")
 }
 
-fn etcd_flags(model: &Model<'_>, me: &Member) -> Vec<(&'static str, String)> {
+pub fn etcd(model: &Model<'_>, me: &Member, files: &EtcdFiles<'_>) -> UnitFile {
     let ip = me.mesh_ip;
-    vec![
-        ("name", me.name.clone()),
-        ("data-dir", ETCD_DATA_DIR.into()),
-        ("listen-client-urls", format!("https://{ip}:2379,https://127.0.0.1:2379")),
-        ("advertise-client-urls", format!("https://{ip}:2379")),
-        ("listen-peer-urls", format!("https://{ip}:2380")),
-        ("initial-advertise-peer-urls", format!("https://{ip}:2380")),
-        ("initial-cluster", initial_cluster(model)),
-        ("initial-cluster-token", format!("kforge-{}", model.spec.metadata.name)),
-        ("initial-cluster-state", "new".into()),
-        ("client-cert-auth", String::new()),
-        ("trusted-ca-file", format!("{ETCD_DIR}/ca.crt")),
-        ("cert-file", format!("{ETCD_DIR}/server.crt")),
-        ("key-file", format!("{ETCD_DIR}/server.key")),
-        ("peer-client-cert-auth", String::new()),
-        ("peer-trusted-ca-file", format!("{ETCD_DIR}/peer-ca.crt")),
-        ("peer-cert-file", format!("{ETCD_DIR}/peer.crt")),
-        ("peer-key-file", format!("{ETCD_DIR}/peer.key")),
-    ]
-}
-
-pub fn etcd(model: &Model<'_>, me: &Member) -> String {
-    let mesh = &model.spec.spec.mesh.interface;
-    format!(
-        "{}\n[Service]\nType=notify\n{}Restart=on-failure\nRestartSec=5\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
-        unit_head("etcd (kforge)", "https://etcd.io/docs/", mesh, ""),
-        exec("/usr/local/bin/etcd", &etcd_flags(model, me))
-    )
-}
-
-pub fn etcd_explained(model: &Model<'_>, me: &Member) -> Vec<(String, String)> {
-    vec![
-        (
-            "--listen-peer-urls".into(),
-            format!("https://{}:2380: peers talk on the mesh address only, never on a public one", me.mesh_ip),
-        ),
-        (
-            "--listen-client-urls".into(),
-            format!(
-                "https://{}:2379 for the API servers on the other controllers, 127.0.0.1 for local tools",
-                me.mesh_ip
-            ),
-        ),
-        (
-            "--initial-cluster".into(),
-            format!(
-                "{}: every controller, by mesh address; used only when the data directory is empty",
-                initial_cluster(model)
-            ),
-        ),
-        ("--client-cert-auth".into(), "a client without a certificate from the etcd CA is refused".into()),
-        ("--peer-client-cert-auth".into(), "a member without a certificate from the etcd peer CA cannot join".into()),
-        (
-            "Type=notify".into(),
-            "systemd considers etcd started once it serves, which needs a quorum: kforge starts all members together"
-                .into(),
-        ),
-    ]
-}
-
-fn apiserver_flags(model: &Model<'_>, me: &Member) -> Vec<(&'static str, String)> {
-    let spec = &model.spec.spec;
-    let k = |f: &str| format!("{KUBE_DIR}/{f}");
-    let mut v = vec![
-        ("advertise-address", me.mesh_ip.to_string()),
-        ("allow-privileged", "true".into()),
-        ("authorization-mode", "Node,RBAC".into()),
-        ("bind-address", "0.0.0.0".into()),
-        ("secure-port", API_PORT.to_string()),
-        ("client-ca-file", k("client-ca.crt")),
-        ("enable-admission-plugins", "NodeRestriction".into()),
-        ("etcd-cafile", k("etcd-ca.crt")),
-        ("etcd-certfile", k("apiserver-etcd-client.crt")),
-        ("etcd-keyfile", k("apiserver-etcd-client.key")),
-        ("etcd-servers", etcd_client_urls(model).join(",")),
-        ("kubelet-certificate-authority", k("ca.crt")),
-        ("kubelet-client-certificate", k("apiserver-kubelet-client.crt")),
-        ("kubelet-client-key", k("apiserver-kubelet-client.key")),
-        ("kubelet-preferred-address-types", "InternalIP".into()),
-        ("proxy-client-cert-file", k("front-proxy-client.crt")),
-        ("proxy-client-key-file", k("front-proxy-client.key")),
-        ("requestheader-client-ca-file", k("front-proxy-ca.crt")),
-        ("requestheader-allowed-names", "front-proxy-client".into()),
-        ("requestheader-username-headers", "X-Remote-User".into()),
-        ("requestheader-group-headers", "X-Remote-Group".into()),
-        ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
-        ("service-account-issuer", model.api_url()),
-        ("service-account-key-file", k("service-account.pub")),
-        ("service-account-signing-key-file", k("service-account.key")),
-        ("service-cluster-ip-range", spec.network.service_cidr.to_string()),
-        ("service-node-port-range", "30000-32767".into()),
-        ("tls-cert-file", k("kube-apiserver.crt")),
-        ("tls-private-key-file", k("kube-apiserver.key")),
-        ("v", "2".into()),
+    let flags = [
+        flag("name", me.name.clone()),
+        flag("data-dir", files.data_dir),
+        flag("listen-client-urls", format!("https://{ip}:2379,https://127.0.0.1:2379")).because(format!(
+            "https://{ip}:2379 for the API servers on the other controllers, 127.0.0.1 for local tools"
+        )),
+        flag("advertise-client-urls", format!("https://{ip}:2379")),
+        flag("listen-peer-urls", format!("https://{ip}:2380"))
+            .because(format!("https://{ip}:2380: peers talk on the mesh address only, never on a public one")),
+        flag("initial-advertise-peer-urls", format!("https://{ip}:2380")),
+        flag("initial-cluster", initial_cluster(model)).because(format!(
+            "{}: every controller, by mesh address; used only when the data directory is empty",
+            initial_cluster(model)
+        )),
+        flag("initial-cluster-token", format!("kforge-{}", model.spec.metadata.name)),
+        flag("initial-cluster-state", "new"),
+        flag("client-cert-auth", "").because("a client without a certificate from the etcd CA is refused"),
+        flag("trusted-ca-file", files.ca),
+        flag("cert-file", files.cert),
+        flag("key-file", files.key),
+        flag("peer-client-cert-auth", "").because("a member without a certificate from the etcd peer CA cannot join"),
+        flag("peer-trusted-ca-file", files.peer_ca),
+        flag("peer-cert-file", files.peer_cert),
+        flag("peer-key-file", files.peer_key),
     ];
-    if spec.secrets_encryption {
-        v.push(("encryption-provider-config", k("encryption-config.yaml")));
+    component_unit("etcd (kforge)", "https://etcd.io/docs/", &model.spec.spec.mesh.interface, "")
+        .section("Service")
+        .set_because(
+            "Type",
+            "notify",
+            "systemd considers etcd started once it serves, which needs a quorum: kforge starts all members together",
+        )
+        .exec_start("/usr/local/bin/etcd", &flags)
+        .set("Restart", "on-failure")
+        .set("RestartSec", "5")
+        .set("LimitNOFILE", "65536")
+        .wanted_by_multi_user()
+}
+
+pub fn kube_apiserver(model: &Model<'_>, me: &Member, files: &ApiserverFiles<'_>) -> UnitFile {
+    let spec = &model.spec.spec;
+    let mut flags = vec![
+        flag("advertise-address", me.mesh_ip.to_string()),
+        flag("allow-privileged", "true"),
+        flag("authorization-mode", "Node,RBAC")
+            .because("Node,RBAC: kubelets are confined to their own objects, everyone else goes through RBAC"),
+        flag("bind-address", "0.0.0.0").because(
+            "0.0.0.0, yet the API answers on the mesh only: the firewall drops 6443 on public interfaces unless access.apiOnPublic",
+        ),
+        flag("secure-port", API_PORT.to_string()),
+        flag("client-ca-file", files.client_ca),
+        flag("enable-admission-plugins", "NodeRestriction"),
+        flag("etcd-cafile", files.etcd_ca),
+        flag("etcd-certfile", files.etcd_cert),
+        flag("etcd-keyfile", files.etcd_key),
+        flag("etcd-servers", etcd_client_urls(model).join(","))
+            .because(format!("{}: every member over the mesh, with mTLS", etcd_client_urls(model).join(","))),
+        flag("kubelet-certificate-authority", files.kubelet_ca),
+        flag("kubelet-client-certificate", files.kubelet_client_cert),
+        flag("kubelet-client-key", files.kubelet_client_key),
+        flag("kubelet-preferred-address-types", "InternalIP")
+            .because("InternalIP: kubelets register their mesh address, so logs/exec ride WireGuard"),
+        flag("proxy-client-cert-file", files.proxy_client_cert),
+        flag("proxy-client-key-file", files.proxy_client_key),
+        flag("requestheader-client-ca-file", files.front_proxy_ca),
+        flag("requestheader-allowed-names", "front-proxy-client"),
+        flag("requestheader-username-headers", "X-Remote-User"),
+        flag("requestheader-group-headers", "X-Remote-Group"),
+        flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+        flag("service-account-issuer", model.api_url())
+            .because(format!("{}: the API address tokens name as their issuer", model.api_url())),
+        flag("service-account-key-file", files.service_account_pub),
+        flag("service-account-signing-key-file", files.service_account_key),
+        flag("service-cluster-ip-range", spec.network.service_cidr.to_string()).because(format!(
+            "{}: must match the serviceCIDR whose first address is in the serving certificate (upstream once omitted it and the `kubernetes` Service fell outside the certificate)",
+            spec.network.service_cidr
+        )),
+        flag("service-node-port-range", "30000-32767"),
+        flag("tls-cert-file", files.tls_cert),
+        flag("tls-private-key-file", files.tls_key),
+        flag("v", "2"),
+    ];
+    if let Some(config) = files.encryption_config {
+        flags.push(
+            flag("encryption-provider-config", config).because("Secrets are encrypted (aescbc) before they reach etcd"),
+        );
     }
-    v
-}
-
-pub fn kube_apiserver(model: &Model<'_>, me: &Member) -> String {
-    let mesh = &model.spec.spec.mesh.interface;
-    format!(
-        "{}\n[Service]\nType=notify\n{}Restart=on-failure\nRestartSec=5\nTimeoutStopSec=30\n\n[Install]\nWantedBy=multi-user.target\n",
-        unit_head(
-            "Kubernetes API server (kforge)",
-            "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
-            mesh,
-            " etcd.service"
-        ),
-        exec("/usr/local/bin/kube-apiserver", &apiserver_flags(model, me))
+    component_unit(
+        "Kubernetes API server (kforge)",
+        "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
+        &spec.mesh.interface,
+        " etcd.service",
     )
+    .section("Service")
+    .set("Type", "notify")
+    .exec_start("/usr/local/bin/kube-apiserver", &flags)
+    .set("Restart", "on-failure")
+    .set("RestartSec", "5")
+    .set_because(
+        "TimeoutStopSec",
+        "30",
+        "a stopping API server drains requests for up to a minute, longer when etcd is gone: 30 s (kubeadm's grace period for it), then systemd ends it; clients retry against the other controllers",
+    )
+    .wanted_by_multi_user()
 }
 
-pub fn kube_apiserver_explained(model: &Model<'_>) -> Vec<(String, String)> {
+pub fn kube_controller_manager(model: &Model<'_>, files: &ControllerManagerFiles<'_>) -> UnitFile {
     let spec = &model.spec.spec;
-    let mut v = vec![
-        ("--service-cluster-ip-range".into(), format!("{}: must match the serviceCIDR whose first address is in the serving certificate (upstream once omitted it and the `kubernetes` Service fell outside the certificate)", spec.network.service_cidr)),
-        ("--authorization-mode".into(), "Node,RBAC: kubelets are confined to their own objects, everyone else goes through RBAC".into()),
-        ("--etcd-servers".into(), format!("{}: every member over the mesh, with mTLS", etcd_client_urls(model).join(","))),
-        ("--kubelet-preferred-address-types".into(), "InternalIP: kubelets register their mesh address, so logs/exec ride WireGuard".into()),
-        ("--bind-address".into(), "0.0.0.0, yet the API answers on the mesh only: the firewall drops 6443 on public interfaces unless access.apiOnPublic".into()),
-        ("--service-account-issuer".into(), format!("{}: the API address tokens name as their issuer", model.api_url())),
-        ("TimeoutStopSec=30".into(), "a stopping API server drains requests for up to a minute, longer when etcd is gone: 30 s (kubeadm's grace period for it), then systemd ends it; clients retry against the other controllers".into()),
-    ];
-    if spec.secrets_encryption {
-        v.push(("--encryption-provider-config".into(), "Secrets are encrypted (aescbc) before they reach etcd".into()));
-    }
-    v
-}
-
-pub fn kube_controller_manager(model: &Model<'_>) -> String {
-    let spec = &model.spec.spec;
-    let k = |f: &str| format!("{KUBE_DIR}/{f}");
-    let kubeconfig = k("kube-controller-manager.kubeconfig");
-    let flags = vec![
-        ("bind-address", "127.0.0.1".to_string()),
-        ("cluster-name", model.spec.metadata.name.clone()),
-        ("cluster-cidr", spec.network.pod_cidr.to_string()),
-        ("allocate-node-cidrs", "false".into()),
-        ("service-cluster-ip-range", spec.network.service_cidr.to_string()),
-        ("cluster-signing-cert-file", k("client-ca.crt")),
-        ("cluster-signing-key-file", k("client-ca.key")),
-        ("kubeconfig", kubeconfig.clone()),
-        ("authentication-kubeconfig", kubeconfig.clone()),
-        ("authorization-kubeconfig", kubeconfig),
-        ("leader-elect", "true".into()),
-        ("root-ca-file", k("ca.crt")),
-        ("service-account-private-key-file", k("service-account.key")),
-        ("use-service-account-credentials", "true".into()),
-        ("v", "2".into()),
-    ];
-    format!(
-        "{}\n[Service]\n{}Restart=on-failure\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n",
-        unit_head(
-            "Kubernetes controller manager (kforge)",
-            "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
-            &spec.mesh.interface,
-            " kube-apiserver.service"
+    let flags = [
+        flag("bind-address", "127.0.0.1"),
+        flag("cluster-name", model.spec.metadata.name.clone()),
+        flag("cluster-cidr", spec.network.pod_cidr.to_string()).because(format!(
+            "{}: the pod network, for kube-proxy's and the node controller's view",
+            spec.network.pod_cidr
+        )),
+        flag("allocate-node-cidrs", "false").because(
+            "false: kforge assigns each worker's pod network itself (stable, in the secrets bundle) and routes it over the mesh",
         ),
-        exec("/usr/local/bin/kube-controller-manager", &flags)
+        flag("service-cluster-ip-range", spec.network.service_cidr.to_string()),
+        flag("cluster-signing-cert-file", files.signing_cert).because(
+            "the client CA: CSRs approved in the cluster (e.g. kubelet client rotation) become identities the API server accepts",
+        ),
+        flag("cluster-signing-key-file", files.signing_key),
+        flag("kubeconfig", files.kubeconfig),
+        flag("authentication-kubeconfig", files.kubeconfig),
+        flag("authorization-kubeconfig", files.kubeconfig),
+        flag("leader-elect", "true").because("true: with several controllers only one acts at a time"),
+        flag("root-ca-file", files.root_ca),
+        flag("service-account-private-key-file", files.service_account_key),
+        flag("use-service-account-credentials", "true")
+            .because("each controller loop runs under its own service account, so RBAC can tell them apart"),
+        flag("v", "2"),
+    ];
+    component_unit(
+        "Kubernetes controller manager (kforge)",
+        "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
+        &spec.mesh.interface,
+        " kube-apiserver.service",
     )
+    .section("Service")
+    .exec_start("/usr/local/bin/kube-controller-manager", &flags)
+    .set("Restart", "on-failure")
+    .set("RestartSec", "5")
+    .wanted_by_multi_user()
 }
 
-pub fn kube_controller_manager_explained(model: &Model<'_>) -> Vec<(String, String)> {
-    vec![
-        ("--cluster-cidr".into(), format!("{}: the pod network, for kube-proxy's and the node controller's view", model.spec.spec.network.pod_cidr)),
-        ("--allocate-node-cidrs".into(), "false: kforge assigns each worker's pod network itself (stable, in the secrets bundle) and routes it over the mesh".into()),
-        ("--cluster-signing-*".into(), "the client CA: CSRs approved in the cluster (e.g. kubelet client rotation) become identities the API server accepts".into()),
-        ("--leader-elect".into(), "true: with several controllers only one acts at a time".into()),
-        ("--use-service-account-credentials".into(), "each controller loop runs under its own service account, so RBAC can tell them apart".into()),
-    ]
+pub fn kube_scheduler(config: &str) -> UnitFile {
+    let flags = [
+        flag("config", config).because(
+            "the scheduler reads everything from its configuration file; seed 002 lost hours to a missing one",
+        ),
+        flag("v", "2"),
+    ];
+    UnitFile::new("Managed by kforge.")
+        .section("Unit")
+        .set("Description", "Kubernetes scheduler (kforge)")
+        .set("Documentation", "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/")
+        .set("After", "kube-apiserver.service")
+        .section("Service")
+        .exec_start("/usr/local/bin/kube-scheduler", &flags)
+        .set("Restart", "on-failure")
+        .set("RestartSec", "5")
+        .wanted_by_multi_user()
 }
 
-pub fn kube_scheduler(config: &str) -> String {
-    format!(
-        "# Managed by kforge.\n[Unit]\nDescription=Kubernetes scheduler (kforge)\nDocumentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/\nAfter=kube-apiserver.service\n\n[Service]\n{}Restart=on-failure\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n",
-        exec("/usr/local/bin/kube-scheduler", &[("config", config.to_string()), ("v", "2".into())])
-    )
-}
-
-pub fn healthz() -> String {
+pub fn healthz() -> UnitFile {
     nginx_unit(
         "plain-HTTP /healthz for an L4 load balancer's health check",
         "kforge /healthz proxy for the Kubernetes API (nginx)",
@@ -229,7 +238,7 @@ pub fn healthz() -> String {
     )
 }
 
-pub fn api_balancer(mesh: &str) -> String {
+pub fn api_balancer(mesh: &str) -> UnitFile {
     nginx_unit(
         "this worker's kubelet and kube-proxy reach every controller's API server through it",
         "kforge API load balancer on 127.0.0.1 (nginx stream)",
@@ -241,91 +250,94 @@ pub fn api_balancer(mesh: &str) -> String {
 
 /// An nginx instance of kforge's own, with its own configuration and pid file (the
 /// distribution's nginx.service stays untouched).
-fn nginx_unit(why: &str, description: &str, after: &str, unit: &str, conf: &str) -> String {
+fn nginx_unit(why: &str, description: &str, after: &str, unit: &str, conf: &str) -> UnitFile {
     let pid = unit.trim_end_matches(".service");
-    format!(
-        "# Managed by kforge: {why}.\n\
-         [Unit]\n\
-         Description={description}\n\
-         After=network-online.target {after}\n\
-         Wants=network-online.target\n\
-         \n\
-         [Service]\n\
-         Type=forking\n\
-         PIDFile=/run/{pid}.pid\n\
-         ExecStartPre=/usr/sbin/nginx -t -q -c {conf}\n\
-         ExecStart=/usr/sbin/nginx -c {conf}\n\
-         ExecReload=/usr/sbin/nginx -c {conf} -s reload\n\
-         ExecStop=/usr/sbin/nginx -c {conf} -s quit\n\
-         Restart=on-failure\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
+    UnitFile::new(format!("Managed by kforge: {why}."))
+        .section("Unit")
+        .set("Description", description)
+        .set("After", format!("network-online.target {after}"))
+        .set("Wants", "network-online.target")
+        .section("Service")
+        .set("Type", "forking")
+        .set("PIDFile", format!("/run/{pid}.pid"))
+        .set("ExecStartPre", format!("/usr/sbin/nginx -t -q -c {conf}"))
+        .set("ExecStart", format!("/usr/sbin/nginx -c {conf}"))
+        .set("ExecReload", format!("/usr/sbin/nginx -c {conf} -s reload"))
+        .set("ExecStop", format!("/usr/sbin/nginx -c {conf} -s quit"))
+        .set("Restart", "on-failure")
+        .wanted_by_multi_user()
 }
 
-pub fn containerd() -> String {
-    "# Managed by kforge (as containerd's own unit, binaries under /usr/local).\n\
-     [Unit]\n\
-     Description=containerd container runtime (kforge)\n\
-     Documentation=https://containerd.io\n\
-     After=network.target local-fs.target\n\
-     \n\
-     [Service]\n\
-     ExecStartPre=-/sbin/modprobe overlay\n\
-     ExecStartPre=-/sbin/modprobe br_netfilter\n\
-     ExecStartPre=-/sbin/sysctl -q -p /etc/sysctl.d/91-kforge-kubernetes.conf\n\
-     ExecStart=/usr/local/bin/containerd\n\
-     Type=notify\n\
-     Delegate=yes\n\
-     KillMode=process\n\
-     Restart=always\n\
-     RestartSec=5\n\
-     LimitNPROC=infinity\n\
-     LimitCORE=infinity\n\
-     LimitNOFILE=infinity\n\
-     TasksMax=infinity\n\
-     OOMScoreAdjust=-999\n\
-     \n\
-     [Install]\n\
-     WantedBy=multi-user.target\n"
-        .to_string()
+pub fn containerd() -> UnitFile {
+    UnitFile::new("Managed by kforge (as containerd's own unit, binaries under /usr/local).")
+        .section("Unit")
+        .set("Description", "containerd container runtime (kforge)")
+        .set("Documentation", "https://containerd.io")
+        .set("After", "network.target local-fs.target")
+        .section("Service")
+        .set("ExecStartPre", "-/sbin/modprobe overlay")
+        .set("ExecStartPre", "-/sbin/modprobe br_netfilter")
+        .set("ExecStartPre", "-/sbin/sysctl -q -p /etc/sysctl.d/91-kforge-kubernetes.conf")
+        .set("ExecStart", "/usr/local/bin/containerd")
+        .set("Type", "notify")
+        .set_because("Delegate", "yes", "containerd manages the cgroups of the containers it starts")
+        .set_because("KillMode", "process", "restarting containerd leaves running containers alone")
+        .set("Restart", "always")
+        .set("RestartSec", "5")
+        .set("LimitNPROC", "infinity")
+        .set("LimitCORE", "infinity")
+        .set("LimitNOFILE", "infinity")
+        .set("TasksMax", "infinity")
+        .set("OOMScoreAdjust", "-999")
+        .wanted_by_multi_user()
 }
 
-pub fn kubelet(model: &Model<'_>, me: &Member, node: &Node) -> String {
+pub fn kubelet(model: &Model<'_>, me: &Member, node: &Node) -> UnitFile {
     let mut labels: Vec<String> = Vec::new();
     if let Some(loc) = &node.location {
         labels.push(format!("topology.kubernetes.io/zone={loc}"));
     }
     labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
-    let mut flags = vec![
-        ("config", format!("{KUBELET_DIR}/kubelet-config.yaml")),
-        ("kubeconfig", format!("{KUBELET_DIR}/kubeconfig")),
-        ("hostname-override", node.name.clone()),
-        ("node-ip", me.mesh_ip.to_string()),
-        ("v", "2".into()),
+    let mut flags: Vec<Flag> = vec![
+        flag("config", format!("{KUBELET_DIR}/kubelet-config.yaml")),
+        flag("kubeconfig", format!("{KUBELET_DIR}/kubeconfig")),
+        flag("hostname-override", node.name.clone()),
+        flag("node-ip", me.mesh_ip.to_string()).because(format!(
+            "{}: the mesh address, so the API server, metrics and logs all reach this node over WireGuard",
+            me.mesh_ip
+        )),
+        flag("v", "2"),
     ];
     if !labels.is_empty() {
-        flags.push(("node-labels", labels.join(",")));
+        flags.push(flag("node-labels", labels.join(",")));
     }
     if !node.taints.is_empty() {
-        flags.push(("register-with-taints", node.taints.join(",")));
+        flags.push(flag("register-with-taints", node.taints.join(",")));
     }
-    format!(
-        "{}Requires=containerd.service\n\n[Service]\n{}Restart=on-failure\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n",
-        unit_head(
-            "Kubernetes kubelet (kforge)",
-            "https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/",
-            &model.spec.spec.mesh.interface,
-            " containerd.service"
-        ),
-        exec("/usr/local/bin/kubelet", &flags)
+    component_unit(
+        "Kubernetes kubelet (kforge)",
+        "https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/",
+        &model.spec.spec.mesh.interface,
+        " containerd.service",
     )
+    .set_because("Requires", "containerd.service", "the kubelet runs pods through containerd's CRI socket")
+    .section("Service")
+    .exec_start("/usr/local/bin/kubelet", &flags)
+    .set("Restart", "on-failure")
+    .set("RestartSec", "5")
+    .wanted_by_multi_user()
 }
 
-pub fn kube_proxy(config: &str) -> String {
-    format!(
-        "# Managed by kforge.\n[Unit]\nDescription=Kubernetes kube-proxy (kforge)\nDocumentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\n{}Restart=on-failure\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n",
-        exec("/usr/local/bin/kube-proxy", &[("config", config.to_string())])
-    )
+pub fn kube_proxy(config: &str) -> UnitFile {
+    UnitFile::new("Managed by kforge.")
+        .section("Unit")
+        .set("Description", "Kubernetes kube-proxy (kforge)")
+        .set("Documentation", "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/")
+        .set("After", "network-online.target")
+        .set("Wants", "network-online.target")
+        .section("Service")
+        .exec_start("/usr/local/bin/kube-proxy", &[flag("config", config)])
+        .set("Restart", "on-failure")
+        .set("RestartSec", "5")
+        .wanted_by_multi_user()
 }

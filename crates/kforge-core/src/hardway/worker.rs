@@ -8,7 +8,6 @@ use super::{
 use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
-use crate::paths::unit_file;
 use crate::pki::Ca;
 use crate::plan::{NodePlan, Phase, PlannedFile};
 use crate::secrets::SecretsBundle;
@@ -56,16 +55,16 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             "# Managed by kforge: bridged pod traffic passes iptables, so Services work pod to pod.\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n",
         ),
     ];
-    let containerd_unit_path = unit_file("containerd.service");
-    runtime_files.push(PlannedFile::systemd(&containerd_unit_path, units::containerd()));
-    let containerd_restart: Vec<String> = vec!["/etc/containerd/config.toml".into(), containerd_unit_path.clone()];
+    let containerd_file =
+        PlannedFile::from_unit("containerd.service", &units::containerd(), "containerd, the container runtime.");
+    let containerd_restart: Vec<String> = vec!["/etc/containerd/config.toml".into(), containerd_file.path.clone()];
+    runtime_files.push(containerd_file);
     let mut containerd_unit =
         unit(model, "containerd.service", Component::Containerd, containerd_restart, &[Component::Runc]);
     if model.spec.spec.artifacts.runc.is_some() {
         containerd_unit.restart_on.push(Component::Runc.install().dest.into());
     }
 
-    let balancer_unit_path = unit_file(API_BALANCER_UNIT);
     let balancer_files = vec![
         PlannedFile::new(API_BALANCER_CONF, 0o644, configs::api_balancer_nginx(model)).about(
             "nginx stream: the API on 127.0.0.1 of this worker, balanced over every controller's API server.",
@@ -76,7 +75,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ("TLS".into(), "passed through untouched: the client still verifies the API server's certificate (its SANs include 127.0.0.1) and presents its own".into()),
             ],
         ),
-        PlannedFile::systemd(&balancer_unit_path, units::api_balancer(&model.spec.spec.mesh.interface)),
+        PlannedFile::unit(API_BALANCER_UNIT, units::api_balancer(&model.spec.spec.mesh.interface).render()),
     ];
     let balancer_unit = nginx_unit(API_BALANCER_UNIT, &balancer_files);
 
@@ -110,20 +109,10 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             configs::kubelet_config_explained(model, pod_cidr),
         ),
     ];
-    let kubelet_unit_path = unit_file("kubelet.service");
-    kubelet_files.push(PlannedFile::systemd(&kubelet_unit_path, units::kubelet(model, me, node)).about(
+    kubelet_files.push(PlannedFile::from_unit(
+        "kubelet.service",
+        &units::kubelet(model, me, node),
         format!("The kubelet on {}.", node.name),
-        "systemd",
-        vec![
-            (
-                "--node-ip".into(),
-                format!(
-                    "{}: the mesh address, so the API server, metrics and logs all reach this node over WireGuard",
-                    me.mesh_ip
-                ),
-            ),
-            ("Requires=containerd.service".into(), "the kubelet runs pods through containerd's CRI socket".into()),
-        ],
     ));
     let restart_on = kubelet_files.iter().map(|f| f.path.clone()).collect();
     let kubelet_unit = unit(model, "kubelet.service", Component::Kubelet, restart_on, &[Component::Containerd]);
@@ -148,8 +137,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ],
             ),
     ];
-    let proxy_unit_path = unit_file("kube-proxy.service");
-    proxy_files.push(PlannedFile::systemd(&proxy_unit_path, units::kube_proxy(&kp("kube-proxy-config.yaml"))));
+    proxy_files
+        .push(PlannedFile::unit("kube-proxy.service", units::kube_proxy(&kp("kube-proxy-config.yaml")).render()));
     let restart_on = proxy_files.iter().map(|f| f.path.clone()).collect();
     let proxy_unit = unit(model, "kube-proxy.service", Component::KubeProxy, restart_on, &[]);
 
