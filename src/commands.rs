@@ -358,17 +358,6 @@ fn apply(
     }
 }
 
-/// The controllers as etcd members, for `kforge etcd` and `kforge status`.
-fn etcd_members(model: &Model<'_>, targets: &[kforge_ssh::Target]) -> Vec<kforge_ssh::etcd::Member> {
-    kforge_core::hardway::controllers(model)
-        .into_iter()
-        .filter_map(|m| {
-            let target = targets.iter().find(|t| t.node == m.name)?.clone();
-            Some(kforge_ssh::etcd::Member { name: m.name.clone(), mesh_ip: m.mesh_ip, target })
-        })
-        .collect()
-}
-
 fn require_hardway(session: &Session) -> Result<(), CliError> {
     if session.spec.cluster.spec.distribution.kind != spec::DistributionKind::Hardway {
         return Err(CliError::Other(
@@ -390,9 +379,8 @@ fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
     require_hardway(&session)?;
     let model = session.model();
     let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
-    let members = etcd_members(&model, &targets);
-    let etcd =
-        Etcd::connect(members, &model.spec.metadata.name, ssh_config).map_err(|e| CliError::Other(e.to_string()))?;
+    let cluster = kforge_core::hardway::EtcdCluster::of(&model);
+    let etcd = Etcd::connect(cluster, &targets, ssh_config).map_err(|e| CliError::Other(e.to_string()))?;
     let fail = |e: kforge_ssh::etcd::EtcdError| CliError::Other(e.to_string());
     match cmd {
         EtcdCommand::Health { .. } => {
@@ -447,7 +435,7 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
     let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
     let hardway = session.spec.cluster.spec.distribution.kind == spec::DistributionKind::Hardway;
     let etcd_health = hardway.then(|| {
-        kforge_ssh::etcd::Etcd::connect(etcd_members(&model, &targets), &model.spec.metadata.name, ssh_config.clone())
+        kforge_ssh::etcd::Etcd::connect(kforge_core::hardway::EtcdCluster::of(&model), &targets, ssh_config.clone())
             .and_then(|e| e.health())
             .map_err(|e| e.to_string())
     });

@@ -8,10 +8,10 @@
 //! `snapshot restore` under its own name and mesh peer URL, the old directory is kept
 //! aside (`/var/lib/etcd.before-restore-<time>`), then all members start together.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Mutex;
 
+use kforge_core::hardway::{EtcdCluster, EtcdMember};
 use serde::Deserialize;
 
 use crate::Target;
@@ -23,26 +23,12 @@ const REMOTE_RESTORE: &str = "/var/lib/kforge/etcd-restore.db";
 /// The helpers, kept as shell (shellcheck runs on the file in CI).
 const ETCD_SH: &str = include_str!("sh/etcd.sh");
 
-/// The helper file followed by one call of `function` with `args` quoted.
-fn helper(function: &str, args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-    format!("{ETCD_SH}\n{function} {}\n", args.join(" "))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     #[error(transparent)]
     Ssh(#[from] SshError),
     #[error("{0}")]
     Refused(String),
-}
-
-/// One etcd member: a controller of the cluster file.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub name: String,
-    pub mesh_ip: Ipv4Addr,
-    pub target: Target,
 }
 
 /// What `etcdctl snapshot status -w json` reports.
@@ -74,44 +60,51 @@ pub struct RestoreReport {
 
 /// The controllers, reachable over SSH with this process's ControlMaster directory.
 pub struct Etcd {
-    members: Vec<(Member, Host)>,
-    cluster_token: String,
+    /// What the plan deployed: members, token, data directory (never re-derived here).
+    cluster: EtcdCluster,
+    members: Vec<(EtcdMember, Host)>,
     _control: ControlDir,
 }
 
 impl Etcd {
+    /// The helper file, the cluster's etcdctl environment file, then one call of
+    /// `function` with `args` quoted.
+    fn helper(&self, function: &str, args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        format!("{ETCD_SH}\nKF_ETCD_ENV={}\n{function} {}\n", shell_quote(self.cluster.env_file), args.join(" "))
+    }
+
+    /// Reach `cluster`'s members; `targets` says how (a member without one is skipped).
     pub fn connect(
-        members: Vec<Member>,
-        cluster: &str,
+        cluster: EtcdCluster,
+        targets: &[Target],
         ssh_config: Option<std::path::PathBuf>,
     ) -> Result<Etcd, EtcdError> {
         let control = ControlDir::create().map_err(EtcdError::Refused)?;
-        let members = members
-            .into_iter()
-            .map(|m| {
+        let members = cluster
+            .members
+            .iter()
+            .filter_map(|m| {
+                let t = targets.iter().find(|t| t.node == m.name)?;
                 let host = Host {
                     node: m.name.clone(),
-                    target: m.target.host.clone(),
-                    user: m.target.user.clone(),
-                    port: m.target.port,
+                    target: t.host.clone(),
+                    user: t.user.clone(),
+                    port: t.port,
                     ssh_config: ssh_config.clone(),
                     control_dir: control.path().to_path_buf(),
                 };
-                (m, host)
+                Some((m.clone(), host))
             })
             .collect();
-        Ok(Etcd { members, cluster_token: format!("kforge-{cluster}"), _control: control })
-    }
-
-    fn initial_cluster(&self) -> String {
-        self.members.iter().map(|(m, _)| format!("{}=https://{}:2380", m.name, m.mesh_ip)).collect::<Vec<_>>().join(",")
+        Ok(Etcd { cluster, members, _control: control })
     }
 
     /// `etcdctl endpoint health --cluster` from the first member that answers.
     pub fn health(&self) -> Result<String, EtcdError> {
         let mut last = None;
         for (_, host) in &self.members {
-            match host.run_script("etcd health", &helper("kf_etcd_health", &[])) {
+            match host.run_script("etcd health", &self.helper("kf_etcd_health", &[])) {
                 Ok(out) => return Ok(out),
                 Err(e) => last = Some(e),
             }
@@ -124,7 +117,7 @@ impl Etcd {
     pub fn snapshot(&self, out: &Path) -> Result<SnapshotReport, EtcdError> {
         let mut failures = Vec::new();
         for (m, host) in &self.members {
-            let save = helper("kf_snapshot_save", &[REMOTE_SNAPSHOT]);
+            let save = self.helper("kf_snapshot_save", &[REMOTE_SNAPSHOT]);
             let out_text = match host.run_script("etcd snapshot save", &save) {
                 Ok(o) => o,
                 Err(e) => {
@@ -163,10 +156,10 @@ impl Etcd {
             w.finish()
         };
         progress("uploading the snapshot to every controller");
-        let verify_upload = helper("kf_receive_snapshot", &[REMOTE_RESTORE, &sum]);
+        let verify_upload = self.helper("kf_receive_snapshot", &[REMOTE_RESTORE, &sum]);
         self.each(|_, h| h.upload("upload the snapshot", file, &verify_upload).map(|_| ()))?;
         let first = &self.members[0].1;
-        let checked = first.run_script("check the snapshot", &helper("kf_check_snapshot", &[REMOTE_RESTORE]));
+        let checked = first.run_script("check the snapshot", &self.helper("kf_check_snapshot", &[REMOTE_RESTORE]));
         let status = match checked {
             Ok(out) => parse_status(&out)?,
             Err(e) => {
@@ -180,7 +173,7 @@ impl Etcd {
         progress("stopping kube-apiserver and etcd on every controller");
         let was_serving: Mutex<Vec<String>> = Mutex::new(Vec::new());
         self.each(|m, h| {
-            let out = h.run_script("stop etcd", &helper("kf_stop_members", &[]))?;
+            let out = h.run_script("stop etcd", &self.helper("kf_stop_members", &[]))?;
             if out.contains("apiserver-was-active") {
                 was_serving.lock().unwrap().push(m.name.clone());
             }
@@ -188,12 +181,14 @@ impl Etcd {
         })?;
 
         progress("restoring each member's data directory");
-        let initial_cluster = self.initial_cluster();
-        let token = format!("{}-restored-{}", self.cluster_token, unix_now());
+        let initial_cluster = self.cluster.initial_cluster();
+        let token = format!("{}-restored-{}", self.cluster.token, unix_now());
         let kept: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
         self.each(|m, h| {
-            let peer_url = format!("https://{}:2380", m.mesh_ip);
-            let script = helper("kf_restore", &[REMOTE_RESTORE, &m.name, &initial_cluster, &token, &peer_url]);
+            let script = self.helper(
+                "kf_restore",
+                &[REMOTE_RESTORE, self.cluster.data_dir, &m.name, &initial_cluster, &token, &m.peer_url()],
+            );
             let out = h.run_script("etcd snapshot restore", &script)?;
             let k = out.lines().find_map(|l| l.strip_prefix("kept=")).map(String::from);
             kept.lock().unwrap().push((m.name.clone(), k));
@@ -202,7 +197,7 @@ impl Etcd {
 
         // etcd (Type=notify) is "started" only once it has a quorum: start all at once.
         progress("starting etcd on every controller");
-        self.each(|_, h| h.run_script("start etcd", &helper("kf_start_etcd", &[])).map(|_| ()))?;
+        self.each(|_, h| h.run_script("start etcd", &self.helper("kf_start_etcd", &[])).map(|_| ()))?;
         let serving = was_serving.into_inner().unwrap();
         self.each(|m, h| {
             if serving.contains(&m.name) {
@@ -218,7 +213,7 @@ impl Etcd {
     }
 
     /// Run `f` on every member at once; the first error wins.
-    fn each(&self, f: impl Fn(&Member, &Host) -> Result<(), SshError> + Sync) -> Result<(), EtcdError> {
+    fn each(&self, f: impl Fn(&EtcdMember, &Host) -> Result<(), SshError> + Sync) -> Result<(), EtcdError> {
         let errors: Mutex<Vec<SshError>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for (m, h) in &self.members {

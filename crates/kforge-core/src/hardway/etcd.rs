@@ -1,12 +1,64 @@
 //! The etcd member on each controller: mTLS for clients and peers under their own
 //! CAs, peers on mesh addresses, and kforge's etcdctl environment.
 
-use super::{ETCD_DATA_DIR, ETCD_DIR, ETCDCTL_ENV, certs, etcd_client_urls, unit, units};
+use super::{ETCD_DATA_DIR, ETCD_DIR, ETCDCTL_ENV, certs, unit, units};
 use crate::component::Component;
 use crate::model::{Member, Model};
 use crate::pki::Ca;
 use crate::plan::{NodePlan, Phase, PlannedFile};
 use crate::secrets::SecretsBundle;
+
+/// The etcd cluster the plan deploys, described once: the unit's flags, `kforge etcd`
+/// (snapshot, restore) and `kforge status` all read it instead of re-deriving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdCluster {
+    /// Every controller, in mesh-address order.
+    pub members: Vec<EtcdMember>,
+    /// `--initial-cluster-token`; a restore appends its own suffix.
+    pub token: String,
+    pub data_dir: &'static str,
+    /// The etcdctl environment kforge writes (endpoints and client certificate).
+    pub env_file: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub name: String,
+    pub mesh_ip: std::net::Ipv4Addr,
+}
+
+impl EtcdMember {
+    pub fn peer_url(&self) -> String {
+        format!("https://{}:2380", self.mesh_ip)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("https://{}:2379", self.mesh_ip)
+    }
+}
+
+impl EtcdCluster {
+    pub fn of(model: &Model<'_>) -> EtcdCluster {
+        EtcdCluster {
+            members: super::controllers(model)
+                .into_iter()
+                .map(|m| EtcdMember { name: m.name.clone(), mesh_ip: m.mesh_ip })
+                .collect(),
+            token: format!("kforge-{}", model.spec.metadata.name),
+            data_dir: ETCD_DATA_DIR,
+            env_file: ETCDCTL_ENV,
+        }
+    }
+
+    /// `--initial-cluster`: `name=peer-url` for every member.
+    pub fn initial_cluster(&self) -> String {
+        self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::client_url).collect()
+    }
+}
 
 pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: &mut NodePlan) {
     let etcd_ca = &secrets.ca(Ca::EtcdServer).cert;
@@ -54,8 +106,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
     let etcd_unit = units::etcd(
         model,
         me,
+        &EtcdCluster::of(model),
         &units::EtcdFiles {
-            data_dir: ETCD_DATA_DIR,
             ca: &ca_file.path,
             cert: &cert_file.path,
             key: &key_file.path,
@@ -99,6 +151,6 @@ fn etcdctl_env(model: &Model<'_>) -> String {
          ETCDCTL_CACERT={ETCD_DIR}/ca.crt\n\
          ETCDCTL_CERT={ETCD_DIR}/kforge-client.crt\n\
          ETCDCTL_KEY={ETCD_DIR}/kforge-client.key\n",
-        etcd_client_urls(model).join(",")
+        EtcdCluster::of(model).client_urls().join(",")
     )
 }

@@ -35,6 +35,7 @@ use crate::secrets::SecretsBundle;
 use crate::spec::{Artifact, Node, Role};
 
 pub use certs::cert_requests;
+pub use etcd::{EtcdCluster, EtcdMember};
 
 pub const ETCD_DIR: &str = "/etc/etcd";
 pub const ETCD_DATA_DIR: &str = "/var/lib/etcd";
@@ -60,11 +61,6 @@ pub fn is_stand_in(model: &Model<'_>, c: Component) -> bool {
 /// Components configured as stand-ins, with why, for the plan's notes and the status.
 pub fn stand_ins(model: &Model<'_>) -> Vec<(Component, String)> {
     Component::hardway().filter_map(|c| Some((c, model.spec.spec.artifacts.get(c)?.stand_in.clone()?))).collect()
-}
-
-/// `https://<controller mesh IP>:2379` for every controller, in mesh-address order.
-pub fn etcd_client_urls(model: &Model<'_>) -> Vec<String> {
-    controllers(model).iter().map(|m| format!("https://{}:2379", m.mesh_ip)).collect()
 }
 
 /// Controllers in mesh-address order (stable: addresses never change).

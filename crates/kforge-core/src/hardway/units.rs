@@ -2,14 +2,14 @@
 //! carries its reason here, next to its value (`systemd::Flag`, `UnitFile`): the same
 //! list renders the unit and what `kforge explain` says about it.
 
-use super::{KUBELET_DIR, controllers, etcd_client_urls};
+use super::KUBELET_DIR;
+use super::etcd::EtcdCluster;
 use crate::model::{API_PORT, Member, Model};
 use crate::spec::Node;
 use crate::systemd::{Flag, UnitFile, flag};
 
 /// The files etcd reads, as planned (`etcd.rs` builds this from its planned files).
 pub struct EtcdFiles<'a> {
-    pub data_dir: &'a str,
     pub ca: &'a str,
     pub cert: &'a str,
     pub key: &'a str,
@@ -56,16 +56,11 @@ fn component_unit(description: &str, docs: &str, mesh: &str, after_also: &str) -
         .set("After", format!("network-online.target wg-quick@{mesh}.service kforge-firewall.service{after_also}"))
 }
 
-/// `initial-cluster`: every controller by name and mesh peer URL, in mesh-address order.
-pub fn initial_cluster(model: &Model<'_>) -> String {
-    controllers(model).iter().map(|m| format!("{}=https://{}:2380", m.name, m.mesh_ip)).collect::<Vec<_>>().join(",")
-}
-
-pub fn etcd(model: &Model<'_>, me: &Member, files: &EtcdFiles<'_>) -> UnitFile {
+pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdFiles<'_>) -> UnitFile {
     let ip = me.mesh_ip;
     let flags = [
         flag("name", me.name.clone()),
-        flag("data-dir", files.data_dir),
+        flag("data-dir", cluster.data_dir),
         flag("listen-client-urls", format!("https://{ip}:2379,https://127.0.0.1:2379")).because(format!(
             "https://{ip}:2379 for the API servers on the other controllers, 127.0.0.1 for local tools"
         )),
@@ -73,11 +68,11 @@ pub fn etcd(model: &Model<'_>, me: &Member, files: &EtcdFiles<'_>) -> UnitFile {
         flag("listen-peer-urls", format!("https://{ip}:2380"))
             .because(format!("https://{ip}:2380: peers talk on the mesh address only, never on a public one")),
         flag("initial-advertise-peer-urls", format!("https://{ip}:2380")),
-        flag("initial-cluster", initial_cluster(model)).because(format!(
+        flag("initial-cluster", cluster.initial_cluster()).because(format!(
             "{}: every controller, by mesh address; used only when the data directory is empty",
-            initial_cluster(model)
+            cluster.initial_cluster()
         )),
-        flag("initial-cluster-token", format!("kforge-{}", model.spec.metadata.name)),
+        flag("initial-cluster-token", cluster.token.clone()),
         flag("initial-cluster-state", "new"),
         flag("client-cert-auth", "").because("a client without a certificate from the etcd CA is refused"),
         flag("trusted-ca-file", files.ca),
@@ -118,8 +113,10 @@ pub fn kube_apiserver(model: &Model<'_>, me: &Member, files: &ApiserverFiles<'_>
         flag("etcd-cafile", files.etcd_ca),
         flag("etcd-certfile", files.etcd_cert),
         flag("etcd-keyfile", files.etcd_key),
-        flag("etcd-servers", etcd_client_urls(model).join(","))
-            .because(format!("{}: every member over the mesh, with mTLS", etcd_client_urls(model).join(","))),
+        flag("etcd-servers", EtcdCluster::of(model).client_urls().join(",")).because(format!(
+            "{}: every member over the mesh, with mTLS",
+            EtcdCluster::of(model).client_urls().join(",")
+        )),
         flag("kubelet-certificate-authority", files.kubelet_ca),
         flag("kubelet-client-certificate", files.kubelet_client_cert),
         flag("kubelet-client-key", files.kubelet_client_key),

@@ -1,13 +1,14 @@
 # kforge's etcd helpers, run on a controller over SSH with kforge's etcd client
-# certificate (/etc/etcd/etcdctl.env). kforge sends this file, then calls one function.
+# certificate. kforge sends this file, sets KF_ETCD_ENV (the etcdctl environment file
+# it planned), then calls one function.
 set -euo pipefail
 umask 077
-KF_ETCD_DATA=/var/lib/etcd
+KF_ETCD_ENV=/etc/etcd/etcdctl.env
 
 kf_etcd_env() {
   set -a
   # shellcheck source=/dev/null
-  . /etc/etcd/etcdctl.env
+  . "$KF_ETCD_ENV"
   set +a
   export PATH=/usr/local/bin:$PATH
 }
@@ -51,21 +52,21 @@ kf_stop_members() {
   systemctl stop etcd.service
 }
 
-# kf_restore FILE NAME INITIAL_CLUSTER TOKEN PEER_URL: this member's data directory
-# rebuilt from the snapshot; the old one is kept aside and named on stdout.
+# kf_restore FILE DATA_DIR NAME INITIAL_CLUSTER TOKEN PEER_URL: this member's data
+# directory rebuilt from the snapshot; the old one is kept aside and named on stdout.
 kf_restore() {
-  local tool=etcdctl kept
+  local tool=etcdctl kept data=$2
   kf_etcd_env
   command -v etcdutl >/dev/null && tool=etcdutl
-  rm -rf "$KF_ETCD_DATA.restoring"
-  ETCDCTL_API=3 "$tool" snapshot restore "$1" --name "$2" --initial-cluster "$3" \
-    --initial-cluster-token "$4" --initial-advertise-peer-urls "$5" \
-    --data-dir "$KF_ETCD_DATA.restoring" >/dev/null 2>&1
-  if [ -d "$KF_ETCD_DATA" ]; then
-    kept=$KF_ETCD_DATA.before-restore-$(date +%Y%m%dT%H%M%S)
-    mv "$KF_ETCD_DATA" "$kept"; echo "kept=$kept"
+  rm -rf "$data.restoring"
+  ETCDCTL_API=3 "$tool" snapshot restore "$1" --name "$3" --initial-cluster "$4" \
+    --initial-cluster-token "$5" --initial-advertise-peer-urls "$6" \
+    --data-dir "$data.restoring" >/dev/null 2>&1
+  if [ -d "$data" ]; then
+    kept=$data.before-restore-$(date +%Y%m%dT%H%M%S)
+    mv "$data" "$kept"; echo "kept=$kept"
   fi
-  mv "$KF_ETCD_DATA.restoring" "$KF_ETCD_DATA"; chmod 700 "$KF_ETCD_DATA"; rm -f "$1"
+  mv "$data.restoring" "$data"; chmod 700 "$data"; rm -f "$1"
 }
 
 # kf_start_etcd: start and wait until active. A start can fail transiently right after
