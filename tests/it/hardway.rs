@@ -256,10 +256,23 @@ fn units_and_configs_carry_the_flags_the_hard_way_needs() {
     assert_eq!(kubelet["authentication"]["webhook"]["enabled"], true);
     assert_eq!(kubelet["authentication"]["anonymous"]["enabled"], false);
     assert_eq!(kubelet["authorization"]["mode"], "Webhook");
-    let coredns = read(c1.join("../controller-0/etc/kforge/addons/20-coredns.yaml"));
-    assert!(coredns.contains("clusterIP: 10.32.0.10"), "{coredns}");
-    let rbac = read(out.join("controller-0/etc/kforge/addons/10-apiserver-to-kubelet.yaml"));
-    assert!(rbac.contains("name: system:kube-apiserver-to-kubelet") && rbac.contains("name: kubernetes"), "{rbac}");
+    // The addons are YAML documents a YAML parser reads back (kubectl applies them).
+    let docs = |path: &str| -> Vec<serde_json::Value> { serde_saphyr::from_multiple(&read(out.join(path))).unwrap() };
+    let coredns = docs("controller-0/etc/kforge/addons/20-coredns.yaml");
+    let kinds: Vec<&str> = coredns.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service"]);
+    assert_eq!(coredns[5]["spec"]["clusterIP"], "10.32.0.10");
+    assert!(coredns[3]["data"]["Corefile"].as_str().unwrap().contains("kubernetes cluster.local in-addr.arpa"));
+    let containerd: toml::Value = toml::from_str(&read(out.join("worker-0/etc/containerd/config.toml"))).unwrap();
+    assert_eq!(containerd["version"].as_integer(), Some(3), "containerd 2.x's configuration format");
+    let runtime = &containerd["plugins"]["io.containerd.cri.v1.runtime"];
+    assert_eq!(runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(), Some(true));
+    assert_eq!(runtime["restrict_oom_score_adj"].as_bool(), Some(true));
+    let pinned = &containerd["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"];
+    assert_eq!(pinned.as_str(), Some("registry.k8s.io/pause:3.10.1"));
+    let rbac = docs("controller-0/etc/kforge/addons/10-apiserver-to-kubelet.yaml");
+    assert_eq!(rbac[0]["metadata"]["name"], "system:kube-apiserver-to-kubelet");
+    assert_eq!(rbac[1]["subjects"][0]["name"], "kubernetes");
     assert!(!out.join("controller-1/etc/kforge/addons").exists(), "addons are applied from one controller");
 
     // Each worker's CNI bridge uses its own pod network, which the kubelet also gets,

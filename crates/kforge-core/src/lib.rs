@@ -11,6 +11,7 @@ pub mod component;
 pub mod firewall;
 pub mod hardway;
 pub mod hashing;
+pub mod ini;
 pub mod k3s;
 pub mod kubeconfig;
 pub mod mesh;

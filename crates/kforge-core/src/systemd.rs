@@ -2,6 +2,8 @@
 //! flag can carry the reason it has its value. One list renders both the unit on the
 //! host and what `kforge explain` says about it, so the two cannot drift apart.
 
+use crate::ini::IniFile;
+
 /// A command-line flag (`--name=value`, or `--name` when the value is empty).
 #[derive(Debug, Clone)]
 pub struct Flag {
@@ -22,58 +24,48 @@ impl Flag {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    key: String,
-    value: String,
-    /// What `kforge explain` lists: (name, why).
-    explained: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone)]
-struct Section {
-    name: &'static str,
-    entries: Vec<Entry>,
-}
-
-/// A unit file under construction: a header comment, then sections in the order
-/// they are opened, each with its `Key=value` lines in the order they are set.
+/// A unit file under construction: an INI file (`Key=value`) whose settings and flags
+/// may carry the reason they have their value.
 #[derive(Debug, Clone)]
 pub struct UnitFile {
-    comment: String,
-    sections: Vec<Section>,
+    ini: IniFile,
+    /// (setting or flag, why), in file order.
+    explained: Vec<(String, String)>,
 }
 
 impl UnitFile {
     /// `comment` becomes the first line (`# comment`): who manages the file and why.
     pub fn new(comment: impl Into<String>) -> UnitFile {
-        UnitFile { comment: comment.into(), sections: Vec::new() }
+        UnitFile { ini: IniFile::new("=", comment), explained: Vec::new() }
     }
 
     /// Open a section (`Unit`, `Service`, `Install`); later `set`s go into it.
     pub fn section(mut self, name: &'static str) -> UnitFile {
-        self.sections.push(Section { name, entries: Vec::new() });
+        self.ini.section(name);
         self
     }
 
-    pub fn set(self, key: &str, value: impl Into<String>) -> UnitFile {
-        self.entry(key, value.into(), Vec::new())
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> UnitFile {
+        self.ini.set(key, value);
+        self
     }
 
     /// A setting worth explaining: `Key=value` and why.
-    pub fn set_because(self, key: &str, value: impl Into<String>, why: impl Into<String>) -> UnitFile {
+    pub fn set_because(mut self, key: &str, value: impl Into<String>, why: impl Into<String>) -> UnitFile {
         let value = value.into();
-        let explained = vec![(format!("{key}={value}"), why.into())];
-        self.entry(key, value, explained)
+        self.explained.push((format!("{key}={value}"), why.into()));
+        self.ini.set(key, value);
+        self
     }
 
     /// A `# comment` line in the current section, for what a reader of the file needs.
-    pub fn note(self, text: &str) -> UnitFile {
-        self.entry("#", format!(" {text}"), Vec::new())
+    pub fn note(mut self, text: &str) -> UnitFile {
+        self.ini.note(text);
+        self
     }
 
     /// `ExecStart=` with one flag per continuation line; flags with a reason are explained.
-    pub fn exec_start(self, binary: &str, flags: &[Flag]) -> UnitFile {
+    pub fn exec_start(mut self, binary: &str, flags: &[Flag]) -> UnitFile {
         let mut value = binary.to_string();
         for f in flags {
             if f.value.is_empty() {
@@ -82,8 +74,9 @@ impl UnitFile {
                 value.push_str(&format!(" \\\n  --{}={}", f.name, f.value));
             }
         }
-        let explained = flags.iter().filter_map(|f| Some((format!("--{}", f.name), f.why.clone()?))).collect();
-        self.entry("ExecStart", value, explained)
+        self.explained.extend(flags.iter().filter_map(|f| Some((format!("--{}", f.name), f.why.clone()?))));
+        self.ini.set("ExecStart", value);
+        self
     }
 
     /// The usual `[Install]` for a service started at boot.
@@ -91,35 +84,13 @@ impl UnitFile {
         self.section("Install").set("WantedBy", "multi-user.target")
     }
 
-    fn entry(mut self, key: &str, value: String, explained: Vec<(String, String)>) -> UnitFile {
-        let section = self.sections.last_mut().expect("a section is opened before its settings");
-        section.entries.push(Entry { key: key.into(), value, explained });
-        self
-    }
-
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for line in self.comment.lines() {
-            out.push_str(&format!("# {line}\n"));
-        }
-        for (i, s) in self.sections.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(&format!("[{}]\n", s.name));
-            for e in &s.entries {
-                match e.key.as_str() {
-                    "#" => out.push_str(&format!("#{}\n", e.value)),
-                    _ => out.push_str(&format!("{}={}\n", e.key, e.value)),
-                }
-            }
-        }
-        out
+        self.ini.render()
     }
 
     /// (setting or flag, why) for every explained entry, in file order.
     pub fn explained(&self) -> Vec<(String, String)> {
-        self.sections.iter().flat_map(|s| s.entries.iter().flat_map(|e| e.explained.iter().cloned())).collect()
+        self.explained.clone()
     }
 }
 

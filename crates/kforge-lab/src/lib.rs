@@ -379,33 +379,41 @@ fn ssh_config(state: &LabState) -> String {
 }
 
 /// The lab example with this lab's machines as nodes: k3s with the first as the
-/// server, or hardway with every machine a controller and a worker.
+/// server, or hardway with every machine a controller and a worker. The example is
+/// parsed into the cluster file's types, its nodes replaced, and written back (with the
+/// example's header comment): what `lab up` writes is always a valid cluster file.
 fn cluster_file(state: &LabState, example: LabExample) -> String {
-    let example_text = match example {
+    use kforge_core::spec::{IpAddress, Node, NodeSsh, Role, Roles};
+    let text = match example {
         LabExample::K3s => kforge_core::spec::examples::LAB,
         LabExample::Hardway => kforge_core::spec::examples::HARDWAY_LAB,
     };
-    let head = &example_text[..example_text.find("  nodes:\n").expect("the lab example has nodes")];
-    let mut s = head.to_string();
-    s.push_str("  nodes:\n");
-    for (i, m) in state.machines.iter().enumerate() {
-        let role = match (example, i) {
-            (LabExample::Hardway, _) => "[controller, worker]",
-            (LabExample::K3s, 0) => "server",
-            (LabExample::K3s, _) => "agent",
-        };
-        match m.public_ip {
-            Some(ip) => s.push_str(&format!(
-                "    - {{name: {}, role: {role}, endpoint: {ip}, ssh: {{host: {}}}}}\n",
-                m.name, m.name
-            )),
-            None => s.push_str(&format!(
-                "    - {{name: {}, role: {role}, ssh: {{host: {}}}}}   # behind NAT\n",
-                m.name, m.name
-            )),
-        }
-    }
-    s
+    let mut cluster = kforge_core::spec::parse("lab example", text).expect("the lab examples are valid").cluster;
+    cluster.spec.nodes = state
+        .machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Node {
+            name: m.name.clone(),
+            role: match (example, i) {
+                (LabExample::Hardway, _) => Roles::new(vec![Role::Controller, Role::Worker]),
+                (LabExample::K3s, 0) => Roles::one(Role::Server),
+                (LabExample::K3s, _) => Roles::one(Role::Agent),
+            },
+            // No public address: the machine is behind NAT.
+            endpoint: m.public_ip.map(|ip| IpAddress(ip.into())),
+            ssh: NodeSsh { host: Some(m.name.clone()), ..NodeSsh::default() },
+            location: None,
+            labels: Default::default(),
+            taints: Vec::new(),
+            mesh_ip: None,
+        })
+        .collect();
+    let header: String = text.lines().take_while(|l| l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    format!(
+        "{header}# Written by `kforge lab up` for this lab's machines (nodes without an endpoint are behind NAT).\n{}",
+        serde_saphyr::to_string(&cluster).expect("a cluster file serializes")
+    )
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
@@ -528,4 +536,56 @@ pub fn leftovers(state: &LabState) -> Vec<String> {
         v.push("host sysctls held".into());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(name: &str, public: Option<[u8; 4]>) -> MachineState {
+        MachineState {
+            name: name.into(),
+            ns: format!("ns-{name}"),
+            public_ip: public.map(Ipv4Addr::from),
+            ssh_ip: Ipv4Addr::new(10, 99, 0, 1),
+            router_ns: None,
+            pid: None,
+            cgroups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_lab_cluster_file_is_the_example_with_these_machines_as_nodes() {
+        let state = LabState {
+            id: "t".into(),
+            dir: PathBuf::from("/tmp/lab"),
+            runtime: PathBuf::from("/tmp/run"),
+            subnet: "10.99.0.0/24".parse().unwrap(),
+            workstation_ip: Ipv4Addr::new(10, 99, 0, 1),
+            wan_ns: "wan".into(),
+            host_veth: "veth".into(),
+            machines: vec![machine("lab-1", Some([198, 18, 0, 11])), machine("lab-2", None)],
+            host_sysctls: false,
+        };
+        for (example, roles) in
+            [(LabExample::K3s, ["server", "agent"]), (LabExample::Hardway, ["controller", "controller"])]
+        {
+            let text = cluster_file(&state, example);
+            assert!(text.starts_with("# kforge cluster file"), "the example's header comment is kept:\n{text}");
+            let spec =
+                kforge_core::spec::parse("lab/kforge.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}")).cluster;
+            let nodes: Vec<_> = spec
+                .spec
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.role.to_string(), n.endpoint.map(|e| e.0.to_string())))
+                .collect();
+            assert_eq!(nodes[0].0, "lab-1");
+            assert!(nodes[0].1.starts_with(roles[0]), "{nodes:?}");
+            assert!(nodes[1].1.starts_with(roles[1]), "{nodes:?}");
+            assert_eq!(nodes[0].2.as_deref(), Some("198.18.0.11"));
+            assert_eq!(nodes[1].2, None, "lab-2 is behind NAT");
+            assert!(spec.spec.nodes.iter().all(|n| n.ssh.host.as_deref() == Some(n.name.as_str())));
+        }
+    }
 }

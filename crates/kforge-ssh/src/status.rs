@@ -4,6 +4,7 @@
 //! is active, and (hardway) etcd answers `endpoint health --cluster` over mTLS.
 //! Stand-ins are listed by name as not running, never as healthy.
 
+use kforge_core::component::Component;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -86,61 +87,117 @@ fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option
     })
 }
 
+/// Every check, in the order an operator reads them: can we reach the hosts, do they
+/// reach each other, is each one locked down, are its files and services right, and
+/// (where the real programs run) does the cluster answer.
 pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
     let plan = input.plan;
     let control = ControlDir::create()?;
+    let seen = probe_hosts(input, &control);
+    let mut checks: Vec<Check> = [
+        Some(ssh_check(plan, &seen)),
+        Some(mesh_check(plan, &seen)),
+        firewall_check(plan, &seen),
+        Some(certificates_check(plan, &seen, input.earliest_expiry.as_deref())),
+        Some(services_check(&seen)),
+        input.etcd_health.as_ref().map(|health| etcd_check(plan, health)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Some(probe) = &input.kubernetes {
+        let answering = |control_plane: bool| {
+            plan.nodes
+                .iter()
+                .filter(|n| n.control_plane == control_plane || (!control_plane && n.roles.runs_workloads()))
+                .filter(|n| seen.get(&n.node).is_some_and(|h| h.reachable))
+                .filter_map(|n| host_for(input, &n.node, &control))
+                .collect::<Vec<_>>()
+        };
+        checks.extend(kubernetes_checks(plan, probe, &answering(true), &answering(false)));
+    }
+    let mut not_running = input.stand_ins.clone();
+    not_running.extend(stand_in_k3s(&seen));
+    Ok(StatusReport { cluster: plan.cluster.clone(), distribution: plan.distribution.clone(), checks, not_running })
+}
+
+impl Check {
+    /// `ok` with `detail` when nothing is wrong; else failed, naming what is.
+    fn from(name: &str, problems: Vec<String>, detail: String, joiner: &str) -> Check {
+        Check {
+            name: name.into(),
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() { detail } else { problems.join(joiner) },
+        }
+    }
+}
+
+/// Each host's view, in one SSH round trip per host (in parallel).
+fn probe_hosts(input: &StatusInput<'_>, control: &ControlDir) -> BTreeMap<String, HostSeen> {
+    let plan = input.plan;
     let seen: Mutex<BTreeMap<String, HostSeen>> = Mutex::new(BTreeMap::new());
-    let mesh_ips: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.node.clone(), n.mesh_ip.clone())).collect();
+    let mesh_ips: Vec<&str> = plan.nodes.iter().map(|n| n.mesh_ip.as_str()).collect();
     std::thread::scope(|s| {
         for np in &plan.nodes {
-            let Some(host) = host_for(input, &np.node, &control) else { continue };
+            let Some(host) = host_for(input, &np.node, control) else { continue };
             let (seen, mesh_ips) = (&seen, &mesh_ips);
             s.spawn(move || {
-                let peers: Vec<&str> =
-                    mesh_ips.iter().filter(|(n, _)| n != &np.node).map(|(_, ip)| ip.as_str()).collect();
-                let units: Vec<String> =
-                    np.phases.iter().flat_map(|p| p.units.iter().filter(|u| u.start).map(|u| u.name.clone())).collect();
+                let peers: Vec<&str> = mesh_ips.iter().copied().filter(|ip| *ip != np.mesh_ip).collect();
+                let units: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
                 let certs: Vec<&str> =
                     np.files().filter(|f| f.path.ends_with(".crt")).map(|f| f.path.as_str()).collect();
-                let certs: Vec<String> = certs.iter().map(|c| c.to_string()).collect();
-                let script = probe_call("kf_host_status", &[peers.join(" "), units.join(" "), certs.join(" ")]);
-                let mut h = HostSeen::default();
-                match host.run_script("status", &script) {
-                    Ok(out) => {
-                        h.reachable = true;
-                        for line in out.lines() {
-                            let w: Vec<&str> = line.splitn(3, ' ').collect();
-                            match w.as_slice() {
-                                ["reach", ip, ok] => {
-                                    h.reach.insert(ip.to_string(), *ok == "yes");
-                                }
-                                ["firewall", ok] => h.firewall_table = *ok == "yes",
-                                ["unit", u, state] => {
-                                    h.units.insert(u.to_string(), state.to_string());
-                                }
-                                ["unit", u] => {
-                                    h.units.insert(u.to_string(), "unknown".into());
-                                }
-                                ["file", sum, path] => {
-                                    h.hashes.insert(path.to_string(), sum.to_string());
-                                }
-                                ["version", path, text] => {
-                                    h.versions.insert(path.to_string(), text.to_string());
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    Err(e) => h.error = Some(e.to_string()),
-                }
+                // What K3s binaries say they are: the lab's stand-in says so.
+                let binaries: Vec<&str> = np
+                    .phases
+                    .iter()
+                    .flat_map(|p| p.artifacts.iter())
+                    .filter(|a| a.name == Component::K3s.key())
+                    .map(|a| a.dest.as_str())
+                    .collect();
+                let lists = [peers, units, certs, binaries].map(|v| v.join(" "));
+                let h = match host.run_script("status", &probe_call("kf_host_status", &lists)) {
+                    Ok(out) => HostSeen::parse(&out),
+                    Err(e) => HostSeen { error: Some(e.to_string()), ..HostSeen::default() },
+                };
                 host.close();
                 seen.lock().unwrap().insert(np.node.clone(), h);
             });
         }
     });
-    let seen = seen.into_inner().unwrap();
-    let mut checks = Vec::new();
+    seen.into_inner().unwrap()
+}
 
+impl HostSeen {
+    /// `kf_host_status`'s lines.
+    fn parse(out: &str) -> HostSeen {
+        let mut h = HostSeen { reachable: true, ..HostSeen::default() };
+        for line in out.lines() {
+            let w: Vec<&str> = line.splitn(3, ' ').collect();
+            match w.as_slice() {
+                ["reach", ip, ok] => {
+                    h.reach.insert(ip.to_string(), *ok == "yes");
+                }
+                ["firewall", ok] => h.firewall_table = *ok == "yes",
+                ["unit", u, state] => {
+                    h.units.insert(u.to_string(), state.to_string());
+                }
+                ["unit", u] => {
+                    h.units.insert(u.to_string(), "unknown".into());
+                }
+                ["file", sum, path] => {
+                    h.hashes.insert(path.to_string(), sum.to_string());
+                }
+                ["version", path, text] => {
+                    h.versions.insert(path.to_string(), text.to_string());
+                }
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
+fn ssh_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>) -> Check {
     let unreachable: Vec<String> = plan
         .nodes
         .iter()
@@ -150,56 +207,60 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
             format!("{}: {why}", n.node)
         })
         .collect();
-    checks.push(Check {
-        name: "ssh".into(),
-        ok: unreachable.is_empty(),
-        detail: if unreachable.is_empty() {
-            format!("{} of {} nodes answer", plan.nodes.len(), plan.nodes.len())
-        } else {
-            unreachable.join("; ")
-        },
-    });
+    let n = plan.nodes.len();
+    Check::from("ssh", unreachable, format!("{n} of {n} nodes answer"), "; ")
+}
 
+/// Every pair over the mesh: TCP to sshd on the peer's mesh address (relayed pairs too).
+fn mesh_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>) -> Check {
     let (mut pairs, mut broken) = (0usize, Vec::new());
-    for (node, h) in &seen {
+    for (node, h) in seen {
         for (ip, ok) in &h.reach {
             pairs += 1;
             if !ok {
-                let to = mesh_ips.iter().find(|(_, i)| i == ip).map(|(n, _)| n.as_str()).unwrap_or(ip);
+                let to = plan.nodes.iter().find(|n| &n.mesh_ip == ip).map(|n| n.node.as_str()).unwrap_or(ip);
                 broken.push(format!("{node} → {to}"));
             }
         }
     }
-    checks.push(Check {
+    let all_answer = plan.nodes.iter().all(|n| seen.get(&n.node).is_some_and(|h| h.reachable));
+    Check {
         name: "mesh".into(),
-        ok: broken.is_empty() && unreachable.is_empty(),
+        ok: broken.is_empty() && all_answer,
         detail: if broken.is_empty() {
-            format!("{} of {pairs} node pairs reach each other over the mesh (TCP to sshd on the mesh address)", pairs)
+            format!("{pairs} of {pairs} node pairs reach each other over the mesh (TCP to sshd on the mesh address)")
         } else {
             format!("no route over the mesh: {}", broken.join(", "))
         },
-    });
+    }
+}
 
+/// `table inet kforge` loaded wherever the plan has a firewall (None: no firewall).
+fn firewall_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>) -> Option<Check> {
     let fw_nodes: Vec<&str> = plan
         .nodes
         .iter()
         .filter(|n| n.phases.iter().any(|p| p.phase == kforge_core::plan::Phase::Firewall))
         .map(|n| n.node.as_str())
         .collect();
-    if !fw_nodes.is_empty() {
-        let missing: Vec<&str> =
-            fw_nodes.iter().copied().filter(|n| !seen.get(*n).is_some_and(|h| h.firewall_table)).collect();
-        checks.push(Check {
-            name: "firewall".into(),
-            ok: missing.is_empty(),
-            detail: if missing.is_empty() {
-                format!("table inet kforge loaded (default-deny) on {} of {}", fw_nodes.len(), fw_nodes.len())
-            } else {
-                format!("table inet kforge missing on {}", missing.join(", "))
-            },
-        });
+    if fw_nodes.is_empty() {
+        return None;
     }
+    let missing: Vec<&str> =
+        fw_nodes.iter().copied().filter(|n| !seen.get(*n).is_some_and(|h| h.firewall_table)).collect();
+    Some(Check {
+        name: "firewall".into(),
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            format!("table inet kforge loaded (default-deny) on {} of {}", fw_nodes.len(), fw_nodes.len())
+        } else {
+            format!("table inet kforge missing on {}", missing.join(", "))
+        },
+    })
+}
 
+/// The certificate files on the hosts are exactly the bundle's.
+fn certificates_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>, earliest_expiry: Option<&str>) -> Check {
     let (mut certs, mut wrong) = (0usize, Vec::new());
     for np in &plan.nodes {
         let Some(h) = seen.get(&np.node).filter(|h| h.reachable) else { continue };
@@ -212,23 +273,21 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
             }
         }
     }
-    checks.push(Check {
-        name: "certificates".into(),
-        ok: wrong.is_empty(),
-        detail: if wrong.is_empty() {
-            format!(
-                "{certs} certificate files on the hosts are the ones kforge issued{}",
-                input.earliest_expiry.as_ref().map(|e| format!("; earliest expiry {e}")).unwrap_or_default()
-            )
-        } else {
-            wrong.join("; ")
-        },
-    });
+    let expiry = earliest_expiry.map(|e| format!("; earliest expiry {e}")).unwrap_or_default();
+    Check::from(
+        "certificates",
+        wrong,
+        format!("{certs} certificate files on the hosts are the ones kforge issued{expiry}"),
+        "; ",
+    )
+}
 
-    let mut by_unit: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-    for (node, h) in &seen {
+/// Every unit kforge starts is active on every host that runs it.
+fn services_check(seen: &BTreeMap<String, HostSeen>) -> Check {
+    let mut by_unit: BTreeMap<&str, (usize, Vec<String>)> = BTreeMap::new();
+    for (node, h) in seen {
         for (u, state) in &h.units {
-            let e = by_unit.entry(u.clone()).or_default();
+            let e = by_unit.entry(u).or_default();
             if state == "active" {
                 e.0 += 1;
             } else {
@@ -241,7 +300,7 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         .filter(|(_, (_, b))| !b.is_empty())
         .map(|(u, (_, b))| format!("{u} ({})", b.join(", ")))
         .collect();
-    checks.push(Check {
+    Check {
         name: "services".into(),
         ok: bad.is_empty(),
         detail: if bad.is_empty() {
@@ -249,53 +308,43 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         } else {
             format!("not active: {}", bad.join("; "))
         },
-    });
-
-    if let Some(etcd) = &input.etcd_health {
-        let members = plan.nodes.iter().filter(|n| n.control_plane).count();
-        let (ok, detail) = match etcd {
-            Ok(out) => {
-                let healthy = out.lines().filter(|l| l.contains(" is healthy")).count();
-                (
-                    healthy == members && !out.contains("unhealthy"),
-                    format!(
-                        "{healthy} of {members} members healthy (etcdctl endpoint health --cluster, kforge's client certificate, over the mesh)"
-                    ),
-                )
-            }
-            Err(e) => (false, e.clone()),
-        };
-        checks.push(Check { name: "etcd".into(), ok, detail });
     }
+}
 
-    if let Some(probe) = &input.kubernetes {
-        let answering = |control_plane: bool| {
-            plan.nodes
-                .iter()
-                .filter(|n| n.control_plane == control_plane || (!control_plane && n.roles.runs_workloads()))
-                .filter(|n| seen.get(&n.node).is_some_and(|h| h.reachable))
-                .filter_map(|n| host_for(input, &n.node, &control))
-                .collect::<Vec<_>>()
-        };
-        checks.extend(kubernetes_checks(plan, probe, &answering(true), &answering(false)));
-    }
+/// Every controller's etcd member healthy (`etcdctl endpoint health --cluster`).
+fn etcd_check(plan: &Plan, health: &Result<String, String>) -> Check {
+    let members = plan.nodes.iter().filter(|n| n.control_plane).count();
+    let (ok, detail) = match health {
+        Ok(out) => {
+            let healthy = out.lines().filter(|l| l.contains(" is healthy")).count();
+            (
+                healthy == members && !out.contains("unhealthy"),
+                format!(
+                    "{healthy} of {members} members healthy (etcdctl endpoint health --cluster, kforge's client certificate, over the mesh)"
+                ),
+            )
+        }
+        Err(e) => (false, e.clone()),
+    };
+    Check { name: "etcd".into(), ok, detail }
+}
 
-    let mut not_running = input.stand_ins.clone();
-    let stand_in_k3s: Vec<&str> = seen
+/// The K3s binary on the hosts is kforge's stand-in (it says so in its --version).
+fn stand_in_k3s(seen: &BTreeMap<String, HostSeen>) -> Option<(String, String)> {
+    let nodes: Vec<&str> = seen
         .iter()
         .filter(|(_, h)| h.versions.values().any(|v| v.contains("stand-in")))
         .map(|(node, _)| node.as_str())
         .collect();
-    if !stand_in_k3s.is_empty() {
-        not_running.push((
-            "k3s".into(),
+    (!nodes.is_empty()).then(|| {
+        (
+            Component::K3s.key().into(),
             format!(
                 "the k3s binary on {} is kforge-k3s-stand-in, not K3s: it checks the files K3s reads and joins over the mesh, but no Kubernetes runs",
-                stand_in_k3s.join(", ")
+                nodes.join(", ")
             ),
-        ));
-    }
-    Ok(StatusReport { cluster: plan.cluster.clone(), distribution: plan.distribution.clone(), checks, not_running })
+        )
+    })
 }
 
 /// The probes, kept as shell (shellcheck runs on the file in CI).

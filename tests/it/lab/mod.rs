@@ -58,6 +58,14 @@ impl Lab {
         Lab { ctx, state, _serial: serial }
     }
 
+    /// Change the lab's cluster file through its types, as an operator's edit would.
+    fn edit_cluster(&self, change: impl FnOnce(&mut kforge_core::spec::Cluster)) {
+        let path = "lab/kforge.yaml";
+        let mut cluster = kforge_core::spec::parse(path, &self.ctx.read(path)).expect("the lab file is valid").cluster;
+        change(&mut cluster);
+        self.ctx.write(path, &serde_saphyr::to_string(&cluster).unwrap());
+    }
+
     fn apply(&self, extra: &[&str]) -> Output {
         let mut args = vec!["apply", "-f", "lab/kforge.yaml"];
         args.extend_from_slice(extra);
@@ -214,11 +222,9 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     }
 
     // --dry-run after editing one node's labels shows exactly that change, and touches nothing.
-    lab.ctx.edit(
-        "lab/kforge.yaml",
-        "    - {name: lab-2, role: agent, endpoint: ",
-        "    - {name: lab-2, role: agent, labels: {tier: edge}, endpoint: ",
-    );
+    lab.edit_cluster(|c| {
+        c.spec.nodes[1].labels.insert("tier".into(), "edge".into());
+    });
     let dry = lab.apply(&["--dry-run"]).success().stdout;
     assert_eq!(
         dry,
@@ -238,11 +244,7 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    lab.ctx.edit(
-        "lab/kforge.yaml",
-        "  mesh: {subnet: 10.4.0.0/16, port: 51820}",
-        "  mesh: {subnet: 10.4.0.0/16, port: 51820, keepalive: 20}",
-    );
+    lab.edit_cluster(|c| c.spec.mesh.keepalive = 20);
     let meshed = lab.apply_json();
     for h in meshed["hosts"].as_array().unwrap() {
         assert_eq!(h["unitsReloaded"], serde_json::json!(["wg-quick@kforge0.service"]), "{h}");
@@ -596,11 +598,14 @@ fn a_downloaded_artifact_is_verified_cached_by_sha256_and_uploaded_once() {
     lab.ctx.set_env("XDG_CACHE_HOME", cache.to_str().unwrap());
 
     // A wrong digest: refused before any host gets the file.
-    lab.ctx.edit(
-        "lab/kforge.yaml",
-        "k3s: {path: ./bin/k3s}",
-        &format!("k3s: {{url: \"http://127.0.0.1:{}/k3s\", sha256: {}}}", web.port, "0".repeat(64)),
-    );
+    lab.edit_cluster(|c| {
+        c.spec.artifacts.k3s = Some(kforge_core::spec::Artifact {
+            url: Some(format!("http://127.0.0.1:{}/k3s", web.port)),
+            path: None,
+            sha256: Some("0".repeat(64)),
+            stand_in: None,
+        })
+    });
     let out = lab.apply(&[]);
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains(&format!("has sha256 {sum}, expected {}", "0".repeat(64))), "{}", out.stdout);
@@ -623,7 +628,7 @@ fn turning_the_firewall_off_stops_its_unit_and_removes_its_files() {
     let lab = Lab::up(2, &[]);
     lab.apply(&[]).success();
     assert!(lab.ssh("lab-1", "nft list tables").contains("table inet kforge"));
-    lab.ctx.edit("lab/kforge.yaml", "  firewall:\n", "  firewall:\n    enabled: false\n");
+    lab.edit_cluster(|c| c.spec.firewall.enabled = false);
     let dry = lab.apply(&["--dry-run"]).success().stdout;
     assert!(dry.contains("  - /etc/kforge/firewall.nft\n  - /etc/systemd/system/kforge-firewall.service\n"), "{dry}");
     let report = lab.apply_json();

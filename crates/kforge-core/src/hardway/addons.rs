@@ -2,6 +2,12 @@
 //! from the initialising controller once its API server answers.
 
 use super::{ADDONS_DIR, ADMIN_KUBECONFIG, is_stand_in};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::json;
+use serde_saphyr::LitString;
+
 use crate::component::Component;
 use crate::hashing::sha256_hex;
 use crate::model::Model;
@@ -56,135 +62,174 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
     });
 }
 
+/// YAML documents (`---` between them) under a header comment.
+fn manifests(header: &str, docs: &[String]) -> String {
+    format!("# {header}\n{}", docs.join("---\n"))
+}
+
+fn yaml(doc: &impl Serialize) -> String {
+    serde_saphyr::to_string(doc).expect("manifest serializes")
+}
+
 fn rbac() -> String {
-    "# Managed by kforge: lets the API server (user `kubernetes`) use the kubelet API.\n\
-     apiVersion: rbac.authorization.k8s.io/v1\n\
-     kind: ClusterRole\n\
-     metadata:\n\
-     \x20 name: system:kube-apiserver-to-kubelet\n\
-     \x20 annotations:\n\
-     \x20   rbac.authorization.kubernetes.io/autoupdate: \"true\"\n\
-     \x20 labels:\n\
-     \x20   kubernetes.io/bootstrapping: rbac-defaults\n\
-     rules:\n\
-     \x20 - apiGroups: [\"\"]\n\
-     \x20   resources: [nodes/proxy, nodes/stats, nodes/log, nodes/spec, nodes/metrics]\n\
-     \x20   verbs: [\"*\"]\n\
-     ---\n\
-     apiVersion: rbac.authorization.k8s.io/v1\n\
-     kind: ClusterRoleBinding\n\
-     metadata:\n\
-     \x20 name: system:kube-apiserver\n\
-     roleRef:\n\
-     \x20 apiGroup: rbac.authorization.k8s.io\n\
-     \x20 kind: ClusterRole\n\
-     \x20 name: system:kube-apiserver-to-kubelet\n\
-     subjects:\n\
-     \x20 - apiGroup: rbac.authorization.k8s.io\n\
-     \x20   kind: User\n\
-     \x20   name: kubernetes\n"
-        .to_string()
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": "system:kube-apiserver-to-kubelet",
+            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+        },
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["nodes/proxy", "nodes/stats", "nodes/log", "nodes/spec", "nodes/metrics"],
+            "verbs": ["*"],
+        }],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "system:kube-apiserver"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kube-apiserver-to-kubelet"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kubernetes"}],
+    });
+    manifests(
+        "Managed by kforge: lets the API server (user `kubernetes`) use the kubelet API.",
+        &[yaml(&role), yaml(&binding)],
+    )
+}
+
+/// The ConfigMap holding the Corefile as a literal block (readable on the host).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CorefileConfigMap {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: serde_json::Value,
+    data: BTreeMap<&'static str, LitString>,
+}
+
+fn corefile(domain: &str) -> String {
+    format!(
+        ".:53 {{
+    errors
+    health {{
+        lameduck 5s
+    }}
+    ready
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+}}
+"
+    )
 }
 
 fn coredns(model: &Model<'_>) -> String {
     let domain = &model.spec.spec.network.cluster_domain;
-    let dns_ip = model.cluster_dns_ip;
+    let dns_ip = model.cluster_dns_ip.to_string();
     let image = &model.spec.spec.hardway.coredns_image;
-    format!(
-        r#"# Managed by kforge: CoreDNS, the cluster DNS at {dns_ip}.
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: coredns, namespace: kube-system}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: "system:coredns"}}
-rules:
-  - apiGroups: [""]
-    resources: [endpoints, services, pods, namespaces]
-    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: "system:coredns"}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}}
-subjects: [{{kind: ServiceAccount, name: coredns, namespace: kube-system}}]
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: coredns, namespace: kube-system}}
-data:
-  Corefile: |
-    .:53 {{
-        errors
-        health {{
-            lameduck 5s
-        }}
-        ready
-        kubernetes {domain} in-addr.arpa ip6.arpa {{
-            pods insecure
-            fallthrough in-addr.arpa ip6.arpa
-        }}
-        forward . /etc/resolv.conf
-        cache 30
-        loop
-        reload
-        loadbalance
-    }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: coredns
-  namespace: kube-system
-  labels: {{k8s-app: kube-dns}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{k8s-app: kube-dns}}}}
-  template:
-    metadata: {{labels: {{k8s-app: kube-dns}}}}
-    spec:
-      serviceAccountName: coredns
-      priorityClassName: system-cluster-critical
-      # The node's resolv.conf for names outside the cluster (ClusterFirst would send
-      # CoreDNS's own upstream queries back to itself: a loop its `loop` plugin kills).
-      dnsPolicy: Default
-      topologySpreadConstraints:
-        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{k8s-app: kube-dns}}}}}}
-      containers:
-        - name: coredns
-          image: {image}
-          imagePullPolicy: IfNotPresent
-          args: [-conf, /etc/coredns/Corefile]
-          ports:
-            - {{containerPort: 53, name: dns, protocol: UDP}}
-            - {{containerPort: 53, name: dns-tcp, protocol: TCP}}
-          livenessProbe: {{httpGet: {{path: /health, port: 8080}}}}
-          readinessProbe: {{httpGet: {{path: /ready, port: 8181}}}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            capabilities: {{add: [NET_BIND_SERVICE], drop: [ALL]}}
-            readOnlyRootFilesystem: true
-          volumeMounts: [{{name: config, mountPath: /etc/coredns, readOnly: true}}]
-      volumes:
-        - name: config
-          configMap: {{name: coredns, items: [{{key: Corefile, path: Corefile}}]}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels: {{k8s-app: kube-dns, kubernetes.io/name: CoreDNS}}
-spec:
-  selector: {{k8s-app: kube-dns}}
-  clusterIP: {dns_ip}
-  ports:
-    - {{name: dns, port: 53, protocol: UDP}}
-    - {{name: dns-tcp, port: 53, protocol: TCP}}
-"#
+    let labels = json!({"k8s-app": "kube-dns"});
+    let account = json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "coredns", "namespace": "kube-system"},
+    });
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "system:coredns"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "system:coredns"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
+        "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}],
+    });
+    let config = CorefileConfigMap {
+        api_version: "v1",
+        kind: "ConfigMap",
+        metadata: json!({"name": "coredns", "namespace": "kube-system"}),
+        data: BTreeMap::from([("Corefile", LitString(corefile(domain)))]),
+    };
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": "coredns",
+                    "priorityClassName": "system-cluster-critical",
+                    // The node's resolv.conf for names outside the cluster (ClusterFirst
+                    // would send CoreDNS's own upstream queries back to itself: a loop
+                    // its `loop` plugin kills).
+                    "dnsPolicy": "Default",
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": labels},
+                    }],
+                    "containers": [{
+                        "name": "coredns",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["-conf", "/etc/coredns/Corefile"],
+                        "ports": [
+                            {"containerPort": 53, "name": "dns", "protocol": "UDP"},
+                            {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
+                        ],
+                        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                            "readOnlyRootFilesystem": true,
+                        },
+                        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": true}],
+                    }],
+                    "volumes": [{
+                        "name": "config",
+                        "configMap": {"name": "coredns", "items": [{"key": "Corefile", "path": "Corefile"}]},
+                    }],
+                },
+            },
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
+        },
+        "spec": {
+            "selector": labels,
+            "clusterIP": dns_ip,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ],
+        },
+    });
+    manifests(
+        &format!("Managed by kforge: CoreDNS, the cluster DNS at {dns_ip}."),
+        &[yaml(&account), yaml(&role), yaml(&binding), yaml(&config), yaml(&deployment), yaml(&service)],
     )
 }

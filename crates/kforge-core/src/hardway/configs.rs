@@ -1,6 +1,7 @@
 //! Component configuration files: serialized from typed values (never templated
 //! strings), except nginx's and containerd's own formats.
 
+use crate::component::Component;
 use ipnet::Ipv4Net;
 use serde_json::json;
 
@@ -113,27 +114,29 @@ pub fn cni_loopback() -> String {
 /// containerd 2.x configuration (format `version = 3`: the CRI plugin is split into
 /// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`).
 pub fn containerd_config(sandbox_image: &str) -> String {
+    let config = json!({
+        "version": 3,
+        "plugins": {
+            "io.containerd.cri.v1.images": {
+                "snapshotter": "overlayfs",
+                "pinned_images": {"sandbox": sandbox_image},
+            },
+            "io.containerd.cri.v1.runtime": {
+                "restrict_oom_score_adj": true,
+                "containerd": {
+                    "default_runtime_name": "runc",
+                    "runtimes": {"runc": {
+                        "runtime_type": "io.containerd.runc.v2",
+                        "options": {"SystemdCgroup": true, "BinaryName": Component::Runc.install().dest},
+                    }},
+                },
+                "cni": {"bin_dirs": ["/opt/cni/bin"], "conf_dir": "/etc/cni/net.d"},
+            },
+        },
+    });
     format!(
-        "# containerd configuration (containerd 2.x). Managed by kforge.\n\
-         version = 3\n\
-         \n\
-         [plugins.'io.containerd.cri.v1.images']\n\
-         \x20 snapshotter = 'overlayfs'\n\
-         \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n\
-         \x20   sandbox = '{sandbox_image}'\n\
-         \n\
-         [plugins.'io.containerd.cri.v1.runtime']\n\
-         \x20 restrict_oom_score_adj = true\n\
-         \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd]\n\
-         \x20   default_runtime_name = 'runc'\n\
-         \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
-         \x20     runtime_type = 'io.containerd.runc.v2'\n\
-         \x20     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
-         \x20       SystemdCgroup = true\n\
-         \x20       BinaryName = '/usr/local/sbin/runc'\n\
-         \x20 [plugins.'io.containerd.cri.v1.runtime'.cni]\n\
-         \x20   bin_dirs = ['/opt/cni/bin']\n\
-         \x20   conf_dir = '/etc/cni/net.d'\n"
+        "# containerd configuration (containerd 2.x). Managed by kforge.\n{}",
+        toml::to_string(&config).expect("containerd config serializes")
     )
 }
 
