@@ -128,20 +128,12 @@ fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<Secrets
 /// Names and counts only: a report never carries a secret value.
 fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) -> String {
     let mut parts = Vec::new();
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut counts: Vec<(&str, usize)> = Vec::new();
     for item in &report.created {
-        let kind = item.split(' ').next().unwrap_or("item");
-        let kind = match kind {
-            "WireGuard" => "WireGuard keys",
-            "mesh" => "mesh addresses",
-            "pod" => "pod networks",
-            "certificate" => "certificates",
-            "CA" => "CAs",
-            _ => "other secrets",
-        };
-        match counts.iter_mut().find(|(k, _)| k == kind) {
+        let kind = item.kind.plural();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
-            None => counts.push((kind.to_string(), 1)),
+            None => counts.push((kind, 1)),
         }
     }
     if !counts.is_empty() {

@@ -76,6 +76,21 @@ impl Component {
         }
     }
 
+    /// The systemd unit that runs it, for the components kforge starts itself (K3s's
+    /// unit depends on the node's role: see `k3s.rs`).
+    pub const fn service(self) -> Option<&'static str> {
+        match self {
+            Component::Etcd => Some("etcd.service"),
+            Component::KubeApiserver => Some("kube-apiserver.service"),
+            Component::KubeControllerManager => Some("kube-controller-manager.service"),
+            Component::KubeScheduler => Some("kube-scheduler.service"),
+            Component::Kubelet => Some("kubelet.service"),
+            Component::KubeProxy => Some("kube-proxy.service"),
+            Component::Containerd => Some("containerd.service"),
+            Component::K3s | Component::Etcdctl | Component::Kubectl | Component::Runc | Component::CniPlugins => None,
+        }
+    }
+
     pub const fn install(self) -> Install {
         const fn binary(dest: &'static str, role: Role) -> Install {
             Install { dest, role: Some(role), unpack_into: None, members: &[] }

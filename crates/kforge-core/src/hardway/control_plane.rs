@@ -2,7 +2,7 @@
 //! kube-scheduler (with its configuration file), the nginx `/healthz` proxy for an L4
 //! load balancer, and the controller's admin kubeconfig.
 
-use super::{ADMIN_KUBECONFIG, HEALTHZ_CONF, HEALTHZ_UNIT, KUBE_DIR, certs, configs, nginx_unit, unit, units};
+use super::{ADMIN_KUBECONFIG, HEALTHZ_CONF, HEALTHZ_UNIT, KUBE_DIR, certs, configs, nginx_unit, service, unit, units};
 use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
@@ -114,12 +114,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         },
     );
     apiserver_files.push(PlannedFile::from_unit(
-        "kube-apiserver.service",
+        service(Component::KubeApiserver),
         &apiserver,
         format!("The Kubernetes API server on {}.", node.name),
     ));
     let restart_on = apiserver_files.iter().map(|f| f.path.clone()).collect();
-    let apiserver_unit = unit(model, "kube-apiserver.service", Component::KubeApiserver, restart_on, &[]);
+    let apiserver_unit = unit(model, Component::KubeApiserver, restart_on, &[]);
 
     // controller-manager and scheduler talk to the API server on the same machine.
     let cm_cert = secrets.certificate(certs::CONTROLLER_MANAGER_ID);
@@ -146,12 +146,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         },
     );
     cm_files.push(PlannedFile::from_unit(
-        "kube-controller-manager.service",
+        service(Component::KubeControllerManager),
         &cm,
         "kube-controller-manager: node lifecycle, service accounts, CSR signing.",
     ));
     let restart_on = cm_files.iter().map(|f| f.path.clone()).chain([p.ca.clone(), p.sa_key.clone()]).collect();
-    let cm_unit = unit(model, "kube-controller-manager.service", Component::KubeControllerManager, restart_on, &[]);
+    let cm_unit = unit(model, Component::KubeControllerManager, restart_on, &[]);
 
     let sched_cert = secrets.certificate(certs::SCHEDULER_ID);
     let sched_kubeconfig = render_kubeconfig(cluster, &local, ca, "system:kube-scheduler", sched_cert);
@@ -176,12 +176,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             ),
     ];
     sched_files.push(PlannedFile::from_unit(
-        "kube-scheduler.service",
+        service(Component::KubeScheduler),
         &units::kube_scheduler(sched_config_path),
         "kube-scheduler: assigns pods to nodes.",
     ));
     let restart_on = sched_files.iter().map(|f| f.path.clone()).collect();
-    let sched_unit = unit(model, "kube-scheduler.service", Component::KubeScheduler, restart_on, &[]);
+    let sched_unit = unit(model, Component::KubeScheduler, restart_on, &[]);
 
     let healthz = configs::healthz_nginx(model, me);
     let healthz_files = vec![

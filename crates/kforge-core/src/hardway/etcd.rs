@@ -1,7 +1,7 @@
 //! The etcd member on each controller: mTLS for clients and peers under their own
 //! CAs, peers on mesh addresses, and kforge's etcdctl environment.
 
-use super::{ETCD_DATA_DIR, ETCD_DIR, ETCDCTL_ENV, certs, unit, units};
+use super::{ETCD_DATA_DIR, ETCD_DIR, ETCDCTL_ENV, certs, service, unit, units};
 use crate::component::Component;
 use crate::model::{Member, Model};
 use crate::pki::Ca;
@@ -134,10 +134,10 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
             "the operator's shell, `kforge etcd snapshot|restore`",
             vec![("ETCDCTL_ENDPOINTS".into(), "every controller's mesh address, port 2379".into())],
         ),
-        PlannedFile::from_unit("etcd.service", &etcd_unit, format!("The etcd member on {}.", me.name)),
+        PlannedFile::from_unit(service(Component::Etcd), &etcd_unit, format!("The etcd member on {}.", me.name)),
     ];
     let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).filter(|p| p != ETCDCTL_ENV).collect();
-    let u = unit(model, "etcd.service", Component::Etcd, restart_on, &[]);
+    let u = unit(model, Component::Etcd, restart_on, &[]);
     let p = np.phase(Phase::Datastore);
     p.files.extend(files);
     p.units.push(u);

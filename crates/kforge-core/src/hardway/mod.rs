@@ -106,19 +106,24 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
 }
 
 /// A unit for `component`: started unless its binary is a stand-in.
-fn unit(
-    model: &Model<'_>,
-    name: &str,
-    component: Component,
-    mut restart_on: Vec<String>,
-    needs: &[Component],
-) -> PlannedUnit {
+/// The unit that runs `c` (only called for components kforge starts).
+fn service(c: Component) -> &'static str {
+    c.service().expect("a component with a unit")
+}
+
+fn unit(model: &Model<'_>, component: Component, mut restart_on: Vec<String>, needs: &[Component]) -> PlannedUnit {
     let stand_in = is_stand_in(model, component) || needs.iter().any(|c| is_stand_in(model, *c));
     // A new binary (or tarball) restarts the unit.
     if let Some(a) = model.spec.spec.artifacts.get(component) {
         restart_on.push(artifacts::upload_path(component, a));
     }
-    PlannedUnit { name: name.into(), enable: !stand_in, start: !stand_in, restart_on, reload_command: None }
+    PlannedUnit {
+        name: service(component).into(),
+        enable: !stand_in,
+        start: !stand_in,
+        restart_on,
+        reload_command: None,
+    }
 }
 
 /// One of kforge's own nginx instances (Debian's nginx binary, never a stand-in):

@@ -2,8 +2,8 @@
 //! worker's own pod network, the local API load balancer, the kubelet and kube-proxy.
 
 use super::{
-    API_BALANCER_CONF, API_BALANCER_UNIT, KUBE_PROXY_DIR, KUBELET_DIR, artifacts, certs, configs, nginx_unit, unit,
-    units,
+    API_BALANCER_CONF, API_BALANCER_UNIT, KUBE_PROXY_DIR, KUBELET_DIR, artifacts, certs, configs, nginx_unit, service,
+    unit, units,
 };
 use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
@@ -55,12 +55,14 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             "# Managed by kforge: bridged pod traffic passes iptables, so Services work pod to pod.\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n",
         ),
     ];
-    let containerd_file =
-        PlannedFile::from_unit("containerd.service", &units::containerd(), "containerd, the container runtime.");
+    let containerd_file = PlannedFile::from_unit(
+        service(Component::Containerd),
+        &units::containerd(),
+        "containerd, the container runtime.",
+    );
     let containerd_restart: Vec<String> = vec!["/etc/containerd/config.toml".into(), containerd_file.path.clone()];
     runtime_files.push(containerd_file);
-    let mut containerd_unit =
-        unit(model, "containerd.service", Component::Containerd, containerd_restart, &[Component::Runc]);
+    let mut containerd_unit = unit(model, Component::Containerd, containerd_restart, &[Component::Runc]);
     if model.spec.spec.artifacts.runc.is_some() {
         containerd_unit.restart_on.push(Component::Runc.install().dest.into());
     }
@@ -110,12 +112,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         ),
     ];
     kubelet_files.push(PlannedFile::from_unit(
-        "kubelet.service",
+        service(Component::Kubelet),
         &units::kubelet(model, me, node),
         format!("The kubelet on {}.", node.name),
     ));
     let restart_on = kubelet_files.iter().map(|f| f.path.clone()).collect();
-    let kubelet_unit = unit(model, "kubelet.service", Component::Kubelet, restart_on, &[Component::Containerd]);
+    let kubelet_unit = unit(model, Component::Kubelet, restart_on, &[Component::Containerd]);
 
     let proxy_cert = secrets.certificate(certs::KUBE_PROXY_ID);
     let kp = |name: &str| format!("{KUBE_PROXY_DIR}/{name}");
@@ -137,10 +139,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ],
             ),
     ];
-    proxy_files
-        .push(PlannedFile::unit("kube-proxy.service", units::kube_proxy(&kp("kube-proxy-config.yaml")).render()));
+    proxy_files.push(PlannedFile::unit(
+        service(Component::KubeProxy),
+        units::kube_proxy(&kp("kube-proxy-config.yaml")).render(),
+    ));
     let restart_on = proxy_files.iter().map(|f| f.path.clone()).collect();
-    let proxy_unit = unit(model, "kube-proxy.service", Component::KubeProxy, restart_on, &[]);
+    let proxy_unit = unit(model, Component::KubeProxy, restart_on, &[]);
 
     let runtime = np.phase(Phase::Runtime);
     runtime.files.extend(runtime_files);

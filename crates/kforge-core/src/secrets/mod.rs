@@ -73,9 +73,50 @@ enum Due {
 /// What a reconcile changed, for the operator (names only, never values).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
-    pub created: Vec<String>,
+    pub created: Vec<Item>,
+    /// Certificate ids.
     pub reissued: Vec<String>,
-    pub removed: Vec<String>,
+    pub removed: Vec<Item>,
+}
+
+/// What kind of bundle entry a report names (never its value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Ca,
+    /// Tokens and keys that are not per member: service-account key, K3s tokens,
+    /// the encryption-at-rest key.
+    Secret,
+    WireGuardKey,
+    MeshAddress,
+    PodNetwork,
+    Certificate,
+}
+
+impl ItemKind {
+    /// How a count of these reads: "5 CAs", "2 pod networks".
+    pub fn plural(self) -> &'static str {
+        match self {
+            ItemKind::Ca => "CAs",
+            ItemKind::Secret => "other secrets",
+            ItemKind::WireGuardKey => "WireGuard keys",
+            ItemKind::MeshAddress => "mesh addresses",
+            ItemKind::PodNetwork => "pod networks",
+            ItemKind::Certificate => "certificates",
+        }
+    }
+}
+
+/// One entry of the bundle a reconcile created or removed, by kind and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub kind: ItemKind,
+    pub name: String,
+}
+
+impl Item {
+    fn new(kind: ItemKind, name: impl Into<String>) -> Item {
+        Item { kind, name: name.into() }
+    }
 }
 
 impl ReconcileReport {
@@ -118,24 +159,24 @@ impl SecretsBundle {
             if !self.cas.contains_key(ca.id()) {
                 let cn = format!("kforge-{}-{}", spec.metadata.name, ca.id().replace('/', "-"));
                 self.cas.insert(ca.id().to_string(), pki::new_ca(&cn, pki.key_algorithm, pki.ca_validity_days, now)?);
-                report.created.push(format!("CA {ca}"));
+                report.created.push(Item::new(ItemKind::Ca, ca.id()));
             }
         }
         if self.service_account_key.is_empty() {
             self.service_account_key = pki::generate_key(pki.key_algorithm)?.serialize_pem();
-            report.created.push("service-account key".into());
+            report.created.push(Item::new(ItemKind::Secret, "service-account key"));
         }
         if self.k3s_token.is_empty() {
             self.k3s_token = random_hex(32);
-            report.created.push("k3s server token".into());
+            report.created.push(Item::new(ItemKind::Secret, "k3s server token"));
         }
         if self.k3s_agent_token.is_empty() {
             self.k3s_agent_token = random_hex(32);
-            report.created.push("k3s agent token".into());
+            report.created.push(Item::new(ItemKind::Secret, "k3s agent token"));
         }
         if self.encryption_key.is_empty() {
             self.encryption_key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
-            report.created.push("secrets-encryption key".into());
+            report.created.push(Item::new(ItemKind::Secret, "secrets-encryption key"));
         }
         report.merge(self.reconcile_wireguard(spec));
         report.merge(self.reconcile_mesh_ips(spec));
@@ -174,13 +215,13 @@ impl SecretsBundle {
                     let net =
                         slices.find(|s| !used.contains(s)).expect("validation checked the pod network is large enough");
                     next.insert(w.to_string(), net);
-                    report.created.push(format!("pod network {w}={net}"));
+                    report.created.push(Item::new(ItemKind::PodNetwork, format!("{w}={net}")));
                 }
             }
         }
         for (name, net) in &self.pod_cidrs {
             if !next.contains_key(name) {
-                report.removed.push(format!("pod network {name}={net}"));
+                report.removed.push(Item::new(ItemKind::PodNetwork, format!("{name}={net}")));
             }
         }
         self.pod_cidrs = next;
@@ -199,13 +240,13 @@ impl SecretsBundle {
         for name in &wanted {
             if !self.wireguard.contains_key(*name) {
                 self.wireguard.insert(name.to_string(), PrivateKey::generate().as_base64().to_string());
-                report.created.push(format!("WireGuard key {name}"));
+                report.created.push(Item::new(ItemKind::WireGuardKey, *name));
             }
         }
         self.wireguard.retain(|name, _| {
             let keep = wanted.contains(name.as_str());
             if !keep {
-                report.removed.push(format!("WireGuard key {name}"));
+                report.removed.push(Item::new(ItemKind::WireGuardKey, name.clone()));
             }
             keep
         });
@@ -249,12 +290,12 @@ impl SecretsBundle {
             if !next.contains_key(*name) {
                 let ip = free.next().expect("validation checked the subnet is large enough");
                 next.insert(name.to_string(), ip);
-                report.created.push(format!("mesh address {name}={ip}"));
+                report.created.push(Item::new(ItemKind::MeshAddress, format!("{name}={ip}")));
             }
         }
         for (name, ip) in &self.mesh_ips {
             if !next.contains_key(name) {
-                report.removed.push(format!("mesh address {name}={ip}"));
+                report.removed.push(Item::new(ItemKind::MeshAddress, format!("{name}={ip}")));
             }
         }
         self.mesh_ips = next;
@@ -306,7 +347,7 @@ impl SecretsBundle {
         for ((req, why), cert) in due.into_iter().zip(issued) {
             self.certificates.insert(req.id.clone(), cert?);
             match why {
-                Due::Missing => report.created.push(format!("certificate {}", req.id)),
+                Due::Missing => report.created.push(Item::new(ItemKind::Certificate, req.id.clone())),
                 Due::RequestChanged | Due::Expiring => report.reissued.push(req.id.clone()),
             }
         }
@@ -314,7 +355,7 @@ impl SecretsBundle {
         self.certificates.retain(|id, _| {
             let keep = wanted.contains(id.as_str());
             if !keep {
-                report.removed.push(format!("certificate {id}"));
+                report.removed.push(Item::new(ItemKind::Certificate, id.clone()));
             }
             keep
         });
