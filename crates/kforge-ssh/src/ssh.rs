@@ -177,9 +177,10 @@ fn sweep_dead_control_dirs() {
     }
 }
 
+/// The end of a failed script's stderr: enough lines for a unit's own log (its cause).
 fn last_lines(s: &str) -> String {
     let lines: Vec<&str> = s.trim().lines().collect();
-    let tail = &lines[lines.len().saturating_sub(4)..];
+    let tail = &lines[lines.len().saturating_sub(12)..];
     if tail.is_empty() { "no output".into() } else { tail.join(" | ") }
 }
 

@@ -38,7 +38,8 @@ kf_unchanged() {
 # kf_restart UNIT INPUTS: restart and wait (at most 2 minutes), or show why not.
 kf_restart() {
   if ! timeout 120 systemctl restart "$1"; then
-    echo "kforge: $1 did not start:" >&2; systemctl status "$1" --no-pager -n 5 >&2 || true; return 1
+    # The unit's own log lines name the cause (a failed exec, a cgroup errno, …).
+    echo "kforge: $1 did not start:" >&2; journalctl -u "$1" -n 12 --no-pager -o cat >&2 || true; return 1
   fi
   kf_stamp "$1" "$2"; echo "KF restarted $1"
 }
