@@ -39,15 +39,7 @@ pub const ADMIN_CERT_ID: &str = "admin";
 /// Leaves kforge issues for a k3s cluster: the admin client and each server's
 /// API serving certificate.
 pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
-    let mut out = vec![CertRequest {
-        id: ADMIN_CERT_ID.into(),
-        issuer: Ca::Client,
-        common_name: "admin".into(),
-        organizations: vec!["system:masters".into()],
-        dns_names: vec![],
-        ip_addresses: vec![],
-        usage: Usage::Client,
-    }];
+    let mut out = vec![CertRequest::admin(ADMIN_CERT_ID)];
     for (member, node) in model.servers() {
         out.push(CertRequest {
             id: serving_cert_id(&node.name),

@@ -111,6 +111,19 @@ pub struct CertRequest {
 }
 
 impl CertRequest {
+    /// The cluster admin's client certificate (O=system:masters), in both distributions.
+    pub fn admin(id: &str) -> CertRequest {
+        CertRequest {
+            id: id.into(),
+            issuer: Ca::Client,
+            common_name: "admin".into(),
+            organizations: vec!["system:masters".into()],
+            dns_names: vec![],
+            ip_addresses: vec![],
+            usage: Usage::Client,
+        }
+    }
+
     /// Stable digest of the request, the issuing CA and the key algorithm.
     pub fn fingerprint(&self, ca: &CertAndKey, algorithm: KeyAlgorithm) -> String {
         let mut text = format!(
@@ -240,15 +253,7 @@ mod tests {
     use super::*;
 
     fn request() -> CertRequest {
-        CertRequest {
-            id: "admin".into(),
-            issuer: Ca::Client,
-            common_name: "admin".into(),
-            organizations: vec!["system:masters".into()],
-            dns_names: vec![],
-            ip_addresses: vec![],
-            usage: Usage::Client,
-        }
+        CertRequest::admin("admin")
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn client(id: &str, issuer: Ca, cn: &str, o: &[&str]) -> CertRequest {
 /// Every leaf a hardway cluster needs.
 pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
     let mut out = vec![
-        client(ADMIN_ID, Ca::Client, "admin", &["system:masters"]),
+        CertRequest::admin(ADMIN_ID),
         client(
             CONTROLLER_MANAGER_ID,
             Ca::Client,
