@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::ssh::{Host, SshError};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
-const SCRIPT: &str = "mkdir -p /var/lib/kforge\n\
-    exec flock -w 45 -E 75 /var/lib/kforge/apply.lock bash -c 'echo KF locked; while read -r -t 30 _; do :; done'\n";
+/// The lease, kept as shell (shellcheck runs on the file in CI).
+const SCRIPT: &str = include_str!("sh/lock.sh");
 
 pub struct HostLock {
     child: Child,

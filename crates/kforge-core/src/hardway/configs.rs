@@ -5,7 +5,7 @@ use crate::component::Component;
 use ipnet::Ipv4Net;
 use serde_json::json;
 
-use super::{KUBE_DIR, KUBELET_DIR};
+use super::KUBE_DIR;
 use crate::model::{API_PORT, Member, Model};
 
 fn yaml(header: &str, value: &serde_json::Value) -> String {
@@ -24,7 +24,14 @@ pub fn kube_scheduler_config(kubeconfig: &str) -> String {
     )
 }
 
-pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net) -> String {
+/// The files a KubeletConfiguration names, as planned.
+pub struct KubeletFiles<'a> {
+    pub client_ca: &'a str,
+    pub cert: &'a str,
+    pub key: &'a str,
+}
+
+pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net, files: &KubeletFiles<'_>) -> String {
     let net = &model.spec.spec.network;
     yaml(
         "kubelet configuration.",
@@ -35,7 +42,7 @@ pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net) -> String {
             "authentication": {
                 "anonymous": {"enabled": false},
                 "webhook": {"enabled": true},
-                "x509": {"clientCAFile": format!("{KUBELET_DIR}/ca.crt")},
+                "x509": {"clientCAFile": files.client_ca},
             },
             "authorization": {"mode": "Webhook"},
             "cgroupDriver": "systemd",
@@ -46,8 +53,8 @@ pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net) -> String {
             "failSwapOn": true,
             "resolvConf": "/etc/resolv.conf",
             "runtimeRequestTimeout": "15m",
-            "tlsCertFile": format!("{KUBELET_DIR}/kubelet.crt"),
-            "tlsPrivateKeyFile": format!("{KUBELET_DIR}/kubelet.key"),
+            "tlsCertFile": files.cert,
+            "tlsPrivateKeyFile": files.key,
             "registerNode": true,
             // Kubernetes 1.35+ refuses cgroup v1 unless told otherwise (hardway.allowCgroupV1).
             "failCgroupV1": !model.spec.spec.hardway.allow_cgroup_v1,

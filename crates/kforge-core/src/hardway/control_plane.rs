@@ -7,13 +7,47 @@ use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
 use crate::pki::Ca;
-use crate::plan::{NodePlan, Phase, PlannedFile};
+use crate::plan::{NodePlan, Phase, PlannedFile, PlannedUnit};
 use crate::secrets::SecretsBundle;
 use crate::spec::Node;
 
 pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
-    let spec = &model.spec.spec;
+    let paths = Paths::new();
+    // controller-manager and scheduler talk to the API server on the same machine.
+    let local = format!("https://127.0.0.1:{API_PORT}");
+    let (apiserver_files, apiserver_unit) = apiserver(model, secrets, me, node, &paths);
+    let (cm_files, cm_unit) = controller_manager(model, secrets, &paths, &local);
+    let (sched_files, sched_unit) = scheduler(model, secrets, &paths, &local);
+    let (healthz_files, healthz_unit) = healthz(model, me);
     let cluster = &model.spec.metadata.name;
+    let ca = &secrets.ca(Ca::Server).cert;
+    let admin = secrets.certificate(crate::k3s::ADMIN_CERT_ID);
+    let admin_local = PlannedFile::secret(ADMIN_KUBECONFIG, render_kubeconfig(cluster, &local, ca, "admin", admin))
+        .about(
+            "The admin kubeconfig on this controller (O=system:masters), for kubectl on the machine and for applying addons.",
+            "kubectl",
+            vec![],
+        );
+
+    let p = np.phase(Phase::ControlPlane);
+    p.files.extend(apiserver_files);
+    p.files.extend(cm_files);
+    p.files.extend(sched_files);
+    p.files.extend(healthz_files);
+    p.files.push(admin_local);
+    p.units.extend([apiserver_unit, cm_unit, sched_unit, healthz_unit]);
+}
+
+/// kube-apiserver: the CAs and certificates it serves and dials with, the
+/// service-account key pair, the encryption config, and its unit.
+fn apiserver(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    me: &Member,
+    node: &Node,
+    paths: &Paths,
+) -> (Vec<PlannedFile>, PlannedUnit) {
+    let spec = &model.spec.spec;
     let ca = &secrets.ca(Ca::Server).cert;
     let client_ca = secrets.ca(Ca::Client);
     let front_ca = &secrets.ca(Ca::RequestHeader).cert;
@@ -21,35 +55,32 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
     let etcd_client = secrets.certificate(certs::APISERVER_ETCD_CLIENT_ID);
     let kubelet_client = secrets.certificate(certs::APISERVER_KUBELET_CLIENT_ID);
     let front_client = secrets.certificate(certs::FRONT_PROXY_CLIENT_ID);
-    let local = format!("https://127.0.0.1:{API_PORT}");
-    let p = Paths::new();
     let sa_public = crate::pki::public_key_pem(&secrets.service_account_key).expect("bundle holds a valid key");
-
     let mut apiserver_files = vec![
-        PlannedFile::new(p.ca.clone(), 0o644, ca.clone()).about(
+        PlannedFile::new(paths.ca.clone(), 0o644, ca.clone()).about(
             "The cluster CA (kforge's `server-ca`): signs the API server's and the kubelets' serving certificates.",
             "every client of the API (kubeconfigs embed it), kube-apiserver (--kubelet-certificate-authority), kube-controller-manager (--root-ca-file: the ca.crt pods get)",
             vec![],
         ),
-        PlannedFile::new(p.client_ca.clone(), 0o644, client_ca.cert.clone()).about(
+        PlannedFile::new(paths.client_ca.clone(), 0o644, client_ca.cert.clone()).about(
             "The client CA (kforge's `client-ca`): a client certificate it signed authenticates as its CN (user) and O (groups).",
             "kube-apiserver (--client-ca-file), kubelets (authentication.x509.clientCAFile)",
             vec![],
         ),
-        PlannedFile::new(p.apiserver_crt.clone(), 0o644, serving.cert.clone()).about(
+        PlannedFile::new(paths.apiserver_crt.clone(), 0o644, serving.cert.clone()).about(
             format!("The API server's serving certificate on {}.", node.name),
             "kube-apiserver (--tls-cert-file)",
             certs::apiserver_sans_explained(model),
         ),
-        PlannedFile::secret(p.apiserver_key.clone(), serving.key.clone()),
-        PlannedFile::new(p.etcd_ca.clone(), 0o644, secrets.ca(Ca::EtcdServer).cert.clone()),
-        PlannedFile::new(p.etcd_client_crt.clone(), 0o644, etcd_client.cert.clone()).about(
+        PlannedFile::secret(paths.apiserver_key.clone(), serving.key.clone()),
+        PlannedFile::new(paths.etcd_ca.clone(), 0o644, secrets.ca(Ca::EtcdServer).cert.clone()),
+        PlannedFile::new(paths.etcd_client_crt.clone(), 0o644, etcd_client.cert.clone()).about(
             "The API server's etcd client certificate, signed by the etcd CA.",
             "kube-apiserver (--etcd-certfile)",
             vec![],
         ),
-        PlannedFile::secret(p.etcd_client_key.clone(), etcd_client.key.clone()),
-        PlannedFile::new(p.kubelet_client_crt.clone(), 0o644, kubelet_client.cert.clone()).about(
+        PlannedFile::secret(paths.etcd_client_key.clone(), etcd_client.key.clone()),
+        PlannedFile::new(paths.kubelet_client_crt.clone(), 0o644, kubelet_client.cert.clone()).about(
             "The API server's client certificate towards kubelets (logs, exec, port-forward).",
             "kube-apiserver (--kubelet-client-certificate)",
             vec![(
@@ -57,25 +88,28 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 "`kubernetes`: the user the system:kube-apiserver-to-kubelet ClusterRole is bound to (addons)".into(),
             )],
         ),
-        PlannedFile::secret(p.kubelet_client_key.clone(), kubelet_client.key.clone()),
-        PlannedFile::new(p.front_proxy_ca.clone(), 0o644, front_ca.clone()),
-        PlannedFile::new(p.front_proxy_client_crt.clone(), 0o644, front_client.cert.clone()).about(
+        PlannedFile::secret(paths.kubelet_client_key.clone(), kubelet_client.key.clone()),
+        PlannedFile::new(paths.front_proxy_ca.clone(), 0o644, front_ca.clone()),
+        PlannedFile::new(paths.front_proxy_client_crt.clone(), 0o644, front_client.cert.clone()).about(
             "The aggregation layer's client certificate (CN front-proxy-client).",
             "kube-apiserver (--proxy-client-cert-file) when it proxies to extension API servers such as metrics-server",
             vec![],
         ),
-        PlannedFile::secret(p.front_proxy_client_key.clone(), front_client.key.clone()),
-        PlannedFile::new(p.sa_pub.clone(), 0o644, sa_public).about(
+        PlannedFile::secret(paths.front_proxy_client_key.clone(), front_client.key.clone()),
+        PlannedFile::new(paths.sa_pub.clone(), 0o644, sa_public).about(
             "Public half of the service-account signing key.",
             "kube-apiserver (--service-account-key-file: verifies tokens)",
             vec![],
         ),
-        PlannedFile::secret(p.sa_key.clone(), secrets.service_account_key.clone()),
+        PlannedFile::secret(paths.sa_key.clone(), secrets.service_account_key.clone()),
     ];
     if spec.secrets_encryption {
         apiserver_files.push(
-            PlannedFile::secret(p.encryption_config.clone(), crate::k3s::encryption_config(&secrets.encryption_key))
-                .about(
+            PlannedFile::secret(
+                paths.encryption_config.clone(),
+                crate::k3s::encryption_config(&secrets.encryption_key),
+            )
+            .about(
                 "EncryptionConfiguration (apiserver.config.k8s.io/v1): Secrets are encrypted before they reach etcd.",
                 "kube-apiserver (--encryption-provider-config)",
                 vec![
@@ -96,21 +130,21 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         model,
         me,
         &units::ApiserverFiles {
-            client_ca: &p.client_ca,
-            etcd_ca: &p.etcd_ca,
-            etcd_cert: &p.etcd_client_crt,
-            etcd_key: &p.etcd_client_key,
-            kubelet_ca: &p.ca,
-            kubelet_client_cert: &p.kubelet_client_crt,
-            kubelet_client_key: &p.kubelet_client_key,
-            proxy_client_cert: &p.front_proxy_client_crt,
-            proxy_client_key: &p.front_proxy_client_key,
-            front_proxy_ca: &p.front_proxy_ca,
-            service_account_pub: &p.sa_pub,
-            service_account_key: &p.sa_key,
-            tls_cert: &p.apiserver_crt,
-            tls_key: &p.apiserver_key,
-            encryption_config: spec.secrets_encryption.then_some(p.encryption_config.as_str()),
+            client_ca: &paths.client_ca,
+            etcd_ca: &paths.etcd_ca,
+            etcd_cert: &paths.etcd_client_crt,
+            etcd_key: &paths.etcd_client_key,
+            kubelet_ca: &paths.ca,
+            kubelet_client_cert: &paths.kubelet_client_crt,
+            kubelet_client_key: &paths.kubelet_client_key,
+            proxy_client_cert: &paths.front_proxy_client_crt,
+            proxy_client_key: &paths.front_proxy_client_key,
+            front_proxy_ca: &paths.front_proxy_ca,
+            service_account_pub: &paths.sa_pub,
+            service_account_key: &paths.sa_key,
+            tls_cert: &paths.apiserver_crt,
+            tls_key: &paths.apiserver_key,
+            encryption_config: spec.secrets_encryption.then_some(paths.encryption_config.as_str()),
         },
     );
     apiserver_files.push(PlannedFile::from_unit(
@@ -119,13 +153,23 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         format!("The Kubernetes API server on {}.", node.name),
     ));
     let restart_on = apiserver_files.iter().map(|f| f.path.clone()).collect();
-    let apiserver_unit = unit(model, Component::KubeApiserver, restart_on, &[]);
+    (apiserver_files, unit(model, Component::KubeApiserver, restart_on, &[]))
+}
 
-    // controller-manager and scheduler talk to the API server on the same machine.
+/// kube-controller-manager: its kubeconfig, the client CA's key (it signs CSRs), its unit.
+fn controller_manager(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    paths: &Paths,
+    local: &str,
+) -> (Vec<PlannedFile>, PlannedUnit) {
+    let cluster = &model.spec.metadata.name;
+    let ca = &secrets.ca(Ca::Server).cert;
+    let client_ca = secrets.ca(Ca::Client);
     let cm_cert = secrets.certificate(certs::CONTROLLER_MANAGER_ID);
-    let cm_kubeconfig = render_kubeconfig(cluster, &local, ca, "system:kube-controller-manager", cm_cert);
+    let cm_kubeconfig = render_kubeconfig(cluster, local, ca, "system:kube-controller-manager", cm_cert);
     let mut cm_files = vec![
-        PlannedFile::secret(p.cm_kubeconfig.clone(), cm_kubeconfig).about(
+        PlannedFile::secret(paths.cm_kubeconfig.clone(), cm_kubeconfig).about(
             "kube-controller-manager's kubeconfig.",
             "kube-controller-manager (--kubeconfig)",
             vec![
@@ -133,16 +177,16 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 ("user".into(), "CN=O=system:kube-controller-manager, the identity its ClusterRole is bound to".into()),
             ],
         ),
-        PlannedFile::secret(p.client_ca_key.clone(), client_ca.key.clone()),
+        PlannedFile::secret(paths.client_ca_key.clone(), client_ca.key.clone()),
     ];
     let cm = units::kube_controller_manager(
         model,
         &units::ControllerManagerFiles {
-            kubeconfig: &p.cm_kubeconfig,
-            signing_cert: &p.client_ca,
-            signing_key: &p.client_ca_key,
-            root_ca: &p.ca,
-            service_account_key: &p.sa_key,
+            kubeconfig: &paths.cm_kubeconfig,
+            signing_cert: &paths.client_ca,
+            signing_key: &paths.client_ca_key,
+            root_ca: &paths.ca,
+            service_account_key: &paths.sa_key,
         },
     );
     cm_files.push(PlannedFile::from_unit(
@@ -150,14 +194,24 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         &cm,
         "kube-controller-manager: node lifecycle, service accounts, CSR signing.",
     ));
-    let restart_on = cm_files.iter().map(|f| f.path.clone()).chain([p.ca.clone(), p.sa_key.clone()]).collect();
-    let cm_unit = unit(model, Component::KubeControllerManager, restart_on, &[]);
+    let restart_on = cm_files.iter().map(|f| f.path.clone()).chain([paths.ca.clone(), paths.sa_key.clone()]).collect();
+    (cm_files, unit(model, Component::KubeControllerManager, restart_on, &[]))
+}
 
+/// kube-scheduler: its kubeconfig, its KubeSchedulerConfiguration, its unit.
+fn scheduler(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    paths: &Paths,
+    local: &str,
+) -> (Vec<PlannedFile>, PlannedUnit) {
+    let cluster = &model.spec.metadata.name;
+    let ca = &secrets.ca(Ca::Server).cert;
     let sched_cert = secrets.certificate(certs::SCHEDULER_ID);
-    let sched_kubeconfig = render_kubeconfig(cluster, &local, ca, "system:kube-scheduler", sched_cert);
+    let sched_kubeconfig = render_kubeconfig(cluster, local, ca, "system:kube-scheduler", sched_cert);
     let sched_config_path = "/etc/kubernetes/config/kube-scheduler.yaml";
     let mut sched_files = vec![
-        PlannedFile::secret(p.sched_kubeconfig.clone(), sched_kubeconfig).about(
+        PlannedFile::secret(paths.sched_kubeconfig.clone(), sched_kubeconfig).about(
             "kube-scheduler's kubeconfig.",
             "kube-scheduler (through its KubeSchedulerConfiguration)",
             vec![(
@@ -165,7 +219,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                 "CN=O=system:kube-scheduler (upstream's guide once wrote `system:system:kube-scheduler`, which no RBAC rule matches)".into(),
             )],
         ),
-        PlannedFile::new(sched_config_path, 0o644, configs::kube_scheduler_config(&p.sched_kubeconfig.clone()))
+        PlannedFile::new(sched_config_path, 0o644, configs::kube_scheduler_config(&paths.sched_kubeconfig.clone()))
             .about(
                 "KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1).",
                 "kube-scheduler (--config)",
@@ -181,8 +235,12 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         "kube-scheduler: assigns pods to nodes.",
     ));
     let restart_on = sched_files.iter().map(|f| f.path.clone()).collect();
-    let sched_unit = unit(model, Component::KubeScheduler, restart_on, &[]);
+    (sched_files, unit(model, Component::KubeScheduler, restart_on, &[]))
+}
 
+/// nginx as a plain-HTTP /healthz in front of the API server, for an L4 load balancer.
+fn healthz(model: &Model<'_>, me: &Member) -> (Vec<PlannedFile>, PlannedUnit) {
+    let spec = &model.spec.spec;
     let healthz = configs::healthz_nginx(model, me);
     let healthz_files = vec![
         PlannedFile::new(HEALTHZ_CONF, 0o644, healthz).about(
@@ -201,23 +259,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         ),
         PlannedFile::unit(HEALTHZ_UNIT, units::healthz().render()),
     ];
-    let healthz_unit = nginx_unit(HEALTHZ_UNIT, &healthz_files);
-
-    let admin = secrets.certificate(crate::k3s::ADMIN_CERT_ID);
-    let admin_local = PlannedFile::secret(ADMIN_KUBECONFIG, render_kubeconfig(cluster, &local, ca, "admin", admin))
-        .about(
-            "The admin kubeconfig on this controller (O=system:masters), for kubectl on the machine and for applying addons.",
-            "kubectl",
-            vec![],
-        );
-
-    let p = np.phase(Phase::ControlPlane);
-    p.files.extend(apiserver_files);
-    p.files.extend(cm_files);
-    p.files.extend(sched_files);
-    p.files.extend(healthz_files);
-    p.files.push(admin_local);
-    p.units.extend([apiserver_unit, cm_unit, sched_unit, healthz_unit]);
+    let unit = nginx_unit(HEALTHZ_UNIT, &healthz_files);
+    (healthz_files, unit)
 }
 
 /// The files the control plane's units read, under /var/lib/kubernetes: each path is

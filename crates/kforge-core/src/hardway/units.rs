@@ -2,7 +2,6 @@
 //! carries its reason here, next to its value (`systemd::Flag`, `UnitFile`): the same
 //! list renders the unit and what `kforge explain` says about it.
 
-use super::KUBELET_DIR;
 use super::etcd::EtcdCluster;
 use crate::model::{API_PORT, Member, Model};
 use crate::spec::Node;
@@ -289,15 +288,15 @@ pub fn containerd() -> UnitFile {
         .wanted_by_multi_user()
 }
 
-pub fn kubelet(model: &Model<'_>, me: &Member, node: &Node) -> UnitFile {
+pub fn kubelet(model: &Model<'_>, me: &Member, node: &Node, config: &str, kubeconfig: &str) -> UnitFile {
     let mut labels: Vec<String> = Vec::new();
     if let Some(loc) = &node.location {
         labels.push(format!("topology.kubernetes.io/zone={loc}"));
     }
     labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
     let mut flags: Vec<Flag> = vec![
-        flag("config", format!("{KUBELET_DIR}/kubelet-config.yaml")),
-        flag("kubeconfig", format!("{KUBELET_DIR}/kubeconfig")),
+        flag("config", config),
+        flag("kubeconfig", kubeconfig),
         flag("hostname-override", node.name.clone()),
         flag("node-ip", me.mesh_ip.to_string()).because(format!(
             "{}: the mesh address, so the API server, metrics and logs all reach this node over WireGuard",

@@ -9,18 +9,31 @@ use crate::component::Component;
 use crate::kubeconfig::render_kubeconfig;
 use crate::model::{API_PORT, Member, Model};
 use crate::pki::Ca;
-use crate::plan::{NodePlan, Phase, PlannedFile};
+use crate::plan::{NodePlan, Phase, PlannedFile, PlannedUnit};
 use crate::secrets::SecretsBundle;
 use crate::spec::Node;
 
 pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
-    let cluster = &model.spec.metadata.name;
-    let ca = &secrets.ca(Ca::Server).cert;
+    // Kubelet and kube-proxy dial the local balancer over all controllers.
+    let api = format!("https://127.0.0.1:{}", model.spec.spec.hardway.api_balancer_port);
+    let (runtime_files, runtime_units) = runtime(model, me, node);
+    let (kubelet_files, kubelet_unit) = kubelet(model, secrets, me, node, &api);
+    let (proxy_files, proxy_unit) = kube_proxy(model, secrets, &api);
+
+    let runtime = np.phase(Phase::Runtime);
+    runtime.files.extend(runtime_files);
+    runtime.units.extend(runtime_units);
+    let p = np.phase(Phase::Workers);
+    p.commands.extend(artifacts::image_imports(model));
+    p.files.extend(kubelet_files);
+    p.files.extend(proxy_files);
+    p.units.extend([kubelet_unit, proxy_unit]);
+}
+
+/// containerd, runc and CNI, and the API load balancer the kubelet and kube-proxy use.
+fn runtime(model: &Model<'_>, me: &Member, node: &Node) -> (Vec<PlannedFile>, Vec<PlannedUnit>) {
     let pod_cidr = me.pod_cidr.expect("a worker has a pod network after reconcile");
     let hw = &model.spec.spec.hardway;
-    // Kubelet and kube-proxy dial the local balancer over all controllers.
-    let api = format!("https://127.0.0.1:{}", hw.api_balancer_port);
-
     let mut runtime_files = vec![
         PlannedFile::new("/etc/containerd/config.toml", 0o644, configs::containerd_config(&hw.sandbox_image)).about(
             "containerd's configuration (containerd 2.x, `version = 3`): the CRI plugin with runc as the runtime and CNI from /opt/cni/bin.",
@@ -80,55 +93,84 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
         PlannedFile::unit(API_BALANCER_UNIT, units::api_balancer(&model.spec.spec.mesh.interface).render()),
     ];
     let balancer_unit = nginx_unit(API_BALANCER_UNIT, &balancer_files);
+    runtime_files.extend(balancer_files);
+    (runtime_files, vec![containerd_unit, balancer_unit])
+}
 
+/// The kubelet: its certificates, kubeconfig and KubeletConfiguration, each file's path
+/// written once and named by the configuration and the unit that read it.
+fn kubelet(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    me: &Member,
+    node: &Node,
+    api: &str,
+) -> (Vec<PlannedFile>, PlannedUnit) {
+    let cluster = &model.spec.metadata.name;
+    let ca = &secrets.ca(Ca::Server).cert;
+    let pod_cidr = me.pod_cidr.expect("a worker has a pod network after reconcile");
     let kubelet_serving = secrets.certificate(&certs::kubelet_serving_id(&node.name));
     let kubelet_client = secrets.certificate(&certs::kubelet_client_id(&node.name));
     let user = format!("system:node:{}", node.name);
     let kl = |name: &str| format!("{KUBELET_DIR}/{name}");
-    let mut kubelet_files = vec![
-        PlannedFile::new(kl("ca.crt"), 0o644, secrets.ca(Ca::Client).cert.clone()).about(
-            "The client CA the kubelet trusts: the API server's kubelet client certificate is signed by it.",
-            "kubelet (authentication.x509.clientCAFile)",
-            vec![],
-        ),
-        PlannedFile::new(kl("kubelet.crt"), 0o644, kubelet_serving.cert.clone()).about(
-            format!("The kubelet's serving certificate on {}, signed by the cluster CA.", node.name),
-            "kubelet (tlsCertFile); kube-apiserver verifies it (--kubelet-certificate-authority)",
-            vec![("SANs".into(), format!("{} and its mesh address {}: the API server dials kubelets by InternalIP, which is the mesh address", node.name, me.mesh_ip))],
-        ),
-        PlannedFile::secret(kl("kubelet.key"), kubelet_serving.key.clone()),
-        PlannedFile::secret(kl("kubeconfig"), render_kubeconfig(cluster, &api, ca, &user, kubelet_client)).about(
+    let client_ca = PlannedFile::new(kl("ca.crt"), 0o644, secrets.ca(Ca::Client).cert.clone()).about(
+        "The client CA the kubelet trusts: the API server's kubelet client certificate is signed by it.",
+        "kubelet (authentication.x509.clientCAFile)",
+        vec![],
+    );
+    let serving_cert = PlannedFile::new(kl("kubelet.crt"), 0o644, kubelet_serving.cert.clone()).about(
+        format!("The kubelet's serving certificate on {}, signed by the cluster CA.", node.name),
+        "kubelet (tlsCertFile); kube-apiserver verifies it (--kubelet-certificate-authority)",
+        vec![(
+            "SANs".into(),
+            format!(
+                "{} and its mesh address {}: the API server dials kubelets by InternalIP, which is the mesh address",
+                node.name, me.mesh_ip
+            ),
+        )],
+    );
+    let serving_key = PlannedFile::secret(kl("kubelet.key"), kubelet_serving.key.clone());
+    let kubeconfig = PlannedFile::secret(kl("kubeconfig"), render_kubeconfig(cluster, api, ca, &user, kubelet_client)).about(
             format!("The kubelet's kubeconfig on {}.", node.name),
             "kubelet (--kubeconfig)",
             vec![
                 ("user".into(), format!("CN={user}, O=system:nodes: the Node authorizer lets a kubelet see only its own pods, secrets and node object")),
                 ("server".into(), format!("{api}: this worker's API load balancer over every controller")),
             ],
-        ),
-        PlannedFile::new(kl("kubelet-config.yaml"), 0o644, configs::kubelet_config(model, pod_cidr)).about(
+        );
+    let reads = configs::KubeletFiles { client_ca: &client_ca.path, cert: &serving_cert.path, key: &serving_key.path };
+    let config = PlannedFile::new(kl("kubelet-config.yaml"), 0o644, configs::kubelet_config(model, pod_cidr, &reads))
+        .about(
             "KubeletConfiguration (kubelet.config.k8s.io/v1beta1).",
             "kubelet (--config)",
             configs::kubelet_config_explained(model, pod_cidr),
-        ),
-    ];
-    kubelet_files.push(PlannedFile::from_unit(
+        );
+    let unit_file = PlannedFile::from_unit(
         service(Component::Kubelet),
-        &units::kubelet(model, me, node),
+        &units::kubelet(model, me, node, &config.path, &kubeconfig.path),
         format!("The kubelet on {}.", node.name),
-    ));
-    let restart_on = kubelet_files.iter().map(|f| f.path.clone()).collect();
-    let kubelet_unit = unit(model, Component::Kubelet, restart_on, &[Component::Containerd]);
+    );
+    let files = vec![client_ca, serving_cert, serving_key, kubeconfig, config, unit_file];
+    let restart_on = files.iter().map(|f| f.path.clone()).collect();
+    (files, unit(model, Component::Kubelet, restart_on, &[Component::Containerd]))
+}
+
+/// kube-proxy: its kubeconfig and KubeProxyConfiguration.
+fn kube_proxy(model: &Model<'_>, secrets: &SecretsBundle, api: &str) -> (Vec<PlannedFile>, PlannedUnit) {
+    let cluster = &model.spec.metadata.name;
+    let ca = &secrets.ca(Ca::Server).cert;
 
     let proxy_cert = secrets.certificate(certs::KUBE_PROXY_ID);
     let kp = |name: &str| format!("{KUBE_PROXY_DIR}/{name}");
-    let mut proxy_files = vec![
-        PlannedFile::secret(kp("kubeconfig"), render_kubeconfig(cluster, &api, ca, "system:kube-proxy", proxy_cert))
+    let kubeconfig =
+        PlannedFile::secret(kp("kubeconfig"), render_kubeconfig(cluster, api, ca, "system:kube-proxy", proxy_cert))
             .about(
                 "kube-proxy's kubeconfig.",
                 "kube-proxy (through its KubeProxyConfiguration)",
                 vec![("user".into(), "CN=system:kube-proxy, O=system:node-proxier: the built-in ClusterRoleBinding grants it Services and EndpointSlices".into())],
-            ),
-        PlannedFile::new(kp("kube-proxy-config.yaml"), 0o644, configs::kube_proxy_config(model, &kp("kubeconfig")))
+            );
+    let config =
+        PlannedFile::new(kp("kube-proxy-config.yaml"), 0o644, configs::kube_proxy_config(model, &kubeconfig.path))
             .about(
                 "KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1).",
                 "kube-proxy (--config)",
@@ -137,22 +179,9 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
                     ("conntrack.maxPerCore".into(), "0: kube-proxy leaves the kernel-wide conntrack table size to the host (nf_conntrack_max) rather than resizing it; it fails to start where nf_conntrack is built in otherwise".into()),
                     ("clusterCIDR".into(), format!("{}: traffic from outside it to a Service is masqueraded", model.spec.spec.network.pod_cidr)),
                 ],
-            ),
-    ];
-    proxy_files.push(PlannedFile::unit(
-        service(Component::KubeProxy),
-        units::kube_proxy(&kp("kube-proxy-config.yaml")).render(),
-    ));
-    let restart_on = proxy_files.iter().map(|f| f.path.clone()).collect();
-    let proxy_unit = unit(model, Component::KubeProxy, restart_on, &[]);
-
-    let runtime = np.phase(Phase::Runtime);
-    runtime.files.extend(runtime_files);
-    runtime.files.extend(balancer_files);
-    runtime.units.extend([containerd_unit, balancer_unit]);
-    let p = np.phase(Phase::Workers);
-    p.commands.extend(artifacts::image_imports(model));
-    p.files.extend(kubelet_files);
-    p.files.extend(proxy_files);
-    p.units.extend([kubelet_unit, proxy_unit]);
+            );
+    let unit_file = PlannedFile::unit(service(Component::KubeProxy), units::kube_proxy(&config.path).render());
+    let files = vec![kubeconfig, config, unit_file];
+    let restart_on = files.iter().map(|f| f.path.clone()).collect();
+    (files, unit(model, Component::KubeProxy, restart_on, &[]))
 }
