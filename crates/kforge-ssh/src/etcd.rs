@@ -201,7 +201,7 @@ impl Etcd {
         let serving = was_serving.into_inner().unwrap();
         self.each(|m, h| {
             if serving.contains(&m.name) {
-                h.run_script("start kube-apiserver", "systemctl start kube-apiserver.service")?;
+                h.run_script("start kube-apiserver", &self.helper("kf_start_apiserver", &[]))?;
             }
             Ok(())
         })?;

@@ -78,3 +78,8 @@ kf_start_etcd() {
   systemctl status etcd.service --no-pager -n 5 >&2
   return 1
 }
+
+# kf_start_apiserver: bring back a kube-apiserver that kf_stop_members stopped.
+kf_start_apiserver() {
+  systemctl start kube-apiserver.service
+}
