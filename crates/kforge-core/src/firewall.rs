@@ -13,7 +13,6 @@
 //!   (hostPort/LoadBalancer), so NodePorts do not leak to the internet.
 
 use crate::systemd::UnitFile;
-use std::fmt::Write;
 
 use ipnet::IpNet;
 
@@ -58,84 +57,112 @@ pub fn render_nftables(model: &Model<'_>, me: &Member, node: &Node) -> String {
     }
     open.append(&mut published);
 
-    let mut o = String::new();
-    let _ = writeln!(o, "#!/usr/sbin/nft -f");
-    let _ = writeln!(
-        o,
-        "# kforge firewall of cluster {}: node {} (mesh {}).",
+    let mut input = Chain::new("input", "type filter hook input priority filter; policy drop;");
+    input
+        .rule("ct state established,related accept")
+        .rule("ct state invalid drop")
+        .rule("iifname \"lo\" accept")
+        .note("the mesh and pod networks are trusted: everything there is encrypted or local")
+        .rule(format!("iifname {{ {internal} }} accept"))
+        .note("ICMP needed for path MTU discovery and diagnostics; echo rate-limited")
+        .rule("icmp type { destination-unreachable, time-exceeded, parameter-problem } accept")
+        .rule("icmp type echo-request limit rate 10/second burst 20 packets accept")
+        .rule("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, packet-too-big, destination-unreachable, time-exceeded, parameter-problem } accept")
+        .rule("icmpv6 type echo-request limit rate 10/second burst 20 packets accept")
+        .note("DHCP replies, so a VPS keeps its lease")
+        .rule("udp sport 67 udp dport 68 accept")
+        .rule("udp sport 547 udp dport 546 accept")
+        .note("SSH");
+    let ssh_port = fw.ssh.port;
+    if fw.ssh.rate_limit {
+        for (family, addr) in [("v4", "ip"), ("v6", "ip6")] {
+            input.rule(format!(
+                "tcp dport {ssh_port} ct state new add @ssh_ratelimit_{family} {{ {addr} saddr limit rate over 10/minute burst 20 packets }} drop"
+            ));
+        }
+    }
+    for m in source_matches(&fw.ssh.allow_from) {
+        input.rule(format!("{m}tcp dport {ssh_port} accept"));
+    }
+    input.note("the WireGuard mesh").rule(format!("udp dport {} accept", spec.mesh.port));
+    for p in &open {
+        input.note(format!("{}/{} ({})", p.port, p.protocol, p.why));
+        for m in source_matches(p.allow_from) {
+            input.rule(format!("{m}{} dport {} accept", p.protocol, p.port));
+        }
+    }
+
+    let mut forward = Chain::new("forward", "type filter hook forward priority filter; policy drop;");
+    forward
+        .rule("ct state established,related accept")
+        .rule("ct state invalid drop")
+        .note("pod egress, pod-to-pod across nodes, and relaying between NAT'd mesh members")
+        .rule(format!("iifname {{ {internal} }} accept"));
+    for p in &open {
+        forward.note(format!("{}/{} forwarded to a pod (hostPort / LoadBalancer)", p.port, p.protocol));
+        for m in source_matches(p.allow_from) {
+            forward.rule(format!("{m}meta l4proto {} ct original proto-dst {} accept", p.protocol, p.port));
+        }
+    }
+
+    let sets: Vec<String> = match fw.ssh.rate_limit {
+        true => [("v4", "ipv4_addr"), ("v6", "ipv6_addr")]
+            .map(|(family, ty)| {
+                format!(
+                    "\tset ssh_ratelimit_{family} {{\n\t\ttype {ty}\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}\n"
+                )
+            })
+            .to_vec(),
+        false => Vec::new(),
+    };
+    let header = format!(
+        "#!/usr/sbin/nft -f\n# kforge firewall of cluster {}: node {} (mesh {}).\n# Only table inet kforge is replaced; other tables are left as they are.\n",
         model.spec.metadata.name, me.name, me.mesh_ip
     );
-    let _ = writeln!(o, "# Only table inet kforge is replaced; other tables are left as they are.");
-    let _ = writeln!(o, "table inet kforge");
-    let _ = writeln!(o, "delete table inet kforge");
-    let _ = writeln!(o);
-    let _ = writeln!(o, "table inet kforge {{");
-    if fw.ssh.rate_limit {
-        for (family, ty) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
-            let _ = writeln!(o, "\tset ssh_ratelimit_{family} {{");
-            let _ = writeln!(o, "\t\ttype {ty}\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m");
-            let _ = writeln!(o, "\t}}");
+    // Declaring, deleting and defining the table in one file makes the load atomic.
+    let mut out = format!("{header}table inet kforge\ndelete table inet kforge\n\ntable inet kforge {{\n");
+    if !sets.is_empty() {
+        out.push_str(&sets.concat());
+        out.push('\n');
+    }
+    out.push_str(&input.render());
+    out.push('\n');
+    out.push_str(&forward.render());
+    out.push_str("}\n");
+    out
+}
+
+/// One base chain of table `inet kforge`: its hook line, then rules and comments in order.
+struct Chain {
+    name: &'static str,
+    hook: &'static str,
+    lines: Vec<String>,
+}
+
+impl Chain {
+    fn new(name: &'static str, hook: &'static str) -> Chain {
+        Chain { name, hook, lines: Vec::new() }
+    }
+
+    fn rule(&mut self, rule: impl Into<String>) -> &mut Chain {
+        self.lines.push(rule.into());
+        self
+    }
+
+    /// A `# comment` line: why the rules below it are there.
+    fn note(&mut self, text: impl Into<String>) -> &mut Chain {
+        self.lines.push(format!("# {}", text.into()));
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!("\tchain {} {{\n\t\t{}\n", self.name, self.hook);
+        for line in &self.lines {
+            out.push_str(&format!("\t\t{line}\n"));
         }
-        let _ = writeln!(o);
+        out.push_str("\t}\n");
+        out
     }
-    let _ = writeln!(o, "\tchain input {{");
-    let _ = writeln!(o, "\t\ttype filter hook input priority filter; policy drop;");
-    let _ = writeln!(o, "\t\tct state established,related accept");
-    let _ = writeln!(o, "\t\tct state invalid drop");
-    let _ = writeln!(o, "\t\tiifname \"lo\" accept");
-    let _ = writeln!(o, "\t\t# the mesh and pod networks are trusted: everything there is encrypted or local");
-    let _ = writeln!(o, "\t\tiifname {{ {internal} }} accept");
-    let _ = writeln!(o, "\t\t# ICMP needed for path MTU discovery and diagnostics; echo rate-limited");
-    let _ = writeln!(o, "\t\ticmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept");
-    let _ = writeln!(o, "\t\ticmp type echo-request limit rate 10/second burst 20 packets accept");
-    let _ = writeln!(
-        o,
-        "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, packet-too-big, destination-unreachable, time-exceeded, parameter-problem }} accept"
-    );
-    let _ = writeln!(o, "\t\ticmpv6 type echo-request limit rate 10/second burst 20 packets accept");
-    let _ = writeln!(o, "\t\t# DHCP replies, so a VPS keeps its lease");
-    let _ = writeln!(o, "\t\tudp sport 67 udp dport 68 accept");
-    let _ = writeln!(o, "\t\tudp sport 547 udp dport 546 accept");
-    let ssh_port = fw.ssh.port;
-    let _ = writeln!(o, "\t\t# SSH");
-    if fw.ssh.rate_limit {
-        let _ = writeln!(
-            o,
-            "\t\ttcp dport {ssh_port} ct state new add @ssh_ratelimit_v4 {{ ip saddr limit rate over 10/minute burst 20 packets }} drop"
-        );
-        let _ = writeln!(
-            o,
-            "\t\ttcp dport {ssh_port} ct state new add @ssh_ratelimit_v6 {{ ip6 saddr limit rate over 10/minute burst 20 packets }} drop"
-        );
-    }
-    for line in source_matches(&fw.ssh.allow_from) {
-        let _ = writeln!(o, "\t\t{line}tcp dport {ssh_port} accept");
-    }
-    let _ = writeln!(o, "\t\t# the WireGuard mesh");
-    let _ = writeln!(o, "\t\tudp dport {} accept", spec.mesh.port);
-    for p in &open {
-        let _ = writeln!(o, "\t\t# {}/{} ({})", p.port, p.protocol, p.why);
-        for line in source_matches(p.allow_from) {
-            let _ = writeln!(o, "\t\t{line}{} dport {} accept", p.protocol, p.port);
-        }
-    }
-    let _ = writeln!(o, "\t}}");
-    let _ = writeln!(o);
-    let _ = writeln!(o, "\tchain forward {{");
-    let _ = writeln!(o, "\t\ttype filter hook forward priority filter; policy drop;");
-    let _ = writeln!(o, "\t\tct state established,related accept");
-    let _ = writeln!(o, "\t\tct state invalid drop");
-    let _ = writeln!(o, "\t\t# pod egress, pod-to-pod across nodes, and relaying between NAT'd mesh members");
-    let _ = writeln!(o, "\t\tiifname {{ {internal} }} accept");
-    for p in &open {
-        let _ = writeln!(o, "\t\t# {}/{} forwarded to a pod (hostPort / LoadBalancer)", p.port, p.protocol);
-        for line in source_matches(p.allow_from) {
-            let _ = writeln!(o, "\t\t{line}meta l4proto {} ct original proto-dst {} accept", p.protocol, p.port);
-        }
-    }
-    let _ = writeln!(o, "\t}}");
-    let _ = writeln!(o, "}}");
-    o
 }
 
 /// Match prefixes for an allow-list: empty (anyone), or per-family `ip saddr {…} `.

@@ -339,7 +339,11 @@ fn build(
     wait_for_ssh(state, log)
 }
 
-/// Wait until every machine answers SSH with its known host key.
+/// Wait until every machine answers SSH with its known host key and its systemd has
+/// finished booting: sshd answers before boot jobs are done, and a unit started while
+/// they still run can fail to set up its cgroups (seen as a first start failing with
+/// status=219/CGROUP, "Failed to migrate controller cgroups … Input/output error").
+/// A real host is handed over booted; so is a lab machine.
 fn wait_for_ssh(state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let config = state.dir.join("ssh_config").display().to_string();
@@ -347,8 +351,10 @@ fn wait_for_ssh(state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {
         loop {
             let addr = SocketAddr::from((m.ssh_ip, 22));
             let port_open = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
-            if port_open && sh::run("ssh", &["-F", &config, "-o", "ConnectTimeout=5", &m.name, "true"]).is_ok() {
-                log(&format!("{}: ssh ready", m.name));
+            let booted = "timeout 60 systemctl is-system-running --wait || true";
+            if port_open && let Ok(state) = sh::run("ssh", &["-F", &config, "-o", "ConnectTimeout=5", &m.name, booted])
+            {
+                log(&format!("{}: ssh ready, system {}", m.name, state.trim()));
                 break;
             }
             if Instant::now() > deadline {

@@ -1,7 +1,8 @@
 //! What one host runs for one phase of an apply, decided by the engine and rendered
 //! by kforge-core's one step renderer. Restarts are marked pending before the writes
 //! and the marks cleared only after the restart succeeded, so a crash in between
-//! restarts the unit on the next apply.
+//! restarts the unit on the next apply; the manifest is recorded right after the
+//! writes, before any unit starts.
 
 use kforge_core::paths::MANIFEST;
 use kforge_core::plan::{PlannedCommand, PlannedFile};
@@ -37,6 +38,13 @@ impl PhaseScript {
         if self.daemon_reload {
             steps.push(Step::DaemonReload);
         }
+        // Recorded as soon as the files are written, before anything starts: a host
+        // whose apply died after a unit came up (and took its port) is still known as
+        // kforge's, so the next apply does not refuse it as "port taken by another
+        // program". What is left to do is in the pending marks.
+        if let Some(json) = &self.manifest_json {
+            steps.push(Step::RecordManifest { path: MANIFEST.into(), json: json.clone() });
+        }
         steps.extend(self.commands.iter().cloned().map(Step::Run));
         steps.extend(self.enables.iter().cloned().map(Step::Enable));
         for r in &self.restarts {
@@ -48,9 +56,6 @@ impl PhaseScript {
                 no_block: false,
             });
             steps.push(Step::ClearPending(r.unit.clone()));
-        }
-        if let Some(json) = &self.manifest_json {
-            steps.push(Step::RecordManifest { path: MANIFEST.into(), json: json.clone() });
         }
         steps
     }
