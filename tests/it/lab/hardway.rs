@@ -205,7 +205,14 @@ fn pods_talk_across_nodes_through_services_and_dns(lab: &Lab, ws: &Workstation) 
     // 10 MB across nodes arrives whole (MTU inside the mesh is right).
     let size = lab.kubectl("lab-1", &format!("exec {} -- sh -c 'wget -qO- http://{}:8080/big | wc -c'", a.0, b.2));
     assert_eq!(size.trim(), "10485760");
-    // The Service through kube-proxy, by its DNS name, from a pod.
+    // The Service through kube-proxy, by its DNS name, from a pod. kube-proxy programs a
+    // new Service asynchronously (its sync loop): wait until the client pod's node has
+    // the rule, as any client of a just-created Service must.
+    let svc_ip = lab.kubectl("lab-1", "get svc web -o jsonpath={.spec.clusterIP}");
+    let programmed = format!("iptables-save -t nat | grep -q -- '-d {}/32'", svc_ip.trim());
+    lab.wait_for(60, &format!("kube-proxy on {} to program the web Service", a.1), || {
+        lab.ssh_status(&a.1, &programmed).0
+    });
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..8 {
         let got = lab.kubectl("lab-1", &format!("exec {} -- wget -qO- http://web.default.svc.cluster.local/", a.0));
@@ -215,7 +222,6 @@ fn pods_talk_across_nodes_through_services_and_dns(lab: &Lab, ws: &Workstation) 
     // CoreDNS resolves the API's Service and the test Service.
     let api = lab.kubectl("lab-1", &format!("exec {} -- nslookup kubernetes.default.svc.cluster.local", a.0));
     assert!(api.contains("10.32.0.1"), "{api}");
-    let svc_ip = lab.kubectl("lab-1", "get svc web -o jsonpath={.spec.clusterIP}");
     let web = lab.kubectl("lab-1", &format!("exec {} -- nslookup web.default.svc.cluster.local", b.0));
     assert!(web.contains(svc_ip.trim()), "{web} should name {svc_ip}");
 
