@@ -3,16 +3,7 @@
 
 use std::path::Path;
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
+use crate::util::files_with_extension;
 
 /// kforge-core is the pure pipeline: same input, same plan. Reading a file, the
 /// environment or the clock, or running a program, belongs in kforge-files, the
@@ -22,7 +13,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn kforge_core_does_no_io() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/kforge-core/src");
     let mut files = Vec::new();
-    rust_files(&root, &mut files);
+    files_with_extension(&root, "rs", &mut files);
     assert!(files.len() > 20, "found the core's sources");
     let forbidden = [
         "std::fs",

@@ -9,7 +9,7 @@ use std::process::Command;
 use kforge_core::plan::{PlannedCommand, PlannedFile};
 use kforge_core::render::steps::{Step, to_shell};
 
-use crate::util::TestContext;
+use crate::util::{TestContext, files_with_extension};
 
 /// shellcheck at its default severity (style included): every finding fails.
 fn shellcheck(files: &[PathBuf]) {
@@ -27,23 +27,12 @@ fn shellcheck(files: &[PathBuf]) {
     );
 }
 
-fn shell_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            shell_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "sh") {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn the_shell_kept_as_files_passes_shellcheck() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     for krate in std::fs::read_dir(root.join("crates")).unwrap() {
-        shell_files(&krate.unwrap().path().join("src"), &mut files);
+        files_with_extension(&krate.unwrap().path().join("src"), "sh", &mut files);
     }
     let count = files.len();
     assert!(count >= 4, "the step functions, probes and lab scripts: {files:?}");

@@ -156,6 +156,12 @@ fn apiserver(
     (apiserver_files, unit(model, Component::KubeApiserver, restart_on, &[]))
 }
 
+/// The kubeconfig of a component that talks to the API server on its own controller.
+fn local_kubeconfig(model: &Model<'_>, secrets: &SecretsBundle, local: &str, user: &str, cert_id: &str) -> String {
+    let ca = &secrets.ca(Ca::Server).cert;
+    render_kubeconfig(&model.spec.metadata.name, local, ca, user, secrets.certificate(cert_id))
+}
+
 /// kube-controller-manager: its kubeconfig, the client CA's key (it signs CSRs), its unit.
 fn controller_manager(
     model: &Model<'_>,
@@ -163,11 +169,9 @@ fn controller_manager(
     paths: &Paths,
     local: &str,
 ) -> (Vec<PlannedFile>, PlannedUnit) {
-    let cluster = &model.spec.metadata.name;
-    let ca = &secrets.ca(Ca::Server).cert;
     let client_ca = secrets.ca(Ca::Client);
-    let cm_cert = secrets.certificate(certs::CONTROLLER_MANAGER_ID);
-    let cm_kubeconfig = render_kubeconfig(cluster, local, ca, "system:kube-controller-manager", cm_cert);
+    let cm_kubeconfig =
+        local_kubeconfig(model, secrets, local, "system:kube-controller-manager", certs::CONTROLLER_MANAGER_ID);
     let mut cm_files = vec![
         PlannedFile::secret(paths.cm_kubeconfig.clone(), cm_kubeconfig).about(
             "kube-controller-manager's kubeconfig.",
@@ -205,10 +209,7 @@ fn scheduler(
     paths: &Paths,
     local: &str,
 ) -> (Vec<PlannedFile>, PlannedUnit) {
-    let cluster = &model.spec.metadata.name;
-    let ca = &secrets.ca(Ca::Server).cert;
-    let sched_cert = secrets.certificate(certs::SCHEDULER_ID);
-    let sched_kubeconfig = render_kubeconfig(cluster, local, ca, "system:kube-scheduler", sched_cert);
+    let sched_kubeconfig = local_kubeconfig(model, secrets, local, "system:kube-scheduler", certs::SCHEDULER_ID);
     let sched_config_path = "/etc/kubernetes/config/kube-scheduler.yaml";
     let mut sched_files = vec![
         PlannedFile::secret(paths.sched_kubeconfig.clone(), sched_kubeconfig).about(

@@ -57,6 +57,7 @@ fn component_unit(description: &str, docs: &str, mesh: &str, after_also: &str) -
 
 pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdFiles<'_>) -> UnitFile {
     let ip = me.mesh_ip;
+    let initial = cluster.initial_cluster();
     let flags = [
         flag("name", me.name.clone()),
         flag("data-dir", cluster.data_dir),
@@ -67,9 +68,8 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
         flag("listen-peer-urls", format!("https://{ip}:2380"))
             .because(format!("https://{ip}:2380: peers talk on the mesh address only, never on a public one")),
         flag("initial-advertise-peer-urls", format!("https://{ip}:2380")),
-        flag("initial-cluster", cluster.initial_cluster()).because(format!(
-            "{}: every controller, by mesh address; used only when the data directory is empty",
-            cluster.initial_cluster()
+        flag("initial-cluster", initial.clone()).because(format!(
+            "{initial}: every controller, by mesh address; used only when the data directory is empty"
         )),
         flag("initial-cluster-token", cluster.token.clone()),
         flag("initial-cluster-state", "new"),
@@ -98,6 +98,7 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
 
 pub fn kube_apiserver(model: &Model<'_>, me: &Member, files: &ApiserverFiles<'_>) -> UnitFile {
     let spec = &model.spec.spec;
+    let etcd_servers = EtcdCluster::of(model).client_urls().join(",");
     let mut flags = vec![
         flag("advertise-address", me.mesh_ip.to_string()),
         flag("allow-privileged", "true"),
@@ -112,10 +113,8 @@ pub fn kube_apiserver(model: &Model<'_>, me: &Member, files: &ApiserverFiles<'_>
         flag("etcd-cafile", files.etcd_ca),
         flag("etcd-certfile", files.etcd_cert),
         flag("etcd-keyfile", files.etcd_key),
-        flag("etcd-servers", EtcdCluster::of(model).client_urls().join(",")).because(format!(
-            "{}: every member over the mesh, with mTLS",
-            EtcdCluster::of(model).client_urls().join(",")
-        )),
+        flag("etcd-servers", etcd_servers.clone())
+            .because(format!("{etcd_servers}: every member over the mesh, with mTLS")),
         flag("kubelet-certificate-authority", files.kubelet_ca),
         flag("kubelet-client-certificate", files.kubelet_client_cert),
         flag("kubelet-client-key", files.kubelet_client_key),
