@@ -210,7 +210,11 @@ pub enum Format {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LabExampleArg {
+    /// K3s: one server, agents (default 4 machines, lab-4 behind NAT).
     K3s,
+    /// K3s HA: three servers on embedded etcd, agents (default 4 machines, lab-4 behind NAT).
+    K3sHa,
+    /// Upstream Kubernetes the hard way: every machine a controller and a worker (default 3).
     Hardway,
 }
 
@@ -223,6 +227,11 @@ pub enum LabCommand {
     /// debootstrap into /var/cache/kforge-lab (KFORGE_LAB_CACHE). Then:
     ///   kforge apply -f lab/kforge.yaml
     ///
+    /// --example k3s (the default) is the seed operators' shape: lab-1 a server, lab-2..4
+    /// agents, lab-4 "at home" behind NAT; --example k3s-ha has three servers on embedded
+    /// etcd. DIR/images gets pause and busybox archives (K3s imports them from
+    /// agent/images/); a k3s binary goes at DIR/bin/k3s.
+    ///
     /// --example hardway: every machine a controller and a worker, running the real
     /// upstream programs: DIR/bin links to the components cache that
     /// `scripts/components v1.37.2` builds from the Go modules, and DIR/images gets the
@@ -230,18 +239,22 @@ pub enum LabCommand {
     /// sysctls this workstation may lack; --host-sysctls lets the lab set them (each
     /// change printed, restored by `lab down`).
     Up {
-        /// Which cluster file to write: k3s (lab-1 server, others agents) or hardway.
+        /// Which cluster file to write, and the machines' default shape.
         #[arg(long, value_enum, default_value = "k3s")]
         example: LabExampleArg,
         /// Lab directory.
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
-        /// How many machines (k3s: lab-1 is the server).
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
+        /// How many machines [default: 4 for k3s and k3s-ha, 3 for hardway].
+        #[arg(long)]
+        nodes: Option<usize>,
         /// Put this machine behind a masquerading router (no public endpoint). Repeatable.
-        #[arg(long, value_name = "NAME")]
+        /// [default for k3s and k3s-ha: the last machine, when it is an agent]
+        #[arg(long, value_name = "NAME", conflicts_with = "all_public")]
         behind_nat: Vec<String>,
+        /// Every machine gets a public address (no machine behind NAT).
+        #[arg(long)]
+        all_public: bool,
         /// Debian mirror for debootstrap (default: this machine's apt sources).
         #[arg(long, value_name = "URL")]
         mirror: Option<String>,

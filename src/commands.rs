@@ -229,10 +229,16 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { example, dir, nodes, behind_nat, mirror, host_sysctls } => {
+        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls } => {
             let example = match example {
                 LabExampleArg::K3s => kforge_lab::LabExample::K3s,
+                LabExampleArg::K3sHa => kforge_lab::LabExample::K3sHa,
                 LabExampleArg::Hardway => kforge_lab::LabExample::Hardway,
+            };
+            let behind_nat = match (all_public, behind_nat.is_empty()) {
+                (true, _) => Some(Vec::new()),
+                (false, true) => None,
+                (false, false) => Some(behind_nat),
             };
             let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls };
             let state = kforge_lab::up(&opts, &log)?;
@@ -249,9 +255,9 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
             }
             println!("cluster file: {d}/kforge.yaml   ssh: ssh -F {d}/ssh_config lab-1");
             match example {
-                kforge_lab::LabExample::K3s => {
-                    println!("next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s)")
-                }
+                kforge_lab::LabExample::K3s | kforge_lab::LabExample::K3sHa => println!(
+                    "next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s; images from {d}/images)"
+                ),
                 kforge_lab::LabExample::Hardway => println!(
                     "next: kforge apply -f {d}/kforge.yaml   (the real components from {d}/bin, images from {d}/images)"
                 ),

@@ -96,3 +96,45 @@ fn leaves_inside_the_renewal_window_are_reissued_and_only_those() {
     }
     assert_eq!(first.cas, renewed.cas);
 }
+
+#[test]
+fn k3s_nodes_get_the_image_archives_in_agent_images_and_the_pinned_pause_image() {
+    // The K3s lab example: no registry, so pause and the test workload come as archives
+    // that K3s imports from agent/images/ on every node, server and agents alike.
+    let ctx = TestContext::with_example("lab");
+    let t = tree(&ctx.render("out"));
+    for node in ["lab-1", "lab-2", "lab-3"] {
+        let script = String::from_utf8(t[&format!("{node}/var/lib/kforge/bootstrap.sh")].1.clone()).unwrap();
+        for (i, archive) in ["kforge.lab_pause_busybox.tar", "kforge.lab_busybox_1.tar"].iter().enumerate() {
+            let dest = format!("/var/lib/rancher/k3s/agent/images/{archive}");
+            let line = script.lines().find(|l| l.contains(&dest)).unwrap_or_else(|| panic!("{node} needs {dest}"));
+            // A host booted from user-data cannot receive a workstation file: the hint
+            // names the cluster file's own setting to pin instead.
+            assert!(line.contains(&format!("pin images[{i}].url + sha256")), "{line}");
+        }
+        let config = String::from_utf8(t[&format!("{node}/etc/rancher/k3s/config.yaml")].1.clone()).unwrap();
+        assert!(config.contains("pause-image: kforge.lab/pause:busybox"), "{node}: {config}");
+    }
+    let server = String::from_utf8(t["lab-1/etc/rancher/k3s/config.yaml"].1.clone()).unwrap();
+    for component in ["traefik", "servicelb", "metrics-server", "local-storage"] {
+        assert!(server.contains(&format!("- {component}\n")), "the lab disables {component}: {server}");
+    }
+}
+
+#[test]
+fn an_ha_k3s_cluster_is_initialised_by_one_server_and_joined_by_the_others() {
+    let ctx = TestContext::with_example("ha");
+    let t = tree(&ctx.render("out"));
+    let config = |node: &str| String::from_utf8(t[&format!("{node}/etc/rancher/k3s/config.yaml")].1.clone()).unwrap();
+    let first = config("server-1");
+    assert!(first.contains("cluster-init: true") && !first.contains("\nserver:"), "{first}");
+    for node in ["server-2", "server-3", "agent-1"] {
+        let c = config(node);
+        assert!(!c.contains("cluster-init"), "{node}: {c}");
+        assert!(c.contains("server: https://10.4.0.1:6443"), "{node} joins over the mesh: {c}");
+    }
+    // A server joins with the server token (full CA-pinned), an agent with the agent token.
+    let token = |node: &str| String::from_utf8(t[&format!("{node}/etc/kforge/k3s/token")].1.clone()).unwrap();
+    assert!(token("server-2").starts_with("K10") && !token("server-2").contains("::node:"));
+    assert!(token("agent-1").starts_with("K10") && token("agent-1").contains("::node:"));
+}

@@ -28,6 +28,9 @@ pub const TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
 pub const ENCRYPTION_CONFIG: &str = "/var/lib/rancher/k3s/server/cred/encryption-config.json";
 pub const TOKEN_FILE: &str = "/etc/kforge/k3s/token";
 pub const AGENT_TOKEN_FILE: &str = "/etc/kforge/k3s/agent-token";
+/// K3s imports every image archive in this directory into its containerd: at start,
+/// and (since v1.32.0+k3s1) whenever a file there is added or changed while it runs.
+pub const IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
 
 /// Bundle id of a server's API serving certificate.
 pub fn serving_cert_id(node: &str) -> String {
@@ -139,6 +142,8 @@ struct K3sConfig {
     write_kubeconfig_mode: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     disable: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause_image: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     node_label: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +155,11 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     let spec = &model.spec.spec;
     if let Some(a) = &spec.artifacts.k3s {
         plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec("k3s", BINARY, 0o755, a));
+    }
+    // Every K3s node runs containerd: each gets the image archives, in place before K3s
+    // starts, so pods need no registry.
+    for (i, img) in spec.images.iter().enumerate() {
+        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::image(i, img, IMAGES_DIR));
     }
 
     let is_server = node.role.is_control_plane();
@@ -167,6 +177,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         node_ip: me.mesh_ip.to_string(),
         node_external_ip: node.endpoint.map(|e| e.to_string()),
         flannel_iface: spec.mesh.interface.clone(),
+        pause_image: spec.k3s.pause_image.clone(),
         node_label: labels,
         node_taint: node.taints.clone(),
         ..K3sConfig::default()

@@ -244,6 +244,7 @@ fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<&st
             mode: 0o755,
             sha256: None,
             source: crate::plan::ArtifactSource::Path { path: path.into() },
+            setting: "boringtun-cli (found on the workstation's PATH by kforge apply)".into(),
         });
     }
     mesh.files.insert(

@@ -158,11 +158,30 @@ pub struct PlannedArtifact {
     pub mode: u32,
     pub sha256: Option<String>,
     pub source: ArtifactSource,
+    /// Where the cluster file configures it (`artifacts.k3s`, `images[1]`), for hints.
+    #[serde(skip)]
+    pub setting: String,
 }
 
 impl PlannedArtifact {
-    /// The artifact the cluster file configures for `name`, installed at `dest`.
+    /// The artifact the cluster file configures at `artifacts.NAME`, installed at `dest`.
     pub fn from_spec(name: &str, dest: &str, mode: u32, a: &crate::spec::Artifact) -> PlannedArtifact {
+        PlannedArtifact::configured(name, format!("artifacts.{name}"), dest, mode, a)
+    }
+
+    /// Image archive `images[index]`, uploaded into `dir` (0644) under its host file name.
+    pub fn image(index: usize, img: &crate::spec::ImageArchive, dir: &str) -> PlannedArtifact {
+        let dest = format!("{dir}/{}", img.host_file());
+        PlannedArtifact::configured(
+            &format!("image {}", img.name),
+            format!("images[{index}]"),
+            &dest,
+            0o644,
+            &img.artifact(),
+        )
+    }
+
+    fn configured(name: &str, setting: String, dest: &str, mode: u32, a: &crate::spec::Artifact) -> PlannedArtifact {
         let source = match (&a.url, &a.path) {
             (Some(url), _) => ArtifactSource::Url { url: url.clone() },
             (None, Some(path)) => ArtifactSource::Path { path: path.clone() },
@@ -175,6 +194,7 @@ impl PlannedArtifact {
             mode,
             sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             source,
+            setting,
         }
     }
 }

@@ -162,9 +162,10 @@ const APPLETS: &[&str] = &[
     "true",
 ];
 
-/// Build the lab's three image archives into `out` from static binaries: busybox
-/// (Debian's busybox-static) and CoreDNS (built by `scripts/components`).
-pub fn write_lab_images(busybox: &Path, coredns: &Path, out: &Path) -> io::Result<()> {
+/// Build the lab's image archives into `out` from static binaries: pause and a busybox
+/// workload (Debian's busybox-static), and CoreDNS when given its binary (built by
+/// `scripts/components`; K3s deploys its own CoreDNS).
+pub fn write_lab_images(busybox: &Path, coredns: Option<&Path>, out: &Path) -> io::Result<()> {
     std::fs::create_dir_all(out)?;
     let bb = std::fs::read(busybox)?;
     let busybox_entries = |applets: &[&str]| {
@@ -186,11 +187,14 @@ pub fn write_lab_images(busybox: &Path, coredns: &Path, out: &Path) -> io::Resul
         entrypoint: vec!["/bin/sleep".into(), "2147483647".into()],
         cmd: vec![],
     };
-    let coredns_image = ImageSpec {
-        name: COREDNS.name.into(),
-        entries: vec![Entry::File { path: "coredns".into(), content: std::fs::read(coredns)?, mode: 0o755 }],
-        entrypoint: vec!["/coredns".into()],
-        cmd: vec![],
+    let coredns_image = match coredns {
+        Some(binary) => Some(ImageSpec {
+            name: COREDNS.name.into(),
+            entries: vec![Entry::File { path: "coredns".into(), content: std::fs::read(binary)?, mode: 0o755 }],
+            entrypoint: vec!["/coredns".into()],
+            cmd: vec![],
+        }),
+        None => None,
     };
     let workload = ImageSpec {
         name: BUSYBOX.name.into(),
@@ -198,7 +202,8 @@ pub fn write_lab_images(busybox: &Path, coredns: &Path, out: &Path) -> io::Resul
         entrypoint: vec![],
         cmd: vec!["/bin/sh".into()],
     };
-    for (img, file) in [(pause, PAUSE.file), (coredns_image, COREDNS.file), (workload, BUSYBOX.file)] {
+    let images = [Some((pause, PAUSE.file)), coredns_image.map(|i| (i, COREDNS.file)), Some((workload, BUSYBOX.file))];
+    for (img, file) in images.into_iter().flatten() {
         let bytes = oci_archive(&img)?;
         kforge_files::write_atomic(&out.join(file), &bytes, 0o644)?;
     }

@@ -50,8 +50,10 @@ impl LabError {
 
 pub struct UpOptions {
     pub dir: PathBuf,
-    pub nodes: usize,
-    pub behind_nat: Vec<String>,
+    /// How many machines; `None`: the example's own shape ([`LabExample::default_nodes`]).
+    pub nodes: Option<usize>,
+    /// Machines behind NAT; `None`: the example's default ([`LabExample::default_behind_nat`]).
+    pub behind_nat: Option<Vec<String>>,
     pub mirror: Option<String>,
     pub example: LabExample,
     /// Let the lab set the kernel-wide sysctls real kubelets require (see
@@ -63,10 +65,48 @@ pub struct UpOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabExample {
     /// k3s: lab-1 is the server, the others agents; bring a k3s binary to bin/k3s.
+    /// By default the seed operators' shape: one server, three agents, the last one at
+    /// "home" behind NAT.
     K3s,
+    /// k3s, highly available: lab-1..lab-3 are servers on embedded etcd (lab-1 starts
+    /// it with `cluster-init`, the others join), the rest agents; by default one agent,
+    /// behind NAT.
+    K3sHa,
     /// hardway: every machine a controller and a worker, every component the real
     /// upstream program from `scripts/components` (built from Go modules).
     Hardway,
+}
+
+impl LabExample {
+    /// Machines when `--nodes` is not given.
+    pub fn default_nodes(self) -> usize {
+        match self {
+            LabExample::K3s | LabExample::K3sHa => 4,
+            LabExample::Hardway => 3,
+        }
+    }
+
+    /// How many of the first machines run the control plane (hardway: all of them).
+    pub fn servers(self, nodes: usize) -> usize {
+        match self {
+            LabExample::K3s => 1,
+            LabExample::K3sHa => 3.min(nodes),
+            LabExample::Hardway => nodes,
+        }
+    }
+
+    /// Machines behind NAT when `--behind-nat` is not given: for K3s the last machine,
+    /// if it is an agent (a home node dials out; servers keep public endpoints).
+    pub fn default_behind_nat(self, nodes: usize) -> Vec<String> {
+        match self {
+            LabExample::K3s | LabExample::K3sHa if nodes > self.servers(nodes) => vec![format!("lab-{nodes}")],
+            _ => Vec::new(),
+        }
+    }
+
+    fn is_k3s(self) -> bool {
+        matches!(self, LabExample::K3s | LabExample::K3sHa)
+    }
 }
 
 /// The Kubernetes version of the hardway lab (its example pins the same).
@@ -164,17 +204,30 @@ impl LabState {
 
 /// Bring a lab up. On any failure, everything created so far is torn down again.
 pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
-    if opts.nodes == 0 || opts.nodes > 40 {
+    let nodes = opts.nodes.unwrap_or(opts.example.default_nodes());
+    if nodes == 0 || nodes > 40 {
         return Err(LabError::Setup("--nodes must be between 1 and 40".into()));
     }
-    let names: Vec<String> = (1..=opts.nodes).map(|i| format!("lab-{i}")).collect();
-    for n in &opts.behind_nat {
+    if opts.example == LabExample::K3sHa && nodes < 3 {
+        return Err(LabError::Setup(format!(
+            "--example k3s-ha needs at least 3 machines (three servers), not {nodes}"
+        )));
+    }
+    let behind_nat = opts.behind_nat.clone().unwrap_or_else(|| opts.example.default_behind_nat(nodes));
+    let names: Vec<String> = (1..=nodes).map(|i| format!("lab-{i}")).collect();
+    for n in &behind_nat {
         if !names.contains(n) {
             return Err(LabError::Setup(format!("--behind-nat {n}: no such machine (they are {})", names.join(", "))));
         }
     }
-    if opts.behind_nat.len() == opts.nodes {
+    if behind_nat.len() == nodes {
         return Err(LabError::Setup("at least one machine must have a public address".into()));
+    }
+    if opts.example.is_k3s() && !Path::new(images::BUSYBOX_STATIC).exists() {
+        return Err(LabError::Setup(format!(
+            "the K3s lab's image archives are built from {}, which is missing\n  help: apt-get install busybox-static",
+            images::BUSYBOX_STATIC
+        )));
     }
     let components = match opts.example {
         LabExample::Hardway => {
@@ -188,7 +241,7 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
             }
             Some(hardway_components()?)
         }
-        LabExample::K3s => None,
+        LabExample::K3s | LabExample::K3sHa => None,
     };
     if opts.dir.join("lab.json").exists() {
         return Err(LabError::Setup(format!(
@@ -214,7 +267,7 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
         id,
     };
     state.save()?;
-    match prepare_and_build(&mut state, &image, &names, opts, components.as_deref(), log) {
+    match prepare_and_build(&mut state, &image, &names, &behind_nat, opts, components.as_deref(), log) {
         Ok(()) => Ok(state),
         Err(e) => {
             log("lab up failed; removing what was created");
@@ -229,6 +282,7 @@ fn prepare_and_build(
     state: &mut LabState,
     image: &Path,
     names: &[String],
+    behind_nat: &[String],
     opts: &UpOptions,
     components: Option<&Path>,
     log: &dyn Fn(&str),
@@ -245,7 +299,7 @@ fn prepare_and_build(
         let coredns = components.join("coredns");
         let out = state.dir.join("images");
         log("writing the lab's image archives (pause, CoreDNS, busybox) from static binaries");
-        images::write_lab_images(Path::new(images::BUSYBOX_STATIC), &coredns, &out)
+        images::write_lab_images(Path::new(images::BUSYBOX_STATIC), Some(&coredns), &out)
             .map_err(|e| LabError::io(&out, e))?;
         if opts.host_sysctls {
             state.host_sysctls = true;
@@ -259,8 +313,12 @@ fn prepare_and_build(
         if !bin.join("k3s").exists() {
             log(&format!("put a k3s binary at {} before `kforge apply`", bin.join("k3s").display()));
         }
+        // K3s imports these from agent/images/: pause and a test workload, no registry.
+        let out = state.dir.join("images");
+        log("writing the lab's image archives (pause, busybox) from static binaries");
+        images::write_lab_images(Path::new(images::BUSYBOX_STATIC), None, &out).map_err(|e| LabError::io(&out, e))?;
     }
-    build(state, image, names, &opts.behind_nat, opts.example, log)
+    build(state, image, names, behind_nat, opts.example, log)
 }
 
 fn build(
@@ -384,16 +442,17 @@ fn ssh_config(state: &LabState) -> String {
     s
 }
 
-/// The lab example with this lab's machines as nodes: k3s with the first as the
-/// server, or hardway with every machine a controller and a worker. The example is
+/// The lab example with this lab's machines as nodes: k3s with the first (k3s-ha: the
+/// first three) as servers, or hardway with every machine a controller and a worker. The example is
 /// parsed into the cluster file's types, its nodes replaced, and written back (with the
 /// example's header comment): what `lab up` writes is always a valid cluster file.
 fn cluster_file(state: &LabState, example: LabExample) -> String {
     use kforge_core::spec::{IpAddress, Node, NodeSsh, Role, Roles};
     let text = match example {
-        LabExample::K3s => kforge_core::spec::examples::LAB,
+        LabExample::K3s | LabExample::K3sHa => kforge_core::spec::examples::LAB,
         LabExample::Hardway => kforge_core::spec::examples::HARDWAY_LAB,
     };
+    let servers = example.servers(state.machines.len());
     let mut cluster = kforge_core::spec::parse("lab example", text).expect("the lab examples are valid").cluster;
     cluster.spec.nodes = state
         .machines
@@ -401,10 +460,10 @@ fn cluster_file(state: &LabState, example: LabExample) -> String {
         .enumerate()
         .map(|(i, m)| Node {
             name: m.name.clone(),
-            role: match (example, i) {
-                (LabExample::Hardway, _) => Roles::new(vec![Role::Controller, Role::Worker]),
-                (LabExample::K3s, 0) => Roles::one(Role::Server),
-                (LabExample::K3s, _) => Roles::one(Role::Agent),
+            role: match example {
+                LabExample::Hardway => Roles::new(vec![Role::Controller, Role::Worker]),
+                _ if i < servers => Roles::one(Role::Server),
+                _ => Roles::one(Role::Agent),
             },
             // No public address: the machine is behind NAT.
             endpoint: m.public_ip.map(|ip| IpAddress(ip.into())),
@@ -573,9 +632,11 @@ mod tests {
             machines: vec![machine("lab-1", Some([198, 18, 0, 11])), machine("lab-2", None)],
             host_sysctls: false,
         };
-        for (example, roles) in
-            [(LabExample::K3s, ["server", "agent"]), (LabExample::Hardway, ["controller", "controller"])]
-        {
+        for (example, roles) in [
+            (LabExample::K3s, ["server", "agent"]),
+            (LabExample::K3sHa, ["server", "server"]),
+            (LabExample::Hardway, ["controller", "controller"]),
+        ] {
             let text = cluster_file(&state, example);
             assert!(text.starts_with("# kforge cluster file"), "the example's header comment is kept:\n{text}");
             let spec =

@@ -35,18 +35,28 @@ impl Lab {
         lab
     }
 
-    /// `kforge lab up --example EXAMPLE`: the lab torn down by Drop whatever happens.
+    /// `kforge lab up --example EXAMPLE --nodes N`, with exactly `behind_nat` behind NAT.
     fn up_example(example: &str, nodes: usize, behind_nat: &[&str]) -> Lab {
-        let serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let ctx = TestContext::new();
         let n = nodes.to_string();
-        let mut args = vec!["lab", "up", "--example", example, "--nodes", &n];
-        if example == "hardway" {
-            // Real kubelets: the lab sets their kernel-wide sysctls, and lab down restores them.
-            args.push("--host-sysctls");
+        let mut args = vec!["--nodes", &n];
+        if behind_nat.is_empty() {
+            args.push("--all-public");
         }
         for m in behind_nat {
             args.extend(["--behind-nat", m]);
+        }
+        Lab::start(example, &args)
+    }
+
+    /// `kforge lab up --example EXAMPLE ARGS…`: the lab torn down by Drop whatever happens.
+    fn start(example: &str, extra: &[&str]) -> Lab {
+        let serial = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = TestContext::new();
+        let mut args = vec!["lab", "up", "--example", example];
+        args.extend_from_slice(extra);
+        if example == "hardway" {
+            // Real kubelets: the lab sets their kernel-wide sysctls, and lab down restores them.
+            args.push("--host-sysctls");
         }
         let out = ctx.kforge(&args);
         if out.code != 0 {
@@ -254,6 +264,57 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     let said = String::from_utf8_lossy(&held.stdout);
     assert!(held.status.success() && said.starts_with("SSH-2.0") && said.trim_end().ends_with("done"), "{said}");
     assert!(lab.ssh("lab-3", "wg show kforge0 persistent-keepalive").contains("20"), "the new setting is live");
+}
+
+#[test]
+fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_every_node() {
+    // `--example k3s-ha` with no other option: the shape is the example's own.
+    let lab = Lab::start("k3s-ha", &[]);
+    std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
+    let shape: Vec<_> = lab.state.machines.iter().map(|m| (m.name.as_str(), m.public_ip.is_some())).collect();
+    assert_eq!(shape, [("lab-1", true), ("lab-2", true), ("lab-3", true), ("lab-4", false)], "lab-4 is at home");
+    let file = kforge_core::spec::parse("lab/kforge.yaml", &lab.ctx.read("lab/kforge.yaml")).unwrap().cluster;
+    let roles: Vec<String> = file.spec.nodes.iter().map(|n| n.role.to_string()).collect();
+    assert_eq!(roles, ["server", "server", "server", "agent"]);
+
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    // lab-1 initialises the embedded etcd; lab-2 and lab-3 join it over the mesh and
+    // serve on their own mesh addresses; the agent behind NAT joins too (stand-in K3s:
+    // install mechanics only, see the module comment).
+    assert!(lab.ssh("lab-1", "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
+    for (server, ip) in [("lab-2", "10.4.0.2"), ("lab-3", "10.4.0.3")] {
+        let status = lab.ssh(server, "systemctl is-active k3s.service; cat /run/k3s-stand-in/status");
+        assert!(
+            status.contains("active\n")
+                && status.contains("custom-cas=present")
+                && status.contains(&format!("listening={ip}:6443"))
+                && status.contains("joined=10.4.0.1:6443"),
+            "{server}: {status}"
+        );
+    }
+    let agent = lab.ssh("lab-4", "systemctl is-active k3s-agent.service; cat /run/k3s-stand-in/status");
+    assert!(agent.contains("active\n") && agent.contains("joined=10.4.0.1:6443"), "{agent}");
+
+    // Every node has each image archive in K3s's agent/images/, byte for byte the one
+    // `lab up` wrote (uploaded over SSH, the NAT'd agent included).
+    for (file, archive) in [("pause.tar", "kforge.lab_pause_busybox.tar"), ("busybox.tar", "kforge.lab_busybox_1.tar")]
+    {
+        let local =
+            kforge_core::hashing::sha256_hex(&std::fs::read(lab.ctx.path(&format!("lab/images/{file}"))).unwrap());
+        for m in &lab.state.machines {
+            let remote = lab.ssh(&m.name, &format!("sha256sum /var/lib/rancher/k3s/agent/images/{archive}"));
+            assert_eq!(remote.split_whitespace().next(), Some(local.as_str()), "{}: {archive}", m.name);
+        }
+    }
+
+    let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(status.contains("12 of 12 node pairs reach each other"), "{status}");
+    assert!(status.contains("k3s-agent.service 1/1") && status.contains("k3s.service 3/3"), "{status}");
+    let again = lab.apply_json();
+    assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
 }
 
 #[test]

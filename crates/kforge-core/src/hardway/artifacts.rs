@@ -28,10 +28,8 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
         }
     }
     if node.role.has(Role::Worker) {
-        for img in &model.spec.spec.images {
-            let dest = format!("{IMAGES_DIR}/{}", img.host_file());
-            let name = format!("image {}", img.name);
-            np.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec(&name, &dest, 0o644, &img.artifact()));
+        for (i, img) in model.spec.spec.images.iter().enumerate() {
+            np.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::image(i, img, IMAGES_DIR));
         }
     }
 }

@@ -44,8 +44,8 @@ pub fn bootstrap_steps(node: &NodePlan) -> Vec<Step> {
                     dest: a.dest.clone(),
                     sha256: sum.clone(),
                     hint: format!(
-                        "it comes from {path} on the workstation; bake it into the image, run kforge apply, or pin artifacts.{}.url + sha256",
-                        a.name
+                        "it comes from {path} on the workstation; bake it into the image, run kforge apply, or pin {}.url + sha256",
+                        a.setting
                     ),
                 },
             });

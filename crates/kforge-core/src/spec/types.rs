@@ -355,11 +355,15 @@ pub struct K3sOptions {
     /// Flannel backend inside the mesh; `vxlan` rides the encrypted mesh interface.
     #[serde(default = "default_flannel_backend")]
     pub flannel_backend: String,
+    /// The pod sandbox ("pause") image (k3s `pause-image`); unset, K3s's own default.
+    /// On hosts that cannot pull, name one of `spec.images`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_image: Option<String>,
 }
 
 impl Default for K3sOptions {
     fn default() -> Self {
-        K3sOptions { disable: Vec::new(), flannel_backend: default_flannel_backend() }
+        K3sOptions { disable: Vec::new(), flannel_backend: default_flannel_backend(), pause_image: None }
     }
 }
 

@@ -523,12 +523,6 @@ fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
     if images.is_empty() {
         return;
     }
-    if c.spec.distribution.kind == DistributionKind::K3s {
-        out.push(
-            Diagnostic::error("spec.images", "image archives are imported by the hardway distribution only (so far)")
-                .help("for K3s, place archives in /var/lib/rancher/k3s/agent/images/ on each node"),
-        );
-    }
     let mut seen = HashMap::new();
     for (i, img) in images.iter().enumerate() {
         let path = format!("spec.images[{i}]");
@@ -545,14 +539,18 @@ fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
         artifact(&path, &img.artifact(), out);
     }
-    let sandbox = &c.spec.hardway.sandbox_image;
-    if !images.iter().any(|i| &i.name == sandbox) {
+    let (sandbox, setting) = match c.spec.distribution.kind {
+        DistributionKind::Hardway => (Some(&c.spec.hardway.sandbox_image), "spec.hardway.sandboxImage"),
+        // Unset, K3s uses its own pause image (in its air-gap archive, not kforge's).
+        DistributionKind::K3s => (c.spec.k3s.pause_image.as_ref(), "spec.k3s.pauseImage"),
+    };
+    if let Some(sandbox) = sandbox.filter(|s| !images.iter().any(|i| &i.name == *s)) {
         out.push(
             Diagnostic::warning(
                 "spec.images",
-                format!("containerd's sandbox image `{sandbox}` is not among the image archives: a host that cannot pull starts no pod"),
+                format!("the pod sandbox image `{sandbox}` is not among the image archives: a host that cannot pull starts no pod"),
             )
-            .help("add its archive here, or set spec.hardway.sandboxImage to one of these images"),
+            .help(format!("add its archive here, or set {setting} to one of these images")),
         );
     }
 }
