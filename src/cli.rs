@@ -145,6 +145,15 @@ pub enum Command {
     /// etcd of a hardway cluster: health, snapshot, restore (over SSH, mTLS).
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// GitOps (spec.gitops): the keys to give the forge and your team, the forge's host
+    /// key to pin, and what the engine has fetched and applied.
+    ///
+    ///   kforge gitops deploy-key        the deploy key's public half: add it to the forge (read-only)
+    ///   kforge gitops recipient         the age recipient: `sops --encrypt --age <it>` secrets for Git
+    ///   kforge gitops host-key HOST     a forge's SSH host key line to check and pin in knownHosts
+    ///   kforge gitops status            source revision, Kustomization ready, last error
+    #[command(subcommand)]
+    Gitops(GitopsCommand),
     /// Local lab machines to try kforge on (root; systemd-nspawn + network namespaces).
     #[command(subcommand)]
     Lab(LabCommand),
@@ -199,6 +208,48 @@ pub enum EtcdCommand {
         /// Confirm: replace the cluster's data with the snapshot's.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GitopsCommand {
+    /// Print the public half of the cluster's deploy key (`ssh-ed25519 AAAA… kforge-NAME-deploy`).
+    ///
+    /// Add it to the repository as a read-only deploy key. The private half stays in the
+    /// secrets bundle and in the cluster's flux-system Secret; it is never printed.
+    DeployKey {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print the cluster's age recipient (`age1…`) for SOPS.
+    ///
+    /// Encrypt a Secret for the repository with it, e.g.
+    ///   sops --encrypt --age "$(kforge gitops recipient)" --encrypted-regex '^(data|stringData)$' secret.yaml
+    /// Only the cluster (its sops-age Secret) can decrypt it.
+    Recipient {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Fetch a forge's SSH host keys (ssh-keyscan) and print the lines to pin.
+    ///
+    /// The keys come over the network unauthenticated: compare each fingerprint with
+    /// the one your forge publishes before pasting a line into spec.gitops.knownHosts.
+    /// kforge itself never trusts a host key on first use.
+    HostKey {
+        /// The forge's host name or address.
+        host: String,
+        /// Its SSH port.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+    },
+    /// What the GitOps engine reports, from the API (over SSH on the first controller).
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
 }
 

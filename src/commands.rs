@@ -11,7 +11,7 @@ use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig};
 use kforge_files::{AgeCredentials, SecretsStore};
 
-use crate::cli::{ClusterArgs, Command, EtcdCommand, Format, LabCommand, LabExampleArg, SshArgs};
+use crate::cli::{ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SshArgs};
 use crate::output;
 
 pub enum CliError {
@@ -73,6 +73,7 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Status { cluster, ssh, output } => status(&cluster, &ssh, output),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Etcd(cmd) => etcd(cmd),
+        Command::Gitops(cmd) => gitops(cmd),
         Command::Lab(cmd) => lab(cmd),
         Command::Schema => {
             let schema = schemars::schema_for!(spec::Cluster);
@@ -224,6 +225,101 @@ fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError
         None => print!("{text}"),
     }
     Ok(())
+}
+
+fn gitops_probe(g: &spec::GitOps) -> kforge_ssh::status::GitOpsProbe {
+    use kforge_core::gitops::flux;
+    kforge_ssh::status::GitOpsProbe {
+        namespace: flux::NAMESPACE.into(),
+        name: flux::OBJECT_NAME.into(),
+        controllers: g.controllers.clone(),
+    }
+}
+
+fn gitops(cmd: GitopsCommand) -> Result<(), CliError> {
+    let keys = |args: &ClusterArgs| -> Result<kforge_core::gitops::GitOpsKeys, CliError> {
+        let session = Session::open(args)?;
+        match (&session.spec.cluster.spec.gitops, session.secrets.gitops) {
+            (Some(_), Some(keys)) => Ok(keys),
+            _ => Err(CliError::Other(format!(
+                "{} has no spec.gitops, so the cluster has no GitOps keys\n  help: add spec.gitops (docs/gitops.md); the keys are created once, in the secrets bundle",
+                args.file.display()
+            ))),
+        }
+    };
+    match cmd {
+        GitopsCommand::DeployKey { cluster } => println!("{}", keys(&cluster)?.deploy_key_public()),
+        GitopsCommand::Recipient { cluster } => println!("{}", keys(&cluster)?.sops_recipient()),
+        GitopsCommand::HostKey { host, port } => host_key(&host, port)?,
+        GitopsCommand::Status { cluster, ssh, output } => {
+            let session = Session::open(&cluster)?;
+            let Some(g) = session.spec.cluster.spec.gitops.clone() else {
+                return Err(CliError::Other(format!("{} has no spec.gitops", cluster.file.display())));
+            };
+            if session.spec.cluster.spec.distribution.kind != spec::DistributionKind::Hardway {
+                return Err(CliError::Other(
+                    "`kforge gitops status` reads the API with a hardway controller's kubectl; on K3s ask `k3s kubectl -n flux-system get gitrepositories,kustomizations` on a server".into(),
+                ));
+            }
+            let probe = gitops_probe(&g);
+            let (_, ssh_config, targets) = remote(&cluster, &session.spec.cluster, ssh.ssh_config.clone());
+            let model = session.model();
+            let first = model.first_server().name.clone();
+            let status = kforge_ssh::gitops::status_on(&first, &targets, ssh_config, &probe)
+                .map_err(|e| CliError::Other(format!("asking the API on {first}: {e}")))?;
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&status).expect("status serializes")),
+                Format::Text => print!("{}", output::gitops_status(&g, &status)),
+            }
+            if !status.healthy() {
+                return Err(CliError::Other(format!("gitops: {}", status.summary())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ssh-keyscan` the forge and print its host key lines, each with its fingerprint and
+/// a warning: they came over the network unauthenticated and must be checked.
+fn host_key(host: &str, port: u16) -> Result<(), CliError> {
+    let out = std::process::Command::new("ssh-keyscan")
+        .args(["-T", "10", "-p", &port.to_string(), host])
+        .output()
+        .map_err(|e| CliError::Other(format!("ssh-keyscan: {e} (install openssh-client)")))?;
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        return Err(CliError::Other(format!(
+            "{host}:{port} gave no SSH host key: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    eprintln!("UNVERIFIED: these keys came from {host}:{port} over the network, unauthenticated.");
+    eprintln!(
+        "Compare each fingerprint with the one your forge publishes before pinning a line in spec.gitops.knownHosts:"
+    );
+    for line in &lines {
+        let fp = fingerprint(line).unwrap_or_else(|| "(no fingerprint: ssh-keygen failed)".into());
+        eprintln!("  {fp}");
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn fingerprint(known_hosts_line: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(format!("{known_hosts_line}\n").as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
@@ -463,6 +559,7 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
                 kubernetes_version: model.spec.spec.distribution.version.clone(),
             }
         }),
+        gitops: session.spec.cluster.spec.gitops.as_ref().map(gitops_probe),
     };
     let report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
     match format {

@@ -313,6 +313,32 @@ pub fn status_text(r: &kforge_ssh::status::StatusReport) -> String {
     o
 }
 
+/// `kforge gitops status`: the repository, then one line per object and controller.
+pub fn gitops_status(g: &kforge_core::spec::GitOps, s: &kforge_ssh::gitops::GitOpsStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "gitops flux: {} (branch {}, path {}, every {})", g.repository, g.branch, g.path, g.interval);
+    let mark = |ok: bool| if ok { "ok" } else { "FAIL" };
+    let object = |o: &mut String, name: &str, obj: &kforge_ssh::gitops::Object, what: &str| {
+        let detail = match (&obj.revision, obj.ready) {
+            (Some(rev), true) => format!("{what} {rev}"),
+            _ if !obj.exists => obj.message.clone(),
+            (rev, _) => format!(
+                "{}: {}{}",
+                if obj.reason.is_empty() { "not Ready yet" } else { &obj.reason },
+                obj.message,
+                rev.as_ref().map(|r| format!(" (last good: {r})")).unwrap_or_default()
+            ),
+        };
+        let _ = writeln!(o, "  {name:<14} {:<5} {detail}", mark(obj.ready));
+    };
+    object(&mut o, "source", &s.source, "fetched");
+    object(&mut o, "kustomization", &s.kustomization, "applied");
+    for (c, n) in &s.controllers {
+        let _ = writeln!(o, "  {c:<14} {:<5} {n} available", mark(*n > 0));
+    }
+    o
+}
+
 /// `kforge explain [NODE] [PATH]`.
 pub fn explain(plan: &Plan, node: Option<&str>, path: Option<&str>) -> Result<String, String> {
     let mut o = String::new();

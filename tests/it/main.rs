@@ -7,6 +7,7 @@ mod architecture;
 mod cli;
 mod cloud_init;
 mod firewall;
+mod gitops;
 mod hardway;
 mod lab;
 mod mesh;

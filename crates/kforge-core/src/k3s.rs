@@ -24,6 +24,8 @@ use crate::systemd::UnitFile;
 
 pub const BINARY: &str = crate::component::Component::K3s.install().dest;
 pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+/// The admin kubeconfig a K3s server writes (mode 0600, `write-kubeconfig-mode`).
+pub const KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 pub const TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
 pub const ENCRYPTION_CONFIG: &str = "/var/lib/rancher/k3s/server/cred/encryption-config.json";
 pub const TOKEN_FILE: &str = "/etc/kforge/k3s/token";

@@ -9,6 +9,7 @@
 
 pub mod component;
 pub mod firewall;
+pub mod gitops;
 pub mod hardway;
 pub mod hashing;
 pub mod ini;

@@ -178,6 +178,16 @@ fn plan_member(
         DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, &mut np),
         DistributionKind::Hardway => hardway::plan_node(model, secrets, me, node, &mut np),
     }
+    if let Some(gitops) = &spec.gitops
+        && me.name == model.first_server().name
+    {
+        let keys = secrets.gitops.as_ref().expect("reconciled: the bundle holds the gitops keys");
+        let kubectl = match spec.distribution.kind {
+            DistributionKind::K3s => format!("{} kubectl --kubeconfig {}", k3s::BINARY, k3s::KUBECONFIG),
+            DistributionKind::Hardway => hardway::admin_kubectl(),
+        };
+        crate::gitops::flux::plan(gitops, keys, &kubectl, &mut np);
+    }
     if let Some(hello) = nat_hello(model, me) {
         // After the barrier every peer's mesh is up; tell them where we are before
         // K3s needs the mesh (the start-time hello may have come too early).

@@ -26,10 +26,12 @@ pub enum Phase {
     Runtime,
     Workers,
     Addons,
+    /// The GitOps engine and what it follows, once the cluster runs (`spec.gitops`).
+    GitOps,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Artifacts,
         Phase::Mesh,
         Phase::Firewall,
@@ -38,6 +40,7 @@ impl Phase {
         Phase::Runtime,
         Phase::Workers,
         Phase::Addons,
+        Phase::GitOps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Phase {
             Phase::Runtime => "runtime",
             Phase::Workers => "workers",
             Phase::Addons => "addons",
+            Phase::GitOps => "gitops",
         }
     }
 }

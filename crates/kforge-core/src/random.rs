@@ -12,3 +12,9 @@ pub fn random_hex(n: usize) -> String {
     getrandom::fill(&mut buf).expect("the OS random number generator failed");
     crate::hashing::hex(&buf)
 }
+
+/// A new age X25519 identity (`AGE-SECRET-KEY-1…`), from the OS generator.
+pub fn age_identity() -> String {
+    use age::secrecy::ExposeSecret;
+    age::x25519::Identity::generate().to_string().expose_secret().to_string()
+}

@@ -115,14 +115,7 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
                     ApplyError::Setup(format!("{}: no SSH target (set ssh.host or endpoint)", np.node))
                 })?;
             Ok(HostRun {
-                host: Host {
-                    node: np.node.clone(),
-                    target: t.host.clone(),
-                    user: t.user.clone(),
-                    port: t.port,
-                    ssh_config: opts.ssh_config.clone(),
-                    control_dir: control_dir.to_path_buf(),
-                },
+                host: Host::of(t, opts.ssh_config.clone(), control_dir),
                 cluster: plan.cluster.clone(),
                 plan: np.clone(),
                 facts: NodeFacts::default(),

@@ -86,15 +86,7 @@ impl Etcd {
             .iter()
             .filter_map(|m| {
                 let t = targets.iter().find(|t| t.node == m.name)?;
-                let host = Host {
-                    node: m.name.clone(),
-                    target: t.host.clone(),
-                    user: t.user.clone(),
-                    port: t.port,
-                    ssh_config: ssh_config.clone(),
-                    control_dir: control.path().to_path_buf(),
-                };
-                Some((m.clone(), host))
+                Some((m.clone(), Host::of(t, ssh_config.clone(), control.path())))
             })
             .collect();
         Ok(Etcd { cluster, members, _control: control })

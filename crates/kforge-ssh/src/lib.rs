@@ -18,6 +18,7 @@ mod artifacts;
 mod engine;
 pub mod etcd;
 pub mod facts;
+pub mod gitops;
 mod lock;
 mod preflight;
 mod remote_script;

@@ -33,6 +33,18 @@ pub struct Host {
 }
 
 impl Host {
+    /// The host of `target`, dialled with `ssh_config` through connections shared in `control_dir`.
+    pub fn of(target: &crate::Target, ssh_config: Option<PathBuf>, control_dir: &std::path::Path) -> Host {
+        Host {
+            node: target.node.clone(),
+            target: target.host.clone(),
+            user: target.user.clone(),
+            port: target.port,
+            ssh_config,
+            control_dir: control_dir.to_path_buf(),
+        }
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new("ssh");
         if let Some(cfg) = &self.ssh_config {

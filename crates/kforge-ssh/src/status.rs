@@ -50,6 +50,16 @@ pub struct StatusInput<'a> {
     pub stand_ins: Vec<(String, String)>,
     /// Hardway with a real API server: what the Kubernetes checks ask.
     pub kubernetes: Option<KubernetesProbe>,
+    /// spec.gitops: the engine's objects and controllers (asked with the Kubernetes checks).
+    pub gitops: Option<GitOpsProbe>,
+}
+
+/// Where the GitOps engine's objects are: namespace, object name, controller Deployments.
+#[derive(Debug, Clone)]
+pub struct GitOpsProbe {
+    pub namespace: String,
+    pub name: String,
+    pub controllers: Vec<String>,
 }
 
 /// The Kubernetes checks of a hardway cluster: the API's `/readyz` and every node
@@ -77,14 +87,7 @@ struct HostSeen {
 
 fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option<Host> {
     let t = input.targets.iter().find(|t| t.node == node)?;
-    Some(Host {
-        node: node.to_string(),
-        target: t.host.clone(),
-        user: t.user.clone(),
-        port: t.port,
-        ssh_config: input.ssh_config.clone(),
-        control_dir: control.path().to_path_buf(),
-    })
+    Some(Host::of(t, input.ssh_config.clone(), control.path()))
 }
 
 /// Every check, in the order an operator reads them: can we reach the hosts, do they
@@ -114,7 +117,16 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
                 .filter_map(|n| host_for(input, &n.node, &control))
                 .collect::<Vec<_>>()
         };
-        checks.extend(kubernetes_checks(plan, probe, &answering(true), &answering(false)));
+        let controllers = answering(true);
+        checks.extend(kubernetes_checks(plan, probe, &controllers, &answering(false)));
+        if let Some(g) = &input.gitops {
+            let answer =
+                controllers.iter().find_map(|h| crate::gitops::status(h, &g.namespace, &g.name, &g.controllers).ok());
+            checks.push(match answer {
+                Some(s) => Check { name: "gitops".into(), ok: s.healthy(), detail: s.summary() },
+                None => Check { name: "gitops".into(), ok: false, detail: "no controller answered over SSH".into() },
+            });
+        }
     }
     let mut not_running = input.stand_ins.clone();
     not_running.extend(stand_in_k3s(&seen));
@@ -351,7 +363,7 @@ fn stand_in_k3s(seen: &BTreeMap<String, HostSeen>) -> Option<(String, String)> {
 const STATUS_SH: &str = include_str!("sh/status.sh");
 
 /// The probe file followed by one call of `function` with `args` quoted.
-fn probe_call(function: &str, args: &[String]) -> String {
+pub(crate) fn probe_call(function: &str, args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
     format!("{STATUS_SH}\n{function} {}\n", args.join(" "))
 }

@@ -1,7 +1,7 @@
 //! Cluster addons: RBAC so the API server may talk to kubelets, and CoreDNS. Applied
 //! from the initialising controller once its API server answers.
 
-use super::{ADDONS_DIR, ADMIN_KUBECONFIG, is_stand_in};
+use super::{ADDONS_DIR, is_stand_in};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -52,7 +52,7 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
     if blocked_by(model).is_some() {
         return;
     }
-    let kubectl = format!("/usr/local/bin/kubectl --kubeconfig {ADMIN_KUBECONFIG}");
+    let kubectl = super::admin_kubectl();
     p.commands.push(PlannedCommand {
         description: "wait for the API server, then apply the addons".into(),
         run: format!(

@@ -46,6 +46,11 @@ pub const KUBELET_DIR: &str = "/var/lib/kubelet";
 pub const KUBE_PROXY_DIR: &str = "/var/lib/kube-proxy";
 pub const ADDONS_DIR: &str = "/etc/kforge/addons";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kforge/admin.kubeconfig";
+
+/// kubectl as the cluster admin, on a controller.
+pub fn admin_kubectl() -> String {
+    format!("{} --kubeconfig {ADMIN_KUBECONFIG}", Component::Kubectl.install().dest)
+}
 pub const HEALTHZ_CONF: &str = "/etc/kforge/healthz-nginx.conf";
 pub const HEALTHZ_UNIT: &str = "kforge-healthz.service";
 pub const API_BALANCER_CONF: &str = "/etc/kforge/api-balancer-nginx.conf";

@@ -48,6 +48,11 @@ pub struct SecretsBundle {
     /// hardway worker → its pod network; kept so a new worker never moves another's pods.
     #[serde(default, rename = "podCIDRs", skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_cidrs: BTreeMap<String, Ipv4Net>,
+    /// The GitOps deploy key and SOPS age key: created the first time `spec.gitops` is
+    /// set, then kept (also when it is removed: the forge knows this deploy key, and
+    /// Git holds secrets encrypted to this age key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops: Option<crate::gitops::GitOpsKeys>,
 }
 
 impl std::fmt::Debug for SecretsBundle {
@@ -146,6 +151,7 @@ impl SecretsBundle {
             mesh_ips: BTreeMap::new(),
             certificates: BTreeMap::new(),
             pod_cidrs: BTreeMap::new(),
+            gitops: None,
         }
     }
 
@@ -177,6 +183,11 @@ impl SecretsBundle {
         if self.encryption_key.is_empty() {
             self.encryption_key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
             report.created.push(Item::new(ItemKind::Secret, "secrets-encryption key"));
+        }
+        if spec.spec.gitops.is_some() && self.gitops.is_none() {
+            self.gitops = Some(crate::gitops::GitOpsKeys::generate(&spec.metadata.name));
+            report.created.push(Item::new(ItemKind::Secret, "gitops deploy key"));
+            report.created.push(Item::new(ItemKind::Secret, "gitops SOPS age key"));
         }
         report.merge(self.reconcile_wireguard(spec));
         report.merge(self.reconcile_mesh_ips(spec));

@@ -67,7 +67,65 @@ pub struct ClusterSpec {
     /// pull from a registry (air gap). Each is verified by sha256 when one is given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageArchive>,
+    /// GitOps: the cluster follows a Git repository, set up by `apply` (docs/gitops.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops: Option<GitOps>,
     pub nodes: Vec<Node>,
+}
+
+/// `spec.gitops`: an engine installed by `apply`, following one path of one branch.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitOps {
+    /// `flux` (Argo CD is not supported yet).
+    pub engine: GitOpsEngine,
+    /// `ssh://git@forge.example.com/ops/cluster.git` (the cluster's deploy key reads it),
+    /// or `https://…` for a public repository.
+    pub repository: String,
+    #[serde(default = "default_gitops_branch")]
+    pub branch: String,
+    /// Directory in the repository the cluster applies (Kustomize), e.g. `./clusters/prod`.
+    #[serde(default = "default_gitops_path")]
+    pub path: String,
+    /// How often the engine fetches and re-applies (a Go duration: `30s`, `1m`, `1h`).
+    #[serde(default = "default_gitops_interval")]
+    pub interval: String,
+    /// The forge's SSH host keys, as `known_hosts` lines (`forge.example.com ssh-ed25519
+    /// AAAA…`; `[host]:port …` for a port other than 22). Pinned here: kforge never
+    /// trusts a host key on first use. `kforge gitops host-key HOST` prints the line
+    /// to check and paste.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_hosts: Vec<String>,
+    /// The engine's install manifests, applied in order before anything else (on real
+    /// hosts the release's `install.yaml` by url + sha256; or a local path).
+    pub install: Vec<Artifact>,
+    /// The engine's controllers (Deployments in its namespace) that must be Available
+    /// before the repository's objects are created.
+    #[serde(default = "default_flux_controllers")]
+    pub controllers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GitOpsEngine {
+    Flux,
+    Argocd,
+}
+
+fn default_gitops_branch() -> String {
+    "main".into()
+}
+
+fn default_gitops_path() -> String {
+    "./".into()
+}
+
+fn default_gitops_interval() -> String {
+    "1m".into()
+}
+
+fn default_flux_controllers() -> Vec<String> {
+    vec!["source-controller".into(), "kustomize-controller".into()]
 }
 
 /// One container image archive and the image reference it carries.

@@ -34,6 +34,7 @@ pub fn validate(c: &Cluster) -> Vec<Diagnostic> {
     pki(c, &mut out);
     artifacts(c, &mut out);
     images(c, &mut out);
+    gitops(c, &mut out);
     out
 }
 
@@ -555,6 +556,118 @@ fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
     }
 }
 
+fn gitops(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    use crate::gitops::{KnownHost, Repository, Transport};
+    let Some(g) = &c.spec.gitops else { return };
+    if g.engine == GitOpsEngine::Argocd {
+        out.push(
+            Diagnostic::error("spec.gitops.engine", "Argo CD is not supported yet")
+                .help("use `engine: flux` (docs/gitops.md says what Argo CD still lacks)"),
+        );
+    }
+    match Repository::parse(&g.repository) {
+        Err((why, fix)) => out.push(Diagnostic::error("spec.gitops.repository", why).help(fix)),
+        Ok(repo) => {
+            let mut covered = false;
+            for (i, line) in g.known_hosts.iter().enumerate() {
+                match KnownHost::parse(line) {
+                    Err((why, fix)) => {
+                        out.push(Diagnostic::error(format!("spec.gitops.knownHosts[{i}]"), why).help(fix))
+                    }
+                    Ok(k) => covered |= k.covers(&repo),
+                }
+            }
+            let name = repo.known_hosts_name();
+            match repo.transport {
+                Transport::Ssh { .. } if g.known_hosts.is_empty() => out.push(
+                    Diagnostic::error("spec.gitops", format!("no host key is pinned for `{name}`"))
+                        .help(format!("add knownHosts: [\"{name} ssh-ed25519 AAAA…\"] — `kforge gitops host-key {}` prints the line; check its fingerprint with the forge before pasting", repo.host)),
+                ),
+                Transport::Ssh { .. } if !covered && g.known_hosts.iter().all(|l| KnownHost::parse(l).is_ok()) => out.push(
+                    Diagnostic::error("spec.gitops.knownHosts", format!("no line is for `{name}`, the repository's host"))
+                        .help(format!("a line must start with `{name}` (known_hosts writes a port other than 22 as [host]:port)")),
+                ),
+                Transport::Https if !g.known_hosts.is_empty() => out.push(
+                    Diagnostic::warning("spec.gitops.knownHosts", "SSH host keys are not used for an https:// repository")
+                        .help("remove knownHosts, or use the ssh:// URL with the deploy key"),
+                ),
+                _ => {}
+            }
+        }
+    }
+    if g.branch.is_empty()
+        || g.branch.contains(char::is_whitespace)
+        || g.branch.contains("..")
+        || g.branch.starts_with('-')
+    {
+        out.push(
+            Diagnostic::error("spec.gitops.branch", format!("`{}` is not a branch name", g.branch)).help("e.g. main"),
+        );
+    }
+    if g.path.starts_with('/') || g.path.split('/').any(|p| p == "..") {
+        out.push(
+            Diagnostic::error("spec.gitops.path", format!("`{}` leaves the repository", g.path))
+                .help("a directory inside the repository, e.g. ./clusters/prod"),
+        );
+    }
+    if !is_go_duration(&g.interval) {
+        let help = match g.interval.strip_suffix('d').and_then(|n| n.parse::<u32>().ok()) {
+            Some(days) => format!("Go durations have no days: write {}h", days * 24),
+            None => "a Go duration such as 30s, 1m, 1h30m".into(),
+        };
+        out.push(Diagnostic::error("spec.gitops.interval", format!("`{}` is not a duration", g.interval)).help(help));
+    }
+    if g.install.is_empty() {
+        out.push(Diagnostic::error("spec.gitops.install", "the engine's install manifests are missing").help(
+            "e.g. - {url: https://github.com/fluxcd/flux2/releases/download/v2.9.5/install.yaml, sha256: <its digest>}",
+        ));
+    }
+    for (i, a) in g.install.iter().enumerate() {
+        let path = format!("spec.gitops.install[{i}]");
+        if a.stand_in.is_some() {
+            out.push(
+                Diagnostic::error(format!("{path}.standIn"), "install manifests cannot be stand-ins")
+                    .help("remove standIn"),
+            );
+        }
+        artifact(&path, a, out);
+    }
+    if g.controllers.is_empty() {
+        out.push(
+            Diagnostic::error("spec.gitops.controllers", "no controller to wait for")
+                .help("the engine's Deployments, e.g. [source-controller, kustomize-controller]"),
+        );
+    }
+    for (i, name) in g.controllers.iter().enumerate() {
+        if let Err(why) = dns_label(name) {
+            out.push(
+                Diagnostic::error(format!("spec.gitops.controllers[{i}]"), format!("`{name}` {why}"))
+                    .help("a Deployment name in the engine's namespace"),
+            );
+        }
+    }
+}
+
+/// `30s`, `1m`, `1h30m`, `1.5h`: a positive Go duration (what Flux's `interval` takes).
+fn is_go_duration(s: &str) -> bool {
+    let mut rest = s;
+    let mut positive = false;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let Ok(value) = number.parse::<f64>() else { return false };
+        positive |= value > 0.0;
+        let unit =
+            ["ns", "us", "µs", "ms", "s", "m", "h"].iter().filter(|u| tail.starts_with(*u)).max_by_key(|u| u.len());
+        let Some(unit) = unit else { return false };
+        rest = &tail[unit.len()..];
+    }
+    positive
+}
+
 fn artifact(path: &str, a: &Artifact, out: &mut Vec<Diagnostic>) {
     match (&a.url, &a.path) {
         (Some(_), Some(_)) => out.push(
@@ -662,6 +775,16 @@ fn node_names(c: &Cluster) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        for ok in ["30s", "1m", "1h30m", "1.5h", "500ms", "10m0s"] {
+            assert!(is_go_duration(ok), "{ok}");
+        }
+        for bad in ["", "1", "m", "0s", "1d", "5 m", "-1m", "1mm"] {
+            assert!(!is_go_duration(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn dns_labels() {

@@ -45,3 +45,16 @@ kf_dns_query() {
   a=${*:n-3:1} b=${*:n-2:1} c=${*:n-1:1} d=${*:n:1}
   echo "dns answer $a.$b.$c.$d"
 }
+
+# kf_gitops_status NAMESPACE NAME CONTROLLER…: the engine's GitRepository and
+# Kustomization NAME as JSON (one line each), and each controller's available replicas.
+kf_gitops_status() {
+  local ns=$1 name=$2 c
+  shift 2
+  echo "source $("${KF_KUBECTL[@]}" -n "$ns" get gitrepositories.source.toolkit.fluxcd.io "$name" -o json 2>&1 | tr -d '\n')"
+  echo "kustomization $("${KF_KUBECTL[@]}" -n "$ns" get kustomizations.kustomize.toolkit.fluxcd.io "$name" -o json 2>&1 | tr -d '\n')"
+  for c in "$@"; do
+    echo "controller $c $("${KF_KUBECTL[@]}" -n "$ns" get deployment "$c" -o jsonpath='{.status.availableReplicas}' 2>/dev/null)"
+  done
+  true
+}
