@@ -314,6 +314,13 @@ pub enum LabCommand {
         /// share its kernel. Printed, and restored when the last such lab goes down.
         #[arg(long)]
         host_sysctls: bool,
+        /// One more machine, `forge`: a git server over SSH (its own host key) with one
+        /// repository, ssh://git@FORGE/srv/git/fleet.git. The cluster file's spec.gitops
+        /// follows it with Flux (hardway). Give it the deploy key with
+        ///   kforge gitops deploy-key -f DIR/kforge.yaml | ssh -F DIR/ssh_config forge forge-add-deploy-key
+        /// and push with git over `ssh -F DIR/ssh_config` as git@forge.
+        #[arg(long)]
+        forge: bool,
     },
     /// Stop the machines and remove every namespace, interface, mount and file the lab made.
     Down {

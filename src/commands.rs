@@ -325,7 +325,7 @@ fn fingerprint(known_hosts_line: &str) -> Option<String> {
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls } => {
+        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls, forge } => {
             let example = match example {
                 LabExampleArg::K3s => kforge_lab::LabExample::K3s,
                 LabExampleArg::K3sHa => kforge_lab::LabExample::K3sHa,
@@ -336,7 +336,7 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 (false, true) => None,
                 (false, false) => Some(behind_nat),
             };
-            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls };
+            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls, forge };
             let state = kforge_lab::up(&opts, &log)?;
             let d = state.dir.display();
             println!(
@@ -347,7 +347,17 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
             );
             for m in &state.machines {
                 let addr = m.public_ip.map_or(format!("behind NAT, ssh via {}", m.ssh_ip), |ip| ip.to_string());
-                println!("  {:<8} {addr}", m.name);
+                let forge = if m.forge {
+                    format!("   git forge: ssh://git@{}{}", m.ssh_ip, kforge_lab::forge::REPOSITORY)
+                } else {
+                    String::new()
+                };
+                println!("  {:<8} {addr}{forge}", m.name);
+            }
+            if forge {
+                println!(
+                    "forge: give it the cluster's deploy key: kforge gitops deploy-key -f {d}/kforge.yaml | ssh -F {d}/ssh_config forge forge-add-deploy-key"
+                );
             }
             println!("cluster file: {d}/kforge.yaml   ssh: ssh -F {d}/ssh_config lab-1");
             match example {

@@ -27,6 +27,8 @@ pub struct ImageSpec {
     pub entries: Vec<Entry>,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    /// `uid:gid` the image runs as (empty: root). Pods with `runAsNonRoot` need one.
+    pub user: String,
 }
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -51,6 +53,7 @@ pub fn oci_archive(spec: &ImageSpec) -> io::Result<Vec<u8>> {
         "history": [{"created_by": "kforge lab (OCI writer)"}],
     }))
     .expect("json");
+    let config = with_user(config, &spec.user);
     let config_digest = format!("sha256:{}", sha256_hex(&config));
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -87,6 +90,17 @@ pub fn oci_archive(spec: &ImageSpec) -> io::Result<Vec<u8>> {
         append_file(&mut out, &format!("blobs/sha256/{}", sha256_hex(blob)), blob, 0o644)?;
     }
     out.into_inner()
+}
+
+/// Set the image config's `config.User` when the image has one (an image without keeps
+/// its bytes, and so its digest, exactly as before the field existed).
+fn with_user(config: Vec<u8>, user: &str) -> Vec<u8> {
+    if user.is_empty() {
+        return config;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&config).expect("json");
+    v["config"]["User"] = json!(user);
+    serde_json::to_vec(&v).expect("json")
 }
 
 fn layer_tar(entries: &[Entry]) -> io::Result<Vec<u8>> {
@@ -135,6 +149,54 @@ pub struct LabImage {
 pub const PAUSE: LabImage = LabImage { name: "kforge.lab/pause:busybox", file: "pause.tar" };
 pub const COREDNS: LabImage = LabImage { name: "kforge.lab/coredns:1", file: "coredns.tar" };
 pub const BUSYBOX: LabImage = LabImage { name: "kforge.lab/busybox:1", file: "busybox.tar" };
+
+/// Flux's controllers as the lab packages them: the binary `scripts/components` built
+/// from the controller's Go module, as `/usr/local/bin/NAME`, run as nobody (65534),
+/// named as the lab's install manifest names them. Versions as in scripts/components.
+pub struct FluxImage {
+    pub controller: &'static str,
+    pub version: &'static str,
+}
+
+impl FluxImage {
+    pub fn name(&self) -> String {
+        format!("kforge.lab/fluxcd/{}:{}", self.controller, self.version)
+    }
+}
+
+pub const FLUX_IMAGES: [FluxImage; 2] = [
+    FluxImage { controller: "source-controller", version: "v1.9.3" },
+    FluxImage { controller: "kustomize-controller", version: "v1.9.6" },
+];
+
+/// Flux's controller images into `out/CONTROLLER.tar`, from the binaries in `bin`.
+pub fn write_flux_images(bin: &Path, out: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    for img in FLUX_IMAGES {
+        let binary = std::fs::read(bin.join(img.controller))?;
+        let spec = ImageSpec {
+            name: img.name(),
+            entries: vec![
+                Entry::Dir { path: "usr".into() },
+                Entry::Dir { path: "usr/local".into() },
+                Entry::Dir { path: "usr/local/bin".into() },
+                Entry::File { path: format!("usr/local/bin/{}", img.controller), content: binary, mode: 0o755 },
+                Entry::Dir { path: "tmp".into() },
+                Entry::Dir { path: "etc".into() },
+                Entry::File {
+                    path: "etc/passwd".into(),
+                    content: b"root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n".to_vec(),
+                    mode: 0o644,
+                },
+            ],
+            entrypoint: vec![img.controller.into()],
+            cmd: vec![],
+            user: "65534:65534".into(),
+        };
+        kforge_files::write_atomic(&out.join(format!("{}.tar", img.controller)), &oci_archive(&spec)?, 0o644)?;
+    }
+    Ok(())
+}
 
 /// Debian's busybox-static: one static binary, so it runs in an image with no libc.
 pub const BUSYBOX_STATIC: &str = "/bin/busybox";
@@ -186,6 +248,7 @@ pub fn write_lab_images(busybox: &Path, coredns: Option<&Path>, out: &Path) -> i
         entries: busybox_entries(&["sleep"]),
         entrypoint: vec!["/bin/sleep".into(), "2147483647".into()],
         cmd: vec![],
+        user: String::new(),
     };
     let coredns_image = match coredns {
         Some(binary) => Some(ImageSpec {
@@ -193,6 +256,7 @@ pub fn write_lab_images(busybox: &Path, coredns: Option<&Path>, out: &Path) -> i
             entries: vec![Entry::File { path: "coredns".into(), content: std::fs::read(binary)?, mode: 0o755 }],
             entrypoint: vec!["/coredns".into()],
             cmd: vec![],
+            user: String::new(),
         }),
         None => None,
     };
@@ -201,6 +265,7 @@ pub fn write_lab_images(busybox: &Path, coredns: Option<&Path>, out: &Path) -> i
         entries: busybox_entries(APPLETS),
         entrypoint: vec![],
         cmd: vec!["/bin/sh".into()],
+        user: String::new(),
     };
     let images = [Some((pause, PAUSE.file)), coredns_image.map(|i| (i, COREDNS.file)), Some((workload, BUSYBOX.file))];
     for (img, file) in images.into_iter().flatten() {
@@ -215,12 +280,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flux_images_are_the_versions_the_components_script_builds() {
+        let script = include_str!("../../../scripts/components");
+        for img in FLUX_IMAGES {
+            let var = img.controller.replace('-', "_").to_uppercase();
+            assert!(
+                script.contains(&format!("\n{var}_VERSION={}\n", img.version)),
+                "scripts/components builds {} {}",
+                img.controller,
+                img.version
+            );
+        }
+        assert!(
+            script.contains("newName: kforge.lab/fluxcd/$c, newTag: $v"),
+            "the install manifest names the images as the lab does"
+        );
+    }
+
+    #[test]
     fn archives_are_deterministic_and_name_their_image() {
         let spec = || ImageSpec {
             name: "kforge.lab/x:1".into(),
             entries: vec![Entry::File { path: "hello".into(), content: b"hi".to_vec(), mode: 0o755 }],
             entrypoint: vec!["/hello".into()],
             cmd: vec![],
+            user: String::new(),
         };
         let a = oci_archive(&spec()).unwrap();
         assert_eq!(a, oci_archive(&spec()).unwrap(), "same inputs, same bytes");

@@ -15,6 +15,7 @@
 //! `down` stops the machines and removes every namespace, veth, mount and file it
 //! made. Requires root.
 
+pub mod forge;
 pub mod host_sysctls;
 pub mod images;
 mod machine;
@@ -59,6 +60,9 @@ pub struct UpOptions {
     /// Let the lab set the kernel-wide sysctls real kubelets require (see
     /// [`host_sysctls`]); the hardway lab refuses to start without it.
     pub host_sysctls: bool,
+    /// One more machine, `forge`: a git server over SSH on the lab's "internet", and
+    /// the cluster file's `gitops` follows its repository (hardway; see [`forge`]).
+    pub forge: bool,
 }
 
 /// Which cluster file `up` writes for the machines.
@@ -176,6 +180,9 @@ pub struct MachineState {
     /// The machine's own cgroup directory in each hierarchy (removed by `down`).
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The lab's forge (not a cluster node).
+    #[serde(default)]
+    pub forge: bool,
 }
 
 impl LabState {
@@ -214,7 +221,7 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
         )));
     }
     let behind_nat = opts.behind_nat.clone().unwrap_or_else(|| opts.example.default_behind_nat(nodes));
-    let names: Vec<String> = (1..=nodes).map(|i| format!("lab-{i}")).collect();
+    let mut names: Vec<String> = (1..=nodes).map(|i| format!("lab-{i}")).collect();
     for n in &behind_nat {
         if !names.contains(n) {
             return Err(LabError::Setup(format!("--behind-nat {n}: no such machine (they are {})", names.join(", "))));
@@ -222,6 +229,14 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
     }
     if behind_nat.len() == nodes {
         return Err(LabError::Setup("at least one machine must have a public address".into()));
+    }
+    if opts.forge && opts.example != LabExample::Hardway {
+        return Err(LabError::Setup(
+            "--forge needs --example hardway: GitOps needs a real API server, and real K3s cannot be built here (docs/lab.md)".into(),
+        ));
+    }
+    if opts.forge {
+        names.push(forge::NAME.into());
     }
     if opts.example.is_k3s() && !Path::new(images::BUSYBOX_STATIC).exists() {
         return Err(LabError::Setup(format!(
@@ -301,6 +316,10 @@ fn prepare_and_build(
         log("writing the lab's image archives (pause, CoreDNS, busybox) from static binaries");
         images::write_lab_images(Path::new(images::BUSYBOX_STATIC), Some(&coredns), &out)
             .map_err(|e| LabError::io(&out, e))?;
+        if opts.forge {
+            log("writing Flux's image archives (source-controller, kustomize-controller) from the components cache");
+            images::write_flux_images(components, &out).map_err(|e| LabError::io(&out, e))?;
+        }
         if opts.host_sysctls {
             state.host_sysctls = true;
             state.save()?;
@@ -340,6 +359,7 @@ fn build(
     fs::create_dir_all(dir.join("machines")).map_err(|e| LabError::io(&dir, e))?;
 
     let mut known_hosts = String::new();
+    let mut forge_host_key = None;
     let mut nat_count = 0u8;
     for (i, name) in names.iter().enumerate() {
         let ns = format!("kfl{}-{name}", state.id);
@@ -358,6 +378,7 @@ fn build(
                 router_ns: Some(router_ns.clone()),
                 pid: None,
                 cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
+                forge: false,
             });
             state.save()?;
             net::attach(&state.wan_ns, &router_ns, &format!("r{nat_count}"), router_public, prefix)?;
@@ -372,6 +393,7 @@ fn build(
                 router_ns: None,
                 pid: None,
                 cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
+                forge: name == forge::NAME,
             });
             state.save()?;
             net::attach(&state.wan_ns, &ns, &port, public, prefix)?;
@@ -382,6 +404,10 @@ fn build(
         // the machine (CoreDNS forwards outside names to the node's resolver).
         let host_key = machine::prepare(image, &mdir, name, &authorized, state.machines[machine].ssh_ip)?;
         known_hosts.push_str(&format!("{} {host_key}\n", state.machines[machine].ssh_ip));
+        if state.machines[machine].forge {
+            forge_host_key =
+                Some(forge::Forge { ip: state.machines[machine].ssh_ip, host_key: host_key.trim().to_string() });
+        }
         let log_path = dir.join("machines").join(format!("{name}.log"));
         let pid = machine::boot(&mdir, name, &ns, &state.machines[machine].cgroups, &log_path)?;
         state.machines[machine].pid = Some(pid);
@@ -393,8 +419,12 @@ fn build(
     }
     write_file(&dir.join("known_hosts"), &known_hosts, 0o644)?;
     write_file(&dir.join("ssh_config"), &ssh_config(state), 0o644)?;
-    write_file(&dir.join("kforge.yaml"), &cluster_file(state, example), 0o644)?;
-    wait_for_ssh(state, log)
+    write_file(&dir.join("kforge.yaml"), &cluster_file(state, example, forge_host_key.as_ref()), 0o644)?;
+    wait_for_ssh(state, log)?;
+    if forge_host_key.is_some() {
+        forge::setup(state, log)?;
+    }
+    Ok(())
 }
 
 /// Wait until every machine answers SSH with its known host key and its systemd has
@@ -446,16 +476,16 @@ fn ssh_config(state: &LabState) -> String {
 /// first three) as servers, or hardway with every machine a controller and a worker. The example is
 /// parsed into the cluster file's types, its nodes replaced, and written back (with the
 /// example's header comment): what `lab up` writes is always a valid cluster file.
-fn cluster_file(state: &LabState, example: LabExample) -> String {
+fn cluster_file(state: &LabState, example: LabExample, forge: Option<&forge::Forge>) -> String {
     use kforge_core::spec::{IpAddress, Node, NodeSsh, Role, Roles};
     let text = match example {
         LabExample::K3s | LabExample::K3sHa => kforge_core::spec::examples::LAB,
         LabExample::Hardway => kforge_core::spec::examples::HARDWAY_LAB,
     };
-    let servers = example.servers(state.machines.len());
+    let nodes: Vec<&MachineState> = state.machines.iter().filter(|m| !m.forge).collect();
+    let servers = example.servers(nodes.len());
     let mut cluster = kforge_core::spec::parse("lab example", text).expect("the lab examples are valid").cluster;
-    cluster.spec.nodes = state
-        .machines
+    cluster.spec.nodes = nodes
         .iter()
         .enumerate()
         .map(|(i, m)| Node {
@@ -474,6 +504,9 @@ fn cluster_file(state: &LabState, example: LabExample) -> String {
             mesh_ip: None,
         })
         .collect();
+    if let Some(forge) = forge {
+        forge::follow(&mut cluster, forge);
+    }
     let header: String = text.lines().take_while(|l| l.starts_with('#')).map(|l| format!("{l}\n")).collect();
     format!(
         "{header}# Written by `kforge lab up` for this lab's machines (nodes without an endpoint are behind NAT).\n{}",
@@ -616,12 +649,12 @@ mod tests {
             router_ns: None,
             pid: None,
             cgroups: Vec::new(),
+            forge: false,
         }
     }
 
-    #[test]
-    fn the_lab_cluster_file_is_the_example_with_these_machines_as_nodes() {
-        let state = LabState {
+    fn lab_of(machines: Vec<MachineState>) -> LabState {
+        LabState {
             id: "t".into(),
             dir: PathBuf::from("/tmp/lab"),
             runtime: PathBuf::from("/tmp/run"),
@@ -629,15 +662,20 @@ mod tests {
             workstation_ip: Ipv4Addr::new(10, 99, 0, 1),
             wan_ns: "wan".into(),
             host_veth: "veth".into(),
-            machines: vec![machine("lab-1", Some([198, 18, 0, 11])), machine("lab-2", None)],
+            machines,
             host_sysctls: false,
-        };
+        }
+    }
+
+    #[test]
+    fn the_lab_cluster_file_is_the_example_with_these_machines_as_nodes() {
+        let state = lab_of(vec![machine("lab-1", Some([198, 18, 0, 11])), machine("lab-2", None)]);
         for (example, roles) in [
             (LabExample::K3s, ["server", "agent"]),
             (LabExample::K3sHa, ["server", "server"]),
             (LabExample::Hardway, ["controller", "controller"]),
         ] {
-            let text = cluster_file(&state, example);
+            let text = cluster_file(&state, example, None);
             assert!(text.starts_with("# kforge cluster file"), "the example's header comment is kept:\n{text}");
             let spec =
                 kforge_core::spec::parse("lab/kforge.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}")).cluster;
@@ -654,5 +692,25 @@ mod tests {
             assert_eq!(nodes[1].2, None, "lab-2 is behind NAT");
             assert!(spec.spec.nodes.iter().all(|n| n.ssh.host.as_deref() == Some(n.name.as_str())));
         }
+    }
+
+    #[test]
+    fn with_a_forge_the_cluster_file_follows_its_repository_with_the_host_key_pinned() {
+        let mut forge = machine("forge", Some([198, 18, 0, 13]));
+        forge.forge = true;
+        let state =
+            lab_of(vec![machine("lab-1", Some([198, 18, 0, 11])), machine("lab-2", Some([198, 18, 0, 12])), forge]);
+        let host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let f = forge::Forge { ip: Ipv4Addr::new(198, 18, 0, 13), host_key: host_key.into() };
+        let text = cluster_file(&state, LabExample::Hardway, Some(&f));
+        let spec = kforge_core::spec::parse("lab/kforge.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}")).cluster;
+        let names: Vec<&str> = spec.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["lab-1", "lab-2"], "the forge is not a node");
+        let g = spec.spec.gitops.expect("gitops follows the forge");
+        assert_eq!(g.repository, "ssh://git@198.18.0.13/srv/git/fleet.git");
+        assert_eq!(g.known_hosts, [format!("198.18.0.13 {host_key}")]);
+        assert_eq!(g.controllers, ["source-controller", "kustomize-controller"]);
+        let images: Vec<&str> = spec.spec.images.iter().map(|i| i.name.as_str()).collect();
+        assert!(images.contains(&"kforge.lab/fluxcd/source-controller:v1.9.3"), "{images:?}");
     }
 }

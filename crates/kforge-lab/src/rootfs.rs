@@ -13,9 +13,10 @@ use crate::sh::run;
 
 pub const SUITE: &str = "bookworm";
 /// What every lab machine has, as a fresh VPS image would (plus nginx, which the
-/// hardway distribution needs on controllers). The cache directory's name carries a
+/// hardway distribution needs on controllers, and git, which the lab's forge serves).
+/// The cache directory's name carries a
 /// digest of this list, so changing it builds a new image.
-const PACKAGES: &str = "systemd-sysv,udev,openssh-server,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx,libnginx-mod-stream,conntrack,socat,ipset,iptables,kmod";
+const PACKAGES: &str = "systemd-sysv,udev,openssh-server,git,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx,libnginx-mod-stream,conntrack,socat,ipset,iptables,kmod";
 const READY_MARK: &str = ".kforge-rootfs-ready";
 
 /// Where the cache lives: `KFORGE_LAB_CACHE`, else `/var/cache/kforge-lab`.

@@ -8,36 +8,8 @@
 //! operator would look, the disruptive ones (an API server stopped, a machine
 //! rebooted, etcd wiped and restored) last.
 
-use std::time::{Duration, Instant};
-
 use super::{Capture, Lab, Stranger, assert_only_wireguard_and_ssh, contains, totals};
 use crate::util::run;
-
-impl Lab {
-    /// Run on a machine; (exit status ok, stdout + stderr) instead of panicking.
-    fn ssh_status(&self, node: &str, cmd: &str) -> (bool, String) {
-        let cfg = self.ctx.path("lab/ssh_config");
-        let out = std::process::Command::new("ssh").args(["-F", cfg.to_str().unwrap(), node, cmd]).output().unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
-    }
-
-    /// kubectl on a controller with its admin kubeconfig.
-    fn kubectl(&self, node: &str, args: &str) -> String {
-        self.ssh(node, &format!("kubectl --kubeconfig /etc/kforge/admin.kubeconfig {args}"))
-    }
-
-    /// Poll `check` every second until it holds or `secs` pass; panics with `what`.
-    fn wait_for(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !check() {
-            assert!(Instant::now() < deadline, "waited {secs} s for {what}");
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-}
 
 /// The workstation, as a namespace on the lab's internet that joins the mesh as the
 /// access peer `workstation` with the config `kforge render` wrote for it.

@@ -16,6 +16,7 @@ use kforge_lab::LabState;
 
 use crate::util::{Output, TestContext, run};
 
+mod gitops;
 mod hardway;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -112,6 +113,30 @@ impl Lab {
             assert!(!log.contains("KF restarted") && !log.contains("KF reloaded"), "{}: {log}", m.name);
             assert_eq!(newer.trim(), "", "{}: the bootstrap changed files", m.name);
             assert_eq!(self.ssh(&m.name, UNITS), before, "{}: a unit was restarted", m.name);
+        }
+    }
+
+    /// Run on a machine; (exit status ok, stdout + stderr) instead of panicking.
+    fn ssh_status(&self, node: &str, cmd: &str) -> (bool, String) {
+        let cfg = self.ctx.path("lab/ssh_config");
+        let out = std::process::Command::new("ssh").args(["-F", cfg.to_str().unwrap(), node, cmd]).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    /// kubectl on a controller with its admin kubeconfig.
+    fn kubectl(&self, node: &str, args: &str) -> String {
+        self.ssh(node, &format!("kubectl --kubeconfig /etc/kforge/admin.kubeconfig {args}"))
+    }
+
+    /// Poll `check` every second until it holds or `secs` pass; panics with `what`.
+    fn wait_for(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check() {
+            assert!(Instant::now() < deadline, "waited {secs} s for {what}");
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 
