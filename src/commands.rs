@@ -232,7 +232,7 @@ fn gitops_probe(g: &spec::GitOps) -> kforge_ssh::status::GitOpsProbe {
     kforge_ssh::status::GitOpsProbe {
         namespace: flux::NAMESPACE.into(),
         name: flux::OBJECT_NAME.into(),
-        controllers: g.controllers.clone(),
+        controllers: g.controllers(),
     }
 }
 
@@ -259,6 +259,11 @@ fn gitops(cmd: GitopsCommand) -> Result<(), CliError> {
             if session.spec.cluster.spec.distribution.kind != spec::DistributionKind::Hardway {
                 return Err(CliError::Other(
                     "`kforge gitops status` reads the API with a hardway controller's kubectl; on K3s ask `k3s kubectl -n flux-system get gitrepositories,kustomizations` on a server".into(),
+                ));
+            }
+            if g.engine == spec::GitOpsEngine::Argocd {
+                return Err(CliError::Other(
+                    "`kforge gitops status` reads Flux's objects; for Argo CD ask it: `argocd app get kforge` (or kubectl -n argocd get application kforge -o yaml)".into(),
                 ));
             }
             let probe = gitops_probe(&g);
@@ -569,7 +574,15 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
                 kubernetes_version: model.spec.spec.distribution.version.clone(),
             }
         }),
-        gitops: session.spec.cluster.spec.gitops.as_ref().map(gitops_probe),
+        // Flux's objects; Argo CD reports through its own tools.
+        gitops: session
+            .spec
+            .cluster
+            .spec
+            .gitops
+            .as_ref()
+            .filter(|g| g.engine == spec::GitOpsEngine::Flux)
+            .map(gitops_probe),
     };
     let report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
     match format {

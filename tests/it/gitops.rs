@@ -125,3 +125,41 @@ fn flux_is_installed_then_waited_for_then_given_its_secrets_and_sync_objects() {
         String::from_utf8_lossy(&t2["controller-0/var/lib/kforge/gitops/sync.yaml"].1).contains("branch: production")
     );
 }
+
+#[test]
+fn argo_cd_gets_the_same_deploy_key_and_pinned_host_keys_and_waits_for_its_statefulset() {
+    let ctx = TestContext::with_example("hardway");
+    ctx.edit_spec("    engine: flux", "    engine: argocd");
+    let t = tree(&ctx.render("out"));
+    let text = |p: &str| String::from_utf8(t[p].1.clone()).unwrap();
+    let secrets = text("controller-0/etc/kforge/gitops/secrets.yaml");
+    assert!(secrets.contains("argocd.argoproj.io/secret-type: repository"), "{secrets}");
+    assert!(
+        secrets.contains("sshPrivateKey:") && secrets.contains(&private_key_body(&ctx)[..40]),
+        "the same deploy key"
+    );
+    assert!(!secrets.contains("AGE-SECRET-KEY"), "Argo CD has no SOPS decryption: the age key is not handed to it");
+    let sync = text("controller-0/var/lib/kforge/gitops/sync.yaml");
+    assert!(sync.contains("name: argocd-ssh-known-hosts-cm"), "{sync}");
+    assert!(
+        sync.contains("github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
+    );
+    assert!(
+        sync.contains("kind: Application")
+            && sync.contains("targetRevision: main")
+            && sync.contains("path: ./clusters/hardway")
+    );
+    let script = text("controller-0/var/lib/kforge/bootstrap.sh");
+    let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("bootstrap lacks {needle}"));
+    let crds =
+        at("wait --for=condition=Established --timeout=120s crd/applications.argoproj.io crd/appprojects.argoproj.io");
+    let deployments = at(
+        "-n argocd wait --for=condition=Available --timeout=600s deployment/argocd-repo-server deployment/argocd-server deployment/argocd-redis",
+    );
+    let statefulset = at("-n argocd rollout status --timeout=600s statefulset/argocd-application-controller");
+    let objects = at("-f /etc/kforge/gitops/secrets.yaml -f /var/lib/kforge/gitops/sync.yaml");
+    assert!(crds < deployments && deployments < statefulset && statefulset < objects, "out of order");
+    let status = ctx.kforge(&["gitops", "status"]);
+    assert_eq!(status.code, 1);
+    assert!(status.stderr.contains("argocd app get kforge"), "{}", status.stderr);
+}

@@ -186,7 +186,7 @@ fn plan_member(
             DistributionKind::K3s => format!("{} kubectl --kubeconfig {}", k3s::BINARY, k3s::KUBECONFIG),
             DistributionKind::Hardway => hardway::admin_kubectl(),
         };
-        crate::gitops::flux::plan(gitops, keys, &kubectl, &mut np);
+        crate::gitops::plan(gitops, keys, &kubectl, &mut np);
     }
     if let Some(hello) = nat_hello(model, me) {
         // After the barrier every peer's mesh is up; tell them where we are before

@@ -49,7 +49,7 @@ pub fn follow(cluster: &mut Cluster, forge: &Forge) {
             sha256: None,
             stand_in: None,
         }],
-        controllers: FLUX_IMAGES.iter().map(|i| i.controller.to_string()).collect(),
+        controllers: Some(FLUX_IMAGES.iter().map(|i| i.controller.to_string()).collect()),
     });
     for img in FLUX_IMAGES {
         cluster.spec.images.push(ImageArchive {

@@ -428,10 +428,8 @@ fn build(
 }
 
 /// Wait until every machine answers SSH with its known host key and its systemd has
-/// finished booting: sshd answers before boot jobs are done, and a unit started while
-/// they still run can fail to set up its cgroups (seen as a first start failing with
-/// status=219/CGROUP, "Failed to migrate controller cgroups … Input/output error").
-/// A real host is handed over booted; so is a lab machine.
+/// finished booting (sshd answers before boot jobs are done). A real host is handed
+/// over booted; so is a lab machine.
 fn wait_for_ssh(state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let config = state.dir.join("ssh_config").display().to_string();
@@ -709,7 +707,7 @@ mod tests {
         let g = spec.spec.gitops.expect("gitops follows the forge");
         assert_eq!(g.repository, "ssh://git@198.18.0.13/srv/git/fleet.git");
         assert_eq!(g.known_hosts, [format!("198.18.0.13 {host_key}")]);
-        assert_eq!(g.controllers, ["source-controller", "kustomize-controller"]);
+        assert_eq!(g.controllers(), ["source-controller", "kustomize-controller"]);
         let images: Vec<&str> = spec.spec.images.iter().map(|i| i.name.as_str()).collect();
         assert!(images.contains(&"kforge.lab/fluxcd/source-controller:v1.9.3"), "{images:?}");
     }

@@ -72,8 +72,15 @@ pub fn prepare(
     Ok(public.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
 }
 
-/// One directory per cgroup v1 hierarchy for a machine: `<this process's cgroup>/
+/// One directory per cgroup hierarchy for a machine: `<this process's cgroup>/
 /// kforge-lab/<subtree>` (a kubelet's cgroups then live under its machine's).
+///
+/// That includes the cgroup v2 hierarchy a hybrid host mounts at
+/// /sys/fs/cgroup/unified, which holds no controllers but which each machine's systemd
+/// uses to track its units. With name=systemd, it must be the machine's own (see
+/// enter-cgroups.sh): shared, every machine's `/system.slice/X.service` was one
+/// directory, and one machine removing it as another started X failed that start with
+/// status=219/CGROUP.
 pub fn cgroup_dirs(subtree: &str) -> Vec<PathBuf> {
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     own.lines()
@@ -81,7 +88,10 @@ pub fn cgroup_dirs(subtree: &str) -> Vec<PathBuf> {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
             let name = match controllers {
-                "" => return None, // the cgroup v2 hierarchy: empty on this kind of host
+                // cgroup v2: on a hybrid host, the unified hierarchy (a host that is v2
+                // only mounts it at /sys/fs/cgroup and has no v1 hierarchies to split).
+                "" if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() => "unified",
+                "" => return None,
                 "name=systemd" => "systemd",
                 c => c,
             };

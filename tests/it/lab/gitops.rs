@@ -179,6 +179,44 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
         assert!(!out.contains(&deploy_key.lines().nth(2).unwrap()[..40]) && !out.contains(&age_key));
     }
 
+    // Argo CD, the second engine: the objects kforge plans for `engine: argocd` are
+    // accepted by this real API server with Argo CD's own CRDs (v3.5.7, from its Go
+    // module) — a server-side dry run; Argo CD itself is not run here (docs/gitops.md).
+    let crds = lab.ctx.read("lab/bin/argocd-crds.yaml");
+    let kubectl = "kubectl --kubeconfig /etc/kforge/admin.kubeconfig";
+    let (ok, out) = ssh_with_input(
+        &lab,
+        &format!("{kubectl} apply --server-side -f - && {kubectl} create namespace argocd"),
+        &crds,
+    );
+    assert!(ok, "{out}");
+    lab.kubectl(
+        "lab-1",
+        "wait --for=condition=Established --timeout=60s crd/applications.argoproj.io crd/appprojects.argoproj.io",
+    );
+    let mut argo = kforge_core::spec::parse("lab/kforge.yaml", &lab.ctx.read("lab/kforge.yaml")).unwrap().cluster;
+    let g = argo.spec.gitops.as_mut().unwrap();
+    g.engine = kforge_core::spec::GitOpsEngine::Argocd;
+    g.controllers = None;
+    lab.ctx.write("lab/argocd.yaml", &serde_saphyr::to_string(&argo).unwrap());
+    lab.ctx.kforge(&["render", "-f", "lab/argocd.yaml", "--out", "argocd-out"]).success();
+    let objects = format!(
+        "{}---\n{}",
+        lab.ctx.read("argocd-out/lab-1/etc/kforge/gitops/secrets.yaml"),
+        lab.ctx.read("argocd-out/lab-1/var/lib/kforge/gitops/sync.yaml")
+    );
+    let dry_run = format!("{kubectl} apply --server-side --field-manager=kforge --dry-run=server -f -");
+    let (ok, out) = ssh_with_input(&lab, &dry_run, &objects);
+    assert!(ok, "the API server refused kforge's Argo CD objects:\n{out}");
+    for accepted in
+        ["secret/kforge-repository", "configmap/argocd-ssh-known-hosts-cm", "application.argoproj.io/kforge"]
+    {
+        assert!(out.contains(&format!("{accepted} serverside-applied (server dry run)")), "{out}");
+    }
+    // The dry run is a real check: an Application the CRD's schema forbids is refused.
+    let (ok, out) = ssh_with_input(&lab, &dry_run, &objects.replace("prune: true", "prune: sometimes"));
+    assert!(!ok && out.contains("prune"), "{out}");
+
     // The helper that fetches a host key to pin prints the forge's real key, labelled
     // unverified with its fingerprint (and kforge itself never used it).
     let scanned = lab.ctx.kforge(&["gitops", "host-key", &forge_ip(&lab)]).success();
@@ -239,4 +277,20 @@ fn flux_diagnostics(lab: &Lab) -> String {
         ),
     );
     format!("{}{}\n{}", status.stdout, status.stderr, cluster.1)
+}
+
+/// Run `cmd` on lab-1 with `input` on its standard input: (succeeded, stdout + stderr).
+fn ssh_with_input(lab: &Lab, cmd: &str, input: &str) -> (bool, String) {
+    use std::io::Write;
+    let cfg = lab.ctx.path("lab/ssh_config");
+    let mut child = std::process::Command::new("ssh")
+        .args(["-F", cfg.to_str().unwrap(), "lab-1", cmd])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }

@@ -77,7 +77,7 @@ pub struct ClusterSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GitOps {
-    /// `flux` (Argo CD is not supported yet).
+    /// `flux` or `argocd`.
     pub engine: GitOpsEngine,
     /// `ssh://git@forge.example.com/ops/cluster.git` (the cluster's deploy key reads it),
     /// or `https://…` for a public repository.
@@ -99,10 +99,30 @@ pub struct GitOps {
     /// The engine's install manifests, applied in order before anything else (on real
     /// hosts the release's `install.yaml` by url + sha256; or a local path).
     pub install: Vec<Artifact>,
-    /// The engine's controllers (Deployments in its namespace) that must be Available
-    /// before the repository's objects are created.
-    #[serde(default = "default_flux_controllers")]
-    pub controllers: Vec<String>,
+    /// The engine's controllers that must be up before the repository's objects are
+    /// created: Deployment names, or `statefulset/NAME`. Default: the engine's own
+    /// (flux: source-controller, kustomize-controller; argocd: its repo server,
+    /// server, redis and application controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controllers: Option<Vec<String>>,
+}
+
+impl GitOps {
+    /// The controllers waited for: the file's list, else the engine's defaults.
+    pub fn controllers(&self) -> Vec<String> {
+        self.controllers.clone().unwrap_or_else(|| {
+            let defaults: &[&str] = match self.engine {
+                GitOpsEngine::Flux => &["source-controller", "kustomize-controller"],
+                GitOpsEngine::Argocd => &[
+                    "argocd-repo-server",
+                    "argocd-server",
+                    "argocd-redis",
+                    "statefulset/argocd-application-controller",
+                ],
+            };
+            defaults.iter().map(|c| c.to_string()).collect()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -122,10 +142,6 @@ fn default_gitops_path() -> String {
 
 fn default_gitops_interval() -> String {
     "1m".into()
-}
-
-fn default_flux_controllers() -> Vec<String> {
-    vec!["source-controller".into(), "kustomize-controller".into()]
 }
 
 /// One container image archive and the image reference it carries.

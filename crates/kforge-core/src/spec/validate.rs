@@ -559,12 +559,6 @@ fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
 fn gitops(c: &Cluster, out: &mut Vec<Diagnostic>) {
     use crate::gitops::{KnownHost, Repository, Transport};
     let Some(g) = &c.spec.gitops else { return };
-    if g.engine == GitOpsEngine::Argocd {
-        out.push(
-            Diagnostic::error("spec.gitops.engine", "Argo CD is not supported yet")
-                .help("use `engine: flux` (docs/gitops.md says what Argo CD still lacks)"),
-        );
-    }
     match Repository::parse(&g.repository) {
         Err((why, fix)) => out.push(Diagnostic::error("spec.gitops.repository", why).help(fix)),
         Ok(repo) => {
@@ -632,17 +626,18 @@ fn gitops(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
         artifact(&path, a, out);
     }
-    if g.controllers.is_empty() {
+    let controllers = g.controllers();
+    if controllers.is_empty() {
         out.push(
             Diagnostic::error("spec.gitops.controllers", "no controller to wait for")
                 .help("the engine's Deployments, e.g. [source-controller, kustomize-controller]"),
         );
     }
-    for (i, name) in g.controllers.iter().enumerate() {
-        if let Err(why) = dns_label(name) {
+    for (i, name) in controllers.iter().enumerate() {
+        if let Err(why) = dns_label(name.strip_prefix("statefulset/").unwrap_or(name)) {
             out.push(
                 Diagnostic::error(format!("spec.gitops.controllers[{i}]"), format!("`{name}` {why}"))
-                    .help("a Deployment name in the engine's namespace"),
+                    .help("a Deployment name in the engine's namespace, or statefulset/NAME"),
             );
         }
     }
