@@ -215,13 +215,24 @@ fn run_phases(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions, progress:
                 hosts.iter_mut().zip(wave).filter(|(h, take)| *take && !h.failed).map(|(h, _)| h).collect();
             parallel_refs(&mut selected, opts.parallel, |h| {
                 let Some(pp) = h.plan.phases.iter().find(|p| p.phase == phase).cloned() else { return };
-                progress(&h.host.node, phase.name());
+                progress(&h.host.node, &phase_progress(phase, &pp));
                 if let Err(e) = run_phase(h, &pp, opts, &store) {
                     h.fail(format!("phase {}: {e}", phase.name()));
                 }
             });
         }
     }
+}
+
+/// The phase's name and, when it runs commands, what they do and wait for (each is
+/// skipped on the host when already done): a phase that waits minutes for a cluster
+/// to come up says what it is waiting for.
+fn phase_progress(phase: Phase, pp: &PhasePlan) -> String {
+    if pp.commands.is_empty() {
+        return phase.name().to_string();
+    }
+    let steps: Vec<&str> = pp.commands.iter().map(|c| c.description.as_str()).collect();
+    format!("{}: {}", phase.name(), steps.join("; "))
 }
 
 /// After the phases: remove what kforge wrote before that the plan no longer has, and

@@ -111,6 +111,12 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
     // One apply on bare machines.
     let first = lab.apply(&[]);
     assert_eq!(first.code, 0, "apply failed:\n{}\n{}", first.stdout, first.stderr);
+    // The long phase says what it waits for.
+    assert!(
+        first.stderr.contains("lab-1: gitops: apply Flux's install manifests; wait until Flux's CRDs are Established"),
+        "{}",
+        first.stderr
+    );
     for secret in [&deploy_key.lines().nth(2).unwrap()[..40], &age_key[..]] {
         assert!(!first.stdout.contains(secret) && !first.stderr.contains(secret), "apply printed a private key");
     }
