@@ -215,8 +215,8 @@ fn run_phases(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions, progress:
                 hosts.iter_mut().zip(wave).filter(|(h, take)| *take && !h.failed).map(|(h, _)| h).collect();
             parallel_refs(&mut selected, opts.parallel, |h| {
                 let Some(pp) = h.plan.phases.iter().find(|p| p.phase == phase).cloned() else { return };
-                progress(&h.host.node, &phase_progress(phase, &pp));
-                if let Err(e) = run_phase(h, &pp, opts, &store) {
+                progress(&h.host.node, phase.name());
+                if let Err(e) = run_phase(h, &pp, opts, &store, progress) {
                     h.fail(format!("phase {}: {e}", phase.name()));
                 }
             });
@@ -224,15 +224,12 @@ fn run_phases(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions, progress:
     }
 }
 
-/// The phase's name and, when it runs commands, what they do and wait for (each is
-/// skipped on the host when already done): a phase that waits minutes for a cluster
-/// to come up says what it is waiting for.
-fn phase_progress(phase: Phase, pp: &PhasePlan) -> String {
-    if pp.commands.is_empty() {
-        return phase.name().to_string();
-    }
+/// A phase about to run its commands, and what they do and wait for (each skipped on
+/// the host when already done): a phase that waits minutes for a cluster to come up
+/// says what it is waiting for.
+fn phase_progress(pp: &PhasePlan) -> String {
     let steps: Vec<&str> = pp.commands.iter().map(|c| c.description.as_str()).collect();
-    format!("{}: {}", phase.name(), steps.join("; "))
+    format!("{}: {}", pp.phase.name(), steps.join("; "))
 }
 
 /// After the phases: remove what kforge wrote before that the plan no longer has, and
@@ -275,10 +272,16 @@ fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport 
     }
 }
 
-fn run_phase(h: &mut HostRun, pp: &PhasePlan, opts: &ApplyOptions, store: &Mutex<ArtifactStore>) -> Result<(), String> {
+fn run_phase(
+    h: &mut HostRun,
+    pp: &PhasePlan,
+    opts: &ApplyOptions,
+    store: &Mutex<ArtifactStore>,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Result<(), String> {
     // Artifacts: upload only where the host's copy differs.
     let mut changed_paths = std::mem::take(&mut h.changed_paths);
-    let result = run_phase_inner(h, pp, opts, store, &mut changed_paths);
+    let result = run_phase_inner(h, pp, opts, store, &mut changed_paths, progress);
     h.changed_paths = changed_paths;
     result
 }
@@ -289,6 +292,7 @@ fn run_phase_inner(
     opts: &ApplyOptions,
     store: &Mutex<ArtifactStore>,
     changed_paths: &mut BTreeSet<String>,
+    progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<(), String> {
     let mut phase_changed = false;
     for a in &pp.artifacts {
@@ -372,6 +376,9 @@ fn run_phase_inner(
     if opts.dry_run {
         h.report.units_restarted.extend(script.restarts.iter().map(|r| r.unit.clone()));
         return Ok(());
+    }
+    if !script.commands.is_empty() {
+        progress(&h.host.node, &phase_progress(pp));
     }
     let out = h.host.run_script(&format!("phase {}", pp.phase.name()), &script.render()).map_err(|e| e.to_string())?;
     for line in out.lines() {
