@@ -18,6 +18,8 @@ pub enum CliError {
     /// The cluster file is invalid: exit 2, nothing touched.
     Spec(SpecError),
     Other(String),
+    /// A check that printed its findings: exit with this code, print nothing more.
+    Findings(u8),
 }
 
 impl CliError {
@@ -25,6 +27,7 @@ impl CliError {
         match self {
             CliError::Spec(_) => 2,
             CliError::Other(_) => 1,
+            CliError::Findings(code) => *code,
         }
     }
 }
@@ -34,6 +37,7 @@ impl fmt::Display for CliError {
         match self {
             CliError::Spec(e) => write!(f, "{e}"),
             CliError::Other(msg) => write!(f, "error: {msg}"),
+            CliError::Findings(_) => Ok(()),
         }
     }
 }
@@ -70,6 +74,13 @@ pub fn run(command: Command) -> Result<(), CliError> {
             apply(&cluster, dry_run, parallel, ssh_config, output)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
+        Command::Lint { file, age_identity, paths, output } => crate::lint::run(&crate::lint::LintArgs {
+            file: file.as_deref().unwrap_or(Path::new("kforge.yaml")),
+            file_given: file.is_some(),
+            age_identity,
+            paths: &paths,
+            format: output,
+        }),
         Command::Status { cluster, ssh, output } => status(&cluster, &ssh, output),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Etcd(cmd) => etcd(cmd),

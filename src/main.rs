@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod lint;
 mod output;
 
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(commands::CliError::Findings(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(e.exit_code())

@@ -10,6 +10,7 @@ mod firewall;
 mod gitops;
 mod hardway;
 mod lab;
+mod lint;
 mod mesh;
 mod pcap;
 mod pki;

@@ -15,6 +15,7 @@ pub mod hashing;
 pub mod ini;
 pub mod k3s;
 pub mod kubeconfig;
+pub mod lint;
 pub mod mesh;
 pub mod model;
 pub mod paths;

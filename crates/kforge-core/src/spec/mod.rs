@@ -9,7 +9,7 @@ mod source_map;
 mod types;
 mod validate;
 
-pub use diagnostic::{Diagnostic, Pos, Severity, SpecError};
+pub use diagnostic::{Diagnostic, Pos, Severity, SpecError, excerpt};
 pub use source_map::SourceMap;
 pub use types::*;
 pub use validate::dns_label;

@@ -252,6 +252,11 @@ pub struct Mesh {
     /// Interface MTU; 1420 leaves room for WireGuard over an IPv6 underlay.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// MTU of the network the encrypted packets cross (1500 on most VPSes and LANs,
+    /// 1492 on PPPoE home lines, 1460 on some clouds). `kforge lint` checks that the
+    /// mesh MTU plus WireGuard's 80 bytes fits it; `kforge doctor` measures it.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u16,
     /// Node that relays between members that both lack a public endpoint.
     /// Default: the first server with an endpoint, else the first node with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +272,7 @@ impl Default for Mesh {
             granularity: Granularity::default(),
             keepalive: default_keepalive(),
             mtu: default_mtu(),
+            underlay_mtu: default_underlay_mtu(),
             relay: None,
         }
     }
@@ -874,6 +880,10 @@ fn default_node_pod_prefix() -> u8 {
 fn default_healthz_port() -> u16 {
     8080
 }
+fn default_underlay_mtu() -> u16 {
+    1500
+}
+
 fn default_flannel_backend() -> String {
     "vxlan".into()
 }

@@ -198,6 +198,12 @@ fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
                 .help("use 1280..=9000; 1420 fits any underlay"),
         );
     }
+    if !(576..=9216).contains(&m.underlay_mtu) {
+        out.push(
+            Diagnostic::error("spec.mesh.underlayMtu", format!("underlay MTU {} is out of range", m.underlay_mtu))
+                .help("the MTU of the hosts' network: 1500 on most VPSes and LANs, 1492 on PPPoE"),
+        );
+    }
     if let IpNet::V4(net) = m.subnet.0 {
         // Usable host addresses: exclude network and broadcast.
         let usable = (1u64 << (32 - net.prefix_len() as u32)).saturating_sub(2);
