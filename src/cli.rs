@@ -156,6 +156,29 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Diagnose the running cluster, read-only: each check ok / warn / fail, with the
+    /// evidence, the cause and the fix.
+    ///
+    /// Over SSH, every host at once: clock skew, swap, cgroup version, forwarding
+    /// sysctls, duplicate machine-id/hostname, every mesh pair's handshake and a
+    /// don't-fragment ping at the mesh MTU (MTU black holes), the loaded firewall
+    /// against the plan and every required node-to-node port over the mesh (a rule that
+    /// hides a node), certificates on disk against the bundle and their expiry, units,
+    /// loopback resolvers (CoreDNS loops), flannel's VXLAN device. Then, where the real
+    /// control plane runs (hardway): etcd member by member (quorum, leader, stale
+    /// members, alarms), /readyz?verbose, the scheduler's and controller-manager's
+    /// leases, Pending pods with the scheduler's reason, CoreDNS answering.
+    /// Nothing is written on any host.
+    ///
+    /// Exit: 0 all ok, 2 something failed, 3 warnings only, 1 doctor could not run.
+    Doctor {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Explain a node's files: what each is, which component reads it, and why its
     /// important fields have their values (the learner's view of the hard way).
     ///

@@ -81,6 +81,7 @@ pub fn run(command: Command) -> Result<(), CliError> {
             paths: &paths,
             format: output,
         }),
+        Command::Doctor { cluster, ssh, output } => doctor(&cluster, &ssh, output),
         Command::Status { cluster, ssh, output } => status(&cluster, &ssh, output),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Etcd(cmd) => etcd(cmd),
@@ -601,6 +602,54 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         Format::Text => print!("{}", output::status_text(&report)),
     }
     if report.healthy() { Ok(()) } else { Err(CliError::Other("some checks failed (see above)".into())) }
+}
+
+fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliError> {
+    use kforge_ssh::doctor::{DoctorInput, MeshMember, Verdict};
+    let session = Session::open(args)?;
+    let model = session.model();
+    let plan = build_plan(&model, &session.secrets);
+    let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
+    let spec = &session.spec.cluster.spec;
+    let hardway = spec.distribution.kind == spec::DistributionKind::Hardway;
+    let hardway_api = hardway && kforge_core::hardway::addons_blocked_by(&model).is_none();
+    let etcd = kforge_core::hardway::EtcdCluster::of(&model);
+    eprintln!("kforge doctor: asking {} hosts over SSH (read-only)…", targets.len());
+    let input = DoctorInput {
+        plan: &plan,
+        targets: &targets,
+        ssh_config,
+        mesh_interface: spec.mesh.interface.clone(),
+        mesh_mtu: spec.mesh.mtu,
+        members: model
+            .members
+            .iter()
+            .map(|m| MeshMember {
+                name: m.name.clone(),
+                mesh_ip: m.mesh_ip.to_string(),
+                public_key: m.public_key.to_string(),
+            })
+            .collect(),
+        hardway_api,
+        etcd_endpoints: if hardway {
+            etcd.members.iter().map(|m| (m.name.clone(), m.client_url())).collect()
+        } else {
+            Vec::new()
+        },
+        cgroup_v1_allowed: spec.hardway.allow_cgroup_v1,
+        renew_before_days: i64::from(spec.pki.renew_before_days),
+        cluster_dns: hardway_api.then(|| (model.cluster_dns_ip.to_string(), spec.network.cluster_domain.clone())),
+    };
+    let report = kforge_ssh::doctor::doctor(&input).map_err(CliError::Other)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+        Format::Text => print!("{}", output::doctor_text(&report)),
+    }
+    match report.worst() {
+        Verdict::Fail => Err(CliError::Findings(2)),
+        Verdict::Warn => Err(CliError::Findings(3)),
+        Verdict::Ok => Ok(()),
+    }
 }
 
 fn explain(args: &ClusterArgs, node: Option<&str>, path: Option<&str>) -> Result<(), CliError> {

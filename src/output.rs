@@ -416,3 +416,34 @@ pub fn explain(plan: &Plan, node: Option<&str>, path: Option<&str>) -> Result<St
     }
     Ok(o)
 }
+
+/// `kforge doctor`: a line per check (ok / WARN / FAIL, the node, the evidence), and
+/// under each problem its cause and fix.
+pub fn doctor_text(r: &kforge_ssh::doctor::DoctorReport) -> String {
+    use kforge_ssh::doctor::Verdict;
+    let mut out = format!("cluster {}\n", r.cluster);
+    for d in &r.diagnoses {
+        let label = match d.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        let node = d.node.as_deref().filter(|n| !n.is_empty()).map(|n| format!("{n}: ")).unwrap_or_default();
+        out.push_str(&format!("  {label} {:<18} {node}{}\n", d.check, d.evidence));
+        if !d.cause.is_empty() {
+            out.push_str(&format!("       {:<18} cause: {}\n", "", d.cause));
+        }
+        if !d.fix.is_empty() {
+            out.push_str(&format!("       {:<18} fix:   {}\n", "", d.fix));
+        }
+    }
+    let count = |v: Verdict| r.diagnoses.iter().filter(|d| d.verdict == v).count();
+    out.push_str(&format!(
+        "{} ok, {} warnings, {} failures in {:.1} s\n",
+        count(Verdict::Ok),
+        count(Verdict::Warn),
+        count(Verdict::Fail),
+        r.seconds
+    ));
+    out
+}

@@ -6,6 +6,7 @@ mod util;
 mod architecture;
 mod cli;
 mod cloud_init;
+mod doctor;
 mod firewall;
 mod gitops;
 mod hardway;

@@ -149,7 +149,11 @@ fn plan_member(
         enable: true,
         start: true,
         restart_on: wg_inputs,
-        reload_command: Some(format!("wg syncconf {iface} <(wg-quick strip {iface})")),
+        // syncconf sets peers, not the interface: a changed spec.mesh.mtu is applied too.
+        reload_command: Some(format!(
+            "wg syncconf {iface} <(wg-quick strip {iface}) && ip link set dev {iface} mtu {}",
+            spec.mesh.mtu
+        )),
     });
 
     if spec.firewall.enabled {
@@ -273,7 +277,7 @@ fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<&st
         u.restart_on.push(WG_USERSPACE_DROPIN.into());
         // boringtun-cli 0.7.1 answers `wg syncconf` (and addconf) with "Protocol error"
         // but takes `wg setconf`: the whole peer set at once, the interface stays up.
-        u.reload_command = Some(format!("wg setconf {iface} <(wg-quick strip {iface})"));
+        u.reload_command = u.reload_command.as_ref().map(|c| c.replacen("wg syncconf", "wg setconf", 1));
     }
 }
 

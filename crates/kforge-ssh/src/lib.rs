@@ -15,6 +15,7 @@
 //! finishes the job. A host that fails drops out; the others go on; exit is non-zero.
 
 mod artifacts;
+pub mod doctor;
 mod engine;
 pub mod etcd;
 pub mod facts;

@@ -432,7 +432,7 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
 }
 
 /// The first worker's answer: Ok(address) or Err(what went wrong); None if no worker ran it.
-fn dns_answer(script: &str, workers: &[Host]) -> Option<Result<String, String>> {
+pub(crate) fn dns_answer(script: &str, workers: &[Host]) -> Option<Result<String, String>> {
     let out = workers.iter().find_map(|h| h.run_script("dns probe", script).ok())?;
     let line = out.lines().find(|l| l.starts_with("dns ")).unwrap_or("dns no answer").to_string();
     Some(match line.strip_prefix("dns answer ") {
@@ -443,7 +443,7 @@ fn dns_answer(script: &str, workers: &[Host]) -> Option<Result<String, String>> 
 
 /// A DNS query (type A) for `name` sent with bash's /dev/udp (`kf_dns_query`), the
 /// answer's first address decoded from the reply: no dig or nslookup needed on the host.
-fn dns_query_script(server: &str, name: &str) -> String {
+pub(crate) fn dns_query_script(server: &str, name: &str) -> String {
     let mut query: Vec<u8> = vec![0x6b, 0x66, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         query.push(label.len() as u8);

@@ -1,0 +1,933 @@
+//! `kforge doctor`: read-only, online diagnosis of the cluster the file describes.
+//! Each check says ok / warn / fail, what was seen (evidence), why it matters (cause)
+//! and what to do (fix) — for the failures that cost the seed operators hours: MTU
+//! black holes inside the mesh, a "my IP only" rule hiding a worker, a missing
+//! scheduler configuration leaving every pod Pending, a CoreDNS forwarding loop.
+//!
+//! One SSH round trip per host, all hosts in parallel (`kf_doctor_host`), then the
+//! cluster-wide questions on one controller (etcd member by member, the API's
+//! `/readyz?verbose`, leases, Pending pods) and a DNS query from a worker. Nothing
+//! on a host is written; the probes only read (`sh/doctor.sh`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use kforge_core::plan::{NodePlan, Plan};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::Target;
+use crate::ssh::{ControlDir, Host, shell_quote};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check's answer; `node` is set when it is about one node (or a pair, `a → b`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub check: &'static str,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub evidence: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cause: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+impl Diagnosis {
+    fn ok(check: &'static str, evidence: impl Into<String>) -> Diagnosis {
+        Diagnosis {
+            check,
+            verdict: Verdict::Ok,
+            node: None,
+            evidence: evidence.into(),
+            cause: String::new(),
+            fix: String::new(),
+        }
+    }
+    fn bad(check: &'static str, verdict: Verdict, node: impl Into<String>, evidence: impl Into<String>) -> Diagnosis {
+        Diagnosis { node: Some(node.into()), verdict, ..Diagnosis::ok(check, evidence) }
+    }
+    fn because(mut self, cause: impl Into<String>, fix: impl Into<String>) -> Diagnosis {
+        self.cause = cause.into();
+        self.fix = fix.into();
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    pub cluster: String,
+    pub diagnoses: Vec<Diagnosis>,
+    /// Seconds the whole diagnosis took.
+    pub seconds: f64,
+}
+
+impl DoctorReport {
+    pub fn worst(&self) -> Verdict {
+        self.diagnoses.iter().map(|d| d.verdict).max().unwrap_or(Verdict::Ok)
+    }
+}
+
+/// A mesh member as the doctor needs it.
+#[derive(Debug, Clone)]
+pub struct MeshMember {
+    pub name: String,
+    pub mesh_ip: String,
+    pub public_key: String,
+}
+
+pub struct DoctorInput<'a> {
+    pub plan: &'a Plan,
+    pub targets: &'a [Target],
+    pub ssh_config: Option<std::path::PathBuf>,
+    pub mesh_interface: String,
+    pub mesh_mtu: u16,
+    pub members: Vec<MeshMember>,
+    /// hardway: kube-apiserver, etcd and the rest run for real; ask them.
+    pub hardway_api: bool,
+    /// hardway: etcd's client URLs on the mesh, by member name.
+    pub etcd_endpoints: Vec<(String, String)>,
+    /// A hardway host with cgroup v1 is allowed (`hardway.allowCgroupV1`).
+    pub cgroup_v1_allowed: bool,
+    /// Warn about certificates expiring within this many days (`pki.renewBeforeDays`).
+    pub renew_before_days: i64,
+    pub cluster_dns: Option<(String, String)>,
+}
+
+/// What one host answered.
+#[derive(Debug, Default)]
+pub struct HostView {
+    pub error: Option<String>,
+    pub time: f64,
+    /// Local wall clock when the probe was sent (for clock skew between hosts).
+    pub sent_at: f64,
+    pub swap: u32,
+    pub cgroup: String,
+    pub sysctls: BTreeMap<String, String>,
+    pub machine_id: String,
+    pub hostname: String,
+    pub handshakes: BTreeMap<String, i64>,
+    /// Peer mesh IP → (small ping ok, full-MTU don't-fragment ping ok).
+    pub pings: BTreeMap<String, (bool, bool)>,
+    /// `IP:PORT` → open | refused | filtered.
+    pub ports: BTreeMap<String, String>,
+    pub firewall_loaded: bool,
+    pub firewall_rules: BTreeMap<String, usize>,
+    pub foreign_tables: Vec<String>,
+    /// Path → (sha256, notAfter).
+    pub certs: BTreeMap<String, (String, Option<OffsetDateTime>)>,
+    pub resolvers: Vec<String>,
+    pub units: BTreeMap<String, String>,
+    pub vxlan_dev: Option<String>,
+    /// The underlay interface and its MTU.
+    pub underlay: Option<(String, u32)>,
+}
+
+impl HostView {
+    pub fn parse(out: &str) -> HostView {
+        let mut h = HostView::default();
+        for line in out.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["time", t] => h.time = t.parse().unwrap_or(0.0),
+                ["swap", n] => h.swap = n.parse().unwrap_or(0),
+                ["cgroup", fs] => h.cgroup = fs.to_string(),
+                ["sysctl", k, v] => {
+                    h.sysctls.insert(k.to_string(), v.to_string());
+                }
+                ["machine-id", id] => h.machine_id = id.to_string(),
+                ["hostname", n] => h.hostname = n.to_string(),
+                ["handshake", key, at] => {
+                    h.handshakes.insert(key.to_string(), at.parse().unwrap_or(0));
+                }
+                ["ping", ip, small, df] => {
+                    h.pings.insert(ip.to_string(), (*small == "ok", *df == "ok"));
+                }
+                ["port", p, r] => {
+                    h.ports.insert(p.to_string(), r.to_string());
+                }
+                ["firewall", state] => h.firewall_loaded = *state == "loaded",
+                ["firewall-rules", chain, n] => {
+                    h.firewall_rules.insert(chain.to_string(), n.parse().unwrap_or(0));
+                }
+                ["foreign-table", fam, name] => h.foreign_tables.push(format!("{fam} {name}")),
+                ["cert", path, sum, end] => {
+                    h.certs.insert(path.to_string(), (sum.to_string(), parse_openssl_date(end)));
+                }
+                ["cert", path, sum] => {
+                    h.certs.insert(path.to_string(), (sum.to_string(), None));
+                }
+                ["resolv", rest @ ..] => h.resolvers = rest.iter().map(|s| s.to_string()).collect(),
+                ["unit", u, state] => {
+                    h.units.insert(u.to_string(), state.to_string());
+                }
+                ["vxlan", dev] => h.vxlan_dev = Some(dev.to_string()),
+                ["underlay", dev, mtu] => h.underlay = mtu.parse().ok().map(|m| (dev.to_string(), m)),
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
+/// `Nov_24_12:00:00_2027_GMT` (openssl's notAfter, spaces made underscores).
+pub fn parse_openssl_date(s: &str) -> Option<OffsetDateTime> {
+    let w: Vec<&str> = s.split('_').filter(|p| !p.is_empty()).collect();
+    let [mon, day, hms, year, ..] = w[..] else { return None };
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let m = months.iter().position(|x| *x == mon)? as u8 + 1;
+    let mut t = hms.split(':').map(|x| x.parse::<u8>().ok());
+    let date =
+        time::Date::from_calendar_date(year.parse().ok()?, time::Month::try_from(m).ok()?, day.parse().ok()?).ok()?;
+    let clock = time::Time::from_hms(t.next()??, t.next()??, t.next()??).ok()?;
+    Some(date.with_time(clock).assume_utc())
+}
+
+/// `2026-11-24T18:00:00.123456Z` (a Lease's renewTime) as Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i32>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let hms = rest.trim_end_matches('Z').split(['.', '+']).next()?;
+    let mut t = hms.split(':').map(|x| x.parse::<u8>().ok());
+    let date =
+        time::Date::from_calendar_date(y, time::Month::try_from(u8::try_from(m).ok()?).ok()?, u8::try_from(day).ok()?)
+            .ok()?;
+    let clock = time::Time::from_hms(t.next()??, t.next()??, t.next()??).ok()?;
+    Some(date.with_time(clock).assume_utc().unix_timestamp())
+}
+
+const DOCTOR_SH: &str = include_str!("sh/doctor.sh");
+
+fn call(function: &str, args: &[String]) -> String {
+    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    format!("{DOCTOR_SH}\n{function} {}\n", args.join(" "))
+}
+
+fn now() -> f64 {
+    OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9
+}
+
+/// The ports each node must reach on each other node over the mesh.
+fn required_ports(target: &NodePlan, hardway: bool) -> Vec<(u16, &'static str)> {
+    let mut v = vec![(22, "sshd")];
+    if target.control_plane {
+        v.push((6443, "kube-apiserver"));
+        if hardway {
+            v.extend([(2379, "etcd client"), (2380, "etcd peer")]);
+        }
+    }
+    if target.roles.runs_workloads() {
+        v.push((10250, "kubelet"));
+    }
+    v
+}
+
+/// Run every check.
+pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
+    let started = now();
+    let control = ControlDir::create()?;
+    let host_for = |node: &str| {
+        input.targets.iter().find(|t| t.node == node).map(|t| Host::of(t, input.ssh_config.clone(), control.path()))
+    };
+    let views: Mutex<BTreeMap<String, HostView>> = Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for np in &input.plan.nodes {
+            let Some(host) = host_for(&np.node) else { continue };
+            let views = &views;
+            s.spawn(move || {
+                let peers: Vec<&str> =
+                    input.plan.nodes.iter().filter(|p| p.node != np.node).map(|p| p.mesh_ip.as_str()).collect();
+                let ports: Vec<String> = input
+                    .plan
+                    .nodes
+                    .iter()
+                    .filter(|p| p.node != np.node)
+                    .flat_map(|p| {
+                        required_ports(p, input.hardway_api)
+                            .into_iter()
+                            .map(move |(port, _)| format!("{}:{port}", p.mesh_ip))
+                    })
+                    .collect();
+                let certs: Vec<&str> =
+                    np.files().filter(|f| f.path.ends_with(".crt")).map(|f| f.path.as_str()).collect();
+                let units: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
+                let args = [
+                    input.mesh_interface.clone(),
+                    input.mesh_mtu.to_string(),
+                    peers.join(" "),
+                    ports.join(" "),
+                    certs.join(" "),
+                    units.join(" "),
+                    np.endpoint.clone().unwrap_or_default(),
+                ];
+                let sent_at = now();
+                let view = match host.run_script("doctor", &call("kf_doctor_host", &args)) {
+                    Ok(out) => HostView { sent_at, ..HostView::parse(&out) },
+                    Err(e) => HostView { error: Some(e.to_string()), ..HostView::default() },
+                };
+                host.close();
+                views.lock().unwrap().insert(np.node.clone(), view);
+            });
+        }
+    });
+    let views = views.into_inner().unwrap();
+    let mut out = judge_hosts(input, &views);
+    if input.hardway_api {
+        let controllers: Vec<Host> = input
+            .plan
+            .nodes
+            .iter()
+            .filter(|n| n.control_plane && views.get(&n.node).is_some_and(|v| v.error.is_none()))
+            .filter_map(|n| host_for(&n.node))
+            .collect();
+        out.extend(etcd(input, &controllers));
+        out.extend(api(&controllers));
+        if let Some((dns, domain)) = &input.cluster_dns {
+            let workers: Vec<Host> = input
+                .plan
+                .nodes
+                .iter()
+                .filter(|n| n.roles.runs_workloads() && views.get(&n.node).is_some_and(|v| v.error.is_none()))
+                .filter_map(|n| host_for(&n.node))
+                .collect();
+            out.push(coredns(dns, domain, &workers));
+        }
+    }
+    Ok(DoctorReport { cluster: input.plan.cluster.clone(), diagnoses: out, seconds: now() - started })
+}
+
+/// Every per-host and per-pair check, from the hosts' answers (no SSH here).
+pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) -> Vec<Diagnosis> {
+    let plan = input.plan;
+    let mut out = Vec::new();
+    let up: Vec<(&NodePlan, &HostView)> =
+        plan.nodes.iter().filter_map(|n| views.get(&n.node).filter(|v| v.error.is_none()).map(|v| (n, v))).collect();
+    let mut unreachable = Vec::new();
+    for n in &plan.nodes {
+        if let Some(e) = views.get(&n.node).and_then(|v| v.error.as_ref()) {
+            unreachable.push(Diagnosis::bad("ssh", Verdict::Fail, &n.node, e.clone()).because(
+                "kforge cannot reach the host over SSH, so nothing else about it is known",
+                "check the host is up and `ssh` to it works with the same ssh_config",
+            ));
+        }
+    }
+    if unreachable.is_empty() {
+        out.push(Diagnosis::ok("ssh", format!("{} of {} hosts answer", up.len(), plan.nodes.len())));
+    }
+    out.extend(unreachable);
+    out.push(clock(&up));
+    out.extend(per_node(
+        "swap",
+        &up,
+        |n, v| (n.swap_forbidden && v.swap > 0).then(|| format!("{} swap device(s) active in /proc/swaps", v.swap)),
+        "the kubelet refuses to start with swap on (failSwapOn) unless configured for it",
+        "swapoff -a, and remove the swap entry from /etc/fstab (or the swap unit)",
+        "no swap on kubelet hosts",
+    ));
+    out.push(cgroups(input, &up));
+    out.extend(per_node(
+        "forwarding",
+        &up,
+        |n, v| {
+            let fwd = v.sysctls.get("ip_forward").map(String::as_str);
+            let br = v.sysctls.get("bridge-nf-call-iptables").map(String::as_str);
+            if fwd != Some("1") {
+                Some(format!("net.ipv4.ip_forward = {}", fwd.unwrap_or("?")))
+            } else if n.roles.runs_workloads() && input.hardway_api && br != Some("1") {
+                Some(format!("net.bridge.bridge-nf-call-iptables = {} (br_netfilter)", br.unwrap_or("?")))
+            } else {
+                None
+            }
+        },
+        "without forwarding, pods cannot leave their node; without br_netfilter, Service traffic between pods on one bridge skips kube-proxy's rules",
+        "kforge apply sets both (modprobe br_netfilter; sysctl net.ipv4.ip_forward=1)",
+        "ip_forward on everywhere; br_netfilter on workers",
+    ));
+    out.push(identity(&up));
+    out.extend(mesh(input, &up));
+    out.extend(firewall(&up));
+    out.extend(ports(input, &up));
+    out.extend(certificates(input, &up));
+    out.extend(services(&up));
+    out.extend(per_node(
+        "resolv.conf",
+        &up,
+        |n, v| {
+            let local: Vec<&String> = v.resolvers.iter().filter(|r| r.starts_with("127.") || *r == "::1").collect();
+            (n.roles.runs_workloads() && !local.is_empty())
+                .then(|| format!("/etc/resolv.conf points at {}", local.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+        },
+        "CoreDNS forwards to the node's resolv.conf; a loopback resolver there is CoreDNS itself inside its pod: a forwarding loop (CoreDNS's loop plugin stops it, and names stop resolving)",
+        "point /etc/resolv.conf at real upstream resolvers (with systemd-resolved: link it to /run/systemd/resolve/resolv.conf)",
+        "no loopback resolver on workers",
+    ));
+    if up.iter().any(|(_, v)| v.vxlan_dev.is_some()) {
+        out.extend(per_node(
+            "flannel",
+            &up,
+            |_, v| v.vxlan_dev.as_ref().filter(|d| **d != input.mesh_interface).map(|d| format!("flannel.1 is bound to {d}")),
+            "flannel's VXLAN is unencrypted: bound to a public interface, pod traffic crosses the internet in plaintext",
+            format!("K3s: flannel-iface: {} (kforge's config sets it; run kforge apply)", input.mesh_interface),
+            "flannel's VXLAN rides the mesh",
+        ));
+    }
+    out
+}
+
+/// A per-node check: `problem` returns the evidence when the node is wrong.
+fn per_node(
+    check: &'static str,
+    up: &[(&NodePlan, &HostView)],
+    problem: impl Fn(&NodePlan, &HostView) -> Option<String>,
+    cause: &str,
+    fix: impl Into<String>,
+    ok: &str,
+) -> Vec<Diagnosis> {
+    let fix = fix.into();
+    let bad: Vec<Diagnosis> = up
+        .iter()
+        .filter_map(|(n, v)| {
+            problem(n, v).map(|e| Diagnosis::bad(check, Verdict::Fail, &n.node, e).because(cause, fix.clone()))
+        })
+        .collect();
+    if bad.is_empty() { vec![Diagnosis::ok(check, ok)] } else { bad }
+}
+
+/// Clock offsets against this workstation, compared between hosts.
+fn clock(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
+    let offsets: Vec<(&str, f64)> = up.iter().map(|(n, v)| (n.node.as_str(), v.time - v.sent_at)).collect();
+    let (Some(min), Some(max)) =
+        (offsets.iter().min_by(|a, b| a.1.total_cmp(&b.1)), offsets.iter().max_by(|a, b| a.1.total_cmp(&b.1)))
+    else {
+        return Diagnosis::ok("clock", "no host answered");
+    };
+    let skew = max.1 - min.1;
+    let evidence = format!("{} is {skew:.1} s ahead of {}", max.0, min.0);
+    let verdict = if skew >= 10.0 {
+        Verdict::Fail
+    } else if skew >= 2.0 {
+        Verdict::Warn
+    } else {
+        return Diagnosis::ok("clock", format!("hosts agree within {skew:.1} s (as measured over SSH)"));
+    };
+    Diagnosis::bad("clock", verdict, max.0, evidence).because(
+        "skewed clocks break certificate validity (not yet valid / expired), etcd leases and heartbeats, and log correlation",
+        "run a time daemon on every host (systemd-timesyncd or chrony) and check `timedatectl`",
+    )
+}
+
+fn cgroups(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Diagnosis {
+    let v1: Vec<&str> = up
+        .iter()
+        .filter(|(n, v)| n.roles.runs_workloads() && v.cgroup != "cgroup2fs")
+        .map(|(n, _)| n.node.as_str())
+        .collect();
+    if v1.is_empty() || !input.hardway_api {
+        return Diagnosis::ok("cgroups", "cgroup v2 on every kubelet host");
+    }
+    let verdict = if input.cgroup_v1_allowed { Verdict::Warn } else { Verdict::Fail };
+    Diagnosis::bad("cgroups", verdict, v1.join(", "), "cgroup v1 (/sys/fs/cgroup is not cgroup2fs)").because(
+        "Kubernetes 1.35+ kubelets refuse cgroup v1 unless failCgroupV1: false; its support is being removed",
+        "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1); allowCgroupV1 only keeps such hosts running",
+    )
+}
+
+fn identity(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
+    let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (n, v) in up {
+        by_id.entry(v.machine_id.as_str()).or_default().push(&n.node);
+        by_name.entry(v.hostname.as_str()).or_default().push(&n.node);
+    }
+    let dup: Vec<String> = by_id
+        .iter()
+        .filter(|(_, ns)| ns.len() > 1)
+        .map(|(id, ns)| format!("machine-id {id} on {}", ns.join(", ")))
+        .chain(
+            by_name.iter().filter(|(_, ns)| ns.len() > 1).map(|(h, ns)| format!("hostname {h} on {}", ns.join(", "))),
+        )
+        .collect();
+    if dup.is_empty() {
+        return Diagnosis::ok("identity", "every host has its own machine-id and hostname");
+    }
+    Diagnosis::bad("identity", Verdict::Fail, "", dup.join("; ")).because(
+        "cloned images share a machine-id: the kubelet's node identity, DHCP leases and journal collide",
+        "on each clone: rm /etc/machine-id && systemd-machine-id-setup, and give it its own hostname",
+    )
+}
+
+/// Every pair: a recent handshake, a small ping, and a don't-fragment ping at the mesh MTU.
+fn mesh(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let name_of =
+        |ip: &str| input.members.iter().find(|m| m.mesh_ip == ip).map(|m| m.name.clone()).unwrap_or(ip.to_string());
+    let mut out = Vec::new();
+    let (mut pairs, mut oldest) = (0usize, 0i64);
+    for (n, v) in up {
+        for (ip, (small, df)) in &v.pings {
+            pairs += 1;
+            let pair = format!("{} → {}", n.node, name_of(ip));
+            if !small {
+                out.push(Diagnosis::bad("mesh", Verdict::Fail, &pair, format!("no ping answer from {ip} over {}", input.mesh_interface)).because(
+                    "the two nodes have no working tunnel (or a rule drops mesh traffic): the kubelet, etcd and pods on them cannot talk",
+                    "compare `wg show` on both (endpoint, latest handshake) and check that UDP to the mesh port is open between them",
+                ));
+            } else if !df {
+                // The smaller underlay of the two ends, when one is below the budget.
+                let peer_view = up.iter().find(|(p, _)| p.mesh_ip == *ip).map(|(p, pv)| (p.node.as_str(), *pv));
+                let narrow = [(n.node.as_str(), *v)]
+                    .into_iter()
+                    .chain(peer_view)
+                    .filter_map(|(node, hv)| hv.underlay.as_ref().map(|(dev, mtu)| (node, dev, *mtu)))
+                    .filter(|(_, _, mtu)| *mtu < u32::from(input.mesh_mtu) + 80)
+                    .min_by_key(|(_, _, mtu)| *mtu)
+                    .map(|(node, dev, mtu)| format!(" ({node}'s underlay {dev} has MTU {mtu})"))
+                    .unwrap_or_default();
+                out.push(
+                    Diagnosis::bad("mesh-mtu", Verdict::Fail, &pair, format!(
+                        "small pings pass, {}-byte packets with don't-fragment set do not{narrow}",
+                        input.mesh_mtu
+                    ))
+                    .because(
+                        "an MTU black hole: the underlay between them carries less than the mesh MTU + WireGuard's 80 bytes, so full-size packets vanish (small requests work, large transfers and TLS handshakes hang)",
+                        format!(
+                            "lower spec.mesh.mtu (and set spec.mesh.underlayMtu) to fit the smallest underlay, then kforge apply; {} needs an underlay of {}",
+                            input.mesh_mtu,
+                            input.mesh_mtu + 80
+                        ),
+                    ),
+                );
+            }
+        }
+        // Nodes only: an access peer (a laptop) handshakes when it is connected.
+        for m in input.members.iter().filter(|m| input.plan.nodes.iter().any(|p| p.node == m.name)) {
+            let Some(at) = v.handshakes.get(&m.public_key) else { continue };
+            if m.name == n.node {
+                continue;
+            }
+            let age = v.time as i64 - at;
+            if *at == 0 || age > 180 {
+                let seen = if *at == 0 { "never".to_string() } else { format!("{age} s ago") };
+                out.push(Diagnosis::bad("mesh", Verdict::Fail, format!("{} → {}", n.node, m.name), format!("latest handshake {seen}")).because(
+                    "WireGuard re-handshakes every 2 minutes while traffic flows; an old or missing handshake after the doctor's own pings means packets do not arrive",
+                    "check the peer's endpoint and that UDP to the mesh port passes every firewall between them",
+                ));
+            } else {
+                oldest = oldest.max(age);
+            }
+        }
+    }
+    if out.iter().all(|d| d.check != "mesh") {
+        out.insert(
+            0,
+            Diagnosis::ok(
+                "mesh",
+                format!("{pairs} node pairs answer over the mesh; latest handshakes at most {oldest} s old"),
+            ),
+        );
+    }
+    if out.iter().all(|d| d.check != "mesh-mtu") {
+        out.push(Diagnosis::ok(
+            "mesh-mtu",
+            format!("{}-byte don't-fragment pings pass between all {pairs} pairs", input.mesh_mtu),
+        ));
+    }
+    out
+}
+
+/// The loaded table against the plan's ruleset (rules per chain), and other tables that drop.
+fn firewall(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let mut checked = 0;
+    for (n, v) in up {
+        let Some(file) = n.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) else { continue };
+        checked += 1;
+        if !v.firewall_loaded {
+            out.push(Diagnosis::bad("firewall", Verdict::Fail, &n.node, "table inet kforge is not loaded").because(
+                "the public side is not default-deny: every port the host listens on is open to the internet",
+                "systemctl restart kforge-firewall (or kforge apply)",
+            ));
+            continue;
+        }
+        let planned = planned_rules(&String::from_utf8_lossy(&file.content));
+        let differs: Vec<String> = planned
+            .iter()
+            .filter(|(chain, want)| v.firewall_rules.get(*chain).copied().unwrap_or(0) != **want)
+            .map(|(chain, want)| {
+                format!("{chain}: {} rules loaded, {want} planned", v.firewall_rules.get(chain).copied().unwrap_or(0))
+            })
+            .collect();
+        if !differs.is_empty() {
+            out.push(Diagnosis::bad("firewall", Verdict::Fail, &n.node, format!("table inet kforge differs from the plan ({})", differs.join("; "))).because(
+                "someone changed the loaded rules by hand: what the host enforces is not what kforge planned",
+                format!("systemctl reload kforge-firewall reloads {} (kforge apply rewrites it if the file changed too)", kforge_core::pipeline::FIREWALL_FILE),
+            ));
+        }
+        if !v.foreign_tables.is_empty() {
+            out.push(Diagnosis::bad("firewall", Verdict::Warn, &n.node, format!("other tables drop traffic: {}", v.foreign_tables.join(", "))).because(
+                "rules kforge did not write can hide nodes from each other (the seed's \"my IP only\" rule); see the ports check",
+                "review them with `nft list table <family> <name>`; kforge only replaces table inet kforge",
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push(Diagnosis::ok(
+            "firewall",
+            format!(
+                "table inet kforge loaded as planned on {checked} of {checked} hosts; no other table drops traffic"
+            ),
+        ));
+    }
+    out
+}
+
+/// Rules per chain in a ruleset file kforge wrote (comments and hook lines are not rules).
+pub fn planned_rules(text: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut chain: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("chain ") {
+            chain = rest.split_whitespace().next().map(String::from);
+            out.insert(chain.clone().unwrap(), 0);
+        } else if t == "}" {
+            chain = None;
+        } else if let Some(c) = &chain
+            && !t.is_empty()
+            && !t.starts_with('#')
+            && !t.starts_with("type ")
+        {
+            *out.get_mut(c).unwrap() += 1;
+        }
+    }
+    out
+}
+
+/// Each required port on each peer, over the mesh: dropped (filtered) is a firewall's
+/// doing. One line per pair, naming the tables on either side that could drop it.
+fn ports(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let mut total = 0;
+    let tables_on = |node: &str| -> Vec<String> {
+        up.iter()
+            .find(|(t, _)| t.node == node)
+            .map(|(_, v)| v.foreign_tables.iter().map(|t| format!("{node}: table {t}")).collect())
+            .unwrap_or_default()
+    };
+    for (n, v) in up {
+        for target in input.plan.nodes.iter().filter(|t| t.node != n.node) {
+            let mut dropped = Vec::new();
+            for (port, what) in required_ports(target, input.hardway_api) {
+                total += 1;
+                if v.ports.get(&format!("{}:{port}", target.mesh_ip)).map(String::as_str) == Some("filtered") {
+                    dropped.push(format!("{what} {port}"));
+                }
+            }
+            if dropped.is_empty() {
+                continue;
+            }
+            let mut suspects = tables_on(&target.node);
+            suspects.extend(tables_on(&n.node));
+            let fix = match suspects.is_empty() {
+                true => format!(
+                    "`nft list ruleset` on {} and {}: remove the rule that drops the other's mesh address ({} / {})",
+                    target.node, n.node, n.mesh_ip, target.mesh_ip
+                ),
+                false => format!(
+                    "remove the rule that drops the other's mesh address from {} (`nft list table …`)",
+                    suspects.join(", ")
+                ),
+            };
+            out.push(
+                Diagnosis::bad(
+                    "ports",
+                    Verdict::Fail,
+                    format!("{} → {}", n.node, target.node),
+                    format!("dropped over the mesh: {}", dropped.join(", ")),
+                )
+                .because(
+                    "a firewall rule drops this pair's mesh traffic — kforge's own table trusts the mesh, so it is another rule (the seed's \"my IP only\" rule hid every worker this way)",
+                    fix,
+                ),
+            );
+        }
+    }
+    if out.is_empty() {
+        out.push(Diagnosis::ok("ports", format!("{total} required node-to-node ports reachable over the mesh")));
+    }
+    out
+}
+
+fn certificates(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let now = OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    let (mut count, mut earliest): (usize, Option<(OffsetDateTime, String)>) = (0, None);
+    for (n, v) in up {
+        for f in n.files().filter(|f| f.path.ends_with(".crt")) {
+            count += 1;
+            let at = format!("{}:{}", n.node, f.path);
+            match v.certs.get(&f.path) {
+                None => out.push(Diagnosis::bad("certificates", Verdict::Fail, &n.node, format!("{} is missing", f.path)).because(
+                    "the component that presents or checks it cannot start",
+                    "kforge apply writes it",
+                )),
+                Some((_, Some(end))) if *end <= now => out.push(
+                    Diagnosis::bad("certificates", Verdict::Fail, &n.node, format!("{} expired on {}", f.path, end.date())).because(
+                        "peers refuse an expired certificate: the connections it secures fail (x509: certificate has expired)",
+                        if v.certs[&f.path].0 == f.sha256 { "kforge certs renew, then kforge apply" } else { "kforge apply puts the bundle's current certificate back" },
+                    ),
+                ),
+                Some((sum, _)) if sum != &f.sha256 => out.push(
+                    Diagnosis::bad("certificates", Verdict::Fail, &n.node, format!("{} is not the one kforge issued", f.path)).because(
+                        "a certificate from elsewhere: its chain, names or key may not match what peers expect",
+                        "kforge apply puts the bundle's back",
+                    ),
+                ),
+                Some((_, Some(end))) => {
+                    let days = (*end - now).whole_days();
+                    if days < input.renew_before_days {
+                        out.push(Diagnosis::bad("certificates", Verdict::Warn, &n.node, format!("{} expires in {days} days", f.path)).because(
+                            "it will expire soon",
+                            "kforge apply re-issues leaves due within pki.renewBeforeDays (or kforge certs renew)",
+                        ));
+                    }
+                    if earliest.as_ref().is_none_or(|(e, _)| end < e) {
+                        earliest = Some((*end, at));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if out.is_empty() {
+        let first = earliest
+            .map(|(e, at)| format!("; first to expire: {at} in {} days", (e - now).whole_days()))
+            .unwrap_or_default();
+        out.push(Diagnosis::ok("certificates", format!("{count} certificates on disk are the bundle's{first}")));
+    }
+    out
+}
+
+fn services(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let mut count = 0;
+    for (n, v) in up {
+        for (u, state) in &v.units {
+            count += 1;
+            if state != "active" {
+                out.push(Diagnosis::bad("services", Verdict::Fail, &n.node, format!("{u} is {state}")).because(
+                    "a unit kforge starts is not running",
+                    format!(
+                        "journalctl -u {u} -n 50 on {} says why; kforge apply restores missing files and restarts it",
+                        n.node
+                    ),
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Diagnosis::ok("services", format!("{count} units kforge starts are active")));
+    }
+    out
+}
+
+/// etcd member by member: quorum, leader, member list against the controllers, alarms, size.
+fn etcd(input: &DoctorInput<'_>, controllers: &[Host]) -> Vec<Diagnosis> {
+    let urls: Vec<String> = input.etcd_endpoints.iter().map(|(_, u)| u.clone()).collect();
+    let Some(out) =
+        controllers.iter().find_map(|h| h.run_script("doctor etcd", &call("kf_doctor_etcd", &[urls.join(" ")])).ok())
+    else {
+        return vec![Diagnosis::bad("etcd", Verdict::Fail, "", "no controller answered over SSH")];
+    };
+    judge_etcd(&input.etcd_endpoints, &out)
+}
+
+/// etcd's answers (`kf_doctor_etcd`) judged: pure, for tests.
+pub fn judge_etcd(endpoints: &[(String, String)], out: &str) -> Vec<Diagnosis> {
+    let mut down = Vec::new();
+    let mut leaders = BTreeSet::new();
+    let mut db = 0u64;
+    for (name, url) in endpoints {
+        let line = out.lines().find_map(|l| l.strip_prefix(&format!("status {url} "))).unwrap_or("");
+        let status: Option<serde_json::Value> = serde_json::from_str(line).ok();
+        match status.as_ref().and_then(|s| s.get(0)).and_then(|s| s.get("Status")) {
+            Some(s) => {
+                leaders.insert(s["leader"].as_u64().unwrap_or(0));
+                db = db.max(s["dbSize"].as_u64().unwrap_or(0));
+            }
+            None => down.push(name.clone()),
+        }
+    }
+    let n = endpoints.len();
+    let quorum = n / 2 + 1;
+    let alive = n - down.len();
+    let mut v = Vec::new();
+    let no_leader = leaders.iter().all(|l| *l == 0);
+    if alive < quorum || no_leader {
+        v.push(Diagnosis::bad("etcd", Verdict::Fail, down.join(", "), format!("{alive} of {n} members answer, {quorum} needed for quorum; no leader")).because(
+            "etcd without quorum refuses every write and linearizable read: the API server cannot work",
+            format!("on {}: systemctl status etcd (kforge apply starts a stopped member); if it runs, the mesh does not carry its traffic (see the mesh and ports checks); if its data is lost, kforge etcd restore", down.join(", ")),
+        ));
+    } else if !down.is_empty() {
+        v.push(
+            Diagnosis::bad(
+                "etcd",
+                Verdict::Warn,
+                down.join(", "),
+                format!("{alive} of {n} members answer; quorum ({quorum}) kept"),
+            )
+            .because(
+                format!("one more failure and etcd loses quorum ({} of {n} may fail)", n - quorum),
+                format!(
+                    "start etcd on {} (systemctl start etcd, or kforge apply) and read journalctl -u etcd there",
+                    down.join(", ")
+                ),
+            ),
+        );
+    } else {
+        v.push(Diagnosis::ok("etcd", format!("{n} of {n} members answer, one leader, largest db {} KiB", db / 1024)));
+    }
+    let members_line = out.lines().find_map(|l| l.strip_prefix("members ")).unwrap_or("");
+    if let Ok(m) = serde_json::from_str::<serde_json::Value>(members_line) {
+        let listed: Vec<String> = m["members"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let stale: Vec<&String> = listed.iter().filter(|l| !endpoints.iter().any(|(n, _)| n == *l)).collect();
+        if !stale.is_empty() {
+            v.push(
+                Diagnosis::bad(
+                    "etcd",
+                    Verdict::Fail,
+                    "",
+                    format!(
+                        "member list has {} that is not a controller",
+                        stale.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .because(
+                    "a stale member counts toward quorum but never answers",
+                    "etcdctl member remove <id> for it (kforge apply does so when a controller leaves the file)",
+                ),
+            );
+        }
+    }
+    let alarms = out.lines().find_map(|l| l.strip_prefix("alarms ")).unwrap_or("").trim();
+    if alarms.contains("alarm:") {
+        v.push(Diagnosis::bad("etcd", Verdict::Fail, "", format!("alarms: {alarms}")).because(
+            "NOSPACE makes etcd read-only",
+            "compact and defragment (etcdctl compact, etcdctl defrag), then etcdctl alarm disarm",
+        ));
+    }
+    v
+}
+
+/// A leader renews its lease every 2 s and holds it 15 s: twice that is no leader.
+const LEASE_STALE_SECONDS: i64 = 30;
+/// A pod scheduled normally leaves Pending within seconds.
+const PENDING_SECONDS: i64 = 30;
+
+/// `/readyz?verbose`, the leader leases, Pending pods.
+fn api(controllers: &[Host]) -> Vec<Diagnosis> {
+    let Some(out) = controllers.iter().find_map(|h| h.run_script("doctor api", &call("kf_doctor_api", &[])).ok())
+    else {
+        return vec![Diagnosis::bad("api", Verdict::Fail, "", "no controller answered over SSH")];
+    };
+    judge_api(&out)
+}
+
+/// The API's answers (`kf_doctor_api`) judged: pure, for tests.
+pub fn judge_api(out: &str) -> Vec<Diagnosis> {
+    let mut v = Vec::new();
+    let now: i64 = out.lines().find_map(|l| l.strip_prefix("now ")).and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let readyz: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("readyz ")).collect();
+    let failing: Vec<&str> = readyz.iter().filter(|l| l.starts_with("[-]")).copied().collect();
+    if readyz.iter().any(|l| l.contains("readyz check passed")) {
+        v.push(Diagnosis::ok(
+            "api",
+            format!("/readyz?verbose: {} checks passed", readyz.iter().filter(|l| l.starts_with("[+]")).count()),
+        ));
+    } else {
+        let evidence = if failing.is_empty() { readyz.join(" ") } else { failing.join("; ") };
+        v.push(Diagnosis::bad("api", Verdict::Fail, "", format!("/readyz?verbose: {evidence}")).because(
+            "the API server is not ready: clients and controllers get errors",
+            "journalctl -u kube-apiserver on the controllers; a failing etcd check means etcd (see the etcd check)",
+        ));
+    }
+    for l in ["kube-scheduler", "kube-controller-manager"] {
+        let line = out.lines().find_map(|x| x.strip_prefix(&format!("lease {l} "))).unwrap_or("").trim();
+        let mut w = line.split_whitespace();
+        let (holder, renewed) = (w.next(), w.next().and_then(parse_rfc3339));
+        match (holder, renewed) {
+            (Some(h), Some(t)) if now - t <= LEASE_STALE_SECONDS => v.push(Diagnosis::ok(
+                if l == "kube-scheduler" { "scheduler" } else { "controller-manager" },
+                format!("{h} holds the {l} lease, renewed {} s ago", now - t),
+            )),
+            _ => {
+                let check = if l == "kube-scheduler" { "scheduler" } else { "controller-manager" };
+                let seen = match (holder, renewed) {
+                    (Some(h), Some(t)) => format!("{h} last renewed the {l} lease {} s ago", now - t),
+                    _ => format!("no {l} lease"),
+                };
+                v.push(Diagnosis::bad(check, Verdict::Fail, "", seen).because(
+                    format!("no {l} is running and leading{}", if l == "kube-scheduler" { ": new pods stay Pending" } else { ": Deployments, nodes and endpoints are not reconciled" }),
+                    format!("systemctl status {l} on the controllers; a missing configuration file is restored by kforge apply"),
+                ));
+            }
+        }
+    }
+    let pending: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("pending "))
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let (name, created, why) = (w.next()?, w.next()?, w.next().unwrap_or("").trim());
+            let age = now - parse_rfc3339(created)?;
+            (age > PENDING_SECONDS).then(|| {
+                let why = if why.is_empty() { "never looked at by a scheduler".to_string() } else { why.to_string() };
+                format!("{name} ({age} s): {why}")
+            })
+        })
+        .collect();
+    if pending.is_empty() {
+        v.push(Diagnosis::ok("pods", format!("no pod Pending for more than {PENDING_SECONDS} s")));
+    } else {
+        let unscheduled = pending.iter().any(|p| p.contains("never looked at by a scheduler"));
+        v.push(
+            Diagnosis::bad("pods", Verdict::Fail, "", format!("{} Pending: {}", pending.len(), pending.join("; ")))
+                .because(
+                    if unscheduled {
+                        "no scheduler is placing pods (see the scheduler check)"
+                    } else {
+                        "the scheduler cannot place them, for the reason it gives"
+                    },
+                    if unscheduled {
+                        "get kube-scheduler running (kforge apply restores its configuration)"
+                    } else {
+                        "act on the scheduler's reason (resources, taints, node selectors)"
+                    },
+                ),
+        );
+    }
+    v
+}
+
+fn coredns(dns: &str, domain: &str, workers: &[Host]) -> Diagnosis {
+    let name = format!("kubernetes.default.svc.{domain}");
+    match crate::status::dns_answer(&crate::status::dns_query_script(dns, &name), workers) {
+        Some(Ok(addr)) => Diagnosis::ok("coredns", format!("{dns} answers {name} = {addr}")),
+        Some(Err(e)) => Diagnosis::bad("coredns", Verdict::Fail, "", format!("{name} at {dns}: {e}")).because(
+            "pods cannot resolve Services: CoreDNS is down, looping, or unreachable through kube-proxy",
+            "kubectl -n kube-system logs deploy/coredns (a \"Loop ... detected\" line means a loopback resolver on a node: see resolv.conf)",
+        ),
+        None => Diagnosis::bad("coredns", Verdict::Fail, "", "no worker answered over SSH"),
+    }
+}

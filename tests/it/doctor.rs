@@ -1,0 +1,230 @@
+//! `kforge doctor`'s judgement, from hosts' answers to verdicts, for what the lab
+//! cannot stage: lab machines share one kernel, so one machine's clock cannot be moved
+//! alone and swap turned on in one is on in all. The lab test (`lab::hardway`) breaks
+//! the rest for real; here the same judging code sees answers a real host would give.
+
+use std::collections::BTreeMap;
+
+use kforge_core::model::Model;
+use kforge_core::pipeline::build_plan;
+use kforge_ssh::doctor::{self, DoctorInput, HostView, Verdict, judge_api, judge_etcd, judge_hosts};
+
+use crate::util::TestContext;
+
+struct Fixture {
+    plan: kforge_core::plan::Plan,
+}
+
+fn fixture() -> Fixture {
+    let ctx = TestContext::with_example("hardway");
+    ctx.kforge(&["plan"]).success();
+    let spec = kforge_core::spec::parse("kforge.yaml", &ctx.read("kforge.yaml")).unwrap();
+    let bundle = ctx.bundle();
+    let model = Model::build(&spec.cluster, &bundle);
+    Fixture { plan: build_plan(&model, &bundle) }
+}
+
+fn input(plan: &kforge_core::plan::Plan) -> DoctorInput<'_> {
+    DoctorInput {
+        plan,
+        targets: &[],
+        ssh_config: None,
+        mesh_interface: "wg0".into(),
+        mesh_mtu: 1420,
+        members: Vec::new(),
+        hardway_api: true,
+        etcd_endpoints: Vec::new(),
+        cgroup_v1_allowed: false,
+        renew_before_days: 30,
+        cluster_dns: None,
+    }
+}
+
+/// What a healthy host answers: its plan's certificates, units active, cgroup v2.
+fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
+    let mut out =
+        format!("time {clock}\nswap 0\ncgroup cgroup2fs\nsysctl ip_forward 1\nsysctl bridge-nf-call-iptables 1\n");
+    out += &format!("machine-id id-{0}\nhostname {0}\nfirewall loaded\n", np.node);
+    if let Some(f) = np.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) {
+        for (chain, n) in doctor::planned_rules(&String::from_utf8_lossy(&f.content)) {
+            out += &format!("firewall-rules {chain} {n}\n");
+        }
+    }
+    for f in np.files().filter(|f| f.path.ends_with(".crt")) {
+        out += &format!("cert {} {} Nov_24_12:00:00_2027_GMT\n", f.path, f.sha256);
+    }
+    for u in np.units().filter(|u| u.start) {
+        out += &format!("unit {} active\n", u.name);
+    }
+    out += "resolv 1.1.1.1\n";
+    HostView { sent_at: clock, ..HostView::parse(&out) }
+}
+
+fn views(plan: &kforge_core::plan::Plan, change: impl Fn(&str, &mut HostView)) -> BTreeMap<String, HostView> {
+    plan.nodes
+        .iter()
+        .map(|np| {
+            let mut v = healthy(np, 1_800_000_000.0);
+            change(&np.node, &mut v);
+            (np.node.clone(), v)
+        })
+        .collect()
+}
+
+fn failing(d: &[doctor::Diagnosis]) -> Vec<(&str, Verdict, String)> {
+    d.iter()
+        .filter(|d| d.verdict != Verdict::Ok)
+        .map(|d| (d.check, d.verdict, d.node.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn healthy_answers_are_all_ok() {
+    let f = fixture();
+    let d = judge_hosts(&input(&f.plan), &views(&f.plan, |_, _| {}));
+    assert_eq!(failing(&d), [], "{d:#?}");
+    assert!(d.iter().any(|d| d.check == "certificates" && d.evidence.contains("are the bundle's")), "{d:#?}");
+}
+
+#[test]
+fn a_clock_moved_on_one_node_is_named() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-1" {
+                v.time += 300.0
+            }
+        }),
+    );
+    let clock = d.iter().find(|d| d.check == "clock").unwrap();
+    assert_eq!((clock.verdict, clock.node.as_deref()), (Verdict::Fail, Some("worker-1")), "{clock:?}");
+    assert!(clock.evidence.contains("300.0 s ahead"), "{clock:?}");
+    assert!(clock.fix.contains("chrony") || clock.fix.contains("timesyncd"));
+    // Under two seconds is noise of measuring over SSH.
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-1" {
+                v.time += 0.8
+            }
+        }),
+    );
+    assert!(d.iter().any(|d| d.check == "clock" && d.verdict == Verdict::Ok));
+}
+
+#[test]
+fn swap_on_a_worker_fails_and_names_it() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-0" {
+                v.swap = 1
+            }
+        }),
+    );
+    assert_eq!(failing(&d), [("swap", Verdict::Fail, "worker-0".to_string())]);
+    let swap = d.iter().find(|d| d.check == "swap").unwrap();
+    assert!(swap.cause.contains("kubelet refuses") && swap.fix.contains("swapoff -a"), "{swap:?}");
+}
+
+#[test]
+fn cloned_machine_ids_and_cgroup_v1_are_found() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n.starts_with("worker") {
+                v.machine_id = "cloned".into();
+                v.cgroup = "tmpfs".into();
+            }
+        }),
+    );
+    let id = d.iter().find(|d| d.check == "identity").unwrap();
+    assert!(id.verdict == Verdict::Fail && id.evidence.contains("machine-id cloned on worker-0, worker-1"), "{id:?}");
+    let cg = d.iter().find(|d| d.check == "cgroups").unwrap();
+    assert_eq!((cg.verdict, cg.node.as_deref()), (Verdict::Fail, Some("worker-0, worker-1")));
+    let mut allowed = input(&f.plan);
+    allowed.cgroup_v1_allowed = true;
+    let d = judge_hosts(
+        &allowed,
+        &views(&f.plan, |n, v| {
+            if n.starts_with("worker") {
+                v.cgroup = "tmpfs".into()
+            }
+        }),
+    );
+    assert!(d.iter().any(|d| d.check == "cgroups" && d.verdict == Verdict::Warn));
+}
+
+#[test]
+fn etcd_quorum_kept_warns_and_quorum_lost_fails() {
+    let eps: Vec<(String, String)> =
+        (0..3).map(|i| (format!("controller-{i}"), format!("https://10.4.0.{}:2379", i + 1))).collect();
+    let status = |i: usize, leader: u64| {
+        format!(
+            "status https://10.4.0.{}:2379 [{{\"Endpoint\":\"x\",\"Status\":{{\"leader\":{leader},\"dbSize\":2097152}}}}]\n",
+            i + 1
+        )
+    };
+    let down = |i: usize| {
+        format!("status https://10.4.0.{}:2379 {{\"level\":\"warn\",\"msg\":\"context deadline exceeded\"}}\n", i + 1)
+    };
+    let all = format!("{}{}{}members {{\"members\":[]}}\nalarms \n", status(0, 7), status(1, 7), status(2, 7));
+    assert_eq!(judge_etcd(&eps, &all)[0].verdict, Verdict::Ok);
+    let one_down = format!("{}{}{}", status(0, 7), down(1), status(2, 7));
+    let d = judge_etcd(&eps, &one_down);
+    assert_eq!((d[0].verdict, d[0].node.as_deref()), (Verdict::Warn, Some("controller-1")), "{d:?}");
+    assert!(d[0].evidence.contains("2 of 3 members answer; quorum (2) kept"));
+    let two_down = format!("{}{}{}", status(0, 0), down(1), down(2));
+    let d = judge_etcd(&eps, &two_down);
+    assert_eq!((d[0].verdict, d[0].node.as_deref()), (Verdict::Fail, Some("controller-1, controller-2")), "{d:?}");
+    assert!(d[0].cause.contains("refuses every write"));
+    let stale = format!(
+        "{}{}{}members {{\"members\":[{{\"name\":\"controller-0\"}},{{\"name\":\"old-cp\"}}]}}\n",
+        status(0, 7),
+        status(1, 7),
+        status(2, 7)
+    );
+    assert!(judge_etcd(&eps, &stale).iter().any(|d| d.verdict == Verdict::Fail && d.evidence.contains("old-cp")));
+}
+
+#[test]
+fn pending_pods_are_named_with_the_schedulers_reason() {
+    let now = 1_800_000_000i64;
+    let t = |s: i64| {
+        let d = time::OffsetDateTime::from_unix_timestamp(s).unwrap();
+        format!("{}T{:02}:{:02}:{:02}Z", d.date(), d.hour(), d.minute(), d.second())
+    };
+    let out = format!(
+        "now {now}\nreadyz [+]ping ok\nreadyz readyz check passed\nlease kube-scheduler cp-1_x {}\nlease kube-controller-manager cp-1_y {}\npending default/web-1 {} \npending default/big {} Unschedulable: 0/3 nodes are available: 3 Insufficient memory.\npending default/new {} \n",
+        t(now - 600),
+        t(now - 3),
+        t(now - 300),
+        t(now - 120),
+        t(now - 5)
+    );
+    let d = judge_api(&out);
+    let by = |c: &str| d.iter().find(|d| d.check == c).unwrap();
+    assert_eq!(by("api").verdict, Verdict::Ok);
+    assert_eq!(by("scheduler").verdict, Verdict::Fail);
+    assert!(by("scheduler").evidence.contains("600 s ago"), "{:?}", by("scheduler"));
+    assert_eq!(by("controller-manager").verdict, Verdict::Ok);
+    let pods = by("pods");
+    assert_eq!(pods.verdict, Verdict::Fail);
+    assert!(pods.evidence.contains("default/web-1 (300 s): never looked at by a scheduler"), "{pods:?}");
+    assert!(pods.evidence.contains("default/big (120 s): Unschedulable: 0/3 nodes"), "{pods:?}");
+    assert!(!pods.evidence.contains("default/new"), "a pod five seconds old is not a problem: {pods:?}");
+}
+
+#[test]
+fn openssl_dates_and_rulesets_parse() {
+    let d = doctor::parse_openssl_date("Nov_24_12:00:00_2027_GMT").unwrap();
+    assert_eq!(d.unix_timestamp(), 1827057600);
+    assert_eq!(doctor::parse_openssl_date("Feb__3_01:02:03_2026_GMT").unwrap().date().to_string(), "2026-02-03");
+    let rules = doctor::planned_rules(
+        "table inet kforge {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\t# why\n\t\tct state established accept\n\t\ttcp dport 22 accept\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n",
+    );
+    assert_eq!(rules.into_iter().collect::<Vec<_>>(), [("forward".to_string(), 0), ("input".to_string(), 2)]);
+}
