@@ -191,6 +191,13 @@ pub enum Command {
         node: Option<String>,
         path: Option<String>,
     },
+    /// The certificates kforge issued: an expiry table, and renewal through apply.
+    ///
+    ///   kforge certs check                 every CA and leaf: issuer, expiry, days left, due?
+    ///   kforge certs renew                 re-issue the leaves due, deliver with apply
+    ///   kforge certs renew apiserver/cp-1  re-issue these leaves now, deliver with apply
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// etcd of a hardway cluster: health, snapshot, restore (over SSH, mTLS).
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -257,6 +264,40 @@ pub enum EtcdCommand {
         /// Confirm: replace the cluster's data with the snapshot's.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Every certificate in the secrets bundle: issuer, expiry, days left, and whether
+    /// it is due (a leaf within pki.renewBeforeDays). Reads the bundle only; `kforge
+    /// doctor` compares the hosts' files with it.
+    ///
+    /// Exit: 0 all ok, 2 something expired, 3 leaves due.
+    Check {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Re-issue leaf certificates and deliver them with `kforge apply`: only the files
+    /// that changed are written and only the units that read them restart.
+    ///
+    /// Without NAMES: the leaves due within pki.renewBeforeDays (any command that
+    /// opens the bundle re-issues those; this one also delivers them). With NAMES
+    /// (as `kforge certs check` lists them, e.g. apiserver/cp-1): those, now.
+    /// CAs are not renewed here.
+    Renew {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Leaf certificates to re-issue now.
+        names: Vec<String>,
+        /// Re-issue and save the bundle, but do not apply.
+        #[arg(long)]
+        no_apply: bool,
+        /// OpenSSH config to use for the apply.
+        #[arg(long, value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
     },
 }
 

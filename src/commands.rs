@@ -11,7 +11,9 @@ use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig};
 use kforge_files::{AgeCredentials, SecretsStore};
 
-use crate::cli::{ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SshArgs};
+use crate::cli::{
+    CertsCommand, ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SshArgs,
+};
 use crate::output;
 
 pub enum CliError {
@@ -84,6 +86,7 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Doctor { cluster, ssh, output } => doctor(&cluster, &ssh, output),
         Command::Status { cluster, ssh, output } => status(&cluster, &ssh, output),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
+        Command::Certs(cmd) => certs(cmd),
         Command::Etcd(cmd) => etcd(cmd),
         Command::Gitops(cmd) => gitops(cmd),
         Command::Lab(cmd) => lab(cmd),
@@ -476,6 +479,45 @@ fn apply(
             if failed.len() == 1 { "" } else { "s" },
             failed.join(", ")
         )))
+    }
+}
+
+fn certs(cmd: CertsCommand) -> Result<(), CliError> {
+    match cmd {
+        CertsCommand::Check { cluster, output } => {
+            let session = Session::open(&cluster)?;
+            crate::certs::check(&session.secrets, i64::from(session.spec.cluster.spec.pki.renew_before_days), output)
+        }
+        CertsCommand::Renew { cluster, names, no_apply, ssh_config } => {
+            let spec = load_spec(&cluster.file)?;
+            let store = SecretsStore::beside(&cluster.file, AgeCredentials::from_env(cluster.age_identity.clone()))?;
+            let Some(mut bundle) = store.load(&spec.cluster.metadata.name)? else {
+                return Err(CliError::Other(format!(
+                    "no secrets bundle at {}: nothing was issued yet (kforge plan or apply creates it)",
+                    store.path.display()
+                )));
+            };
+            let forgotten = crate::certs::forget(&mut bundle, &names)?;
+            let (bundle, report) = reconcile_secrets(&spec.cluster, Some(bundle), time::OffsetDateTime::now_utc())?;
+            store.save(&bundle)?;
+            for (id, old_serial) in &forgotten {
+                let new = kforge_core::pki::summary(&bundle.certificate(id).cert).map(|s| (s.serial, s.expires));
+                let (serial, expires) = new.unwrap_or_default();
+                eprintln!("re-issued {id}: serial {old_serial} → {serial}, expires {expires}");
+            }
+            for id in &report.reissued {
+                eprintln!("re-issued {id} (due)");
+            }
+            if forgotten.is_empty() && report.reissued.is_empty() {
+                eprintln!("no leaf is due; name certificates to re-issue them anyway (kforge certs check lists them)");
+            }
+            if no_apply {
+                eprintln!("saved {}; deliver with: kforge apply -f {}", store.path.display(), cluster.file.display());
+                return Ok(());
+            }
+            eprintln!("delivering with kforge apply (only what reads a re-issued certificate restarts)…");
+            apply(&cluster, false, 10, ssh_config, Format::Text)
+        }
     }
 }
 

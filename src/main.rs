@@ -4,6 +4,7 @@
 //! Results go to stdout; diagnostics, progress and notices to stderr; secrets to
 //! neither (except `kubeconfig` without `--out`, which exists to print one).
 
+mod certs;
 mod cli;
 mod commands;
 mod lint;

@@ -51,7 +51,16 @@ fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
         }
     }
     for f in np.files().filter(|f| f.path.ends_with(".crt")) {
-        out += &format!("cert {} {} Nov_24_12:00:00_2027_GMT\n", f.path, f.sha256);
+        use base64::Engine;
+        out += &format!(
+            "cert {} {} {}\n",
+            f.path,
+            f.sha256,
+            base64::engine::general_purpose::STANDARD.encode(&*f.content)
+        );
+    }
+    for f in np.files() {
+        out += &format!("file {} {}\n", f.path, f.sha256);
     }
     for u in np.units().filter(|u| u.start) {
         out += &format!("unit {} active\n", u.name);
@@ -198,7 +207,7 @@ fn pending_pods_are_named_with_the_schedulers_reason() {
         format!("{}T{:02}:{:02}:{:02}Z", d.date(), d.hour(), d.minute(), d.second())
     };
     let out = format!(
-        "now {now}\nreadyz [+]ping ok\nreadyz readyz check passed\nlease kube-scheduler cp-1_x {}\nlease kube-controller-manager cp-1_y {}\npending default/web-1 {} \npending default/big {} Unschedulable: 0/3 nodes are available: 3 Insufficient memory.\npending default/new {} \n",
+        "now {now}\nreadyz [+]ping ok\nreadyz readyz check passed\nlease kube-scheduler cp-1_x|{}\nlease kube-controller-manager cp-1_y|{}\npending default/web-1 {} \npending default/big {} Unschedulable: 0/3 nodes are available: 3 Insufficient memory.\npending default/new {} \n",
         t(now - 600),
         t(now - 3),
         t(now - 300),
@@ -219,10 +228,9 @@ fn pending_pods_are_named_with_the_schedulers_reason() {
 }
 
 #[test]
-fn openssl_dates_and_rulesets_parse() {
-    let d = doctor::parse_openssl_date("Nov_24_12:00:00_2027_GMT").unwrap();
-    assert_eq!(d.unix_timestamp(), 1827057600);
-    assert_eq!(doctor::parse_openssl_date("Feb__3_01:02:03_2026_GMT").unwrap().date().to_string(), "2026-02-03");
+fn lease_times_and_rulesets_parse() {
+    assert_eq!(doctor::parse_rfc3339("2027-11-24T12:00:00.123456Z"), Some(1827057600));
+    assert_eq!(doctor::parse_rfc3339("not a time"), None);
     let rules = doctor::planned_rules(
         "table inet kforge {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\t# why\n\t\tct state established accept\n\t\ttcp dport 22 accept\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n",
     );

@@ -230,6 +230,37 @@ pub fn not_after(pem: &str) -> Option<OffsetDateTime> {
     Some(cert.validity().not_after.to_datetime())
 }
 
+/// What `kforge certs check` shows of a certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    /// Hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+    #[serde(skip)]
+    pub not_after: OffsetDateTime,
+    /// `not_after` as an operator reads it (UTC).
+    pub expires: String,
+}
+
+pub fn summary(pem: &str) -> Option<CertSummary> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = block.parse_x509().ok()?;
+    let cn = |name: &x509_parser::x509::X509Name<'_>| {
+        name.iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or("").to_string()
+    };
+    Some(CertSummary {
+        subject: cn(cert.subject()),
+        issuer: cn(cert.issuer()),
+        serial: cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect(),
+        not_after: cert.validity().not_after.to_datetime(),
+        expires: {
+            let t = cert.validity().not_after.to_datetime();
+            format!("{} {:02}:{:02} UTC", t.date(), t.hour(), t.minute())
+        },
+    })
+}
+
 fn dn(common_name: &str, organizations: &[&str]) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     for o in organizations {

@@ -126,6 +126,10 @@ pub struct HostView {
     pub certs: BTreeMap<String, (String, Option<OffsetDateTime>)>,
     pub resolvers: Vec<String>,
     pub units: BTreeMap<String, String>,
+    /// Unit → its last complaint in the journal (only for units not active).
+    pub unit_logs: BTreeMap<String, String>,
+    /// Planned file → its sha256 on the host, or `missing`.
+    pub files: BTreeMap<String, String>,
     pub vxlan_dev: Option<String>,
     /// The underlay interface and its MTU.
     pub underlay: Option<(String, u32)>,
@@ -159,8 +163,11 @@ impl HostView {
                     h.firewall_rules.insert(chain.to_string(), n.parse().unwrap_or(0));
                 }
                 ["foreign-table", fam, name] => h.foreign_tables.push(format!("{fam} {name}")),
-                ["cert", path, sum, end] => {
-                    h.certs.insert(path.to_string(), (sum.to_string(), parse_openssl_date(end)));
+                ["cert", path, sum, pem] => {
+                    use base64::Engine;
+                    let pem = base64::engine::general_purpose::STANDARD.decode(pem).unwrap_or_default();
+                    let end = kforge_core::pki::summary(&String::from_utf8_lossy(&pem)).map(|s| s.not_after);
+                    h.certs.insert(path.to_string(), (sum.to_string(), end));
                 }
                 ["cert", path, sum] => {
                     h.certs.insert(path.to_string(), (sum.to_string(), None));
@@ -168,6 +175,13 @@ impl HostView {
                 ["resolv", rest @ ..] => h.resolvers = rest.iter().map(|s| s.to_string()).collect(),
                 ["unit", u, state] => {
                     h.units.insert(u.to_string(), state.to_string());
+                }
+                ["unitlog", u, ..] => {
+                    let text = line.splitn(3, ' ').nth(2).unwrap_or("").trim();
+                    h.unit_logs.insert(u.to_string(), log_message(text).chars().take(300).collect());
+                }
+                ["file", path, sum] => {
+                    h.files.insert(path.to_string(), sum.to_string());
                 }
                 ["vxlan", dev] => h.vxlan_dev = Some(dev.to_string()),
                 ["underlay", dev, mtu] => h.underlay = mtu.parse().ok().map(|m| (dev.to_string(), m)),
@@ -178,17 +192,18 @@ impl HostView {
     }
 }
 
-/// `Nov_24_12:00:00_2027_GMT` (openssl's notAfter, spaces made underscores).
-pub fn parse_openssl_date(s: &str) -> Option<OffsetDateTime> {
-    let w: Vec<&str> = s.split('_').filter(|p| !p.is_empty()).collect();
-    let [mon, day, hms, year, ..] = w[..] else { return None };
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let m = months.iter().position(|x| *x == mon)? as u8 + 1;
-    let mut t = hms.split(':').map(|x| x.parse::<u8>().ok());
-    let date =
-        time::Date::from_calendar_date(year.parse().ok()?, time::Month::try_from(m).ok()?, day.parse().ok()?).ok()?;
-    let clock = time::Time::from_hms(t.next()??, t.next()??, t.next()??).ok()?;
-    Some(date.with_time(clock).assume_utc())
+/// A journal line as an operator reads it: a JSON log line (etcd's) as `msg: error`.
+fn log_message(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if v.get("msg").is_some() => {
+            let msg = v["msg"].as_str().unwrap_or("");
+            match v["error"].as_str() {
+                Some(e) => format!("{msg}: {e}"),
+                None => msg.to_string(),
+            }
+        }
+        _ => text.to_string(),
+    }
 }
 
 /// `2026-11-24T18:00:00.123456Z` (a Lease's renewTime) as Unix seconds.
@@ -268,6 +283,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     certs.join(" "),
                     units.join(" "),
                     np.endpoint.clone().unwrap_or_default(),
+                    np.files().map(|f| f.path.as_str()).collect::<Vec<_>>().join(" "),
                 ];
                 let sent_at = now();
                 let view = match host.run_script("doctor", &call("kf_doctor_host", &args)) {
@@ -356,6 +372,7 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
     out.extend(mesh(input, &up));
     out.extend(firewall(&up));
     out.extend(ports(input, &up));
+    out.extend(files(&up));
     out.extend(certificates(input, &up));
     out.extend(services(&up));
     out.extend(per_node(
@@ -548,7 +565,9 @@ fn firewall(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let mut checked = 0;
     for (n, v) in up {
-        let Some(file) = n.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) else { continue };
+        if !n.files().any(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) {
+            continue;
+        }
         checked += 1;
         if !v.firewall_loaded {
             out.push(Diagnosis::bad("firewall", Verdict::Fail, &n.node, "table inet kforge is not loaded").because(
@@ -557,14 +576,7 @@ fn firewall(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
             ));
             continue;
         }
-        let planned = planned_rules(&String::from_utf8_lossy(&file.content));
-        let differs: Vec<String> = planned
-            .iter()
-            .filter(|(chain, want)| v.firewall_rules.get(*chain).copied().unwrap_or(0) != **want)
-            .map(|(chain, want)| {
-                format!("{chain}: {} rules loaded, {want} planned", v.firewall_rules.get(chain).copied().unwrap_or(0))
-            })
-            .collect();
+        let differs = firewall_differences(n, v);
         if !differs.is_empty() {
             out.push(Diagnosis::bad("firewall", Verdict::Fail, &n.node, format!("table inet kforge differs from the plan ({})", differs.join("; "))).because(
                 "someone changed the loaded rules by hand: what the host enforces is not what kforge planned",
@@ -587,6 +599,21 @@ fn firewall(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
         ));
     }
     out
+}
+
+/// How the loaded `table inet kforge` differs from the plan's, chain by chain.
+fn firewall_differences(n: &NodePlan, v: &HostView) -> Vec<String> {
+    let Some(file) = n.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) else { return Vec::new() };
+    if !v.firewall_loaded {
+        return Vec::new();
+    }
+    planned_rules(&String::from_utf8_lossy(&file.content))
+        .iter()
+        .filter(|(chain, want)| v.firewall_rules.get(*chain).copied().unwrap_or(0) != **want)
+        .map(|(chain, want)| {
+            format!("{chain}: {} rules loaded, {want} planned", v.firewall_rules.get(chain).copied().unwrap_or(0))
+        })
+        .collect()
 }
 
 /// Rules per chain in a ruleset file kforge wrote (comments and hook lines are not rules).
@@ -619,7 +646,13 @@ fn ports(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosi
     let tables_on = |node: &str| -> Vec<String> {
         up.iter()
             .find(|(t, _)| t.node == node)
-            .map(|(_, v)| v.foreign_tables.iter().map(|t| format!("{node}: table {t}")).collect())
+            .map(|(n, v)| {
+                let mut t: Vec<String> = v.foreign_tables.iter().map(|t| format!("{node}: table {t}")).collect();
+                if !firewall_differences(n, v).is_empty() {
+                    t.push(format!("{node}: table inet kforge, changed by hand (see the firewall check)"));
+                }
+                t
+            })
             .unwrap_or_default()
     };
     for (n, v) in up {
@@ -716,6 +749,39 @@ fn certificates(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<D
     out
 }
 
+/// Every file kforge planned is on the host as planned (hashes only; nothing is read back).
+fn files(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let mut count = 0;
+    for (n, v) in up {
+        let (mut missing, mut changed) = (Vec::new(), Vec::new());
+        for f in n.files() {
+            count += 1;
+            match v.files.get(&f.path).map(String::as_str) {
+                Some("missing") => missing.push(f.path.as_str()),
+                Some(sum) if sum != f.sha256 => changed.push(f.path.as_str()),
+                _ => {}
+            }
+        }
+        if !missing.is_empty() {
+            out.push(Diagnosis::bad("files", Verdict::Fail, &n.node, format!("missing: {}", missing.join(", "))).because(
+                "a component reads a file kforge planned and it is gone (the seed's missing kube-scheduler configuration left every pod Pending)",
+                "kforge apply writes it back and restarts what reads it",
+            ));
+        }
+        if !changed.is_empty() {
+            out.push(Diagnosis::bad("files", Verdict::Warn, &n.node, format!("changed since kforge wrote them: {}", changed.join(", "))).because(
+                "hand edits are lost at the next apply, and until then the host runs something the plan does not say",
+                "move the change into kforge.yaml, then kforge apply (it rewrites the file)",
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push(Diagnosis::ok("files", format!("{count} planned files on the hosts are as planned")));
+    }
+    out
+}
+
 fn services(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let mut count = 0;
@@ -723,7 +789,8 @@ fn services(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
         for (u, state) in &v.units {
             count += 1;
             if state != "active" {
-                out.push(Diagnosis::bad("services", Verdict::Fail, &n.node, format!("{u} is {state}")).because(
+                let why = v.unit_logs.get(u).filter(|l| !l.is_empty()).map(|l| format!(": {l}")).unwrap_or_default();
+                out.push(Diagnosis::bad("services", Verdict::Fail, &n.node, format!("{u} is {state}{why}")).because(
                     "a unit kforge starts is not running",
                     format!(
                         "journalctl -u {u} -n 50 on {} says why; kforge apply restores missing files and restarts it",
@@ -787,7 +854,7 @@ pub fn judge_etcd(endpoints: &[(String, String)], out: &str) -> Vec<Diagnosis> {
             .because(
                 format!("one more failure and etcd loses quorum ({} of {n} may fail)", n - quorum),
                 format!(
-                    "start etcd on {} (systemctl start etcd, or kforge apply) and read journalctl -u etcd there",
+                    "on {}: systemctl status etcd (kforge apply starts a stopped member); if it runs, the mesh does not carry its traffic (see the mesh and ports checks)",
                     down.join(", ")
                 ),
             ),
@@ -848,7 +915,16 @@ fn api(controllers: &[Host]) -> Vec<Diagnosis> {
 pub fn judge_api(out: &str) -> Vec<Diagnosis> {
     let mut v = Vec::new();
     let now: i64 = out.lines().find_map(|l| l.strip_prefix("now ")).and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let readyz: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("readyz ")).collect();
+    // kubectl prints a failed /readyz as one line with the body's newlines escaped.
+    let unescaped = out.replace("\\n", "\nreadyz ");
+    let readyz: Vec<&str> = unescaped
+        .lines()
+        .filter_map(|l| l.strip_prefix("readyz "))
+        .map(|l| match l.find("[+]").or_else(|| l.find("[-]")) {
+            Some(i) => l[i..].trim_end_matches(['"', ')']),
+            None => l,
+        })
+        .collect();
     let failing: Vec<&str> = readyz.iter().filter(|l| l.starts_with("[-]")).copied().collect();
     if readyz.iter().any(|l| l.contains("readyz check passed")) {
         v.push(Diagnosis::ok(
@@ -864,8 +940,8 @@ pub fn judge_api(out: &str) -> Vec<Diagnosis> {
     }
     for l in ["kube-scheduler", "kube-controller-manager"] {
         let line = out.lines().find_map(|x| x.strip_prefix(&format!("lease {l} "))).unwrap_or("").trim();
-        let mut w = line.split_whitespace();
-        let (holder, renewed) = (w.next(), w.next().and_then(parse_rfc3339));
+        let (holder, renewed) = line.split_once('|').unwrap_or(("", ""));
+        let (holder, renewed) = (Some(holder).filter(|h| !h.is_empty()), parse_rfc3339(renewed));
         match (holder, renewed) {
             (Some(h), Some(t)) if now - t <= LEASE_STALE_SECONDS => v.push(Diagnosis::ok(
                 if l == "kube-scheduler" { "scheduler" } else { "controller-manager" },
@@ -875,6 +951,7 @@ pub fn judge_api(out: &str) -> Vec<Diagnosis> {
                 let check = if l == "kube-scheduler" { "scheduler" } else { "controller-manager" };
                 let seen = match (holder, renewed) {
                     (Some(h), Some(t)) => format!("{h} last renewed the {l} lease {} s ago", now - t),
+                    (None, Some(t)) => format!("the {l} lease has no holder (released {} s ago)", now - t),
                     _ => format!("no {l} lease"),
                 };
                 v.push(Diagnosis::bad(check, Verdict::Fail, "", seen).because(

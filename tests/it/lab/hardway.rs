@@ -13,8 +13,8 @@ use crate::util::run;
 
 /// The workstation, as a namespace on the lab's internet that joins the mesh as the
 /// access peer `workstation` with the config `kforge render` wrote for it.
-struct Workstation {
-    ns: Stranger,
+pub(super) struct Workstation {
+    pub(super) ns: Stranger,
     kubeconfig: String,
     kubectl: String,
 }
@@ -78,6 +78,8 @@ fn the_hard_way_runs_for_real() {
     secrets_are_encrypted_in_etcd(&lab);
     etcd_is_a_healthy_mtls_cluster_on_the_mesh(&lab);
     every_unit_verifies_and_explain_matches_the_host(&lab);
+    super::doctor::kforge_doctor_finds_each_seed_failure_and_its_fix(&lab);
+    super::doctor::kforge_certs_renew_serves_the_new_certificate_and_restarts_nothing_else(&lab, &ws);
     assert_eq!(totals(&lab.apply_json()), (0, 0), "a second apply changes nothing");
     lab.rerunning_the_bootstrap_changes_nothing();
     workers_survive_a_stopped_api_server(&lab);

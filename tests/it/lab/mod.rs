@@ -16,6 +16,7 @@ use kforge_lab::LabState;
 
 use crate::util::{Output, TestContext, run};
 
+mod doctor;
 mod gitops;
 mod hardway;
 

@@ -3,12 +3,12 @@
 
 KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s)
 
-# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT: this host's clock, swap,
+# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT "FILE…": this host's clock, swap,
 # cgroups, forwarding sysctls, identity, mesh handshakes, don't-fragment pings at the
 # mesh MTU, required ports over the mesh, the loaded firewall, certificates on disk,
 # resolv.conf, flannel's VXLAN device. Probes run in parallel; each prints its lines.
 kf_doctor_host() {
-  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} ip p f u dir dev
+  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} files=${8:-} ip p f u dir dev state
   dir=$(mktemp -d)
   echo "time $(date +%s.%N)"
   echo "swap $(($(wc -l < /proc/swaps) - 1))"
@@ -52,13 +52,22 @@ kf_doctor_host() {
     fi
   done
   for f in $certs; do
-    [ -f "$f" ] && echo "cert $f $(sha256sum "$f" | cut -d' ' -f1) $(openssl x509 -noout -enddate -in "$f" 2>/dev/null | cut -d= -f2 | tr ' ' _)"
+    # The certificate itself (public), one line: kforge reads its dates (hosts may lack openssl).
+    [ -f "$f" ] && echo "cert $f $(sha256sum "$f" | cut -d' ' -f1) $(base64 -w0 < "$f")"
   done
   echo "resolv $(awk '/^nameserver/{print $2}' /etc/resolv.conf 2>/dev/null | tr '\n' ' ')"
   if ip -d link show flannel.1 >/dev/null 2>&1; then
     echo "vxlan $(ip -d link show flannel.1 | grep -o 'dev [^ ]*' | head -1 | cut -d' ' -f2)"
   fi
-  for u in $units; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1)"; done
+  for f in $files; do
+    if [ -f "$f" ]; then echo "file $f $(sha256sum "$f" | cut -d' ' -f1)"; else echo "file $f missing"; fi
+  done
+  for u in $units; do
+    state=$(systemctl is-active "$u" 2>/dev/null | head -1)
+    echo "unit $u $state"
+    # Why a unit is down: its last complaint in the journal.
+    case $state in failed|activating) echo "unitlog $u $(journalctl -u "$u" -n 50 --no-pager -o cat 2>/dev/null | grep -v "^$u: " | grep -iE 'error|fail|no such|invalid|refus' | tail -1)" ;; esac
+  done
   wait
   cat "$dir"/* 2>/dev/null
   # After the pings: every pair has just had a reason to handshake.
@@ -94,10 +103,12 @@ kf_doctor_etcd() {
 # pods Pending with their PodScheduled condition, and this host's clock.
 kf_doctor_api() {
   local l
+  # Short timeouts: without etcd every question would hang for the default 10 s.
+  KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=5s)
   echo "now $(date +%s)"
   "${KF_KUBECTL[@]}" get --raw='/readyz?verbose' 2>&1 | sed 's/^/readyz /'
   for l in kube-scheduler kube-controller-manager; do
-    echo "lease $l $("${KF_KUBECTL[@]}" -n kube-system get lease "$l" -o jsonpath='{.spec.holderIdentity} {.spec.renewTime}' 2>/dev/null)"
+    echo "lease $l $("${KF_KUBECTL[@]}" -n kube-system get lease "$l" -o jsonpath='{.spec.holderIdentity}|{.spec.renewTime}' 2>/dev/null)"
   done
   "${KF_KUBECTL[@]}" get pods -A --field-selector=status.phase=Pending -o jsonpath='{range .items[*]}pending {.metadata.namespace}/{.metadata.name} {.metadata.creationTimestamp} {range .status.conditions[?(@.type=="PodScheduled")]}{.reason}: {.message}{end}{"\n"}{end}' 2>/dev/null
   true
