@@ -148,14 +148,7 @@ pub enum Command {
     /// unit kforge starts must be active; hardway: etcd must answer
     /// `endpoint health --cluster` over mTLS. Components installed as stand-ins are
     /// listed by name as not running. Exit 0 only when every check passes.
-    Status {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        #[command(flatten)]
-        ssh: SshArgs,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
-        output: Format,
-    },
+    Status(RemoteCheckArgs),
     /// Diagnose the running cluster, read-only: each check ok / warn / fail, with the
     /// evidence, the cause and the fix.
     ///
@@ -171,14 +164,7 @@ pub enum Command {
     /// Nothing is written on any host.
     ///
     /// Exit: 0 all ok, 2 something failed, 3 warnings only, 1 doctor could not run.
-    Doctor {
-        #[command(flatten)]
-        cluster: ClusterArgs,
-        #[command(flatten)]
-        ssh: SshArgs,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
-        output: Format,
-    },
+    Doctor(RemoteCheckArgs),
     /// Explain a node's files: what each is, which component reads it, and why its
     /// important fields have their values (the learner's view of the hard way).
     ///
@@ -217,6 +203,17 @@ pub enum Command {
     Schema,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+/// A command that asks the hosts over SSH and reports: the cluster, SSH, the format.
+#[derive(Args, Debug, Clone)]
+pub struct RemoteCheckArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -305,18 +305,23 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
             .filter(|n| n.control_plane && views.get(&n.node).is_some_and(|v| v.error.is_none()))
             .filter_map(|n| host_for(&n.node))
             .collect();
-        out.extend(etcd(input, &controllers));
-        out.extend(api(&controllers));
-        if let Some((dns, domain)) = &input.cluster_dns {
-            let workers: Vec<Host> = input
-                .plan
-                .nodes
-                .iter()
-                .filter(|n| n.roles.runs_workloads() && views.get(&n.node).is_some_and(|v| v.error.is_none()))
-                .filter_map(|n| host_for(&n.node))
-                .collect();
-            out.push(coredns(dns, domain, &workers));
-        }
+        let workers: Vec<Host> = input
+            .plan
+            .nodes
+            .iter()
+            .filter(|n| n.roles.runs_workloads() && views.get(&n.node).is_some_and(|v| v.error.is_none()))
+            .filter_map(|n| host_for(&n.node))
+            .collect();
+        // The three cluster-wide questions at once: each waits on a different thing.
+        let (etcd, api, dns) = std::thread::scope(|s| {
+            let etcd = s.spawn(|| etcd(input, &controllers));
+            let api = s.spawn(|| api(&controllers));
+            let dns = s.spawn(|| input.cluster_dns.as_ref().map(|(dns, domain)| coredns(dns, domain, &workers)));
+            (etcd.join().expect("etcd probe"), api.join().expect("api probe"), dns.join().expect("dns probe"))
+        });
+        out.extend(etcd);
+        out.extend(api);
+        out.extend(dns);
     }
     Ok(DoctorReport { cluster: input.plan.cluster.clone(), diagnoses: out, seconds: now() - started })
 }
