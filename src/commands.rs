@@ -682,7 +682,17 @@ fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         renew_before_days: i64::from(spec.pki.renew_before_days),
         cluster_dns: hardway_api.then(|| (model.cluster_dns_ip.to_string(), spec.network.cluster_domain.clone())),
     };
-    let report = kforge_ssh::doctor::doctor(&input).map_err(CliError::Other)?;
+    let mut report = kforge_ssh::doctor::doctor(&input).map_err(CliError::Other)?;
+    // The workstation's own kubeconfig, the one kubectl here uses.
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")));
+    if let Some(path) = kubeconfig
+        && let Ok(text) = std::fs::read_to_string(&path)
+        && let Some(d) = kforge_ssh::doctor::local_kubeconfig(&path.display().to_string(), &text, &model.api_url())
+    {
+        report.diagnoses.push(d);
+    }
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::doctor_text(&report)),

@@ -236,3 +236,19 @@ fn lease_times_and_rulesets_parse() {
     );
     assert_eq!(rules.into_iter().collect::<Vec<_>>(), [("forward".to_string(), 0), ("input".to_string(), 2)]);
 }
+
+/// The seed's copied k3s.yaml: a kubeconfig whose server is 127.0.0.1.
+#[test]
+fn a_workstation_kubeconfig_on_loopback_is_named() {
+    let copied = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://127.0.0.1:6443\n  name: default\n";
+    let d = doctor::local_kubeconfig("/home/me/.kube/config", copied, "https://10.4.0.1:6443").unwrap();
+    assert_eq!((d.check, d.verdict), ("kubeconfig", Verdict::Warn));
+    assert!(
+        d.evidence.contains("https://127.0.0.1:6443")
+            && d.fix.contains("kforge kubeconfig --out /home/me/.kube/config"),
+        "{d:?}"
+    );
+    let good = copied.replace("127.0.0.1", "10.4.0.1");
+    assert_eq!(doctor::local_kubeconfig("k", &good, "https://10.4.0.1:6443").unwrap().verdict, Verdict::Ok);
+    assert!(doctor::local_kubeconfig("k", "not a kubeconfig", "").is_none());
+}

@@ -206,6 +206,38 @@ fn log_message(text: &str) -> String {
     }
 }
 
+/// The workstation's kubeconfig: a `server:` on loopback works only on the node the
+/// file was copied from (the seed's K3s `k3s.yaml`, 127.0.0.1:6443). None when `text`
+/// names no server at all.
+pub fn local_kubeconfig(path: &str, text: &str, api_url: &str) -> Option<Diagnosis> {
+    let servers: Vec<&str> =
+        text.lines().filter_map(|l| l.trim().strip_prefix("server:")).map(|s| s.trim().trim_matches('"')).collect();
+    if servers.is_empty() {
+        return None;
+    }
+    let loopback: Vec<&str> = servers
+        .iter()
+        .copied()
+        .filter(|u| {
+            let host = u.split("://").nth(1).unwrap_or(u);
+            host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+        })
+        .collect();
+    Some(match loopback.is_empty() {
+        true => Diagnosis::ok("kubeconfig", format!("{path} points at {}", servers.join(", "))),
+        false => Diagnosis::bad(
+            "kubeconfig",
+            Verdict::Warn,
+            path,
+            format!("server {} is loopback", loopback.join(", ")),
+        )
+        .because(
+            "it works only on the node it was copied from; from here every kubectl fails with connection refused",
+            format!("kforge kubeconfig --out {path} writes one for the API on the mesh ({api_url})"),
+        ),
+    })
+}
+
 /// `2026-11-24T18:00:00.123456Z` (a Lease's renewTime) as Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let (date, rest) = s.split_once('T')?;

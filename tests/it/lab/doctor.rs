@@ -12,12 +12,23 @@ use serde_json::Value;
 use super::Lab;
 use super::hardway::Workstation;
 
-/// `kforge doctor -o json`: (exit code, report).
+/// `kforge doctor -o json` with the workstation's kubeconfig (`kforge kubeconfig`'s,
+/// written when the workstation joined): (exit code, report).
 fn doctor(lab: &Lab) -> (i32, Value) {
-    let out = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml", "-o", "json"]);
-    let v = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("doctor -o json: {e}\n{}{}", out.stdout, out.stderr));
-    (out.code, v)
+    doctor_with_kubeconfig(lab, "admin.kubeconfig")
+}
+
+fn doctor_with_kubeconfig(lab: &Lab, kubeconfig: &str) -> (i32, Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kforge"))
+        .args(["doctor", "-f", "lab/kforge.yaml", "-o", "json"])
+        .current_dir(lab.ctx.path(""))
+        .env("KUBECONFIG", lab.ctx.path(kubeconfig))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("doctor -o json: {e}\n{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
 }
 
 /// Every diagnosis that is not ok, as `check node: evidence`.
@@ -90,10 +101,24 @@ pub(super) fn kforge_doctor_finds_each_seed_failure_and_its_fix(lab: &Lab) {
         "scheduler",
         "pods",
         "coredns",
+        "kubeconfig",
     ] {
         assert!(checks.contains(&c), "{c} is checked: {checks:?}");
     }
     doctor_changes_nothing_on_the_hosts(lab);
+
+    // The seed's kubeconfig copied off a node: its server is 127.0.0.1.
+    let copied = lab.ctx.read("admin.kubeconfig").replace("https://10.4.0.1:6443", "https://127.0.0.1:6443");
+    assert!(copied.contains("127.0.0.1"), "the admin kubeconfig names lab-1's mesh address");
+    lab.ctx.write("copied.kubeconfig", &copied);
+    let p = problems(&doctor_with_kubeconfig(lab, "copied.kubeconfig").1);
+    assert_found(
+        &p,
+        "kubeconfig",
+        &["copied.kubeconfig", "server https://127.0.0.1:6443 is loopback", "kforge kubeconfig --out"],
+    );
+    lab.ctx.kforge(&["kubeconfig", "-f", "lab/kforge.yaml", "--out", "copied.kubeconfig"]).success();
+    assert!(only_the_lab_warning(&problems(&doctor_with_kubeconfig(lab, "copied.kubeconfig").1)));
 
     // A missing kube-scheduler configuration: every new pod stays Pending (the seed).
     for n in ["lab-1", "lab-2", "lab-3"] {
