@@ -129,6 +129,7 @@ pub enum Command {
     ///   kforge lint                           the cluster file and kforge's own manifests
     ///   kforge lint apps/                     …and every manifest under apps/
     ///   kforge lint -o sarif apps/ > lint.sarif   for code-scanning tools
+    #[command(verbatim_doc_comment)]
     Lint {
         /// The cluster file (optional: without one, manifests get the checks that need no topology).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -171,6 +172,7 @@ pub enum Command {
     ///   kforge explain                     the nodes and what each runs
     ///   kforge explain NODE                every file of NODE, one line each
     ///   kforge explain NODE PATH           one file in full (PATH as in `kforge plan`)
+    #[command(verbatim_doc_comment)]
     Explain {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -183,6 +185,7 @@ pub enum Command {
     ///   kforge certs renew                 re-issue the leaves due, deliver with apply
     ///   kforge certs renew apiserver/cp-1  re-issue these leaves now, deliver with apply
     #[command(subcommand)]
+    #[command(verbatim_doc_comment)]
     Certs(CertsCommand),
     /// etcd of a hardway cluster: health, snapshot, restore (over SSH, mTLS).
     #[command(subcommand)]
@@ -195,6 +198,7 @@ pub enum Command {
     ///   kforge gitops host-key HOST     a forge's SSH host key line to check and pin in knownHosts
     ///   kforge gitops status            source revision, Kustomization ready, last error
     #[command(subcommand)]
+    #[command(verbatim_doc_comment)]
     Gitops(GitopsCommand),
     /// Local lab machines to try kforge on (root; systemd-nspawn + network namespaces).
     #[command(subcommand)]
