@@ -70,12 +70,6 @@ impl Object {
         Some(self.root.at(path).map(|n| n.pos).unwrap_or(self.root.pos))
     }
 
-    /// Position of the key `key` under the mapping at `path` (for annotation lines).
-    pub fn key_pos(&self, path: &str, key: &str) -> Option<Pos> {
-        let map = self.root.at(path)?;
-        map.entries().iter().find(|(k, ..)| k == key).map(|(_, p, _)| *p)
-    }
-
     /// The pod spec of a Pod or of a workload's template (CronJob: its job's template).
     pub fn pod_spec(&self) -> Option<&Node> {
         match self.kind.as_str() {

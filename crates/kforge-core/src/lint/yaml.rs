@@ -26,7 +26,7 @@ pub enum Value {
     Map(Vec<(String, Pos, Node)>),
 }
 
-/// One `---` document of a stream, with the line it starts on.
+/// One `---` document of a stream (its root node carries where it starts).
 #[derive(Debug, Clone)]
 pub struct Document {
     pub root: Node,
