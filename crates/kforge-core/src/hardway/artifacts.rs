@@ -36,7 +36,13 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
 
 /// `ctr images import` of each image archive, after containerd runs and before the
 /// kubelet starts. Skipped when the archive was imported already (a stamp with its
-/// digest) and containerd still knows the image (a wiped /var/lib/containerd re-imports).
+/// digest) and containerd still knows the image, pinned (a wiped /var/lib/containerd
+/// re-imports).
+///
+/// Pinned (containerd's CRI label `io.cri-containerd.pinned=pinned`) because no registry
+/// serves these images: the kubelet's image garbage collection, which starts when the
+/// image filesystem passes 85% full, never removes a pinned image, while an unpinned
+/// one would be gone until the next apply and a pod needing it would fail to pull.
 pub(super) fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
     model
         .spec
@@ -48,18 +54,24 @@ pub(super) fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
             let stamp = format!("{archive}.imported");
             let ctr = "/usr/local/bin/ctr --namespace k8s.io";
             let name = &img.name;
+            let present_and_pinned =
+                format!("{ctr} images ls -q 'name=={name},labels.\"{PINNED_LABEL}\"==pinned' | grep -qx '{name}'");
             PlannedCommand {
-                description: format!("import image {name} into containerd"),
+                description: format!("import image {name} into containerd, pinned"),
                 run: format!(
-                    "{ctr} images import --local {archive} >/dev/null && {ctr} images ls -q 'name=={name}' | grep -qx '{name}' && sha256sum {archive} | cut -d' ' -f1 > {stamp}"
+                    "{ctr} images import --local {archive} >/dev/null && {ctr} images label '{name}' {PINNED_LABEL}=pinned >/dev/null && {present_and_pinned} && sha256sum {archive} | cut -d' ' -f1 > {stamp}"
                 ),
                 unless: Some(format!(
-                    "[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {archive} | cut -d' ' -f1)\" ] && {ctr} images ls -q 'name=={name}' | grep -qx '{name}'"
+                    "[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {archive} | cut -d' ' -f1)\" ] && {present_and_pinned}"
                 )),
             }
         })
         .collect()
 }
+
+/// containerd's CRI reports an image with this label as pinned; the kubelet's image
+/// garbage collection skips pinned images.
+const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 
 /// Where the artifact lands on the host: the binary itself, or the release tarball
 /// kept under /var/lib/kforge/archives when the component unpacks one.
