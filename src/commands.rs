@@ -681,6 +681,7 @@ fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         cgroup_v1_allowed: spec.hardway.allow_cgroup_v1,
         renew_before_days: i64::from(spec.pki.renew_before_days),
         cluster_dns: hardway_api.then(|| (model.cluster_dns_ip.to_string(), spec.network.cluster_domain.clone())),
+        images: if hardway { spec.images.iter().map(|i| i.name.clone()).collect() } else { Vec::new() },
     };
     let mut report = kforge_ssh::doctor::doctor(&input).map_err(CliError::Other)?;
     // The workstation's own kubeconfig, the one kubectl here uses.

@@ -37,10 +37,15 @@ fn input(plan: &kforge_core::plan::Plan) -> DoctorInput<'_> {
         cgroup_v1_allowed: false,
         renew_before_days: 30,
         cluster_dns: None,
+        images: vec![IMAGE.into()],
     }
 }
 
-/// What a healthy host answers: its plan's certificates, units active, cgroup v2.
+/// The image archive the fixture's workers have imported.
+const IMAGE: &str = "kforge.lab/busybox:1";
+
+/// What a healthy host answers: its plan's certificates, units active, cgroup v2,
+/// imported images pinned on workers.
 fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
     let mut out =
         format!("time {clock}\nswap 0\ncgroup cgroup2fs\nsysctl ip_forward 1\nsysctl bridge-nf-call-iptables 1\n");
@@ -64,6 +69,9 @@ fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
     }
     for u in np.units().filter(|u| u.start) {
         out += &format!("unit {} active\n", u.name);
+    }
+    if np.roles.runs_workloads() {
+        out += &format!("image {IMAGE} pinned\n");
     }
     out += "resolv 1.1.1.1\n";
     HostView { sent_at: clock, ..HostView::parse(&out) }
@@ -93,6 +101,33 @@ fn healthy_answers_are_all_ok() {
     let d = judge_hosts(&input(&f.plan), &views(&f.plan, |_, _| {}));
     assert_eq!(failing(&d), [], "{d:#?}");
     assert!(d.iter().any(|d| d.check == "certificates" && d.evidence.contains("are the bundle's")), "{d:#?}");
+}
+
+#[test]
+fn an_imported_image_gone_or_unpinned_is_named_with_its_node() {
+    let f = fixture();
+    let d = judge_hosts(&input(&f.plan), &views(&f.plan, |_, _| {}));
+    let ok = d.iter().find(|d| d.check == "images").expect("images are checked");
+    assert_eq!(ok.evidence, "2 imported images in containerd and pinned, on 2 workers");
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            let state = match n {
+                "worker-0" => "missing",
+                "worker-1" => "unpinned",
+                _ => return,
+            };
+            v.images.insert(IMAGE.into(), state.into());
+        }),
+    );
+    assert_eq!(
+        failing(&d),
+        [("images", Verdict::Fail, "worker-0".to_string()), ("images", Verdict::Warn, "worker-1".to_string())]
+    );
+    let gone = d.iter().find(|d| d.check == "images" && d.verdict == Verdict::Fail).unwrap();
+    assert!(gone.evidence.contains(IMAGE) && gone.fix.contains("kforge apply"), "{gone:?}");
+    let unpinned = d.iter().find(|d| d.check == "images" && d.verdict == Verdict::Warn).unwrap();
+    assert!(unpinned.cause.contains("garbage collection") && unpinned.fix.contains("pins"), "{unpinned:?}");
 }
 
 #[test]

@@ -100,6 +100,8 @@ pub struct DoctorInput<'a> {
     /// Warn about certificates expiring within this many days (`pki.renewBeforeDays`).
     pub renew_before_days: i64,
     pub cluster_dns: Option<(String, String)>,
+    /// hardway: the image archives kforge imports into every worker's containerd.
+    pub images: Vec<String>,
 }
 
 /// What one host answered.
@@ -131,6 +133,8 @@ pub struct HostView {
     /// Planned file → its sha256 on the host, or `missing`.
     pub files: BTreeMap<String, String>,
     pub vxlan_dev: Option<String>,
+    /// Imported image → pinned | unpinned | missing (empty: not asked, or containerd silent).
+    pub images: BTreeMap<String, String>,
     /// The underlay interface and its MTU.
     pub underlay: Option<(String, u32)>,
 }
@@ -184,6 +188,9 @@ impl HostView {
                     h.files.insert(path.to_string(), sum.to_string());
                 }
                 ["vxlan", dev] => h.vxlan_dev = Some(dev.to_string()),
+                ["image", name, state] => {
+                    h.images.insert(name.to_string(), state.to_string());
+                }
                 ["underlay", dev, mtu] => h.underlay = mtu.parse().ok().map(|m| (dev.to_string(), m)),
                 _ => {}
             }
@@ -316,6 +323,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     units.join(" "),
                     np.endpoint.clone().unwrap_or_default(),
                     np.files().map(|f| f.path.as_str()).collect::<Vec<_>>().join(" "),
+                    if np.roles.runs_workloads() { input.images.join(" ") } else { String::new() },
                 ];
                 let sent_at = now();
                 let view = match host.run_script("doctor", &call("kf_doctor_host", &args)) {
@@ -410,6 +418,7 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
     out.extend(firewall(&up));
     out.extend(ports(input, &up));
     out.extend(files(&up));
+    out.extend(images(&up));
     out.extend(certificates(input, &up));
     out.extend(services(&up));
     out.extend(per_node(
@@ -815,6 +824,40 @@ fn files(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
     }
     if out.is_empty() {
         out.push(Diagnosis::ok("files", format!("{count} planned files on the hosts are as planned")));
+    }
+    out
+}
+
+/// Every image kforge imported is in each worker's containerd, pinned. No registry
+/// serves them, so a deleted one stays gone; the kubelet's image garbage collection
+/// deletes unused, unpinned images once the image filesystem passes 85%.
+fn images(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let (mut count, mut nodes) = (0, 0);
+    for (n, v) in up.iter().filter(|(_, v)| !v.images.is_empty()) {
+        nodes += 1;
+        count += v.images.len();
+        let with =
+            |state: &str| v.images.iter().filter(|(_, s)| *s == state).map(|(i, _)| i.as_str()).collect::<Vec<_>>();
+        let (missing, unpinned) = (with("missing"), with("unpinned"));
+        if !missing.is_empty() {
+            out.push(Diagnosis::bad("images", Verdict::Fail, &n.node, format!("not in containerd: {}", missing.join(", "))).because(
+                "no registry serves an image kforge imports: a pod needing it on this node fails with ErrImageNeverPull or ErrImagePull",
+                "kforge apply imports it again (pinned)",
+            ));
+        }
+        if !unpinned.is_empty() {
+            out.push(Diagnosis::bad("images", Verdict::Warn, &n.node, format!("not pinned: {}", unpinned.join(", "))).because(
+                "the kubelet's image garbage collection deletes an unused, unpinned image once the image filesystem passes 85% full, and no registry serves it back",
+                "kforge apply pins it (containerd label io.cri-containerd.pinned=pinned)",
+            ));
+        }
+    }
+    if out.is_empty() && nodes > 0 {
+        out.push(Diagnosis::ok(
+            "images",
+            format!("{count} imported images in containerd and pinned, on {nodes} workers"),
+        ));
     }
     out
 }

@@ -95,6 +95,7 @@ pub(super) fn kforge_doctor_finds_each_seed_failure_and_its_fix(lab: &Lab) {
         "firewall",
         "ports",
         "files",
+        "images",
         "certificates",
         "etcd",
         "api",
@@ -119,6 +120,17 @@ pub(super) fn kforge_doctor_finds_each_seed_failure_and_its_fix(lab: &Lab) {
     );
     lab.ctx.kforge(&["kubeconfig", "-f", "lab/kforge.yaml", "--out", "copied.kubeconfig"]).success();
     assert!(only_the_lab_warning(&problems(&doctor_with_kubeconfig(lab, "copied.kubeconfig").1)));
+
+    // An imported image unpinned on one worker (the kubelet's garbage collection may
+    // delete it) and gone from another (no registry serves it back).
+    const CTR: &str = "/usr/local/bin/ctr --namespace k8s.io images";
+    lab.ssh("lab-2", &format!("{CTR} label kforge.lab/busybox:1 io.cri-containerd.pinned= >/dev/null"));
+    lab.ssh("lab-3", &format!("{CTR} rm kforge.lab/busybox:1 >/dev/null"));
+    let p = problems(&doctor(lab).1);
+    assert_found(&p, "images", &["[warn] lab-2", "not pinned: kforge.lab/busybox:1", "kforge apply pins it"]);
+    assert_found(&p, "images", &["[fail] lab-3", "not in containerd: kforge.lab/busybox:1", "kforge apply imports it"]);
+    lab.apply(&[]).success();
+    wait_healthy(lab, 30, "kforge apply imported and pinned the image again");
 
     // A missing kube-scheduler configuration: every new pod stays Pending (the seed).
     for n in ["lab-1", "lab-2", "lab-3"] {

@@ -3,12 +3,14 @@
 
 KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s)
 
-# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT "FILE…": this host's clock, swap,
-# cgroups, forwarding sysctls, identity, mesh handshakes, don't-fragment pings at the
-# mesh MTU, required ports over the mesh, the loaded firewall, certificates on disk,
-# resolv.conf, flannel's VXLAN device. Probes run in parallel; each prints its lines.
+# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT "FILE…" "IMAGE…": this
+# host's clock, swap, cgroups, forwarding sysctls, identity, mesh handshakes,
+# don't-fragment pings at the mesh MTU, required ports over the mesh, the loaded
+# firewall, certificates on disk, resolv.conf, flannel's VXLAN device, imported images.
+# Probes run in parallel; each prints its lines.
 kf_doctor_host() {
-  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} files=${8:-} ip p f u dir dev state
+  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} files=${8:-} images=${9:-}
+  local ip p f u i dir dev state known pinned
   dir=$(mktemp -d)
   echo "time $(date +%s.%N)"
   echo "swap $(($(wc -l < /proc/swaps) - 1))"
@@ -63,6 +65,18 @@ kf_doctor_host() {
   for f in $files; do
     if [ -f "$f" ]; then echo "file $f $(sha256sum "$f" | cut -d' ' -f1)"; else echo "file $f missing"; fi
   done
+  # Images kforge imported (no registry serves them): still in containerd, and pinned so
+  # the kubelet's image garbage collection leaves them alone. Nothing when containerd
+  # does not answer (the services check says why).
+  if [ -n "$images" ] && known=$(/usr/local/bin/ctr --namespace k8s.io images ls -q 2>/dev/null); then
+    pinned=$(/usr/local/bin/ctr --namespace k8s.io images ls -q 'labels."io.cri-containerd.pinned"==pinned' 2>/dev/null)
+    for i in $images; do
+      if ! printf '%s\n' "$known" | grep -qxF "$i"; then state=missing
+      elif printf '%s\n' "$pinned" | grep -qxF "$i"; then state=pinned
+      else state=unpinned; fi
+      echo "image $i $state"
+    done
+  fi
   for u in $units; do
     state=$(systemctl is-active "$u" 2>/dev/null | head -1)
     echo "unit $u $state"
