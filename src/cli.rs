@@ -158,8 +158,8 @@ pub enum Command {
     /// don't-fragment ping at the mesh MTU (MTU black holes), the loaded firewall
     /// against the plan and every required node-to-node port over the mesh (a rule that
     /// hides a node), certificates on disk against the bundle and their expiry, units,
-    /// loopback resolvers (CoreDNS loops), flannel's VXLAN device. Then, where the real
-    /// control plane runs (hardway): etcd member by member (quorum, leader, stale
+    /// loopback resolvers (CoreDNS loops), flannel's VXLAN device, imported images gone
+    /// or unpinned. Then, where the real control plane runs (hardway): etcd member by member (quorum, leader, stale
     /// members, alarms), /readyz?verbose, the scheduler's and controller-manager's
     /// leases, Pending pods with the scheduler's reason, CoreDNS answering.
     /// Nothing is written on any host.
