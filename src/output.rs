@@ -187,14 +187,18 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
                 o,
                 "{}: {}",
                 h.node,
-                match (&h.error, changes + h.units_restarted.len()) {
+                match (&h.error, changes + h.units_restarted.len() + h.repaired.len()) {
                     (Some(e), _) => format!("UNREACHABLE: {e}"),
                     (None, 0) => "no changes".to_string(),
                     (None, _) => format!(
-                        "{changes} file change{}, {} unit restart{}",
+                        "{changes} file change{}, {} unit restart{}{}",
                         plural(changes),
                         h.units_restarted.len(),
-                        plural(h.units_restarted.len())
+                        plural(h.units_restarted.len()),
+                        match h.repaired.len() {
+                            0 => String::new(),
+                            n => format!(", {n} repair{}", plural(n)),
+                        }
                     ),
                 }
             );
@@ -209,6 +213,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             }
             for f in &h.files_removed {
                 let _ = writeln!(o, "  - {f}");
+            }
+            for r in &h.repaired {
+                let _ = writeln!(o, "  ! {r}  (undone outside kforge: repair)");
             }
             for u in &h.units_restarted {
                 let _ = writeln!(o, "  restart {u}");
@@ -238,6 +245,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         );
         if let Some(e) = &h.error {
             let _ = writeln!(o, "  {}: {e}", h.node);
+        }
+        for r in &h.repaired {
+            let _ = writeln!(o, "  {}: repaired (undone outside kforge): {r}", h.node);
         }
     }
     o

@@ -93,6 +93,7 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
             description: "apply kernel settings".into(),
             run: "sysctl -q -p /etc/sysctl.d/90-kforge.conf".into(),
             unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
+            recheck: None,
         }),
         Step::Enable("wg-quick@kforge0.service".into()),
         Step::Restart {

@@ -18,6 +18,8 @@ use crate::wireguard::PrivateKey;
 pub const FIREWALL_FILE: &str = "/etc/kforge/firewall.nft";
 pub const FIREWALL_UNIT: &str = "kforge-firewall.service";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-kforge.conf";
+/// True when the kernel forwards IPv4, which pods and NAT relaying need.
+const FORWARDING_ON: &str = "[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]";
 /// What the host needs from its package manager (Debian/Ubuntu names).
 pub const HOST_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
 
@@ -137,7 +139,10 @@ fn plan_member(
     mesh.commands.push(PlannedCommand {
         description: "apply kernel settings (skipped when forwarding is already on)".into(),
         run: format!("sysctl -q -p {SYSCTL_FILE}"),
-        unless: Some("[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]".into()),
+        unless: Some(FORWARDING_ON.into()),
+        // Forwarding switched off by hand (or by another tool) stops pod traffic and
+        // NAT relaying while every file is still as kforge wrote it.
+        recheck: Some(FORWARDING_ON.into()),
     });
     let mut wg_inputs = vec![wg_path.clone()];
     if let Some(dropin) = nat_priming_dropin(model, me, iface) {
@@ -200,6 +205,7 @@ fn plan_member(
             description: "behind NAT: send every public peer a packet so it learns this node's address".into(),
             run: format!("bash -c '{hello}'"),
             unless: None,
+            recheck: None,
         });
     }
     if caps.userspace_wireguard {

@@ -225,6 +225,14 @@ pub struct PlannedCommand {
     pub run: String,
     /// Skip when this shell test succeeds (makes the command idempotent).
     pub unless: Option<String>,
+    /// A cheap, read-only shell test of state that lives outside kforge's files and that
+    /// something else can undo (containerd's image store, a kernel setting). An SSH
+    /// apply runs only the commands of phases it changed — except that it evaluates
+    /// this test on every host at every apply, with the facts, and runs the command
+    /// where the test fails: so `kforge apply` repairs the drift. The bootstrap script
+    /// runs every guarded command anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<String>,
 }
 
 impl PlannedCommand {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use kforge_core::paths::{self, BOOTSTRAP_SCRIPT};
 use kforge_core::pipeline::HostCaps;
-use kforge_core::plan::{ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedFile};
+use kforge_core::plan::{ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile};
 use kforge_core::render::script::render_bootstrap;
 use kforge_core::render::steps::{Step, to_shell};
 
@@ -340,9 +340,16 @@ fn run_phase_inner(
         }
     }
     script.daemon_reload = script.writes.iter().any(|f| f.kind == FileKind::SystemdUnit);
-    // Guarded commands (sysctl, unpacking, addons) run when this phase changed anything.
+    // Guarded commands (sysctl, unpacking, addons) run when this phase changed anything;
+    // otherwise only those whose recheck failed in the facts (an imported image deleted,
+    // forwarding switched off): kforge repairs that drift though no file of it changed.
+    let mut repairs = Vec::new();
     if phase_changed || !script.writes.is_empty() {
         script.commands = pp.commands.clone();
+    } else {
+        let drifted = |c: &&PlannedCommand| c.recheck.as_ref().is_some_and(|t| h.facts.failed_rechecks.contains(t));
+        script.commands = pp.commands.iter().filter(drifted).cloned().collect();
+        repairs = script.commands.iter().map(|c| c.description.clone()).collect();
     }
     for u in pp.units.iter().filter(|u| u.start) {
         let (active, enabled) = h.facts.units.get(&u.name).copied().unwrap_or((false, false));
@@ -375,6 +382,7 @@ fn run_phase_inner(
     script.manifest_json = Some(manifest_json(&h.cluster, &h.manifest));
     if opts.dry_run {
         h.report.units_restarted.extend(script.restarts.iter().map(|r| r.unit.clone()));
+        h.report.repaired.extend(repairs);
         return Ok(());
     }
     if !script.commands.is_empty() {
@@ -393,6 +401,7 @@ fn run_phase_inner(
     for f in &script.writes {
         h.facts.hashes.insert(f.path.clone(), f.sha256.clone());
     }
+    h.report.repaired.extend(repairs);
     Ok(())
 }
 

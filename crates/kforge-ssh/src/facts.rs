@@ -34,6 +34,9 @@ pub struct NodeFacts {
     pub stale_temp_files: Vec<String>,
     /// Of the plan's required commands, those the host lacks.
     pub missing_commands: Vec<String>,
+    /// The plan's recheck tests (`PlannedCommand::recheck`) that failed here: state
+    /// outside kforge's files that was undone since the last apply.
+    pub failed_rechecks: BTreeSet<String>,
 }
 
 /// Every path whose hash the engine needs: planned files, artifacts, old manifest.
@@ -46,6 +49,12 @@ fn watched_paths(plan: &NodePlan) -> Vec<String> {
     // The host's own bootstrap script, left by every apply.
     v.push(kforge_core::paths::BOOTSTRAP_SCRIPT.into());
     v
+}
+
+/// Every recheck test of the plan, in plan order (the facts report failures by index).
+fn rechecks(plan: &NodePlan) -> Vec<String> {
+    let all = plan.phases.iter().flat_map(|p| p.commands.iter().filter_map(|c| c.recheck.clone()));
+    all.collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 fn units(plan: &NodePlan) -> Vec<String> {
@@ -62,18 +71,20 @@ pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let rechecks = rechecks(plan);
     let script = format!(
-        "{}\n{}\n{}\n{}\n{FACTS_SH}",
+        "{}\n{}\n{}\n{}\n{}\n{FACTS_SH}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
         sh_array("KF_COMMANDS", &plan.required_commands),
         sh_array("KF_DIRS", &dirs),
+        sh_array("KF_RECHECKS", &rechecks),
     );
     let out = host.run_script("gather facts", &script)?;
-    Ok(parse(&out))
+    Ok(parse(&out, &rechecks))
 }
 
-fn parse(out: &str) -> NodeFacts {
+fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
     let mut f = NodeFacts::default();
     for line in out.lines() {
         if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.contains(' ')) {
@@ -126,6 +137,11 @@ fn parse(out: &str) -> NodeFacts {
                 f.listening.insert(sock.into());
             }
             (Some("tmp"), Some(path), None) => f.stale_temp_files.push(path.into()),
+            (Some("recheck-failed"), Some(i), None) => {
+                if let Some(test) = i.parse::<usize>().ok().and_then(|i| rechecks.get(i)) {
+                    f.failed_rechecks.insert(test.clone());
+                }
+            }
             _ => {}
         }
     }
@@ -147,8 +163,8 @@ mod tests {
     fn parses_a_facts_transcript() {
         let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
-            pending k3s.service\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\n";
-        let f = parse(out);
+            pending k3s.service\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
+        let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
         assert_eq!(f.cgroup_version, 1);
@@ -158,5 +174,7 @@ mod tests {
         assert!(f.pending.contains("k3s.service"));
         assert!(f.listening.contains("udp/51820"));
         assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
+        // Index 7 names no test this plan has: ignored, never a wrong repair.
+        assert_eq!(f.failed_rechecks.iter().collect::<Vec<_>>(), ["test b"]);
     }
 }

@@ -79,6 +79,9 @@ pub struct HostReport {
     pub units_restarted: Vec<String>,
     pub units_reloaded: Vec<String>,
     pub temp_files_cleaned: usize,
+    /// Steps run again, though no file changed, because what they set up was undone
+    /// outside kforge (`PlannedCommand::recheck`).
+    pub repaired: Vec<String>,
 }
 
 impl HostReport {

@@ -129,7 +129,17 @@ pub(super) fn kforge_doctor_finds_each_seed_failure_and_its_fix(lab: &Lab) {
     let p = problems(&doctor(lab).1);
     assert_found(&p, "images", &["[warn] lab-2", "not pinned: kforge.lab/busybox:1", "kforge apply pins it"]);
     assert_found(&p, "images", &["[fail] lab-3", "not in containerd: kforge.lab/busybox:1", "kforge apply imports it"]);
-    lab.apply(&[]).success();
+    // No file of kforge's changed: apply finds the drift by its recheck and says so.
+    let applied = lab.apply_json();
+    for (node, h) in [("lab-2", &applied["hosts"][1]), ("lab-3", &applied["hosts"][2])] {
+        assert_eq!(h["node"], node);
+        assert_eq!(
+            h["repaired"],
+            serde_json::json!(["import image kforge.lab/busybox:1 into containerd, pinned"]),
+            "{h}"
+        );
+    }
+    assert_eq!(applied["hosts"][0]["repaired"], serde_json::json!([]), "lab-1 had nothing to repair");
     wait_healthy(lab, 30, "kforge apply imported and pinned the image again");
 
     // A missing kube-scheduler configuration: every new pod stays Pending (the seed).

@@ -269,19 +269,36 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");
     }
 
-    // --dry-run after editing one node's labels shows exactly that change, and touches nothing.
+    // --dry-run after editing one node's labels, and switching IP forwarding off by hand
+    // on the relay (no file of kforge's changes), shows exactly those, and touches nothing.
     lab.edit_cluster(|c| {
         c.spec.nodes[1].labels.insert("tier".into(), "edge".into());
     });
+    lab.ssh("lab-1", "sysctl -qw net.ipv4.ip_forward=0");
     let dry = lab.apply(&["--dry-run"]).success().stdout;
+    const FORWARDING: &str = "apply kernel settings (skipped when forwarding is already on)";
     assert_eq!(
         dry,
-        "lab-1: no changes\nlab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\nlab-3: no changes\nlab-4: no changes\ndry run: nothing was changed\n"
+        format!(
+            "lab-1: 0 file changes, 0 unit restarts, 1 repair\n  ! {FORWARDING}  (undone outside kforge: repair)\n\
+             lab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\n\
+             lab-3: no changes\nlab-4: no changes\ndry run: nothing was changed\n"
+        )
     );
     assert!(!lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"), "dry run wrote the file");
+    assert_eq!(lab.ssh("lab-1", "sysctl -n net.ipv4.ip_forward").trim(), "0", "dry run repaired");
     let applied = lab.apply_json();
     assert_eq!(totals(&applied), (1, 1));
     assert!(lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"));
+    let repaired: Vec<(&str, &serde_json::Value)> = applied["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["node"].as_str().unwrap(), &h["repaired"]))
+        .filter(|(_, r)| r.as_array().is_some_and(|r| !r.is_empty()))
+        .collect();
+    assert_eq!(repaired, [("lab-1", &serde_json::json!([FORWARDING]))]);
+    assert_eq!(lab.ssh("lab-1", "sysctl -n net.ipv4.ip_forward").trim(), "1", "apply turned forwarding back on");
 
     // A mesh change is applied with `wg syncconf`: a reload, and a connection that was
     // open across the mesh stays open (its interface was never torn down).

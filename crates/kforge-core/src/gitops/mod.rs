@@ -79,7 +79,8 @@ pub fn plan(gitops: &GitOps, keys: &GitOpsKeys, kubectl: &str, np: &mut NodePlan
     phase.files.extend([secrets, sync]);
 
     let apply = format!("{kubectl} apply --server-side --force-conflicts --field-manager=kforge");
-    let step = |description: String, run: String| PlannedCommand { description, run, unless: unless.clone() };
+    let step =
+        |description: String, run: String| PlannedCommand { description, run, unless: unless.clone(), recheck: None };
     let (statefulsets, deployments): (Vec<&String>, Vec<&String>) =
         controllers.iter().partition(|c| c.starts_with("statefulset/"));
     let mut steps = vec![

@@ -59,6 +59,7 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
             "for _ in $(seq 90); do {kubectl} get --raw=/readyz >/dev/null 2>&1 && break; sleep 2; done; {kubectl} apply -f {ADDONS_DIR} && mkdir -p /var/lib/kforge && echo {digest} > {STAMP}"
         ),
         unless: Some(format!("[ \"$(cat {STAMP} 2>/dev/null)\" = {digest} ]")),
+        recheck: None,
     });
 }
 

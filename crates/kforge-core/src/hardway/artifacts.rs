@@ -64,6 +64,9 @@ pub(super) fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
                 unless: Some(format!(
                     "[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {archive} | cut -d' ' -f1)\" ] && {present_and_pinned}"
                 )),
+                // Deleted or unpinned by hand (`ctr images rm`, a disk cleanup): every
+                // apply puts it back, though no file of kforge's changed.
+                recheck: Some(present_and_pinned),
             }
         })
         .collect()
@@ -96,5 +99,6 @@ fn unpack(tarball: &str, dir: &str, members: &[&str]) -> PlannedCommand {
             "mkdir -p {dir} && tar -xzf {tarball} -C {dir} --strip-components=1 --no-same-owner{members} && sha256sum {tarball} | cut -d' ' -f1 > {stamp}"
         ),
         unless: Some(format!("[ \"$(cat {stamp} 2>/dev/null)\" = \"$(sha256sum {tarball} | cut -d' ' -f1)\" ]")),
+        recheck: None,
     }
 }

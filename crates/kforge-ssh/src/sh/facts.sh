@@ -4,6 +4,8 @@
 #   KF_UNITS     units whose state it needs
 #   KF_COMMANDS  commands the plan requires
 #   KF_DIRS      directories where an interrupted apply may have left temp files
+#   KF_RECHECKS  read-only tests of state outside kforge's files (an imported image,
+#                a kernel setting); each failing one is reported by its index
 # Output: one `key=value` or `kind args…` line per fact (parsed by facts.rs).
 # shellcheck disable=SC2154
 set -u
@@ -55,5 +57,9 @@ for c in "${KF_COMMANDS[@]}"; do
 done
 for d in "${KF_DIRS[@]}"; do
   [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'
+done
+# Bounded: a wedged containerd must not hang the facts of every apply.
+for i in "${!KF_RECHECKS[@]}"; do
+  timeout 20 bash -c "${KF_RECHECKS[$i]}" </dev/null >/dev/null 2>&1 || echo "recheck-failed $i"
 done
 true
