@@ -448,11 +448,12 @@ pub fn doctor_text(r: &kforge_ssh::doctor::DoctorReport) -> String {
         }
     }
     let count = |v: Verdict| r.diagnoses.iter().filter(|d| d.verdict == v).count();
+    let (warnings, failures) = (count(Verdict::Warn), count(Verdict::Fail));
     out.push_str(&format!(
-        "{} ok, {} warnings, {} failures in {:.1} s\n",
+        "{} ok, {warnings} warning{}, {failures} failure{} in {:.1} s\n",
         count(Verdict::Ok),
-        count(Verdict::Warn),
-        count(Verdict::Fail),
+        plural(warnings),
+        plural(failures),
         r.seconds
     ));
     out

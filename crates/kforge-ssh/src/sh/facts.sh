@@ -58,8 +58,10 @@ done
 for d in "${KF_DIRS[@]}"; do
   [ -d "$d" ] && find "$d" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'
 done
-# Bounded: a wedged containerd must not hang the facts of every apply.
+# All at once (each is a client asking a daemon), and bounded: a wedged containerd must
+# not hang the facts of every apply.
 for i in "${!KF_RECHECKS[@]}"; do
-  timeout 20 bash -c "${KF_RECHECKS[$i]}" </dev/null >/dev/null 2>&1 || echo "recheck-failed $i"
+  { timeout 20 bash -c "${KF_RECHECKS[$i]}" </dev/null >/dev/null 2>&1 || echo "recheck-failed $i"; } &
 done
+wait
 true
