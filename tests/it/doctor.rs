@@ -51,7 +51,7 @@ fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
         format!("time {clock}\nswap 0\ncgroup cgroup2fs\nsysctl ip_forward 1\nsysctl bridge-nf-call-iptables 1\n");
     out += &format!("machine-id id-{0}\nhostname {0}\nfirewall loaded\n", np.node);
     if let Some(f) = np.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) {
-        for (chain, n) in doctor::planned_rules(&String::from_utf8_lossy(&f.content)) {
+        for (chain, n) in kforge_core::firewall::rules_per_chain(&String::from_utf8_lossy(&f.content)) {
             out += &format!("firewall-rules {chain} {n}\n");
         }
     }
@@ -266,7 +266,7 @@ fn pending_pods_are_named_with_the_schedulers_reason() {
 fn lease_times_and_rulesets_parse() {
     assert_eq!(doctor::parse_rfc3339("2027-11-24T12:00:00.123456Z"), Some(1827057600));
     assert_eq!(doctor::parse_rfc3339("not a time"), None);
-    let rules = doctor::planned_rules(
+    let rules = kforge_core::firewall::rules_per_chain(
         "table inet kforge {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\t# why\n\t\tct state established accept\n\t\ttcp dport 22 accept\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n",
     );
     assert_eq!(rules.into_iter().collect::<Vec<_>>(), [("forward".to_string(), 0), ("input".to_string(), 2)]);

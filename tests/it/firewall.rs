@@ -76,3 +76,29 @@ fn ssh_allow_list_and_public_api_follow_the_file() {
     let agent = std::fs::read_to_string(out.join("edge-1/etc/kforge/firewall.nft")).unwrap();
     assert!(!agent.contains("dport 6443"), "agents serve no API");
 }
+
+/// The test an SSH apply runs at every apply to find the seed's "my IP only" rule: it
+/// passes on the table as loaded, fails once a rule is inserted by hand or the table is
+/// gone, and ignores what traffic puts in the dynamic SSH rate-limit set.
+#[test]
+fn firewall_recheck_finds_a_rule_added_by_hand() {
+    let ctx = TestContext::with_example("homelab");
+    let out = ctx.render("out");
+    let file = out.join("cp-1/etc/kforge/firewall.nft");
+    let ruleset = std::fs::read_to_string(&file).unwrap();
+    let recheck = kforge_core::firewall::loaded_as_planned(&ruleset);
+    let ns = Netns::new("recheck");
+    let passes =
+        || Command::new("ip").args(["netns", "exec", &ns.0, "bash", "-c", &recheck]).status().unwrap().success();
+    assert!(!passes(), "no table loaded yet: {recheck}");
+    ns.nft(&["-f", file.to_str().unwrap()]);
+    assert!(passes(), "the table as planned: {recheck}");
+    ns.nft(&["add", "element", "inet", "kforge", "ssh_ratelimit_v4", "{ 198.51.100.7 timeout 30s }"]);
+    assert!(passes(), "a rate-limit set element is traffic, not drift");
+    ns.nft(&["insert", "rule", "inet", "kforge", "input", "iifname", "kforge0", "ip", "saddr", "10.4.0.3", "drop"]);
+    assert!(!passes(), "a rule inserted by hand is drift");
+    ns.nft(&["-f", file.to_str().unwrap()]);
+    assert!(passes(), "reloading the file repairs it");
+    ns.nft(&["delete", "table", "inet", "kforge"]);
+    assert!(!passes(), "a deleted table is drift");
+}

@@ -12,6 +12,8 @@
 //!   NAT'd members); from the public side only connections DNAT'd to a published port
 //!   (hostPort/LoadBalancer), so NodePorts do not leak to the internet.
 
+use std::collections::BTreeMap;
+
 use crate::systemd::UnitFile;
 
 use ipnet::IpNet;
@@ -210,4 +212,43 @@ pub fn render_firewall_unit(nft_path: &str) -> String {
         )
         .wanted_by_multi_user()
         .render()
+}
+
+/// Shell pipeline that prints `CHAIN RULES` for each chain of the loaded `table inet
+/// kforge` that has rules, sorted by chain. `kforge doctor` reports it; the firewall
+/// unit's recheck compares it with the plan. nft lists sets before chains, so a set's
+/// `type`/`size`/`elements` lines never count (and dynamic set elements, which change
+/// with traffic, never make the table look changed).
+pub const LOADED_RULES: &str = r#"nft list table inet kforge 2>/dev/null | awk '/^\t*chain /{c=$2} /^\t\t[a-z@]/ && c && !/^\t\ttype /{n[c]++} END{for (k in n) print k, n[k]}' | LC_ALL=C sort"#;
+
+/// Rules per chain in a ruleset file kforge wrote (comments and hook lines are not
+/// rules): what `LOADED_RULES` prints once the file is loaded.
+pub fn rules_per_chain(ruleset: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut chain: Option<String> = None;
+    for line in ruleset.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("chain ") {
+            chain = rest.split_whitespace().next().map(String::from);
+            out.insert(chain.clone().unwrap(), 0);
+        } else if t == "}" {
+            chain = None;
+        } else if let Some(c) = &chain
+            && !t.is_empty()
+            && !t.starts_with('#')
+            && !t.starts_with("type ")
+        {
+            *out.get_mut(c).unwrap() += 1;
+        }
+    }
+    out
+}
+
+/// A read-only shell test that succeeds while the loaded table has, chain by chain, as
+/// many rules as `ruleset`: a rule inserted or deleted by hand fails it, and so does a
+/// table that is not loaded at all.
+pub fn loaded_as_planned(ruleset: &str) -> String {
+    let want: String =
+        rules_per_chain(ruleset).iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n} ")).collect();
+    format!("[ \"$({LOADED_RULES} | tr '\\n' ' ')\" = '{want}' ]")
 }

@@ -245,7 +245,14 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     }
     let p = plan.phase(phase);
     p.files.extend(files);
-    p.units.push(PlannedUnit { name: unit_name.into(), enable: true, start: true, restart_on, reload_command: None });
+    p.units.push(PlannedUnit {
+        name: unit_name.into(),
+        enable: true,
+        start: true,
+        restart_on,
+        reload_command: None,
+        recheck: None,
+    });
 }
 
 #[derive(Serialize)]

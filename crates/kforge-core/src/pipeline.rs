@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use time::OffsetDateTime;
 
-use crate::firewall::{render_firewall_unit, render_nftables};
+use crate::firewall::{loaded_as_planned, render_firewall_unit, render_nftables};
 use crate::hardway;
 use crate::k3s;
 use crate::mesh::render_wg_quick;
 use crate::model::Model;
 use crate::pki::PkiError;
-use crate::plan::{NodePlan, PeerPlan, Phase, Plan, PlannedCommand, PlannedFile, PlannedUnit};
+use crate::plan::{NodePlan, PeerPlan, Phase, Plan, PlannedCommand, PlannedFile, PlannedUnit, UnitRecheck};
 use crate::secrets::{ReconcileReport, SecretsBundle};
 use crate::spec::{Cluster, DistributionKind};
 use crate::wireguard::PrivateKey;
@@ -159,13 +159,19 @@ fn plan_member(
             "wg syncconf {iface} <(wg-quick strip {iface}) && ip link set dev {iface} mtu {}",
             spec.mesh.mtu
         )),
+        recheck: None,
     });
 
     if spec.firewall.enabled {
         let unit_file = PlannedFile::unit(FIREWALL_UNIT, render_firewall_unit(FIREWALL_FILE));
         let unit_path = unit_file.path.clone();
+        let ruleset = render_nftables(model, me, node);
+        let recheck = UnitRecheck {
+            test: loaded_as_planned(&ruleset),
+            drift: "table inet kforge differs from the plan (a rule added or removed by hand)".into(),
+        };
         let fw = np.phase(Phase::Firewall);
-        fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, render_nftables(model, me, node)).about(
+        fw.files.push(PlannedFile::new(FIREWALL_FILE, 0o600, ruleset).about(
             "The node's firewall: nftables table `inet kforge`, replaced atomically; other tables are left alone.",
             "nft, loaded by kforge-firewall.service before the network comes up",
             vec![
@@ -181,6 +187,9 @@ fn plan_member(
             start: true,
             restart_on: vec![FIREWALL_FILE.into(), unit_path],
             reload_command: Some(format!("nft -f {FIREWALL_FILE}")),
+            // The seed's "my IP only" rule: inserted by hand into the loaded table, it
+            // hides a worker while /etc/kforge/firewall.nft is unchanged.
+            recheck: Some(recheck),
         });
     }
     match spec.distribution.kind {

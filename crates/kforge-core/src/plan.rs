@@ -215,6 +215,21 @@ pub struct PlannedUnit {
     pub restart_on: Vec<String>,
     /// Apply changes without a restart (e.g. `wg syncconf` keeps tunnels up).
     pub reload_command: Option<String>,
+    /// State the running unit put in the kernel that something else can change while
+    /// every file is still as kforge wrote it (a rule inserted into the loaded firewall
+    /// table). Like `PlannedCommand::recheck`, an SSH apply evaluates the test on every
+    /// host with the facts and, where it fails, reloads (or restarts) the unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<UnitRecheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitRecheck {
+    /// Cheap, read-only shell test; success means the unit's state is as planned.
+    pub test: String,
+    /// What a failing test means, for the apply report ("its loaded rules differ …").
+    pub drift: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -263,7 +263,9 @@ const DOCTOR_SH: &str = include_str!("sh/doctor.sh");
 
 fn call(function: &str, args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-    format!("{DOCTOR_SH}\n{function} {}\n", args.join(" "))
+    // The firewall's rule count comes from the same pipeline apply's recheck runs.
+    let rules = shell_quote(kforge_core::firewall::LOADED_RULES);
+    format!("{DOCTOR_SH}\nKF_LOADED_RULES={rules}\n{function} {}\n", args.join(" "))
 }
 
 fn now() -> f64 {
@@ -624,10 +626,21 @@ fn firewall(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
         }
         let differs = firewall_differences(n, v);
         if !differs.is_empty() {
-            out.push(Diagnosis::bad("firewall", Verdict::Fail, &n.node, format!("table inet kforge differs from the plan ({})", differs.join("; "))).because(
-                "someone changed the loaded rules by hand: what the host enforces is not what kforge planned",
-                format!("systemctl reload kforge-firewall reloads {} (kforge apply rewrites it if the file changed too)", kforge_core::pipeline::FIREWALL_FILE),
-            ));
+            out.push(
+                Diagnosis::bad(
+                    "firewall",
+                    Verdict::Fail,
+                    &n.node,
+                    format!("table inet kforge differs from the plan ({})", differs.join("; ")),
+                )
+                .because(
+                    "someone changed the loaded rules by hand: what the host enforces is not what kforge planned",
+                    format!(
+                        "kforge apply reloads the table from {} (so does systemctl reload kforge-firewall on the node)",
+                        kforge_core::pipeline::FIREWALL_FILE
+                    ),
+                ),
+            );
         }
         if !v.foreign_tables.is_empty() {
             out.push(Diagnosis::bad("firewall", Verdict::Warn, &n.node, format!("other tables drop traffic: {}", v.foreign_tables.join(", "))).because(
@@ -653,35 +666,13 @@ fn firewall_differences(n: &NodePlan, v: &HostView) -> Vec<String> {
     if !v.firewall_loaded {
         return Vec::new();
     }
-    planned_rules(&String::from_utf8_lossy(&file.content))
+    kforge_core::firewall::rules_per_chain(&String::from_utf8_lossy(&file.content))
         .iter()
         .filter(|(chain, want)| v.firewall_rules.get(*chain).copied().unwrap_or(0) != **want)
         .map(|(chain, want)| {
             format!("{chain}: {} rules loaded, {want} planned", v.firewall_rules.get(chain).copied().unwrap_or(0))
         })
         .collect()
-}
-
-/// Rules per chain in a ruleset file kforge wrote (comments and hook lines are not rules).
-pub fn planned_rules(text: &str) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let mut chain: Option<String> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(rest) = t.strip_prefix("chain ") {
-            chain = rest.split_whitespace().next().map(String::from);
-            out.insert(chain.clone().unwrap(), 0);
-        } else if t == "}" {
-            chain = None;
-        } else if let Some(c) = &chain
-            && !t.is_empty()
-            && !t.starts_with('#')
-            && !t.starts_with("type ")
-        {
-            *out.get_mut(c).unwrap() += 1;
-        }
-    }
-    out
 }
 
 /// Each required port on each peer, over the mesh: dropped (filtered) is a firewall's

@@ -355,16 +355,22 @@ fn run_phase_inner(
         let (active, enabled) = h.facts.units.get(&u.name).copied().unwrap_or((false, false));
         let inputs_changed = u.restart_on.iter().any(|p| changed_paths.contains(p));
         let pending = h.facts.pending.contains(&u.name);
+        let drift = u.recheck.as_ref().filter(|r| h.facts.failed_rechecks.contains(&r.test));
         if u.enable && !enabled {
             script.enables.push(u.name.clone());
         }
-        if inputs_changed || pending || !active {
+        if inputs_changed || pending || !active || drift.is_some() {
             // A reload keeps a running unit's connections (wg syncconf, nft -f) — unless
             // the unit definition itself changed.
             let unit_def_changed = h.plan.files().any(|f| {
                 f.kind == FileKind::SystemdUnit && u.restart_on.contains(&f.path) && changed_paths.contains(&f.path)
             });
             let reload = u.reload_command.clone().filter(|_| active && !pending && !unit_def_changed);
+            // Only drift brings this unit here: the restart (or reload) is a repair.
+            if let Some(r) = drift.filter(|_| !inputs_changed && !pending && active) {
+                let how = if reload.is_some() { "reload" } else { "restart" };
+                repairs.push(format!("{how} {}: {}", u.name, r.drift));
+            }
             script.restarts.push(Restart { unit: u.name.clone(), inputs: h.plan.unit_inputs(u), reload });
         }
     }

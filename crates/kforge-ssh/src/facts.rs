@@ -51,10 +51,13 @@ fn watched_paths(plan: &NodePlan) -> Vec<String> {
     v
 }
 
-/// Every recheck test of the plan, in plan order (the facts report failures by index).
+/// Every recheck test of the plan, commands' and units', deduplicated and sorted (the
+/// facts report failures by index into this list).
 fn rechecks(plan: &NodePlan) -> Vec<String> {
-    let all = plan.phases.iter().flat_map(|p| p.commands.iter().filter_map(|c| c.recheck.clone()));
-    all.collect::<BTreeSet<_>>().into_iter().collect()
+    let commands = plan.phases.iter().flat_map(|p| p.commands.iter().filter_map(|c| c.recheck.clone()));
+    let units =
+        plan.phases.iter().flat_map(|p| p.units.iter().filter_map(|u| u.recheck.as_ref().map(|r| r.test.clone())));
+    commands.chain(units).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 fn units(plan: &NodePlan) -> Vec<String> {

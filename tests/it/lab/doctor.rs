@@ -167,8 +167,20 @@ pub(super) fn kforge_doctor_finds_each_seed_failure_and_its_fix(lab: &Lab) {
     let p = problems(&doctor(lab).1);
     assert_found(&p, "firewall", &["lab-1", "differs from the plan", "input: 13 rules loaded, 12 planned"]);
     assert_found(&p, "ports", &["lab-3 → lab-1", "kubelet 10250", "lab-1: table inet kforge, changed by hand"]);
-    lab.ssh("lab-1", "systemctl reload kforge-firewall");
-    wait_healthy(lab, 60, "the firewall was reloaded from the plan");
+    // The rules file is unchanged: apply finds the drift by the firewall's recheck.
+    let applied = lab.apply_json();
+    assert_eq!(
+        applied["hosts"][0]["repaired"],
+        serde_json::json!([
+            "reload kforge-firewall.service: table inet kforge differs from the plan (a rule added or removed by hand)"
+        ]),
+        "{applied}"
+    );
+    assert_eq!(applied["hosts"][0]["unitsReloaded"], serde_json::json!(["kforge-firewall.service"]), "{applied}");
+    for h in &applied["hosts"].as_array().unwrap()[1..] {
+        assert_eq!(h["repaired"], serde_json::json!([]), "only lab-1's table was changed: {h}");
+    }
+    wait_healthy(lab, 60, "kforge apply reloaded the firewall from the plan");
 
     // An MTU black hole: one node's underlay carries less than the mesh needs.
     lab.ssh("lab-2", "ip link set dev eth0 mtu 1400");

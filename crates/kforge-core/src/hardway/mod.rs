@@ -128,6 +128,7 @@ fn unit(model: &Model<'_>, component: Component, mut restart_on: Vec<String>, ne
         start: !stand_in,
         restart_on,
         reload_command: None,
+        recheck: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn nginx_unit(name: &str, files: &[PlannedFile]) -> PlannedUnit {
         start: true,
         restart_on: files.iter().map(|f| f.path.clone()).collect(),
         reload_command: None,
+        recheck: None,
     }
 }
 

@@ -7,7 +7,8 @@ KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --r
 # host's clock, swap, cgroups, forwarding sysctls, identity, mesh handshakes,
 # don't-fragment pings at the mesh MTU, required ports over the mesh, the loaded
 # firewall, certificates on disk, resolv.conf, flannel's VXLAN device, imported images.
-# Probes run in parallel; each prints its lines.
+# Probes run in parallel; each prints its lines. KF_LOADED_RULES (set by kforge) is the
+# pipeline that counts the loaded table's rules per chain.
 kf_doctor_host() {
   local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} files=${8:-} images=${9:-}
   local ip p f u i dir dev state known pinned
@@ -39,7 +40,7 @@ kf_doctor_host() {
   done
   if nft list table inet kforge >/dev/null 2>&1; then
     echo 'firewall loaded'
-    nft list table inet kforge | awk '/^\t*chain /{c=$2} /^\t\t[a-z@]/ && c && !/^\t\ttype /{n[c]++} END{for (k in n) print "firewall-rules", k, n[k]}'
+    bash -c "$KF_LOADED_RULES" | sed 's/^/firewall-rules /'
   else
     echo 'firewall missing'
   fi
