@@ -88,11 +88,13 @@ pub enum Command {
     /// Facts first (one round trip per host), then preflight, then phase by phase:
     /// only files whose hash differs are written (temp file, fsync, rename), only
     /// units whose inputs changed are restarted (the mesh reloads with wg syncconf).
+    /// State undone outside kforge's files (an imported image deleted, forwarding off, a
+    /// rule inserted into the loaded firewall table) is found by a recheck and repaired.
     /// Host keys are checked strictly. A second run with nothing changed touches nothing.
     Apply {
         #[command(flatten)]
         cluster: ClusterArgs,
-        /// Show per host what would change (files added/changed/removed, units to restart), touch nothing.
+        /// Show per host what would change (files added/changed/removed, drift to repair, units to restart or reload), touch nothing.
         #[arg(long)]
         dry_run: bool,
         /// Hosts worked on at once inside a phase.

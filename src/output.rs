@@ -187,14 +187,18 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
                 o,
                 "{}: {}",
                 h.node,
-                match (&h.error, changes + h.units_restarted.len() + h.repaired.len()) {
+                match (&h.error, changes + h.units_restarted.len() + h.units_reloaded.len() + h.repaired.len()) {
                     (Some(e), _) => format!("UNREACHABLE: {e}"),
                     (None, 0) => "no changes".to_string(),
                     (None, _) => format!(
-                        "{changes} file change{}, {} unit restart{}{}",
+                        "{changes} file change{}, {} unit restart{}{}{}",
                         plural(changes),
                         h.units_restarted.len(),
                         plural(h.units_restarted.len()),
+                        match h.units_reloaded.len() {
+                            0 => String::new(),
+                            n => format!(", {n} reload{}", plural(n)),
+                        },
                         match h.repaired.len() {
                             0 => String::new(),
                             n => format!(", {n} repair{}", plural(n)),
@@ -219,6 +223,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             }
             for u in &h.units_restarted {
                 let _ = writeln!(o, "  restart {u}");
+            }
+            for u in &h.units_reloaded {
+                let _ = writeln!(o, "  reload {u}");
             }
         }
         let _ = writeln!(o, "dry run: nothing was changed");

@@ -387,7 +387,10 @@ fn run_phase_inner(
     }
     script.manifest_json = Some(manifest_json(&h.cluster, &h.manifest));
     if opts.dry_run {
-        h.report.units_restarted.extend(script.restarts.iter().map(|r| r.unit.clone()));
+        for r in &script.restarts {
+            let list = if r.reload.is_some() { &mut h.report.units_reloaded } else { &mut h.report.units_restarted };
+            list.push(r.unit.clone());
+        }
         h.report.repaired.extend(repairs);
         return Ok(());
     }

@@ -269,26 +269,32 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");
     }
 
-    // --dry-run after editing one node's labels, and switching IP forwarding off by hand
-    // on the relay (no file of kforge's changes), shows exactly those, and touches nothing.
+    // --dry-run after editing one node's labels, switching IP forwarding off by hand on
+    // the relay and inserting a rule into lab-3's loaded firewall table (no file of
+    // kforge's changes for either), shows exactly those, and touches nothing.
     lab.edit_cluster(|c| {
         c.spec.nodes[1].labels.insert("tier".into(), "edge".into());
     });
     lab.ssh("lab-1", "sysctl -qw net.ipv4.ip_forward=0");
+    lab.ssh("lab-3", "nft insert rule inet kforge input iifname kforge0 ip saddr 10.4.0.2 drop");
     let dry = lab.apply(&["--dry-run"]).success().stdout;
     const FORWARDING: &str = "apply kernel settings (skipped when forwarding is already on)";
+    const FIREWALL: &str =
+        "reload kforge-firewall.service: table inet kforge differs from the plan (a rule added or removed by hand)";
     assert_eq!(
         dry,
         format!(
             "lab-1: 0 file changes, 0 unit restarts, 1 repair\n  ! {FORWARDING}  (undone outside kforge: repair)\n\
              lab-2: 1 file change, 1 unit restart\n  ~ /etc/rancher/k3s/config.yaml\n  restart k3s-agent.service\n\
-             lab-3: no changes\nlab-4: no changes\ndry run: nothing was changed\n"
+             lab-3: 0 file changes, 0 unit restarts, 1 reload, 1 repair\n  ! {FIREWALL}  (undone outside kforge: repair)\n  reload kforge-firewall.service\n\
+             lab-4: no changes\ndry run: nothing was changed\n"
         )
     );
     assert!(!lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"), "dry run wrote the file");
     assert_eq!(lab.ssh("lab-1", "sysctl -n net.ipv4.ip_forward").trim(), "0", "dry run repaired");
+    assert!(lab.ssh("lab-3", "nft list chain inet kforge input").contains("10.4.0.2 drop"), "dry run reloaded");
     let applied = lab.apply_json();
-    assert_eq!(totals(&applied), (1, 1));
+    assert_eq!(totals(&applied), (1, 2), "the label's file and restart, and lab-3's firewall reload");
     assert!(lab.ssh("lab-2", "cat /etc/rancher/k3s/config.yaml").contains("tier=edge"));
     let repaired: Vec<(&str, &serde_json::Value)> = applied["hosts"]
         .as_array()
@@ -297,8 +303,12 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
         .map(|h| (h["node"].as_str().unwrap(), &h["repaired"]))
         .filter(|(_, r)| r.as_array().is_some_and(|r| !r.is_empty()))
         .collect();
-    assert_eq!(repaired, [("lab-1", &serde_json::json!([FORWARDING]))]);
+    assert_eq!(repaired, [("lab-1", &serde_json::json!([FORWARDING])), ("lab-3", &serde_json::json!([FIREWALL]))]);
     assert_eq!(lab.ssh("lab-1", "sysctl -n net.ipv4.ip_forward").trim(), "1", "apply turned forwarding back on");
+    assert!(
+        !lab.ssh("lab-3", "nft list chain inet kforge input").contains("10.4.0.2 drop"),
+        "apply reloaded the table"
+    );
 
     // A mesh change is applied with `wg syncconf`: a reload, and a connection that was
     // open across the mesh stays open (its interface was never torn down).
