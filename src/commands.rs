@@ -450,8 +450,13 @@ fn apply(
     let session = Session::open(args)?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
-    let replan = |node: &str, caps: &kforge_core::pipeline::HostCaps| {
+    let replan = |node: &str, machine: &str, caps: &kforge_core::pipeline::HostCaps| {
+        let problems = kforge_core::pipeline::host_arch_problems(&session.spec.cluster, node, machine);
+        if !problems.is_empty() {
+            return Err(session.spec.render_diagnostics(problems));
+        }
         kforge_core::pipeline::plan_node(&model, &session.secrets, node, caps)
+            .ok_or_else(|| "the planner does not know this node".to_string())
     };
     let (base_dir, ssh_config, targets) = remote(args, &session.spec.cluster, ssh_config);
     let cache_dir = std::env::var_os("XDG_CACHE_HOME")

@@ -221,6 +221,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             for r in &h.repaired {
                 let _ = writeln!(o, "  ! {r}  (undone outside kforge: repair)");
             }
+            for k in &h.kept {
+                let _ = writeln!(o, "  = {k}");
+            }
             for u in &h.units_restarted {
                 let _ = writeln!(o, "  restart {u}");
             }
@@ -255,6 +258,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         }
         for r in &h.repaired {
             let _ = writeln!(o, "  {}: repaired (undone outside kforge): {r}", h.node);
+        }
+        for k in &h.kept {
+            let _ = writeln!(o, "  {}: not rewritten: {k}", h.node);
         }
     }
     o

@@ -8,6 +8,9 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::util::{TestContext, run};
 
 const TLS: &str = "var/lib/rancher/k3s/server/tls";
+/// K3s owns its CA files after the first server's first start: a rendered tree stages
+/// them (on the initialising server only) for the bootstrap to put in place once.
+const CA_DIR: &str = "var/lib/kforge/handover/var/lib/rancher/k3s/server/tls";
 
 fn openssl_text(cert: &Path) -> String {
     run("openssl", &["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"])
@@ -37,7 +40,7 @@ fn openssl_verifies_every_chain_with_the_expected_names() {
     let ctx = TestContext::with_example("ha");
     let out = ctx.render("out");
     for ca in kforge_core::pki::Ca::ALL {
-        let crt = out.join(format!("server-1/{TLS}/{ca}.crt"));
+        let crt = out.join(format!("server-1/{CA_DIR}/{ca}.crt"));
         openssl_verify(&crt, &crt);
         let text = openssl_text(&crt);
         assert!(text.contains("CA:TRUE"), "{ca}: {text}");
@@ -50,7 +53,7 @@ fn openssl_verifies_every_chain_with_the_expected_names() {
         ("server-3", "10.4.0.3", "203.0.113.13"),
     ] {
         let crt = out.join(format!("{server}/{TLS}/serving-kube-apiserver.crt"));
-        openssl_verify(&out.join(format!("{server}/{TLS}/server-ca.crt")), &crt);
+        openssl_verify(&out.join(format!("server-1/{CA_DIR}/server-ca.crt")), &crt);
         let text = openssl_text(&crt);
         assert!(text.contains("Subject: CN = kube-apiserver"), "{text}");
         for san in [
@@ -95,10 +98,10 @@ fn admin_kubeconfig_carries_a_system_masters_client_cert_for_the_mesh_api() {
     let out = ctx.render("out");
     assert_eq!(
         ca,
-        std::fs::read(out.join(format!("cp-1/{TLS}/server-ca.crt"))).unwrap(),
+        std::fs::read(out.join(format!("cp-1/{CA_DIR}/server-ca.crt"))).unwrap(),
         "embedded CA is the server CA"
     );
-    openssl_verify(&out.join(format!("cp-1/{TLS}/client-ca.crt")), &ctx.path("admin.crt"));
+    openssl_verify(&out.join(format!("cp-1/{CA_DIR}/client-ca.crt")), &ctx.path("admin.crt"));
     let text = openssl_text(&ctx.path("admin.crt"));
     assert!(text.contains("Subject: O = system:masters, CN = admin"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
@@ -115,7 +118,7 @@ fn admin_kubeconfig_carries_a_system_masters_client_cert_for_the_mesh_api() {
 fn webpki_accepts_the_server_certificate_for_every_name_a_client_uses() {
     let ctx = TestContext::with_example("ha");
     let out = ctx.render("out");
-    let ca_der = CertificateDer::from_pem_file(out.join(format!("server-1/{TLS}/server-ca.crt"))).unwrap();
+    let ca_der = CertificateDer::from_pem_file(out.join(format!("server-1/{CA_DIR}/server-ca.crt"))).unwrap();
     let anchors = [webpki::anchor_from_trusted_cert(&ca_der).unwrap()];
     let now = UnixTime::now();
     for (server, names) in [
@@ -179,7 +182,7 @@ fn webpki_accepts_the_server_certificate_for_every_name_a_client_uses() {
 fn join_tokens_pin_the_sha256_of_the_rendered_server_ca() {
     let ctx = TestContext::with_example("homelab");
     let out = ctx.render("out");
-    let ca = out.join(format!("cp-1/{TLS}/server-ca.crt"));
+    let ca = out.join(format!("cp-1/{CA_DIR}/server-ca.crt"));
     let sum = run("sha256sum", &[ca.to_str().unwrap()]);
     let sum = sum.split_whitespace().next().unwrap();
     let server_token = std::fs::read_to_string(out.join("cp-1/etc/kforge/k3s/token")).unwrap();
@@ -205,7 +208,7 @@ fn rsa_keys_on_request() {
     std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
     ctx.edit_spec("  secretsEncryption: true\n", "  secretsEncryption: true\n  pki: {keyAlgorithm: rsa-2048}\n");
     let out = ctx.render("out");
-    let ca = out.join(format!("cp-1/{TLS}/server-ca.crt"));
+    let ca = out.join(format!("cp-1/{CA_DIR}/server-ca.crt"));
     let leaf = out.join(format!("cp-1/{TLS}/serving-kube-apiserver.crt"));
     openssl_verify(&ca, &leaf);
     assert!(openssl_text(&leaf).contains("Public-Key: (2048 bit)"));
@@ -223,7 +226,7 @@ fn k3s_would_keep_kforges_serving_certificate() {
         let text = run("openssl", &["x509", "-in", cert.to_str().unwrap(), "-noout", "-ext", ext]);
         text.lines().nth(1).unwrap().trim().trim_start_matches("keyid:").to_string()
     };
-    let ca = out.join(format!("cp-1/{TLS}/server-ca.crt"));
+    let ca = out.join(format!("cp-1/{CA_DIR}/server-ca.crt"));
     let leaf = out.join(format!("cp-1/{TLS}/serving-kube-apiserver.crt"));
     assert_eq!(key_id(&leaf, "authorityKeyIdentifier"), key_id(&ca, "subjectKeyIdentifier"));
     let subject = run("openssl", &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-subject"]);

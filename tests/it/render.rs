@@ -14,9 +14,9 @@ fn rendering_twice_gives_byte_identical_trees() {
     }
     // Secrets are 0600 in the tree too.
     assert_eq!(a["server-1/etc/wireguard/kforge0.conf"].0, 0o600);
-    assert_eq!(a["server-1/var/lib/rancher/k3s/server/tls/server-ca.key"].0, 0o600);
+    assert_eq!(a["server-1/var/lib/kforge/handover/var/lib/rancher/k3s/server/tls/server-ca.key"].0, 0o600);
     assert_eq!(a["server-1/user-data"].0, 0o600);
-    assert_eq!(a["server-1/var/lib/rancher/k3s/server/tls/server-ca.crt"].0, 0o644);
+    assert_eq!(a["server-1/var/lib/kforge/handover/var/lib/rancher/k3s/server/tls/server-ca.crt"].0, 0o644);
 }
 
 #[test]
@@ -128,10 +128,31 @@ fn an_ha_k3s_cluster_is_initialised_by_one_server_and_joined_by_the_others() {
     let config = |node: &str| String::from_utf8(t[&format!("{node}/etc/rancher/k3s/config.yaml")].1.clone()).unwrap();
     let first = config("server-1");
     assert!(first.contains("cluster-init: true") && !first.contains("\nserver:"), "{first}");
+    // Joiners register through their own node's balancer over every server, so a join
+    // works while server-1 is down (K3s's fixed registration address).
     for node in ["server-2", "server-3", "agent-1"] {
         let c = config(node);
         assert!(!c.contains("cluster-init"), "{node}: {c}");
-        assert!(c.contains("server: https://10.4.0.1:6443"), "{node} joins over the mesh: {c}");
+        assert!(c.contains("server: https://127.0.0.1:6445"), "{node} registers through its balancer: {c}");
+        let nginx = String::from_utf8(t[&format!("{node}/etc/kforge/k3s-registration-nginx.conf")].1.clone()).unwrap();
+        for server in ["10.4.0.1:6443", "10.4.0.2:6443", "10.4.0.3:6443"] {
+            assert!(nginx.contains(&format!("server {server} ")), "{node}'s balancer lacks {server}: {nginx}");
+        }
+        assert!(nginx.contains("listen 127.0.0.1:6445;"), "{nginx}");
+    }
+    assert!(!t.contains_key("server-1/etc/kforge/k3s-registration-nginx.conf"), "the first server joins nobody");
+    // The datastore's files (CAs, service-account key) are staged on the first server
+    // only: a joining server gets them from the datastore, and nothing rewrites them.
+    let staged = "var/lib/kforge/handover/var/lib/rancher/k3s/server/tls";
+    assert!(t.contains_key(&format!("server-1/{staged}/server-ca.key")));
+    assert!(t.contains_key(&format!("server-1/{staged}/service.key")));
+    for node in ["server-2", "server-3", "agent-1"] {
+        assert!(!t.keys().any(|k| k.starts_with(&format!("{node}/var/lib/kforge/handover"))), "{node} gets no CA");
+        assert!(!t.contains_key(&format!("{node}/var/lib/rancher/k3s/server/tls/server-ca.crt")), "{node}");
+    }
+    // ServiceLB runs where the firewall publishes 80/443: the agents, labelled.
+    for (node, publishes) in [("server-1", false), ("server-2", false), ("agent-1", true), ("agent-3", true)] {
+        assert_eq!(config(node).contains("svccontroller.k3s.cattle.io/enablelb=true"), publishes, "{node}");
     }
     // A server joins with the server token (full CA-pinned), an agent with the agent token.
     let token = |node: &str| String::from_utf8(t[&format!("{node}/etc/kforge/k3s/token")].1.clone()).unwrap();

@@ -58,6 +58,14 @@ impl Component {
         Component::ALL.into_iter().filter(|c| *c != Component::K3s)
     }
 
+    /// Whether a node with `roles` in a `kind` cluster runs this component.
+    pub fn runs_on(self, kind: crate::spec::DistributionKind, roles: &crate::spec::Roles) -> bool {
+        match self.install().role {
+            None => kind == crate::spec::DistributionKind::K3s,
+            Some(role) => kind == crate::spec::DistributionKind::Hardway && roles.has(role),
+        }
+    }
+
     /// The key under `spec.artifacts`.
     pub const fn key(self) -> &'static str {
         match self {
@@ -131,4 +139,42 @@ impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.key())
     }
+}
+
+/// The guarded command that stops a host before anything starts when its binary of
+/// `c` is not the cluster file's `spec.distribution.version` (a wrong download, an
+/// image baked with another release). `None` for components with versions of their own
+/// (etcd, containerd, runc, the CNI plugins). Its test is also a recheck, so every
+/// apply asks the binary again, and it is plain shell (no kforge functions), since the
+/// facts run it too.
+pub fn version_check(c: Component, version: &str) -> Option<crate::plan::PlannedCommand> {
+    let dest = c.install().dest;
+    // What the binary prints first, and how to ask it.
+    let (ask, expected) = match c {
+        Component::K3s => {
+            (format!("{dest} --version 2>/dev/null | head -n1 | cut -d' ' -f1-3"), format!("k3s version {version}"))
+        }
+        Component::KubeApiserver
+        | Component::KubeControllerManager
+        | Component::KubeScheduler
+        | Component::Kubelet
+        | Component::KubeProxy => (format!("{dest} --version 2>/dev/null | head -n1"), format!("Kubernetes {version}")),
+        Component::Kubectl => {
+            (format!("{dest} version --client 2>/dev/null | head -n1"), format!("Client Version: {version}"))
+        }
+        Component::Etcd | Component::Etcdctl | Component::Containerd | Component::Runc | Component::CniPlugins => {
+            return None;
+        }
+    };
+    let test = format!("[ \"$({ask})\" = '{expected}' ]");
+    let key = c.key();
+    Some(crate::plan::PlannedCommand {
+        description: format!("check that {dest} is {version}"),
+        run: format!(
+            "fail \"{dest} reports '$({ask})', but the cluster file says {version} (spec.distribution.version): \
+             install the {version} binary (spec.artifacts.{key}) or change the version; nothing was started\""
+        ),
+        unless: Some(test.clone()),
+        recheck: Some(test),
+    })
 }

@@ -152,11 +152,67 @@ struct K3sConfig {
     node_taint: Vec<String>,
 }
 
+/// Where agents and joining servers of a multi-server cluster register: kforge's
+/// balancer on the node itself (nginx stream on 127.0.0.1, over every server's
+/// supervisor port on the mesh), so a join never depends on one server being up.
+/// K3s's docs call this the fixed registration address; K3s puts 127.0.0.1 into every
+/// server's certificate, so TLS to it verifies. 6443 and 6444 are K3s's own.
+pub const REGISTRATION_PORT: u16 = 6445;
+pub const REGISTRATION_CONF: &str = "/etc/kforge/k3s-registration-nginx.conf";
+pub const REGISTRATION_UNIT: &str = "kforge-k3s-registration.service";
+/// ServiceLB runs its LoadBalancer pods only on nodes with this label once any node has
+/// it: kforge sets it on the nodes whose firewall publishes ports.
+pub const SERVICELB_LABEL: &str = "svccontroller.k3s.cattle.io/enablelb";
+
+/// How K3s changes each file it owns after its first start (docs/k3s.md).
+const ROTATE_CA: &str = "k3s certificate rotate-ca --path=<dir with the new CA files>";
+const ROTATE_ENCRYPTION_KEYS: &str = "k3s secrets-encrypt rotate-keys";
+
+/// The files K3s takes into its datastore on the first server's first start and hands to
+/// every server that joins: kforge's CAs (as custom CAs), the service-account key and
+/// the encryption config. Written once, on the initialising server, where absent.
+fn datastore_files(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<PlannedFile> {
+    let mut files = Vec::new();
+    for ca in Ca::ALL {
+        let pair = secrets.ca(ca);
+        files.push(PlannedFile::new(format!("{TLS_DIR}/{ca}.crt"), 0o644, pair.cert.clone()));
+        files.push(PlannedFile::secret(format!("{TLS_DIR}/{ca}.key"), pair.key.clone()));
+    }
+    let service_key = crate::pki::signing_and_verifying_key_pem(&secrets.service_account_key)
+        .expect("bundle holds a valid service-account key");
+    files.push(PlannedFile::secret(format!("{TLS_DIR}/service.key"), service_key).about(
+        "The service-account key: kube-apiserver signs and verifies service-account tokens with it.",
+        "K3s's kube-apiserver (--service-account-key-file and --service-account-signing-key-file, the same file)",
+        vec![(
+                "form".into(),
+                "an EC key in SEC1 form (BEGIN EC PRIVATE KEY): the API server reads the public keys out of this \
+                 file too, and its key reader takes EC keys only in that form"
+                    .into(),
+            )],
+    ));
+    let mut files: Vec<PlannedFile> = files.into_iter().map(|f| f.handed_over("K3s", ROTATE_CA)).collect();
+    if model.spec.spec.secrets_encryption {
+        files.push(
+            PlannedFile::secret(ENCRYPTION_CONFIG, encryption_config(&secrets.encryption_key))
+                .handed_over("K3s", ROTATE_ENCRYPTION_KEYS),
+        );
+    }
+    files
+}
+
 /// Add the node's k3s files, artifact and unit to its plan.
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, plan: &mut NodePlan) {
     let spec = &model.spec.spec;
+    let arch = plan.arch;
     if let Some(a) = &spec.artifacts.k3s {
-        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::from_spec("k3s", BINARY, 0o755, a));
+        plan.phase(Phase::Artifacts).artifacts.extend(PlannedArtifact::from_spec("k3s", BINARY, 0o755, a, arch));
+    }
+    // The binary must be the file's release before K3s starts (a stand-in is no release).
+    if spec.artifacts.k3s.as_ref().is_none_or(|a| a.stand_in.is_none())
+        && let Some(check) =
+            crate::component::version_check(crate::component::Component::K3s, &spec.distribution.version)
+    {
+        plan.phase(Phase::Artifacts).commands.push(check);
     }
     // Every K3s node runs containerd: each gets the image archives, in place before K3s
     // starts, so pods need no registry.
@@ -166,10 +222,14 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
 
     let is_server = node.role.is_control_plane();
     let first = model.first_server();
+    let initialises = me.name == first.name;
     let multi_server = model.servers().count() > 1;
     let mut labels: Vec<String> = Vec::new();
     if let Some(loc) = &node.location {
         labels.push(format!("topology.kubernetes.io/zone={loc}"));
+    }
+    if servicelb_nodes(model).is_some_and(|nodes| nodes.contains(&node.name.as_str())) {
+        labels.push(format!("{SERVICELB_LABEL}=true"));
     }
     labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
 
@@ -184,13 +244,16 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         node_taint: node.taints.clone(),
         ..K3sConfig::default()
     };
-    if me.name != first.name {
-        cfg.server = Some(model.api_url());
+    let mut files = Vec::new();
+    if !initialises {
+        cfg.server = Some(registration_url(model));
+        if multi_server {
+            files.extend(registration_balancer(model));
+        }
     }
     let phase = if is_server { Phase::ControlPlane } else { Phase::Workers };
-    let mut files = Vec::new();
     if is_server {
-        cfg.cluster_init = (multi_server && me.name == first.name).then_some(true);
+        cfg.cluster_init = (multi_server && initialises).then_some(true);
         cfg.agent_token_file = Some(AGENT_TOKEN_FILE.into());
         cfg.advertise_address = Some(me.mesh_ip.to_string());
         cfg.flannel_backend = Some(spec.k3s.flannel_backend.clone());
@@ -212,21 +275,21 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
 
         files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", server_token(secrets))));
         files.push(PlannedFile::secret(AGENT_TOKEN_FILE, format!("{}\n", secrets.k3s_agent_token)));
-        for ca in Ca::ALL {
-            let pair = secrets.ca(ca);
-            files.push(PlannedFile::new(format!("{TLS_DIR}/{ca}.crt"), 0o644, pair.cert.clone()));
-            files.push(PlannedFile::secret(format!("{TLS_DIR}/{ca}.key"), pair.key.clone()));
+        // The datastore's files: placed once on the initialising server; a joining
+        // server gets them from the datastore (K3s writes them when tls/ is empty), and
+        // no server ever has them rewritten (K3s stops when a newer file on disk differs).
+        let datastore = datastore_files(model, secrets);
+        plan.released = datastore.iter().map(|f| f.path.clone()).collect();
+        if initialises {
+            files.extend(datastore);
         }
-        files.push(PlannedFile::secret(format!("{TLS_DIR}/service.key"), secrets.service_account_key.clone()));
         let serving = secrets.certificate(&serving_cert_id(&node.name));
         files.push(PlannedFile::new(format!("{TLS_DIR}/serving-kube-apiserver.crt"), 0o644, serving.cert.clone()));
         files.push(PlannedFile::secret(format!("{TLS_DIR}/serving-kube-apiserver.key"), serving.key.clone()));
-        if spec.secrets_encryption {
-            files.push(PlannedFile::secret(ENCRYPTION_CONFIG, encryption_config(&secrets.encryption_key)));
-        }
     } else {
         files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", agent_token(secrets))));
     }
+    let joins = cfg.server.clone();
     let config_text = format!(
         "# K3s configuration of node {} (cluster {}). Managed by kforge.\n{}",
         node.name,
@@ -234,17 +297,27 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         serde_saphyr::to_string(&cfg).expect("k3s config serializes")
     );
     files.push(PlannedFile::secret(CONFIG, config_text));
-    let unit_name = if is_server { "k3s.service" } else { "k3s-agent.service" };
+    let unit_name = unit_name(is_server);
     let unit_path = unit_file(unit_name);
     files.push(PlannedFile::systemd(&unit_path, render_unit(is_server, &spec.mesh.interface)));
 
-    // A new binary or any of these files restarts K3s.
-    let mut restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    // A new binary or any file K3s reads at every start restarts K3s (not the files it
+    // owns after its first start, and not the balancer's).
+    let mut restart_on: Vec<String> = files
+        .iter()
+        .filter(|f| f.handed_over.is_none() && f.path != REGISTRATION_CONF && !f.path.ends_with(REGISTRATION_UNIT))
+        .map(|f| f.path.clone())
+        .collect();
     if spec.artifacts.k3s.is_some() {
         restart_on.push(BINARY.into());
     }
+    let balancer: Vec<PlannedFile> =
+        files.iter().filter(|f| f.path == REGISTRATION_CONF || f.path.ends_with(REGISTRATION_UNIT)).cloned().collect();
     let p = plan.phase(phase);
     p.files.extend(files);
+    if !balancer.is_empty() {
+        p.units.push(crate::balancer::planned_unit(REGISTRATION_UNIT, &balancer));
+    }
     p.units.push(PlannedUnit {
         name: unit_name.into(),
         enable: true,
@@ -252,7 +325,70 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         restart_on,
         reload_command: None,
         recheck: None,
+        joins,
     });
+    if !balancer.is_empty() {
+        plan.packages.extend(crate::balancer::PACKAGES.map(String::from));
+        plan.required_commands.push("nginx".into());
+    }
+}
+
+/// `k3s.service` on servers, `k3s-agent.service` on agents.
+pub fn unit_name(server: bool) -> &'static str {
+    if server { "k3s.service" } else { "k3s-agent.service" }
+}
+
+/// The `server:` agents and joining servers register through: the one server's mesh
+/// address, or with several servers the node's own registration balancer.
+pub fn registration_url(model: &Model<'_>) -> String {
+    if model.servers().count() > 1 { format!("https://127.0.0.1:{REGISTRATION_PORT}") } else { model.api_url() }
+}
+
+/// The registration balancer's configuration and unit (multi-server clusters).
+fn registration_balancer(model: &Model<'_>) -> Vec<PlannedFile> {
+    let servers: Vec<std::net::SocketAddrV4> =
+        model.servers().map(|(m, _)| std::net::SocketAddrV4::new(m.mesh_ip, crate::model::API_PORT)).collect();
+    let conf = crate::balancer::nginx_stream_conf(
+        "kforge's K3s registration address on this node",
+        REGISTRATION_UNIT,
+        REGISTRATION_PORT,
+        &servers,
+    );
+    let unit = crate::balancer::nginx_unit(
+        "K3s registers through it, so a join works while any one server is up",
+        "kforge K3s registration address on 127.0.0.1 (nginx stream over every server)",
+        &format!("wg-quick@{}.service", model.spec.spec.mesh.interface),
+        REGISTRATION_UNIT,
+        REGISTRATION_CONF,
+    );
+    vec![
+        PlannedFile::new(REGISTRATION_CONF, 0o644, conf).about(
+            "K3s's fixed registration address: 127.0.0.1 on this node, passed on to every server's supervisor port over the mesh.",
+            "nginx, run by kforge-k3s-registration.service; dialled by K3s (`server:` in config.yaml)",
+            vec![(
+                "upstream".into(),
+                "every server's mesh address, :6443: a join needs any one of them, not the first".into(),
+            )],
+        ),
+        PlannedFile::from_unit(REGISTRATION_UNIT, &unit, "The registration balancer's unit."),
+    ]
+}
+
+/// The nodes ServiceLB may run on: those whose firewall publishes ports, when the
+/// file limits any published port to some nodes (`None`: every node publishes all, or
+/// ServiceLB is disabled). Without the label ServiceLB runs on every node, and a
+/// LoadBalancer's status would list servers whose firewall drops those ports.
+pub fn servicelb_nodes<'m>(model: &'m Model<'_>) -> Option<Vec<&'m str>> {
+    let spec = &model.spec.spec;
+    if spec.k3s.disable.iter().any(|d| d == "servicelb") || !spec.firewall.enabled {
+        return None;
+    }
+    let restricted: Vec<&str> =
+        spec.firewall.publish.iter().filter_map(|p| p.nodes.as_ref()).flatten().map(String::as_str).collect();
+    if restricted.is_empty() {
+        return None;
+    }
+    Some(model.nodes().map(|(_, n)| n.name.as_str()).filter(|n| restricted.contains(n)).collect())
 }
 
 #[derive(Serialize)]

@@ -7,6 +7,7 @@
 //! Nothing in this crate touches a host. Same spec + same secrets bundle → a
 //! byte-identical plan, which is what makes `plan`, snapshots and cloud-init cheap.
 
+pub mod balancer;
 pub mod component;
 pub mod firewall;
 pub mod gitops;

@@ -53,6 +53,46 @@ pub struct HostCaps {
     pub userspace_wireguard: bool,
     /// boringtun-cli to upload (a workstation path) when the host lacks it.
     pub boringtun_upload: Option<String>,
+    /// The host's CPU architecture (from `uname -m`): picks each artifact's source.
+    pub arch: Option<crate::spec::Arch>,
+}
+
+/// Why the cluster file cannot serve node `name` on a host whose `uname -m` is
+/// `machine`: the node's `arch` says otherwise, or an artifact the node runs has no
+/// source for the host's architecture. Each names the setting to fix.
+pub fn host_arch_problems(spec: &Cluster, name: &str, machine: &str) -> Vec<crate::spec::Diagnostic> {
+    use crate::spec::{Arch, Diagnostic};
+    let Some((i, node)) = spec.spec.nodes.iter().enumerate().find(|(_, n)| n.name == name) else {
+        return Vec::new();
+    };
+    let arch = Arch::from_uname(machine);
+    let mut out = Vec::new();
+    if let Some(declared) = node.arch.filter(|d| Some(*d) != arch) {
+        out.push(
+            Diagnostic::error(
+                format!("spec.nodes[{i}].arch"),
+                format!("node {name} is declared {declared}, but its host is {machine} (uname -m)"),
+            )
+            .help("correct the node's `arch` (or remove it: apply learns it from the host)"),
+        );
+    }
+    for (component, a) in spec.spec.artifacts.entries() {
+        if !component.runs_on(spec.spec.distribution.kind, &node.role) || a.is_universal() {
+            continue;
+        }
+        if arch.is_none_or(|arch| !a.serves(arch)) {
+            let key = component.key();
+            let named = arch.map(|a| a.name()).unwrap_or(machine);
+            out.push(
+                Diagnostic::error(
+                    format!("spec.artifacts.{key}"),
+                    format!("no {named} source for `{key}`, but the host of {name} is {machine} (uname -m)"),
+                )
+                .help(format!("add `{named}: {{url: …, sha256: …}}` (or `path: …`) under spec.artifacts.{key}")),
+            );
+        }
+    }
+    out
 }
 
 /// Every node's plan (hosts with default capabilities), plus access peers' mesh
@@ -105,6 +145,7 @@ fn plan_member(
     let mut np =
         NodePlan::new(&node.name, node.role.clone(), me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
     np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
+    np.arch = caps.arch.or(node.arch);
 
     let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
     let mesh = np.phase(Phase::Mesh);
@@ -160,6 +201,7 @@ fn plan_member(
             spec.mesh.mtu
         )),
         recheck: None,
+        joins: None,
     });
 
     if spec.firewall.enabled {
@@ -190,6 +232,7 @@ fn plan_member(
             // The seed's "my IP only" rule: inserted by hand into the loaded table, it
             // hides a worker while /etc/kforge/firewall.nft is unchanged.
             recheck: Some(recheck),
+            joins: None,
         });
     }
     match spec.distribution.kind {
@@ -274,6 +317,7 @@ fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<&st
             sha256: None,
             source: crate::plan::ArtifactSource::Path { path: path.into() },
             setting: "boringtun-cli (found on the workstation's PATH by kforge apply)".into(),
+            arch: None,
         });
     }
     mesh.files.insert(

@@ -223,6 +223,24 @@ pub fn public_key_pem(private_pem: &str) -> Result<String, PkiError> {
     Ok(key.public_key_pem())
 }
 
+/// The private key as one file that kube-apiserver reads as both its service-account
+/// signing key and its verifying keys (K3s's `server/tls/service.key`, passed to
+/// `--service-account-signing-key-file` and `--service-account-key-file`). client-go's
+/// public-key reader takes an RSA key in PKCS#1 or PKCS#8 but an EC key only in SEC1
+/// form (`BEGIN EC PRIVATE KEY`): given the PKCS#8 form the bundle stores, the real
+/// kube-apiserver exits with "data does not contain any valid RSA or ECDSA public
+/// keys". EC keys are rewritten to SEC1; RSA keys stay as they are.
+pub fn signing_and_verifying_key_pem(private_pem: &str) -> Result<String, PkiError> {
+    use p256::pkcs8::DecodePrivateKey;
+    match p256::SecretKey::from_pkcs8_pem(private_pem) {
+        Ok(key) => key
+            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+            .map(|pem| pem.to_string())
+            .map_err(|_| PkiError::Parse { what: "the service-account key".into() }),
+        Err(_) => Ok(private_pem.to_string()),
+    }
+}
+
 /// When the certificate in `pem` stops being valid.
 pub fn not_after(pem: &str) -> Option<OffsetDateTime> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;

@@ -86,6 +86,28 @@ pub struct PlannedFile {
     /// its important fields have their values.
     #[serde(skip)]
     pub about: Option<Arc<About>>,
+    /// Written only where it is absent: after its first start the program named here
+    /// owns the file, and kforge never rewrites (or removes) it.
+    #[serde(rename = "handedOver", skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<Handover>,
+}
+
+/// Where rendered trees and user-data stage handed-over files for the bootstrap.
+pub const HANDOVER_DIR: &str = "/var/lib/kforge/handover";
+
+/// A file a program takes over after its first start. K3s reconciles its CA files,
+/// service-account key and encryption config with its datastore and exits when a file
+/// on disk differs and is newer, which is what a rewrite after `k3s certificate
+/// rotate-ca` would be. A rendered tree and user-data stage such a file under
+/// [`HANDOVER_DIR`] (copying it to its path would overwrite), and the bootstrap puts it
+/// in place only where it is absent; apply writes it only where it is absent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// Who owns the file after its first start (`K3s`).
+    pub to: String,
+    /// The command that changes it from then on (`k3s certificate rotate-ca`).
+    pub change_with: String,
 }
 
 /// What `kforge explain NODE PATH` prints about a file.
@@ -110,7 +132,24 @@ impl PlannedFile {
             secret: false,
             content: content.into(),
             about: None,
+            handed_over: None,
         }
+    }
+
+    /// Where a rendered tree or cloud-init's `write_files` puts this file: its own path,
+    /// or for a handed-over file a staging path the bootstrap installs it from only
+    /// where the file itself is absent.
+    pub fn placed_path(&self) -> String {
+        match &self.handed_over {
+            Some(_) => format!("{HANDOVER_DIR}{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    /// Written once, where absent; from then on `to` owns it (see [`Handover`]).
+    pub fn handed_over(mut self, to: &str, change_with: &str) -> Self {
+        self.handed_over = Some(Handover { to: to.into(), change_with: change_with.into() });
+        self
     }
 
     /// Attach the explanation `kforge explain` prints for this file.
@@ -165,12 +204,43 @@ pub struct PlannedArtifact {
     /// Where the cluster file configures it (`artifacts.k3s`, `images[1]`), for hints.
     #[serde(skip)]
     pub setting: String,
+    /// The CPU architecture this source is for; `None`: every architecture. A node
+    /// planned without knowing its architecture (user-data) gets one entry per
+    /// architecture, and its bootstrap picks by `uname -m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::spec::Arch>,
 }
 
 impl PlannedArtifact {
-    /// The artifact the cluster file configures at `artifacts.NAME`, installed at `dest`.
-    pub fn from_spec(name: &str, dest: &str, mode: u32, a: &crate::spec::Artifact) -> PlannedArtifact {
-        PlannedArtifact::configured(name, format!("artifacts.{name}"), dest, mode, a)
+    /// The artifact the cluster file configures at `artifacts.NAME`, installed at `dest`,
+    /// for a host of `arch`: its one source, or the one for `arch`; with `arch` unknown,
+    /// every architecture's (the host picks). Empty when nothing serves `arch` (the
+    /// cluster file's check refuses a node declared so; apply refuses such a host).
+    pub fn from_spec(
+        name: &str,
+        dest: &str,
+        mode: u32,
+        a: &crate::spec::Artifact,
+        arch: Option<crate::spec::Arch>,
+    ) -> Vec<PlannedArtifact> {
+        a.sources()
+            .into_iter()
+            .filter(|(for_arch, _)| for_arch.is_none() || arch.is_none() || *for_arch == arch)
+            .map(|(for_arch, source)| {
+                let one = crate::spec::Artifact {
+                    url: source.url,
+                    path: source.path,
+                    sha256: source.sha256,
+                    stand_in: a.stand_in.clone(),
+                    ..crate::spec::Artifact::default()
+                };
+                let setting = match for_arch {
+                    Some(arch) => format!("artifacts.{name}.{arch}"),
+                    None => format!("artifacts.{name}"),
+                };
+                PlannedArtifact { arch: for_arch, ..PlannedArtifact::configured(name, setting, dest, mode, &one) }
+            })
+            .collect()
     }
 
     /// Image archive `images[index]`, uploaded into `dir` (0644) under its host file name.
@@ -199,6 +269,7 @@ impl PlannedArtifact {
             sha256: a.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             source,
             setting,
+            arch: None,
         }
     }
 }
@@ -221,6 +292,12 @@ pub struct PlannedUnit {
     /// host with the facts and, where it fails, reloads (or restarts) the unit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recheck: Option<UnitRecheck>,
+    /// The unit is ready only once it has joined this server (a K3s agent or joining
+    /// server: Type=notify, ready after registering). A bootstrap on a fresh fleet boots
+    /// every machine at once, so the script starts it without blocking, says it is
+    /// waiting for the server, and succeeds: the unit keeps retrying on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joins: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -307,6 +384,14 @@ pub struct NodePlan {
     /// file allows it): preflight refuses a cgroup v1 host.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub requires_cgroup_v2: bool,
+    /// The host's CPU architecture when known (the node's `arch`, or apply's facts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::spec::Arch>,
+    /// Paths another program owns on this host (K3s's CA files, service-account key and
+    /// encryption config on every server): kforge never removes them, even where an
+    /// older kforge wrote them and the plan no longer has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
     pub phases: Vec<PhasePlan>,
 }
 
@@ -322,6 +407,8 @@ impl NodePlan {
             required_commands: Vec::new(),
             swap_forbidden: false,
             requires_cgroup_v2: false,
+            arch: None,
+            released: Vec::new(),
             phases: Vec::new(),
         }
     }

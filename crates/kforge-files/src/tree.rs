@@ -71,7 +71,7 @@ fn write_all(plan: &Plan, root: &Path) -> Result<(), (PathBuf, io::Error)> {
         let node_root = root.join(&node.node);
         mkdir(&node_root, 0o700)?;
         for f in node.files() {
-            write(&node_root.join(f.path.trim_start_matches('/')), &f.content, f.mode)?;
+            write(&node_root.join(f.placed_path().trim_start_matches('/')), &f.content, f.mode)?;
         }
         let script = render_bootstrap(&plan.cluster, node);
         write(&node_root.join(SCRIPT_PATH.trim_start_matches('/')), script.as_bytes(), 0o700)?;

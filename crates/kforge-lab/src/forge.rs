@@ -43,12 +43,7 @@ pub fn follow(cluster: &mut Cluster, forge: &Forge) {
         path: PATH.into(),
         interval: INTERVAL.into(),
         known_hosts: vec![format!("{} {}", forge.ip, forge.host_key)],
-        install: vec![Artifact {
-            url: None,
-            path: Some("./bin/flux-install.yaml".into()),
-            sha256: None,
-            stand_in: None,
-        }],
+        install: vec![Artifact { url: None, path: Some("./bin/flux-install.yaml".into()), ..Artifact::default() }],
         controllers: Some(FLUX_IMAGES.iter().map(|i| i.controller.to_string()).collect()),
     });
     for img in FLUX_IMAGES {

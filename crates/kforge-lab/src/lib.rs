@@ -500,6 +500,8 @@ fn cluster_file(state: &LabState, example: LabExample, forge: Option<&forge::For
             labels: Default::default(),
             taints: Vec::new(),
             mesh_ip: None,
+            // The lab's machines share this workstation's kernel; apply learns it.
+            arch: None,
         })
         .collect();
     if let Some(forge) = forge {

@@ -9,6 +9,7 @@ use kforge_core::pipeline::HostCaps;
 use kforge_core::plan::{ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile};
 use kforge_core::render::script::render_bootstrap;
 use kforge_core::render::steps::{Step, to_shell};
+use kforge_core::spec::Arch;
 
 use crate::artifacts::{ArtifactStore, find_boringtun};
 use crate::facts::{self, Manifest, NodeFacts};
@@ -62,11 +63,10 @@ fn run(
     if hosts.iter().all(|h| h.failed) {
         return Ok(finish(&plan, opts, hosts));
     }
-    if let Err(e) = preflight(&hosts, &plan) {
+    if let Err(e) = plan_for_capabilities(&mut hosts, opts, progress).and_then(|()| preflight(&hosts, &plan)) {
         hosts.iter().for_each(|h| h.host.close());
         return Err(e);
     }
-    plan_for_capabilities(&mut hosts, opts, progress);
     let locks = lock(&mut hosts, opts);
     run_phases(&mut hosts, &plan, opts, progress);
     finish_hosts(&mut hosts, &plan, opts);
@@ -135,6 +135,9 @@ fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&
         match facts::gather(&h.host, &h.plan) {
             Ok(f) => {
                 h.manifest = f.manifest.clone();
+                // Files kforge once wrote that another program owns now (K3s's CA
+                // files on every server) leave kforge's record, so nothing removes them.
+                h.manifest.retain(|path, _| !h.plan.released.contains(path));
                 h.facts = f;
             }
             Err(e) => h.fail(e),
@@ -155,27 +158,38 @@ fn preflight(hosts: &[HostRun], plan: &Plan) -> Result<(), ApplyError> {
     Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")))
 }
 
-/// What the cluster file cannot say about a host (its kernel's WireGuard) is an
-/// input to planning: such a host is planned again with its capabilities.
-fn plan_for_capabilities(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+/// What the cluster file cannot say about a host (its CPU architecture, its kernel's
+/// WireGuard) is an input to planning: every host is planned again with what its facts
+/// found. A host the cluster file cannot serve (no source of an artifact for its
+/// architecture) refuses the whole apply before anything is touched.
+fn plan_for_capabilities(
+    hosts: &mut [HostRun],
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Result<(), ApplyError> {
     let boringtun = find_boringtun();
-    for h in hosts.iter_mut().filter(|h| !h.failed && !h.facts.wireguard_kernel) {
-        h.report.userspace_wireguard = true;
-        let upload = match (&boringtun, h.facts.boringtun) {
-            (_, true) => None,
-            (Some(path), false) => Some(path.display().to_string()),
-            (None, false) => {
-                h.fail("no WireGuard kernel module and no boringtun-cli on the host or on this workstation to upload\n  help: cargo install boringtun-cli --locked (on this workstation)");
-                continue;
-            }
-        };
-        let caps = HostCaps { userspace_wireguard: true, boringtun_upload: upload };
-        match (opts.replan)(&h.plan.node, &caps) {
-            Some(plan) => h.plan = plan,
-            None => h.fail("the planner does not know this node"),
+    let mut refusals = Vec::new();
+    for h in hosts.iter_mut().filter(|h| !h.failed) {
+        let mut caps = HostCaps { arch: Arch::from_uname(&h.facts.arch), ..HostCaps::default() };
+        if !h.facts.wireguard_kernel {
+            h.report.userspace_wireguard = true;
+            caps.userspace_wireguard = true;
+            caps.boringtun_upload = match (&boringtun, h.facts.boringtun) {
+                (_, true) => None,
+                (Some(path), false) => Some(path.display().to_string()),
+                (None, false) => {
+                    h.fail("no WireGuard kernel module and no boringtun-cli on the host or on this workstation to upload\n  help: cargo install boringtun-cli --locked (on this workstation)");
+                    continue;
+                }
+            };
+            progress(&h.host.node, "no WireGuard kernel module: using userspace boringtun-cli");
         }
-        progress(&h.host.node, "no WireGuard kernel module: using userspace boringtun-cli");
+        match (opts.replan)(&h.plan.node, &h.facts.arch, &caps) {
+            Ok(plan) => h.plan = plan,
+            Err(why) => refusals.push(format!("{}: {why}", h.plan.node)),
+        }
     }
+    if refusals.is_empty() { Ok(()) } else { Err(ApplyError::Preflight(refusals.join("\n"))) }
 }
 
 /// One apply at a time per host (a dry run only looks, so it takes no lock).
@@ -325,14 +339,19 @@ fn run_phase_inner(
         script.clean_temp_files = std::mem::take(&mut h.facts.stale_temp_files);
     }
     for f in &pp.files {
-        match h.facts.hashes.get(&f.path) {
-            Some(sum) if sum == &f.sha256 => {}
-            Some(_) => {
+        match (h.facts.hashes.get(&f.path), &f.handed_over) {
+            (Some(sum), _) if sum == &f.sha256 => {}
+            // K3s owns it since its first start: rewriting it would stop K3s.
+            (Some(_), Some(owner)) => h.report.kept.push(format!(
+                "{}: owned by {} since its first start, differs from kforge's plan and is left as it is (change it with `{}`)",
+                f.path, owner.to, owner.change_with
+            )),
+            (Some(_), None) => {
                 h.report.files_changed.push(f.path.clone());
                 changed_paths.insert(f.path.clone());
                 script.writes.push(f.clone());
             }
-            None => {
+            (None, _) => {
                 h.report.files_added.push(f.path.clone());
                 changed_paths.insert(f.path.clone());
                 script.writes.push(f.clone());
@@ -374,7 +393,8 @@ fn run_phase_inner(
             script.restarts.push(Restart { unit: u.name.clone(), inputs: h.plan.unit_inputs(u), reload });
         }
     }
-    for f in &pp.files {
+    // A handed-over file is not kforge's once written: never recorded, never removed.
+    for f in pp.files.iter().filter(|f| f.handed_over.is_none()) {
         h.manifest.insert(f.path.clone(), f.sha256.clone());
     }
     if script.writes.is_empty()

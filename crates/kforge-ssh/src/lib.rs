@@ -49,8 +49,10 @@ pub struct Target {
     pub port: u16,
 }
 
-/// Plans one node again for a host's capabilities (found by its facts).
-pub type Replan<'a> = dyn Fn(&str, &kforge_core::pipeline::HostCaps) -> Option<kforge_core::plan::NodePlan> + Sync + 'a;
+/// Plans one node again for a host's capabilities (found by its facts; the second
+/// argument is its `uname -m`), or says why the cluster file cannot serve that host.
+pub type Replan<'a> =
+    dyn Fn(&str, &str, &kforge_core::pipeline::HostCaps) -> Result<kforge_core::plan::NodePlan, String> + Sync + 'a;
 
 pub struct ApplyOptions<'a> {
     pub targets: Vec<Target>,
@@ -82,6 +84,9 @@ pub struct HostReport {
     /// Steps run again, though no file changed, because what they set up was undone
     /// outside kforge (`PlannedCommand::recheck`).
     pub repaired: Vec<String>,
+    /// Files a program owns since its first start (K3s's CA files) that differ from
+    /// the plan on the host: left as they are, each with the command that changes it.
+    pub kept: Vec<String>,
 }
 
 impl HostReport {

@@ -33,7 +33,10 @@ impl PhaseScript {
     pub fn steps(&self) -> Vec<Step> {
         let mut steps: Vec<Step> = self.clean_temp_files.iter().cloned().map(Step::CleanTemp).collect();
         steps.extend(self.restarts.iter().map(|r| Step::MarkPending(r.unit.clone())));
-        steps.extend(self.writes.iter().cloned().map(Step::Write));
+        steps.extend(self.writes.iter().cloned().map(|f| match f.handed_over {
+            Some(_) => Step::WriteOnce(f),
+            None => Step::Write(f),
+        }));
         steps.extend(self.removes.iter().map(|(path, unit)| Step::Remove { path: path.clone(), unit: unit.clone() }));
         if self.daemon_reload {
             steps.push(Step::DaemonReload);
@@ -53,7 +56,10 @@ impl PhaseScript {
                 inputs: r.inputs.clone(),
                 reload: r.reload.clone(),
                 when_changed: false,
+                // Apply starts joiners after their servers and waits: a join that
+                // fails is the apply's failure to report.
                 no_block: false,
+                joins: None,
             });
             steps.push(Step::ClearPending(r.unit.clone()));
         }

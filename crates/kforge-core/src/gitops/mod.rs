@@ -60,9 +60,11 @@ pub fn plan(gitops: &GitOps, keys: &GitOpsKeys, kubectl: &str, np: &mut NodePlan
     let phase = np.phase(Phase::GitOps);
     let installs: Vec<String> = (0..gitops.install.len()).map(|i| format!("{DIR}/install-{i}.yaml")).collect();
     for (i, (a, dest)) in gitops.install.iter().zip(&installs).enumerate() {
-        let mut artifact = PlannedArtifact::from_spec(&format!("{name} install manifest {i}"), dest, 0o644, a);
-        artifact.setting = format!("gitops.install[{i}]");
-        phase.artifacts.push(artifact);
+        // Manifests are text: one source for every architecture (validated).
+        for mut artifact in PlannedArtifact::from_spec(&format!("{name} install manifest {i}"), dest, 0o644, a, None) {
+            artifact.setting = format!("gitops.install[{i}]");
+            phase.artifacts.push(artifact);
+        }
     }
     let secrets = PlannedFile::secret(SECRETS, yaml_stream(&engine.secrets));
     let (what, fields) = engine.about;

@@ -17,14 +17,22 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
     for c in Component::hardway().filter(|c| c.install().role.is_some_and(|r| node.role.has(r))) {
         let Some(a) = artifacts.get(c) else { continue };
         let install = c.install();
+        let arch = np.arch;
         let phase = np.phase(Phase::Artifacts);
         let path = upload_path(c, a);
         match install.unpack_into.filter(|_| a.is_archive()) {
             Some(dir) => {
-                phase.artifacts.push(PlannedArtifact::from_spec(c.key(), &path, 0o644, a));
+                phase.artifacts.extend(PlannedArtifact::from_spec(c.key(), &path, 0o644, a, arch));
                 phase.commands.push(unpack(&path, dir, install.members));
             }
-            None => phase.artifacts.push(PlannedArtifact::from_spec(c.key(), &path, 0o755, a)),
+            None => phase.artifacts.extend(PlannedArtifact::from_spec(c.key(), &path, 0o755, a, arch)),
+        }
+    }
+    let version = &model.spec.spec.distribution.version;
+    for c in Component::hardway().filter(|c| c.install().role.is_some_and(|r| node.role.has(r))) {
+        let stand_in = artifacts.get(c).is_some_and(|a| a.stand_in.is_some());
+        if let Some(check) = crate::component::version_check(c, version).filter(|_| !stand_in) {
+            np.phase(Phase::Artifacts).commands.push(check);
         }
     }
     if node.role.has(Role::Worker) {

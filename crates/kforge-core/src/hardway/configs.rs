@@ -150,32 +150,13 @@ pub fn containerd_config(sandbox_image: &str) -> String {
 /// nginx (stream) on a worker: 127.0.0.1:PORT balanced over every controller's API
 /// server on the mesh, so kubelets and kube-proxy survive any one controller.
 pub fn api_balancer_nginx(model: &Model<'_>) -> String {
-    let port = model.spec.spec.hardway.api_balancer_port;
-    let upstreams: String = super::controllers(model)
-        .iter()
-        .map(|m| format!("        server {}:{API_PORT} max_fails=1 fail_timeout=5s;\n", m.mesh_ip))
-        .collect();
-    format!(
-        "# kforge API load balancer on this worker. Managed by kforge.\n\
-         # TCP passthrough: TLS is end to end between the client and an API server, so the\n\
-         # certificates and client identities are untouched.\n\
-         load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-         pid /run/{unit}.pid;\n\
-         error_log stderr;\n\
-         worker_processes 1;\n\
-         events {{ worker_connections 1024; }}\n\
-         stream {{\n\
-         \x20   upstream kube_apiservers {{\n\
-         {upstreams}\
-         \x20   }}\n\
-         \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
-         \x20       proxy_pass kube_apiservers;\n\
-         \x20       proxy_connect_timeout 2s;\n\
-         \x20       proxy_timeout 24h;\n\
-         \x20   }}\n\
-         }}\n",
-        unit = super::API_BALANCER_UNIT.trim_end_matches(".service"),
+    let backends: Vec<std::net::SocketAddrV4> =
+        super::controllers(model).iter().map(|m| std::net::SocketAddrV4::new(m.mesh_ip, API_PORT)).collect();
+    crate::balancer::nginx_stream_conf(
+        "kforge API load balancer on this worker",
+        super::API_BALANCER_UNIT,
+        model.spec.spec.hardway.api_balancer_port,
+        &backends,
     )
 }
 

@@ -129,20 +129,14 @@ fn unit(model: &Model<'_>, component: Component, mut restart_on: Vec<String>, ne
         restart_on,
         reload_command: None,
         recheck: None,
+        joins: None,
     }
 }
 
 /// One of kforge's own nginx instances (Debian's nginx binary, never a stand-in):
 /// always started, restarted when its configuration or unit changes.
 fn nginx_unit(name: &str, files: &[PlannedFile]) -> PlannedUnit {
-    PlannedUnit {
-        name: name.into(),
-        enable: true,
-        start: true,
-        restart_on: files.iter().map(|f| f.path.clone()).collect(),
-        reload_command: None,
-        recheck: None,
-    }
+    crate::balancer::planned_unit(name, files)
 }
 
 /// Every address a kubelet on `me` is reached at (its serving certificate's SANs).

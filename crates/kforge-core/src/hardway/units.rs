@@ -224,7 +224,7 @@ pub fn kube_scheduler(config: &str) -> UnitFile {
 }
 
 pub fn healthz() -> UnitFile {
-    nginx_unit(
+    crate::balancer::nginx_unit(
         "plain-HTTP /healthz for an L4 load balancer's health check",
         "kforge /healthz proxy for the Kubernetes API (nginx)",
         "kube-apiserver.service",
@@ -234,33 +234,13 @@ pub fn healthz() -> UnitFile {
 }
 
 pub fn api_balancer(mesh: &str) -> UnitFile {
-    nginx_unit(
+    crate::balancer::nginx_unit(
         "this worker's kubelet and kube-proxy reach every controller's API server through it",
         "kforge API load balancer on 127.0.0.1 (nginx stream)",
         &format!("wg-quick@{mesh}.service"),
         super::API_BALANCER_UNIT,
         super::API_BALANCER_CONF,
     )
-}
-
-/// An nginx instance of kforge's own, with its own configuration and pid file (the
-/// distribution's nginx.service stays untouched).
-fn nginx_unit(why: &str, description: &str, after: &str, unit: &str, conf: &str) -> UnitFile {
-    let pid = unit.trim_end_matches(".service");
-    UnitFile::new(format!("Managed by kforge: {why}."))
-        .section("Unit")
-        .set("Description", description)
-        .set("After", format!("network-online.target {after}"))
-        .set("Wants", "network-online.target")
-        .section("Service")
-        .set("Type", "forking")
-        .set("PIDFile", format!("/run/{pid}.pid"))
-        .set("ExecStartPre", format!("/usr/sbin/nginx -t -q -c {conf}"))
-        .set("ExecStart", format!("/usr/sbin/nginx -c {conf}"))
-        .set("ExecReload", format!("/usr/sbin/nginx -c {conf} -s reload"))
-        .set("ExecStop", format!("/usr/sbin/nginx -c {conf} -s quit"))
-        .set("Restart", "on-failure")
-        .wanted_by_multi_user()
 }
 
 pub fn containerd() -> UnitFile {

@@ -1,6 +1,7 @@
 //! cloud-init user-data: a `#cloud-config` that brings a fresh host to its plan.
 //!
-//! `write_files` carries every planned file (text as a literal block, anything else
+//! `write_files` carries every planned file (those handed over to K3s staged, for the
+//! script to put in place where absent) (text as a literal block, anything else
 //! base64) plus the bootstrap script; `runcmd` runs the script once. The user-data
 //! holds the node's secrets: deliver it over a private channel (provider API), and
 //! keep rendered copies 0600.
@@ -56,7 +57,8 @@ fn write_file(path: &str, owner: &str, mode: u32, content: &[u8]) -> WriteFile {
 
 /// Render the node's user-data.
 pub fn render_user_data(cluster: &str, node: &NodePlan) -> String {
-    let mut files: Vec<WriteFile> = node.files().map(|f| write_file(&f.path, &f.owner, f.mode, &f.content)).collect();
+    let mut files: Vec<WriteFile> =
+        node.files().map(|f| write_file(&f.placed_path(), &f.owner, f.mode, &f.content)).collect();
     files.push(write_file(SCRIPT_PATH, "root:root", 0o700, render_bootstrap(cluster, node).as_bytes()));
     let cfg = CloudConfig {
         package_update: true,

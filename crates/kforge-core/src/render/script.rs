@@ -1,7 +1,9 @@
 //! The bootstrap script: the node's plan as steps, safe to re-run.
 //!
 //! It expects the plan's files to be in place already (cloud-init `write_files`, the
-//! rendered tree copied to `/`, or an apply), then per phase: install artifacts
+//! rendered tree copied to `/`, or an apply), then per phase: put the files handed over
+//! to a program after its first start (K3s's CA files) in place from where they were
+//! staged, only where absent, install artifacts
 //! (verified by sha256), reload systemd if the plan has unit files, run the phase's
 //! guarded commands, enable its units and (re)start each one that is down or whose
 //! inputs changed since it last started. On a converged host it changes nothing.
@@ -24,8 +26,32 @@ pub fn bootstrap_steps(node: &NodePlan) -> Vec<Step> {
     for phase in &node.phases {
         steps.push(Step::Comment(format!("--- phase: {} ---", phase.phase.name())));
         steps.push(Step::Log(format!("{}: phase {}", node.node, phase.phase.name())));
+        // Files a program owns after its first start: staged by write_files or the
+        // rendered tree, put in place here only where absent.
+        steps.extend(phase.files.iter().filter(|f| f.handed_over.is_some()).map(|f| Step::PlaceOnce {
+            staged: f.placed_path(),
+            dest: f.path.clone(),
+            mode: f.mode,
+            owner: f.owner.clone(),
+        }));
+        // An artifact with one source per architecture, for a host of unknown
+        // architecture: the host must be one of them, and takes its own.
+        let mut checked: Vec<&str> = Vec::new();
+        for a in phase.artifacts.iter().filter(|a| a.arch.is_some()) {
+            if checked.contains(&a.dest.as_str()) {
+                continue;
+            }
+            checked.push(&a.dest);
+            let archs = phase.artifacts.iter().filter(|b| b.dest == a.dest).filter_map(|b| b.arch);
+            let setting = a.setting.rsplit_once('.').map_or(a.setting.as_str(), |(s, _)| s);
+            steps.push(Step::ArchCheck {
+                name: a.name.clone(),
+                setting: setting.to_string(),
+                archs: archs.map(|b| b.name().to_string()).collect(),
+            });
+        }
         for a in &phase.artifacts {
-            steps.push(match (&a.source, &a.sha256) {
+            let step = match (&a.source, &a.sha256) {
                 (ArtifactSource::Url { url }, Some(sum)) => Step::Fetch {
                     name: a.name.clone(),
                     url: url.clone(),
@@ -48,6 +74,10 @@ pub fn bootstrap_steps(node: &NodePlan) -> Vec<Step> {
                         a.setting
                     ),
                 },
+            };
+            steps.push(match a.arch {
+                Some(arch) => Step::OnArch { arch: arch.name().to_string(), step: Box::new(step) },
+                None => step,
             });
         }
         if !phase.units.is_empty() && !reloaded && node.files().any(|f| f.kind == FileKind::SystemdUnit) {
@@ -65,6 +95,7 @@ pub fn bootstrap_steps(node: &NodePlan) -> Vec<Step> {
                 reload: u.reload_command.clone(),
                 when_changed: true,
                 no_block: phase.phase == Phase::Datastore,
+                joins: u.joins.clone(),
             });
         }
     }

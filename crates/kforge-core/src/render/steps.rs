@@ -44,6 +44,18 @@ pub enum Step {
         sha256: Option<String>,
         hint: String,
     },
+    /// The host's architecture must be one of `archs` (an artifact with one source per
+    /// architecture, rendered for a host whose architecture the plan did not know).
+    ArchCheck {
+        name: String,
+        setting: String,
+        archs: Vec<String>,
+    },
+    /// `step` only on a host of `arch` (`uname -m`, named as release files name it).
+    OnArch {
+        arch: String,
+        step: Box<Step>,
+    },
     /// Remove a leftover temp file of an interrupted apply.
     CleanTemp(String),
     /// The unit's inputs are about to change: restart it even if this run dies.
@@ -56,6 +68,17 @@ pub enum Step {
     },
     /// Write the file atomically (content travels base64 in the script).
     Write(PlannedFile),
+    /// Write the file only where it is absent: a program owns it after its first
+    /// start (`PlannedFile::handed_over`).
+    WriteOnce(PlannedFile),
+    /// Install a staged handed-over file (`PlannedFile::placed_path`) where its path is
+    /// absent, then drop the staged copy.
+    PlaceOnce {
+        staged: String,
+        dest: String,
+        mode: u32,
+        owner: String,
+    },
     /// Remove a file kforge wrote before; a unit is stopped and disabled first.
     Remove {
         path: String,
@@ -75,6 +98,9 @@ pub enum Step {
         when_changed: bool,
         /// Queue the restart without waiting for the unit to be ready.
         no_block: bool,
+        /// The unit is ready once it has joined this server: start it, wait a little
+        /// saying so, and succeed either way (it keeps retrying on its own).
+        joins: Option<String>,
     },
     ClearPending(String),
     /// Record what kforge wrote on this host (JSON), for the next apply.
@@ -109,10 +135,22 @@ fn render_step(s: &mut String, step: &Step) {
             let sum = sha256.clone().unwrap_or_default();
             writeln!(s, "kf_require {} {} {} {}", q(name), q(dest), q(&sum), q(hint))
         }
+        Step::ArchCheck { name, setting, archs } => {
+            writeln!(s, "kf_arch_in {} {} {}", q(name), q(setting), q(&archs.join(" ")))
+        }
+        Step::OnArch { arch, step } => {
+            let mut inner = String::new();
+            render_step(&mut inner, step);
+            write!(s, "kf_arch_is {} && {inner}", q(arch))
+        }
         Step::CleanTemp(path) => writeln!(s, "rm -f {p}; echo {m}", p = q(path), m = q(&format!("KF cleaned {path}"))),
         Step::MarkPending(unit) => writeln!(s, "touch {}", q(&format!("{PENDING_DIR}/{unit}"))),
         Step::Receive { dest, sha256, mode } => writeln!(s, "kf_receive {} {} {mode:o}", q(dest), q(sha256)),
-        Step::Write(f) => write_file(s, f),
+        Step::Write(f) => write_file(s, "kf_write", f),
+        Step::WriteOnce(f) => write_file(s, "kf_write_once", f),
+        Step::PlaceOnce { staged, dest, mode, owner } => {
+            writeln!(s, "kf_place_once {} {} {mode:04o} {}", q(staged), q(dest), q(owner))
+        }
         Step::Remove { path, unit } => {
             if let Some(unit) = unit {
                 // A stop that fails fails the script: the file and its manifest entry
@@ -124,14 +162,18 @@ fn render_step(s: &mut String, step: &Step) {
         Step::DaemonReload => writeln!(s, "systemctl daemon-reload"),
         Step::Run(c) => writeln!(s, "# {}\n{}", c.description, c.shell_line()),
         Step::Enable(unit) => writeln!(s, "systemctl enable -q {}", q(unit)),
-        Step::Restart { unit, inputs, reload, when_changed, no_block } => {
+        Step::Restart { unit, inputs, reload, when_changed, no_block, joins } => {
             let (u, i) = (q(unit), q(inputs));
-            let restart = if *no_block { "kf_restart_no_block" } else { "kf_restart" };
+            let restart = match (joins, no_block) {
+                (Some(server), _) => format!("kf_restart_joining {u} {i} {}", q(server)),
+                (None, true) => format!("kf_restart_no_block {u} {i}"),
+                (None, false) => format!("kf_restart {u} {i}"),
+            };
             let action = match reload {
-                Some(cmd) => format!(
-                    "if systemctl is-active -q {u} && {cmd}; then kf_reloaded {u} {i}; else {restart} {u} {i}; fi"
-                ),
-                None => format!("{restart} {u} {i}"),
+                Some(cmd) => {
+                    format!("if systemctl is-active -q {u} && {cmd}; then kf_reloaded {u} {i}; else {restart}; fi")
+                }
+                None => restart,
             };
             if *when_changed { writeln!(s, "kf_unchanged {u} {i} || {{ {action}; }}") } else { writeln!(s, "{action}") }
         }
@@ -142,8 +184,8 @@ fn render_step(s: &mut String, step: &Step) {
     };
 }
 
-fn write_file(s: &mut String, f: &PlannedFile) -> std::fmt::Result {
-    writeln!(s, "kf_write {} {:04o} {} <<'KFEOF'", q(&f.path), f.mode, q(&f.owner))?;
+fn write_file(s: &mut String, function: &str, f: &PlannedFile) -> std::fmt::Result {
+    writeln!(s, "{function} {} {:04o} {} <<'KFEOF'", q(&f.path), f.mode, q(&f.owner))?;
     let encoded = STANDARD.encode(&*f.content);
     for chunk in encoded.as_bytes().chunks(76) {
         s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));

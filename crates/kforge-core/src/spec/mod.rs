@@ -24,6 +24,14 @@ pub struct LoadedSpec {
 }
 
 impl LoadedSpec {
+    /// Problems found later (against a host's facts) shown like the file's own: each at
+    /// its line and column, with the source line and a caret.
+    pub fn render_diagnostics(&self, mut diagnostics: Vec<Diagnostic>) -> String {
+        let map = SourceMap::build(&self.source_text);
+        diagnostics.iter_mut().for_each(|d| d.pos = map.locate(&d.path));
+        diagnostics.iter().map(|d| d.render(&self.file, &self.source_text)).collect()
+    }
+
     /// Warnings rendered like errors (source line and caret). A warning raised for
     /// many nodes is shown three times, then counted, so a large fleet stays readable.
     pub fn render_warnings(&self) -> String {

@@ -162,7 +162,7 @@ pub struct ImageArchive {
 impl ImageArchive {
     /// As an artifact (same sources, same verification and cache).
     pub fn artifact(&self) -> Artifact {
-        Artifact { url: self.url.clone(), path: self.path.clone(), sha256: self.sha256.clone(), stand_in: None }
+        Artifact { url: self.url.clone(), path: self.path.clone(), sha256: self.sha256.clone(), ..Artifact::default() }
     }
 
     /// The archive's file name on the host: a digest of the reference keeps names unique
@@ -566,7 +566,9 @@ impl Artifacts {
 
 /// One binary (or release tarball): `url` + `sha256`, or a `path` on the workstation
 /// (sha256 optional). A name ending in `.tar.gz`/`.tgz` is unpacked on the host.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+/// For a cluster of mixed machines, name one source per CPU architecture instead:
+/// `amd64: {url, sha256}` and `arm64: {url, sha256}`; each node gets its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,6 +577,12 @@ pub struct Artifact {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The source for amd64 (x86_64) hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd64: Option<ArchSource>,
+    /// The source for arm64 (aarch64) hosts, e.g. a Raspberry Pi 4/5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm64: Option<ArchSource>,
     /// The file is a named stand-in, not the real program; the value says why the real
     /// one is not used (`kforge lab` sets it for binaries that cannot be obtained).
     /// kforge installs it and its unit so both can be verified, but never starts it,
@@ -584,11 +592,90 @@ pub struct Artifact {
     pub stand_in: Option<String>,
 }
 
-impl Artifact {
-    /// The source's file name ends like a tarball.
-    pub fn is_archive(&self) -> bool {
+/// Where one architecture's file comes from: `url` + `sha256`, or a local `path`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ArchSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ArchSource {
+    fn is_archive(&self) -> bool {
         let name = self.url.as_deref().or(self.path.as_deref()).unwrap_or("");
         name.ends_with(".tar.gz") || name.ends_with(".tgz")
+    }
+}
+
+/// A CPU architecture, as release files name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// From `uname -m` (`x86_64`, `aarch64`); `None` for one kforge has no name for.
+    pub fn from_uname(machine: &str) -> Option<Arch> {
+        match machine.trim() {
+            "x86_64" | "amd64" => Some(Arch::Amd64),
+            "aarch64" | "arm64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Artifact {
+    /// One source for every architecture (`url`/`path` at the top).
+    pub fn is_universal(&self) -> bool {
+        self.url.is_some() || self.path.is_some()
+    }
+
+    /// The sources: `(None, …)` for one that serves every architecture, else one per
+    /// architecture named.
+    pub fn sources(&self) -> Vec<(Option<Arch>, ArchSource)> {
+        if self.is_universal() || (self.amd64.is_none() && self.arm64.is_none()) {
+            let one = ArchSource { url: self.url.clone(), path: self.path.clone(), sha256: self.sha256.clone() };
+            return vec![(None, one)];
+        }
+        Arch::ALL.into_iter().filter_map(|a| Some((Some(a), self.for_arch(a)?.clone()))).collect()
+    }
+
+    fn for_arch(&self, arch: Arch) -> Option<&ArchSource> {
+        match arch {
+            Arch::Amd64 => self.amd64.as_ref(),
+            Arch::Arm64 => self.arm64.as_ref(),
+        }
+    }
+
+    /// Whether a host of `arch` can get this artifact.
+    pub fn serves(&self, arch: Arch) -> bool {
+        self.is_universal() || self.for_arch(arch).is_some()
+    }
+
+    /// The source's file name ends like a tarball.
+    pub fn is_archive(&self) -> bool {
+        self.sources().iter().any(|(_, s)| s.is_archive())
     }
 }
 
@@ -617,6 +704,11 @@ pub struct Node {
     /// Fixed mesh address; allocated (and then kept) when omitted.
     #[serde(default, rename = "meshIP", skip_serializing_if = "Option::is_none")]
     pub mesh_ip: Option<IpAddress>,
+    /// CPU architecture (`amd64`, `arm64`): picks the node's source of each artifact
+    /// that names one per architecture. When omitted, `apply` learns it from the host
+    /// and the user-data bootstrap from `uname -m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -523,6 +523,7 @@ fn artifacts(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
         artifact(&path, a, out);
     }
+    artifact_architectures(c, out);
 }
 
 fn images(c: &Cluster, out: &mut Vec<Diagnostic>) {
@@ -670,6 +671,26 @@ fn is_go_duration(s: &str) -> bool {
 }
 
 fn artifact(path: &str, a: &Artifact, out: &mut Vec<Diagnostic>) {
+    if a.amd64.is_none() && a.arm64.is_none() {
+        let one = ArchSource { url: a.url.clone(), path: a.path.clone(), sha256: a.sha256.clone() };
+        return source(path, &one, out);
+    }
+    if a.is_universal() || a.sha256.is_some() {
+        out.push(
+            Diagnostic::error(
+                path,
+                "give either one source for every machine (`url`/`path`) or one per architecture (`amd64:`, `arm64:`), not both",
+            )
+            .help("e.g. amd64: {url: https://…/k3s, sha256: …} and arm64: {url: https://…/k3s-arm64, sha256: …}"),
+        );
+    }
+    for (arch, s) in a.sources() {
+        let arch = arch.expect("per-architecture sources name their architecture");
+        source(&format!("{path}.{arch}"), &s, out);
+    }
+}
+
+fn source(path: &str, a: &ArchSource, out: &mut Vec<Diagnostic>) {
     match (&a.url, &a.path) {
         (Some(_), Some(_)) => out.push(
             Diagnostic::error(path, "give either `url` or `path`, not both")
@@ -702,6 +723,37 @@ fn artifact(path: &str, a: &Artifact, out: &mut Vec<Diagnostic>) {
             Diagnostic::error(format!("{path}.sha256"), "not a sha256 digest")
                 .help("64 hexadecimal digits, as printed by `sha256sum`"),
         );
+    }
+}
+
+/// Every node whose `arch` is given gets each artifact its roles need from a source for
+/// that architecture: refused at the artifact, naming the nodes.
+fn artifact_architectures(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    for (component, a) in c.spec.artifacts.entries() {
+        for arch in Arch::ALL.into_iter().filter(|arch| !a.serves(*arch)) {
+            let nodes: Vec<&str> = c
+                .spec
+                .nodes
+                .iter()
+                .filter(|n| n.arch == Some(arch) && component.runs_on(c.spec.distribution.kind, &n.role))
+                .map(|n| n.name.as_str())
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            let key = component.key();
+            out.push(
+                Diagnostic::error(
+                    format!("spec.artifacts.{key}"),
+                    format!(
+                        "no {arch} source for `{key}`, but {} {} {arch}",
+                        nodes.join(", "),
+                        if nodes.len() == 1 { "is" } else { "are" }
+                    ),
+                )
+                .help(format!("add `{arch}: {{url: …, sha256: …}}` (or `path: …`) under spec.artifacts.{key}")),
+            );
+        }
     }
 }
 

@@ -62,11 +62,13 @@ fn run(role: &str) -> Result<(), String> {
         None
     };
     if let Ok(server) = get("server") {
-        // Joiners reach their server's API over the mesh before they are ready.
+        // Joiners reach a server over the mesh before they are ready: directly, or
+        // through kforge's registration balancer on 127.0.0.1, which accepts a
+        // connection even with no server up, so only a server's banner counts.
         let hostport = server.trim_start_matches("https://").trim_end_matches('/').to_string();
         let addr = hostport.to_socket_addrs().map_err(|e| format!("{hostport}: {e}"))?.next().ok_or("no address")?;
         let mut tries = 0;
-        while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        while !answers_as_server(&addr) {
             tries += 1;
             if tries > 150 {
                 return Err(format!("server {hostport} not reachable"));
@@ -90,6 +92,15 @@ fn run(role: &str) -> Result<(), String> {
         },
     }
     Ok(())
+}
+
+/// A server stand-in greets every connection with its banner.
+fn answers_as_server(addr: &std::net::SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut c) = TcpStream::connect_timeout(addr, Duration::from_secs(2)) else { return false };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut banner = [0u8; 12];
+    c.read_exact(&mut banner).is_ok() && &banner == b"k3s stand-in"
 }
 
 fn read_config() -> Result<HashMap<String, String>, String> {

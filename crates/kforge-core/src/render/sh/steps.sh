@@ -16,6 +16,25 @@ kf_write() {
   echo "KF written $p"
 }
 
+# kf_write_once PATH MODE OWNER, base64 content on stdin: only where PATH is absent.
+# The file belongs to a program after its first start (K3s's CA files): never rewritten.
+kf_write_once() {
+  if [ -e "$1" ]; then cat >/dev/null; return 0; fi
+  kf_write "$@"
+}
+
+# kf_place_once STAGED DEST MODE OWNER: a handed-over file that a rendered tree or
+# user-data staged: put in place only where DEST is absent; the staged copy goes.
+kf_place_once() {
+  if [ ! -e "$2" ]; then
+    [ -f "$1" ] || fail "$2 is missing and no staged copy is at $1: run kforge apply (or render again)"
+    mkdir -p "$(dirname "$2")"
+    install -m "$3" -o "${4%%:*}" -g "${4##*:}" "$1" "$2.kforge-tmp-$$" && sync "$2.kforge-tmp-$$" && mv -f "$2.kforge-tmp-$$" "$2"
+    echo "KF written $2"
+  fi
+  rm -f "$1"
+}
+
 # kf_receive DEST SHA256 MODE, the artifact on stdin: verified before it replaces DEST.
 kf_receive() {
   local dest=$1 d t
@@ -50,6 +69,24 @@ kf_restart_no_block() {
   systemctl restart --no-block "$1"; kf_stamp "$1" "$2"; echo "KF restarted $1"
 }
 
+# kf_restart_joining UNIT INPUTS SERVER: a K3s agent or joining server is ready only
+# once SERVER answers, and a fleet booting from user-data starts every machine at once:
+# start it without blocking, wait a little (KF_JOIN_WAIT seconds, default 30) saying
+# what for, and succeed either way. systemd keeps it retrying (Restart=always).
+kf_restart_joining() {
+  local waited=0 limit=${KF_JOIN_WAIT:-30}
+  systemctl restart --no-block "$1"; kf_stamp "$1" "$2"; echo "KF restarted $1"
+  until systemctl is-active -q "$1"; do
+    if [ "$waited" -ge "$limit" ]; then
+      log "$1: still waiting for the server at $3; it keeps retrying on its own (systemctl status $1)"
+      return 0
+    fi
+    if [ $((waited % 10)) = 0 ]; then log "$1: waiting for the server at $3"; fi
+    sleep 1; waited=$((waited + 1))
+  done
+  log "$1: joined $3"
+}
+
 # kf_reloaded UNIT INPUTS: record a successful reload (the reload ran just before).
 kf_reloaded() {
   kf_stamp "$1" "$2"; echo "KF reloaded $1"
@@ -75,6 +112,24 @@ kf_require() {
   if [ -n "$sum" ] && ! echo "$sum  $dest" | sha256sum -c --status; then
     fail "$dest ($name) does not match its sha256 $sum"
   fi
+}
+
+# kf_arch: this host's CPU architecture as release files name it (amd64, arm64).
+kf_arch() {
+  case "$(uname -m)" in
+    x86_64 | amd64) echo amd64 ;;
+    aarch64 | arm64) echo arm64 ;;
+    *) uname -m ;;
+  esac
+}
+
+# kf_arch_is ARCH: this host is ARCH.
+kf_arch_is() { [ "$(kf_arch)" = "$1" ]; }
+
+# kf_arch_in NAME SETTING "ARCH…": NAME has a source for this host's architecture.
+kf_arch_in() {
+  case " $3 " in *" $(kf_arch) "*) return 0 ;; esac
+  fail "$1: this host is $(uname -m) ($(kf_arch)), but $2 names sources for $3 only; add one for $(kf_arch)"
 }
 
 # kf_need COMMAND PACKAGE: install PACKAGE when COMMAND is missing (apt hosts).
