@@ -89,7 +89,8 @@ pub fn plan_text(plan: &Plan) -> String {
                     }
                 };
                 let sum = a.sha256.as_deref().map(|s| &s[..12]).unwrap_or("unpinned");
-                let _ = writeln!(o, "    artifact {:<52} {:04o}  {sum}  from {from}", a.dest, a.mode);
+                let on = a.arch.map(|arch| format!("  on {arch} hosts")).unwrap_or_default();
+                let _ = writeln!(o, "    artifact {:<52} {:04o}  {sum}  from {from}{on}", a.dest, a.mode);
             }
             for f in &phase.files {
                 let _ =

@@ -159,3 +159,67 @@ fn an_ha_k3s_cluster_is_initialised_by_one_server_and_joined_by_the_others() {
     assert!(token("server-2").starts_with("K10") && !token("server-2").contains("::node:"));
     assert!(token("agent-1").starts_with("K10") && token("agent-1").contains("::node:"));
 }
+
+#[test]
+fn a_mixed_fleet_gets_each_architectures_binary() {
+    // The homelab example: two amd64 VPSes and pi-1, a Raspberry Pi (arch: arm64).
+    let ctx = TestContext::with_example("homelab");
+    let sources = |ctx: &TestContext| -> Vec<(String, Vec<String>)> {
+        let plan: serde_json::Value =
+            serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
+        plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let k3s = n["phases"][0]["artifacts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["dest"] == "/usr/local/bin/k3s");
+                (
+                    n["node"].as_str().unwrap().to_string(),
+                    k3s.map(|a| format!("{}:{}", a["arch"].as_str().unwrap(), a["source"]["path"].as_str().unwrap()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    // pi-1 gets only the arm64 binary; a node whose architecture the file does not say
+    // gets both, and its bootstrap picks by `uname -m` (apply picks from the facts).
+    assert_eq!(
+        sources(&ctx),
+        [
+            ("cp-1".to_string(), vec!["amd64:./k3s".to_string(), "arm64:./k3s-arm64".to_string()]),
+            ("edge-1".to_string(), vec!["amd64:./k3s".to_string(), "arm64:./k3s-arm64".to_string()]),
+            ("pi-1".to_string(), vec!["arm64:./k3s-arm64".to_string()]),
+        ]
+    );
+    let t = tree(&ctx.render("out"));
+    let script = |node: &str| String::from_utf8(t[&format!("{node}/var/lib/kforge/bootstrap.sh")].1.clone()).unwrap();
+    let edge = script("edge-1");
+    assert!(edge.contains("kf_arch_in k3s artifacts.k3s 'amd64 arm64'\n"), "{edge}");
+    assert!(edge.contains("kf_arch_is amd64 && kf_require k3s /usr/local/bin/k3s"), "{edge}");
+    assert!(edge.contains("kf_arch_is arm64 && kf_require k3s /usr/local/bin/k3s"), "{edge}");
+    let pi = script("pi-1");
+    // Declared arm64: its bootstrap still refuses a host that is not.
+    assert!(pi.contains("kf_arch_in k3s artifacts.k3s arm64\n"), "{pi}");
+    assert!(pi.contains("kf_arch_is arm64 && kf_require k3s /usr/local/bin/k3s '' 'it comes from ./k3s-arm64"), "{pi}");
+    assert!(!pi.contains("kf_arch_is amd64"), "{pi}");
+
+    // Declared, the node gets its own binary only.
+    ctx.edit_spec("endpoint: 198.51.100.7, location: osaka}", "endpoint: 198.51.100.7, location: osaka, arch: amd64}");
+    assert_eq!(sources(&ctx)[1], ("edge-1".to_string(), vec!["amd64:./k3s".to_string()]));
+
+    // What apply learns from a host (its `uname -m`) is checked against the file too.
+    let spec = kforge_core::spec::parse("kforge.yaml", &ctx.read("kforge.yaml")).unwrap();
+    assert!(kforge_core::pipeline::host_arch_problems(&spec.cluster, "cp-1", "x86_64").is_empty());
+    assert!(kforge_core::pipeline::host_arch_problems(&spec.cluster, "cp-1", "aarch64").is_empty());
+    let wrong = kforge_core::pipeline::host_arch_problems(&spec.cluster, "edge-1", "aarch64");
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+    assert_eq!(wrong[0].path, "spec.nodes[1].arch");
+    let unknown = kforge_core::pipeline::host_arch_problems(&spec.cluster, "cp-1", "riscv64");
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0].path, "spec.artifacts.k3s");
+    assert!(unknown[0].message.contains("no riscv64 source for `k3s`"), "{}", unknown[0].message);
+}

@@ -288,12 +288,22 @@ fn notes(model: &Model<'_>) -> Vec<String> {
             "no k3s artifact is configured: hosts must already have {} (set spec.artifacts.k3s)",
             k3s::BINARY
         )),
-        Some(a) if a.url.is_none() => notes.push(format!(
-            "k3s comes from {} on this workstation: `apply` uploads it; cloud-init user-data cannot carry a binary, so hosts booted from it need {} in their image (or set artifacts.k3s.url + sha256)",
-            a.path.as_deref().unwrap_or("?"),
-            k3s::BINARY
-        )),
-        Some(_) => {}
+        Some(a) => {
+            let local: Vec<String> = a
+                .sources()
+                .into_iter()
+                .filter_map(|(arch, s)| {
+                    Some(format!("{}{}", s.path?, arch.map(|a| format!(" ({a})")).unwrap_or_default()))
+                })
+                .collect();
+            if !local.is_empty() {
+                notes.push(format!(
+                    "k3s comes from {} on this workstation: `apply` uploads it; cloud-init user-data cannot carry a binary, so hosts booted from it need {} in their image (or set url + sha256 under artifacts.k3s)",
+                    local.join(", "),
+                    k3s::BINARY
+                ));
+            }
+        }
     }
     if !spec.firewall.enabled {
         notes.push("the firewall is disabled: every port the cluster opens is reachable from the internet".into());

@@ -684,9 +684,10 @@ fn artifact(path: &str, a: &Artifact, out: &mut Vec<Diagnostic>) {
             .help("e.g. amd64: {url: https://…/k3s, sha256: …} and arm64: {url: https://…/k3s-arm64, sha256: …}"),
         );
     }
-    for (arch, s) in a.sources() {
-        let arch = arch.expect("per-architecture sources name their architecture");
-        source(&format!("{path}.{arch}"), &s, out);
+    for (arch, s) in [(Arch::Amd64, &a.amd64), (Arch::Arm64, &a.arm64)] {
+        if let Some(s) = s {
+            source(&format!("{path}.{arch}"), s, out);
+        }
     }
 }
 
