@@ -223,3 +223,61 @@ fn a_mixed_fleet_gets_each_architectures_binary() {
     assert_eq!(unknown[0].path, "spec.artifacts.k3s");
     assert!(unknown[0].message.contains("no riscv64 source for `k3s`"), "{}", unknown[0].message);
 }
+
+/// K3s's own flag names (pkg/cli/cmds/server.go, agent.go): config.yaml keys are these.
+const K3S_SERVER_FLAGS: &[&str] = &[
+    "cluster-init",
+    "server",
+    "token-file",
+    "agent-token-file",
+    "node-name",
+    "node-ip",
+    "node-external-ip",
+    "advertise-address",
+    "flannel-iface",
+    "flannel-backend",
+    "tls-san",
+    "cluster-cidr",
+    "service-cidr",
+    "cluster-dns",
+    "cluster-domain",
+    "secrets-encryption",
+    "write-kubeconfig-mode",
+    "disable",
+    "pause-image",
+    "node-label",
+    "node-taint",
+];
+/// Of those, what `k3s agent` takes (agent.go): the rest are server-only.
+const K3S_AGENT_FLAGS: &[&str] = &[
+    "server",
+    "token-file",
+    "node-name",
+    "node-ip",
+    "node-external-ip",
+    "flannel-iface",
+    "pause-image",
+    "node-label",
+    "node-taint",
+];
+
+#[test]
+fn every_k3s_config_key_is_a_k3s_flag_of_the_nodes_role() {
+    for example in ["homelab", "ha", "lab"] {
+        let ctx = TestContext::with_example(example);
+        let t = tree(&ctx.render("out"));
+        for (path, (_, bytes)) in t.iter().filter(|(p, _)| p.ends_with("/etc/rancher/k3s/config.yaml")) {
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            let server = text.contains("\nagent-token-file:");
+            let allowed = if server { K3S_SERVER_FLAGS } else { K3S_AGENT_FLAGS };
+            for key in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with(' ') && !l.starts_with('-')) {
+                let key = key.split(':').next().unwrap();
+                assert!(
+                    allowed.contains(&key),
+                    "{example}: {path}: `{key}` is not a K3s {} flag",
+                    if server { "server" } else { "agent" }
+                );
+            }
+        }
+    }
+}

@@ -329,6 +329,45 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     let said = String::from_utf8_lossy(&held.stdout);
     assert!(held.status.success() && said.starts_with("SSH-2.0") && said.trim_end().ends_with("done"), "{said}");
     assert!(lab.ssh("lab-3", "wg show kforge0 persistent-keepalive").contains("20"), "the new setting is live");
+
+    // K3s owns its CA files after the first start: after a rotation (here, the file
+    // changed on lab-1 as `k3s certificate rotate-ca` would) apply rewrites none of them
+    // and says so, with the K3s command that changes them.
+    let ca = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
+    lab.ssh("lab-1", &format!("echo '# rotated by K3s' >> {ca}"));
+    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    assert!(
+        dry.starts_with(
+            "lab-1: no changes\n  = /var/lib/rancher/k3s/server/tls/server-ca.crt: owned by K3s since its first start"
+        ),
+        "{dry}"
+    );
+    assert!(dry.contains("(change it with `k3s certificate rotate-ca --path=<dir with the new CA files>`)"), "{dry}");
+    let kept = lab.apply_json();
+    assert_eq!(totals(&kept), (0, 0), "a K3s-owned file was rewritten: {kept}");
+    let lab1 = &kept["hosts"][0];
+    assert_eq!(lab1["kept"].as_array().unwrap().len(), 1, "{lab1}");
+    assert!(lab1["kept"][0].as_str().unwrap().starts_with(ca), "{lab1}");
+    assert!(lab.ssh("lab-1", &format!("tail -1 {ca}")).contains("rotated by K3s"), "the file is K3s's");
+
+    // A bootstrap whose agent starts before its server answers (a fleet booting from
+    // user-data at once) does not fail: it says it waits for the server, and K3s
+    // (here its stand-in, which is ready only once a server answers) joins later.
+    lab.ssh("lab-1", "systemctl stop k3s.service");
+    lab.ssh("lab-2", "systemctl stop k3s-agent.service");
+    let (ok, out) = lab.ssh_status("lab-2", "KF_JOIN_WAIT=3 bash /var/lib/kforge/bootstrap.sh 2>&1");
+    assert!(ok, "the bootstrap failed while its server was down: {out}");
+    assert!(out.contains("k3s-agent.service: waiting for the server at https://10.4.0.1:6443"), "{out}");
+    assert!(
+        out.contains(
+            "k3s-agent.service: still waiting for the server at https://10.4.0.1:6443; it keeps retrying on its own"
+        ),
+        "{out}"
+    );
+    lab.ssh("lab-1", "systemctl start k3s.service");
+    lab.wait_for(60, "lab-2's agent to join once its server is back", || {
+        lab.ssh_status("lab-2", "systemctl is-active -q k3s-agent.service").0
+    });
 }
 
 #[test]
@@ -356,12 +395,18 @@ fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_e
             status.contains("active\n")
                 && status.contains("custom-cas=present")
                 && status.contains(&format!("listening={ip}:6443"))
-                && status.contains("joined=10.4.0.1:6443"),
+                && status.contains("joined=127.0.0.1:6445"),
             "{server}: {status}"
         );
     }
     let agent = lab.ssh("lab-4", "systemctl is-active k3s-agent.service; cat /run/k3s-stand-in/status");
-    assert!(agent.contains("active\n") && agent.contains("joined=10.4.0.1:6443"), "{agent}");
+    assert!(agent.contains("active\n") && agent.contains("joined=127.0.0.1:6445"), "{agent}");
+    // Joiners register through their own node's balancer over every server: with the
+    // first server down, the agent behind NAT still joins (through lab-2 or lab-3).
+    lab.ssh("lab-1", "systemctl stop k3s.service");
+    let (joined, why) = lab.ssh_status("lab-4", "rm -f /run/k3s-stand-in/status && timeout 60 systemctl restart k3s-agent.service && cat /run/k3s-stand-in/status");
+    assert!(joined && why.contains("joined=127.0.0.1:6445"), "no join with lab-1 down: {why}");
+    lab.ssh("lab-1", "systemctl start k3s.service");
 
     // Every node has each image archive in K3s's agent/images/, byte for byte the one
     // `lab up` wrote (uploaded over SSH, the NAT'd agent included).
