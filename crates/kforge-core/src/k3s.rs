@@ -245,11 +245,10 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         ..K3sConfig::default()
     };
     let mut files = Vec::new();
+    // Joiners of a multi-server cluster register through their own node's balancer.
+    let balancer = if initialises || !multi_server { Vec::new() } else { registration_balancer(model) };
     if !initialises {
         cfg.server = Some(registration_url(model));
-        if multi_server {
-            files.extend(registration_balancer(model));
-        }
     }
     let phase = if is_server { Phase::ControlPlane } else { Phase::Workers };
     if is_server {
@@ -302,22 +301,23 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     files.push(PlannedFile::systemd(&unit_path, render_unit(is_server, &spec.mesh.interface)));
 
     // A new binary or any file K3s reads at every start restarts K3s (not the files it
-    // owns after its first start, and not the balancer's).
-    let mut restart_on: Vec<String> = files
-        .iter()
-        .filter(|f| f.handed_over.is_none() && f.path != REGISTRATION_CONF && !f.path.ends_with(REGISTRATION_UNIT))
-        .map(|f| f.path.clone())
-        .collect();
+    // owns after its first start).
+    let mut restart_on: Vec<String> =
+        files.iter().filter(|f| f.handed_over.is_none()).map(|f| f.path.clone()).collect();
     if spec.artifacts.k3s.is_some() {
         restart_on.push(BINARY.into());
     }
-    let balancer: Vec<PlannedFile> =
-        files.iter().filter(|f| f.path == REGISTRATION_CONF || f.path.ends_with(REGISTRATION_UNIT)).cloned().collect();
+    if !balancer.is_empty() {
+        plan.packages.extend(crate::balancer::PACKAGES.map(String::from));
+        plan.required_commands.push("nginx".into());
+    }
     let p = plan.phase(phase);
-    p.files.extend(files);
+    // The balancer first: K3s dials it as soon as it starts.
     if !balancer.is_empty() {
         p.units.push(crate::balancer::planned_unit(REGISTRATION_UNIT, &balancer));
+        p.files.extend(balancer);
     }
+    p.files.extend(files);
     p.units.push(PlannedUnit {
         name: unit_name.into(),
         enable: true,
@@ -327,10 +327,6 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         recheck: None,
         joins,
     });
-    if !balancer.is_empty() {
-        plan.packages.extend(crate::balancer::PACKAGES.map(String::from));
-        plan.required_commands.push("nginx".into());
-    }
 }
 
 /// `k3s.service` on servers, `k3s-agent.service` on agents.

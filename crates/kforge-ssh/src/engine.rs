@@ -170,6 +170,7 @@ fn plan_for_capabilities(
     let boringtun = find_boringtun();
     let mut refusals = Vec::new();
     for h in hosts.iter_mut().filter(|h| !h.failed) {
+        h.report.arch = h.facts.arch.clone();
         let mut caps = HostCaps { arch: Arch::from_uname(&h.facts.arch), ..HostCaps::default() };
         if !h.facts.wireguard_kernel {
             h.report.userspace_wireguard = true;

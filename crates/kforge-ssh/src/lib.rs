@@ -73,6 +73,8 @@ pub struct HostReport {
     pub node: String,
     pub converged: bool,
     pub error: Option<String>,
+    /// The host's CPU architecture as its facts found it (`uname -m`).
+    pub arch: String,
     pub userspace_wireguard: bool,
     pub files_added: Vec<String>,
     pub files_changed: Vec<String>,

@@ -32,9 +32,19 @@ impl Lab {
     /// `kforge lab up` with the k3s stand-in placed where the lab example expects k3s.
     fn up(nodes: usize, behind_nat: &[&str]) -> Lab {
         let lab = Lab::up_example("k3s", nodes, behind_nat);
-        std::fs::create_dir_all(lab.ctx.path("lab/bin")).unwrap();
-        std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
+        lab.install_k3s_stand_in();
         lab
+    }
+
+    /// kforge's K3s stand-in at lab/bin/k3s, and the cluster file saying it is one (so
+    /// no K3s release version is asked of it).
+    fn install_k3s_stand_in(&self) {
+        std::fs::create_dir_all(self.ctx.path("lab/bin")).unwrap();
+        std::fs::copy(stand_in(), self.ctx.path("lab/bin/k3s")).unwrap();
+        self.edit_cluster(|c| {
+            let k3s = c.spec.artifacts.k3s.as_mut().expect("the K3s lab example names lab/bin/k3s");
+            k3s.stand_in = Some("no K3s binary can be obtained on kforge's build machines".into());
+        });
     }
 
     /// `kforge lab up --example EXAMPLE --nodes N`, with exactly `behind_nat` behind NAT.
@@ -374,7 +384,7 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
 fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_every_node() {
     // `--example k3s-ha` with no other option: the shape is the example's own.
     let lab = Lab::start("k3s-ha", &[]);
-    std::fs::copy(stand_in(), lab.ctx.path("lab/bin/k3s")).unwrap();
+    lab.install_k3s_stand_in();
     let shape: Vec<_> = lab.state.machines.iter().map(|m| (m.name.as_str(), m.public_ip.is_some())).collect();
     assert_eq!(shape, [("lab-1", true), ("lab-2", true), ("lab-3", true), ("lab-4", false)], "lab-4 is at home");
     let file = kforge_core::spec::parse("lab/kforge.yaml", &lab.ctx.read("lab/kforge.yaml")).unwrap().cluster;
@@ -385,7 +395,8 @@ fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_e
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
     }
-    // lab-1 initialises the embedded etcd; lab-2 and lab-3 join it over the mesh and
+    // lab-1 initialises the embedded etcd with kforge's CAs; lab-2 and lab-3 join it over
+    // the mesh with none placed on their disks (K3s takes them from the datastore) and
     // serve on their own mesh addresses; the agent behind NAT joins too (stand-in K3s:
     // install mechanics only, see the module comment).
     assert!(lab.ssh("lab-1", "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
@@ -393,7 +404,7 @@ fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_e
         let status = lab.ssh(server, "systemctl is-active k3s.service; cat /run/k3s-stand-in/status");
         assert!(
             status.contains("active\n")
-                && status.contains("custom-cas=present")
+                && status.contains("custom-cas=from-datastore")
                 && status.contains(&format!("listening={ip}:6443"))
                 && status.contains("joined=127.0.0.1:6445"),
             "{server}: {status}"

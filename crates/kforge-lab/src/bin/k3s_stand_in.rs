@@ -3,7 +3,8 @@
 //! No k3s binary can be obtained on the machines kforge is developed on, so the lab
 //! tests install this at /usr/local/bin/k3s to exercise kforge's install mechanics:
 //! the unit starts it (`k3s server` / `k3s agent`), it checks the files K3s would read
-//! (config.yaml, token file, custom CAs), a server listens on its mesh address :6443,
+//! (config.yaml, token file, custom CAs on the initialising server and none on a
+//! joining one), a server listens on its mesh address :6443,
 //! an agent waits until it can reach its server's :6443 over the mesh, then it tells
 //! systemd it is ready (Type=notify) and idles. What it verified is written to
 //! /run/k3s-stand-in/status. It never claims to be a cluster.
@@ -46,14 +47,24 @@ fn run(role: &str) -> Result<(), String> {
     let mut verified = vec![format!("role={role}"), format!("node-ip={node_ip}"), "token=K10".into()];
     let listener = if role == "server" {
         // K3s's own custom-CA file names, listed here as K3s documents them (not taken
-        // from kforge's list), so the stand-in checks what K3s would read.
+        // from kforge's list), so the stand-in checks what K3s would read. The server
+        // that initialises the cluster reads them from disk; a joining server gets them
+        // from the datastore, and K3s writes them only where tls/ is empty: placed by
+        // anyone else, a later rotation would make them differ and stop K3s.
+        let joining = config.contains_key("server");
         for ca in ["server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"] {
             for ext in ["crt", "key"] {
                 let p = format!("{TLS}/{ca}.{ext}");
-                std::fs::metadata(&p).map_err(|e| format!("custom CA file {p}: {e}"))?;
+                match (std::fs::metadata(&p), joining) {
+                    (Ok(_), false) | (Err(_), true) => {}
+                    (Err(e), false) => return Err(format!("custom CA file {p}: {e}")),
+                    (Ok(_), true) => {
+                        return Err(format!("{p} is on a joining server's disk: K3s takes it from the datastore"));
+                    }
+                }
             }
         }
-        verified.push("custom-cas=present".into());
+        verified.push(if joining { "custom-cas=from-datastore" } else { "custom-cas=present" }.into());
         // Binding the mesh address proves the mesh interface is up before we start.
         let l = TcpListener::bind((node_ip.as_str(), 6443)).map_err(|e| format!("listen {node_ip}:6443: {e}"))?;
         verified.push(format!("listening={node_ip}:6443"));
