@@ -145,7 +145,7 @@ impl K3sServer {
         let out = ctx.render("out");
         let plan: serde_json::Value =
             serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
-        let first = plan["initServer"].as_str().unwrap().to_string();
+        let first = plan["init_server"].as_str().unwrap().to_string();
         let node = out.join(&first);
         let encryption = node.join("var/lib/kforge/handover/var/lib/rancher/k3s/server/cred/encryption-config.json");
         // Every node's token pins the server CA by the sha256 of the file's bytes: what

@@ -232,13 +232,32 @@ pub fn public_key_pem(private_pem: &str) -> Result<String, PkiError> {
 /// keys". EC keys are rewritten to SEC1; RSA keys stay as they are.
 pub fn signing_and_verifying_key_pem(private_pem: &str) -> Result<String, PkiError> {
     use p256::pkcs8::DecodePrivateKey;
-    match p256::SecretKey::from_pkcs8_pem(private_pem) {
-        Ok(key) => key
-            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
-            .map(|pem| pem.to_string())
-            .map_err(|_| PkiError::Parse { what: "the service-account key".into() }),
-        Err(_) => Ok(private_pem.to_string()),
-    }
+    use sec1::der::{Decode, Encode};
+    let Ok(key) = p256::SecretKey::from_pkcs8_pem(private_pem) else {
+        return Ok(private_pem.to_string());
+    };
+    let damaged = || PkiError::Parse { what: "the service-account key".into() };
+    // The curve must be named in the key ([0] parameters): Go's x509.ParseECPrivateKey,
+    // which client-go and OpenSSL's readers follow, cannot use a SEC1 key without it,
+    // and the p256 crate writes none.
+    let der = key.to_sec1_der().map_err(|_| damaged())?;
+    let mut sec1 = sec1::EcPrivateKey::from_der(&der).map_err(|_| damaged())?;
+    sec1.parameters = Some(sec1::EcParameters::NamedCurve(PRIME256V1));
+    let der = sec1.to_der().map_err(|_| damaged())?;
+    Ok(pem_block("EC PRIVATE KEY", &der))
+}
+
+/// The named curve P-256 (prime256v1, secp256r1).
+const PRIME256V1: sec1::der::asn1::ObjectIdentifier =
+    sec1::der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+
+/// A PEM block: base64 in 64-character lines between BEGIN and END.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
 /// When the certificate in `pem` stops being valid.
