@@ -136,6 +136,7 @@ struct K3sServer {
     certs: PathBuf,
     encryption_config: Option<PathBuf>,
     service_cidr: String,
+    mesh_ip: String,
     token_hashes: Vec<String>,
 }
 
@@ -146,6 +147,8 @@ impl K3sServer {
         let plan: serde_json::Value =
             serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
         let first = plan["init_server"].as_str().unwrap().to_string();
+        let me = plan["nodes"].as_array().unwrap().iter().find(|n| n["node"] == first.as_str()).unwrap();
+        let mesh_ip = me["meshIp"].as_str().unwrap().to_string();
         let node = out.join(&first);
         let encryption = node.join("var/lib/kforge/handover/var/lib/rancher/k3s/server/cred/encryption-config.json");
         // Every node's token pins the server CA by the sha256 of the file's bytes: what
@@ -170,6 +173,7 @@ impl K3sServer {
             certs,
             encryption_config: encryption.exists().then_some(encryption),
             service_cidr,
+            mesh_ip,
             token_hashes,
             _ctx: ctx,
         }
@@ -235,21 +239,15 @@ impl Etcd {
     }
 
     fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(tool("etcdctl"))
-            .args([
-                format!("--endpoints={}", self.url),
-                format!("--cacert={}", self.ca.display()),
-                format!("--cert={}", self.client.0.display()),
-                format!("--key={}", self.client.1.display()),
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        let mut cmd = Command::new(tool("etcdctl"));
+        cmd.args([
+            format!("--endpoints={}", self.url),
+            format!("--cacert={}", self.ca.display()),
+            format!("--cert={}", self.client.0.display()),
+            format!("--key={}", self.client.1.display()),
+        ])
+        .args(args);
+        stdout_or_stderr(cmd)
     }
 }
 
@@ -261,9 +259,13 @@ fn wait_until(secs: u64, what: &str, mut ready: impl FnMut() -> bool, log: impl 
     }
 }
 
+/// The last `lines` lines of a program's log, after its error lines (klog's `E…`,
+/// `Error:`): what a failure report needs first.
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let errors: Vec<&str> =
+        all.iter().copied().filter(|l| l.starts_with('E') || l.contains("Error:")).take(10).collect();
+    format!("{}\n…\n{}", errors.join("\n"), all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
 /// kube-apiserver with the flags K3s gives it, pointed at kforge's files.
@@ -280,7 +282,9 @@ fn apiserver_args(k3s: &K3sServer, etcd: &Etcd, service_key: &Path, port: u16) -
         "--authorization-mode=Node,RBAC".into(),
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={port}"),
-        "--advertise-address=127.0.0.1".into(),
+        // K3s advertises the node IP (kforge: the mesh address); the API server only
+        // writes it into the kubernetes Endpoints, so it need not exist here.
+        format!("--advertise-address={}", k3s.mesh_ip),
         format!("--service-cluster-ip-range={}", k3s.service_cidr),
         format!("--etcd-servers={}", etcd.url),
         format!("--etcd-cafile={}", s(&etcd.ca)),
@@ -330,11 +334,14 @@ fn kubeconfig(k3s: &K3sServer, port: u16) -> PathBuf {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tool("kubectl"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(tool("kubectl"));
+    cmd.arg(format!("--kubeconfig={}", kubeconfig.display())).args(args);
+    stdout_or_stderr(cmd)
+}
+
+/// What a client printed: its output when it succeeded, its error when not.
+fn stdout_or_stderr(mut cmd: Command) -> Result<String, String> {
+    let out = cmd.output().unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -448,7 +455,10 @@ fn the_real_kube_apiserver_and_etcd_accept_kforges_k3s_server_files() {
             );
             check(
                 what("request-header-ca: the auth proxy's certificate asserts a user"),
-                if review.contains("\"username\":\"alice\"") { Ok(()) } else { Err(review) },
+                match serde_json::from_str::<serde_json::Value>(&review) {
+                    Ok(r) if r["status"]["userInfo"]["username"] == "alice" => Ok(()),
+                    _ => Err(review),
+                },
             );
             // Secrets encrypted at rest with kforge's key (aescbc, key name aescbckey).
             let secret = format!("kforge-probe-{port}");
