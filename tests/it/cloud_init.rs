@@ -68,11 +68,27 @@ fn bootstrap_script_is_valid_bash_and_orders_the_phases() {
 #[test]
 fn a_pinned_download_is_fetched_and_verified_by_sha256() {
     let ctx = TestContext::with_example("homelab");
-    let sum = "a".repeat(64);
-    ctx.edit_spec("k3s: {path: ./k3s}", &format!("k3s: {{url: \"https://example.invalid/k3s\", sha256: {sum}}}"));
+    let (sum, arm) = ("a".repeat(64), "b".repeat(64));
+    ctx.edit_spec("amd64: {path: ./k3s}", &format!("amd64: {{url: \"https://example.invalid/k3s\", sha256: {sum}}}"));
+    ctx.edit_spec(
+        "arm64: {path: ./k3s-arm64}",
+        &format!("arm64: {{url: \"https://example.invalid/k3s-arm64\", sha256: {arm}}}"),
+    );
     let out = ctx.render("out");
+    // edge-1's architecture is not in the file: its bootstrap fetches the one for `uname -m`.
     let text = std::fs::read_to_string(out.join("edge-1/var/lib/kforge/bootstrap.sh")).unwrap();
-    assert!(text.contains(&format!("kf_fetch k3s https://example.invalid/k3s {sum} /usr/local/bin/k3s 755")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "kf_arch_is amd64 && kf_fetch k3s https://example.invalid/k3s {sum} /usr/local/bin/k3s 755"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "kf_arch_is arm64 && kf_fetch k3s https://example.invalid/k3s-arm64 {arm} /usr/local/bin/k3s 755"
+        )),
+        "{text}"
+    );
     let plan = ctx.kforge(&["plan"]).success().stdout;
     assert!(!plan.contains("cloud-init user-data cannot carry"), "a URL artifact travels fine");
 }
