@@ -90,11 +90,15 @@ pub enum Command {
     /// units whose inputs changed are restarted (the mesh reloads with wg syncconf).
     /// State undone outside kforge's files (an imported image deleted, forwarding off, a
     /// rule inserted into the loaded firewall table) is found by a recheck and repaired.
+    /// Files K3s owns after its first start (its CA files, service.key, the encryption
+    /// config) are written once and never again: a difference is reported with the K3s
+    /// command that changes them. Each host's architecture picks its artifacts, and every
+    /// binary must report spec.distribution.version before anything starts.
     /// Host keys are checked strictly. A second run with nothing changed touches nothing.
     Apply {
         #[command(flatten)]
         cluster: ClusterArgs,
-        /// Show per host what would change (files added/changed/removed, drift to repair, units to restart or reload), touch nothing.
+        /// Show per host what would change (files added/changed/removed, drift to repair, units to restart or reload, files left to K3s), touch nothing.
         #[arg(long)]
         dry_run: bool,
         /// Hosts worked on at once inside a phase.

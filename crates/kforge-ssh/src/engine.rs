@@ -175,9 +175,12 @@ fn plan_for_capabilities(
         if !h.facts.wireguard_kernel {
             h.report.userspace_wireguard = true;
             caps.userspace_wireguard = true;
+            // The workstation's boringtun-cli whenever it has one, whether or not the
+            // host has it yet: the plan (and so the host's bootstrap script) is the same
+            // at every apply, and the upload happens only where the host's copy differs.
             caps.boringtun_upload = match (&boringtun, h.facts.boringtun) {
-                (_, true) => None,
-                (Some(path), false) => Some(path.display().to_string()),
+                (Some(path), _) => Some(path.display().to_string()),
+                (None, true) => None,
                 (None, false) => {
                     h.fail("no WireGuard kernel module and no boringtun-cli on the host or on this workstation to upload\n  help: cargo install boringtun-cli --locked (on this workstation)");
                     continue;

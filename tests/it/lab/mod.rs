@@ -271,9 +271,16 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     assert!(broken.stdout.contains("firewall      FAIL  table inet kforge missing on lab-2"), "{}", broken.stdout);
     lab.ssh("lab-2", "systemctl restart kforge-firewall.service");
 
-    // A second apply writes zero files and restarts zero units.
+    // A second apply writes zero files and restarts zero units, and leaves kforge's own
+    // state on the hosts as it was: no file under /var/lib/kforge written (the host's
+    // bootstrap script, manifest, digest cache, unit stamps keep mtime and inode).
+    let state = "find /var/lib/kforge -type f -printf '%p %T@ %i\\n' | sort";
+    let before: Vec<String> = lab.state.machines.iter().map(|m| lab.ssh(&m.name, state)).collect();
     let again = lab.apply_json();
     assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
+    for (m, before) in lab.state.machines.iter().zip(&before) {
+        assert_eq!(&lab.ssh(&m.name, state), before, "a no-op apply wrote kforge's state on {}", m.name);
+    }
     lab.rerunning_the_bootstrap_changes_nothing();
     for h in again["hosts"].as_array().unwrap() {
         assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");

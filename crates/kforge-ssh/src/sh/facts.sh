@@ -1,5 +1,5 @@
 # kforge facts: what a host is and has, in one SSH round trip, read-only except for
-# the digest cache. Inputs (arrays, set by kforge before this file):
+# the digest cache (rewritten only when a digest changed). Inputs (arrays, set by kforge before this file):
 #   KF_PATHS     files whose sha256 the apply needs (planned files, artifacts)
 #   KF_UNITS     units whose state it needs
 #   KF_COMMANDS  commands the plan requires
@@ -41,7 +41,8 @@ for p in "${KF_PATHS[@]}"; do
   echo "file $h $p"
   kf_cache+="$h $st $p"$'\n'
 done
-if [ -d "$KF_STATE" ]; then
+# Written only when it changed: a no-op apply writes nothing on the host.
+if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "${kf_cache%$'\n'}" ]; then
   printf '%s' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
 fi
 
