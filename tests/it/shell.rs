@@ -142,6 +142,10 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
             joins: None,
         },
         Step::ClearPending("wg-quick@kforge0.service".into()),
+        Step::RecordDigests(vec![
+            ("/usr/local/bin/k3s".into(), "c".repeat(64)),
+            ("/etc/kforge/example.conf".into(), "d".repeat(64)),
+        ]),
         Step::RecordManifest { path: "/var/lib/kforge/manifest.json".into(), json: "{\"files\":{}}".into() },
     ];
     let dir = tempfile::tempdir().unwrap();

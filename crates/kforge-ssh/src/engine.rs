@@ -260,17 +260,28 @@ fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
         h.report.files_removed.extend(gone.iter().cloned());
         let bootstrap = PlannedFile::new(BOOTSTRAP_SCRIPT, 0o700, render_bootstrap(&plan.cluster, &h.plan));
         let bootstrap_current = h.facts.hashes.get(BOOTSTRAP_SCRIPT) == Some(&bootstrap.sha256);
-        if opts.dry_run || (gone.is_empty() && bootstrap_current) {
+        if opts.dry_run || (gone.is_empty() && bootstrap_current && h.changed_paths.is_empty()) {
             return;
         }
         for g in &gone {
             h.manifest.remove(g);
         }
+        h.facts.hashes.insert(BOOTSTRAP_SCRIPT.into(), bootstrap.sha256.clone());
+        for g in &gone {
+            h.facts.hashes.remove(g);
+        }
+        // Every digest the apply now knows (read, written or verified), for the paths
+        // the next facts ask about: that apply finds its cache current and writes nothing.
+        let digests = crate::facts::watched_paths(&h.plan)
+            .into_iter()
+            .filter_map(|p| Some((p.clone(), h.facts.hashes.get(&p)?.clone())))
+            .collect();
         let script = PhaseScript {
             daemon_reload: gone.iter().any(|p| paths::is_systemd_file(p)),
             removes: gone.iter().map(|p| (p.clone(), paths::unit_of_file(p).map(String::from))).collect(),
             writes: if bootstrap_current { vec![] } else { vec![bootstrap] },
-            manifest_json: Some(manifest_json(&h.cluster, &h.manifest)),
+            manifest_json: (!gone.is_empty()).then(|| manifest_json(&h.cluster, &h.manifest)),
+            digests,
             ..PhaseScript::default()
         };
         if let Err(e) = h.host.run_script("finish", &script.render()) {

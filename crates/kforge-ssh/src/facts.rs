@@ -40,7 +40,7 @@ pub struct NodeFacts {
 }
 
 /// Every path whose hash the engine needs: planned files, artifacts, old manifest.
-fn watched_paths(plan: &NodePlan) -> Vec<String> {
+pub(crate) fn watched_paths(plan: &NodePlan) -> Vec<String> {
     let mut v: Vec<String> = plan.files().map(|f| f.path.clone()).collect();
     v.extend(plan.phases.iter().flat_map(|p| p.artifacts.iter().map(|a| a.dest.clone())));
     // Added after facts when the host turns out to need userspace WireGuard.

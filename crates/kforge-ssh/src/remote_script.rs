@@ -27,6 +27,8 @@ pub struct PhaseScript {
     pub restarts: Vec<Restart>,
     pub enables: Vec<String>,
     pub manifest_json: Option<String>,
+    /// (path, sha256) of every file the host now holds as planned: the digest cache.
+    pub digests: Vec<(String, String)>,
 }
 
 impl PhaseScript {
@@ -62,6 +64,9 @@ impl PhaseScript {
                 joins: None,
             });
             steps.push(Step::ClearPending(r.unit.clone()));
+        }
+        if !self.digests.is_empty() {
+            steps.push(Step::RecordDigests(self.digests.clone()));
         }
         steps
     }

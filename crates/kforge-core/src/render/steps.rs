@@ -103,6 +103,9 @@ pub enum Step {
         joins: Option<String>,
     },
     ClearPending(String),
+    /// Record the digest of each of these files with its size, mtime and inode now, so
+    /// the next facts reuse the digests (apply, after it wrote or uploaded anything).
+    RecordDigests(Vec<(String, String)>),
     /// Record what kforge wrote on this host (JSON), for the next apply.
     RecordManifest {
         path: String,
@@ -178,6 +181,13 @@ fn render_step(s: &mut String, step: &Step) {
             if *when_changed { writeln!(s, "kf_unchanged {u} {i} || {{ {action}; }}") } else { writeln!(s, "{action}") }
         }
         Step::ClearPending(unit) => writeln!(s, "rm -f {}", q(&format!("{PENDING_DIR}/{unit}"))),
+        Step::RecordDigests(files) => {
+            let _ = writeln!(s, "kf_record_digests <<'KFEOF'");
+            for (path, sha256) in files {
+                let _ = writeln!(s, "{sha256} {path}");
+            }
+            writeln!(s, "KFEOF")
+        }
         Step::RecordManifest { path, json } => {
             writeln!(s, "kf_write {} 0600 root:root >/dev/null <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
         }

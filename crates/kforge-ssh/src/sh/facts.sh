@@ -41,9 +41,11 @@ for p in "${KF_PATHS[@]}"; do
   echo "file $h $p"
   kf_cache+="$h $st $p"$'\n'
 done
-# Written only when it changed: a no-op apply writes nothing on the host.
-if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "${kf_cache%$'\n'}" ]; then
-  printf '%s' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
+# Sorted, and written only when it changed: a no-op apply writes nothing on the host
+# (an apply that wrote files records their digests itself: kf_record_digests).
+kf_cache=$(printf '%s' "$kf_cache" | sort -u)
+if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "$kf_cache" ]; then
+  printf '%s\n' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
 fi
 
 for u in "${KF_UNITS[@]}"; do

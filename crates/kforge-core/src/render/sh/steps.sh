@@ -132,6 +132,18 @@ kf_arch_in() {
   fail "$1: this host is $(uname -m) ($(kf_arch)), but $2 names sources for $3 only; add one for $(kf_arch)"
 }
 
+# kf_record_digests, "SHA256 PATH" lines on stdin (what the apply knows each file
+# holds, having written or verified it): the digest cache the facts read, with each
+# file's size, mtime and inode now, sorted as the facts write it. The next apply then
+# hashes nothing and, finding the cache current, writes nothing.
+kf_record_digests() {
+  local h p out=""
+  while read -r h p; do
+    [ -f "$p" ] && out+="$h $(stat -c '%s:%.9Y:%i' "$p") $p"$'\n'
+  done
+  printf '%s' "$out" | sort -u > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
+}
+
 # kf_need COMMAND PACKAGE: install PACKAGE when COMMAND is missing (apt hosts).
 kf_need() {
   PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1 && return 0
