@@ -144,10 +144,13 @@ impl std::fmt::Display for Component {
 /// The guarded command that stops a host before anything starts when its binary of
 /// `c` is not the cluster file's `spec.distribution.version` (a wrong download, an
 /// image baked with another release). `None` for components with versions of their own
-/// (etcd, containerd, runc, the CNI plugins). Its test is also a recheck, so every
-/// apply asks the binary again, and it is plain shell (no kforge functions), since the
-/// facts run it too.
-pub fn version_check(c: Component, version: &str) -> Option<crate::plan::PlannedCommand> {
+/// (etcd, containerd, runc, the CNI plugins). It runs whenever the artifacts phase
+/// changed (and in every bootstrap). A binary the host brings itself (`delivered:
+/// false`: no artifact names it) can change behind kforge's back, so its test is also a
+/// recheck that every apply runs; it is plain shell (no kforge functions), since the
+/// facts run it. A delivered binary is pinned by its digest instead: a changed one is
+/// uploaded again, which runs the check.
+pub fn version_check(c: Component, version: &str, delivered: bool) -> Option<crate::plan::PlannedCommand> {
     let dest = c.install().dest;
     // What the binary prints first, and how to ask it.
     let (ask, expected) = match c {
@@ -175,6 +178,6 @@ pub fn version_check(c: Component, version: &str) -> Option<crate::plan::Planned
              install the {version} binary (spec.artifacts.{key}) or change the version; nothing was started\""
         ),
         unless: Some(test.clone()),
-        recheck: Some(test),
+        recheck: (!delivered).then_some(test),
     })
 }

@@ -209,8 +209,11 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     }
     // The binary must be the file's release before K3s starts (a stand-in is no release).
     if spec.artifacts.k3s.as_ref().is_none_or(|a| a.stand_in.is_none())
-        && let Some(check) =
-            crate::component::version_check(crate::component::Component::K3s, &spec.distribution.version)
+        && let Some(check) = crate::component::version_check(
+            crate::component::Component::K3s,
+            &spec.distribution.version,
+            spec.artifacts.k3s.is_some(),
+        )
     {
         plan.phase(Phase::Artifacts).commands.push(check);
     }

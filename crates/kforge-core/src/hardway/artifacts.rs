@@ -31,7 +31,8 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
     let version = &model.spec.spec.distribution.version;
     for c in Component::hardway().filter(|c| c.install().role.is_some_and(|r| node.role.has(r))) {
         let stand_in = artifacts.get(c).is_some_and(|a| a.stand_in.is_some());
-        if let Some(check) = crate::component::version_check(c, version).filter(|_| !stand_in) {
+        let delivered = artifacts.get(c).is_some();
+        if let Some(check) = crate::component::version_check(c, version, delivered).filter(|_| !stand_in) {
             np.phase(Phase::Artifacts).commands.push(check);
         }
     }
