@@ -2,7 +2,7 @@
 //! host keys are checked strictly, nothing ever prompts, and one ControlMaster per
 //! host carries every command of an apply.
 //!
-//! DESIGN.md suggested the `openssh` crate; it drives this same ControlMaster
+//! The original design suggested the `openssh` crate; it drives this same ControlMaster
 //! machinery from tokio. kforge's apply is a handful of long commands per host, so
 //! plain `ssh` processes on threads do the same with no async runtime.
 

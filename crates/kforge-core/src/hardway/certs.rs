@@ -1,4 +1,4 @@
-//! The hard way's certificate set (DESIGN.md §8), as requests the bundle issues.
+//! The hard way's certificate set (docs/hardway.md, "Certificates"), as requests the bundle issues.
 //!
 //! Which CA signs what:
 //! * `server-ca`: serving certificates clients verify — the API server, kubelets.

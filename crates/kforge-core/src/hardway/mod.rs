@@ -3,7 +3,7 @@
 //! What seeds 002 and 004 typed by hand across six VMs, from the same model as k3s:
 //!
 //! * **PKI** ([`certs`]): every component's certificate with the CN/O that RBAC
-//!   expects (DESIGN.md §8, upstream's typos fixed), apiserver SANs covering every
+//!   expects (docs/hardway.md, upstream's typos fixed), apiserver SANs covering every
 //!   name a client uses, etcd server/peer/client certificates under their own CAs.
 //! * **Controllers**: etcd (mTLS for clients and peers, peers on mesh addresses),
 //!   kube-apiserver, kube-controller-manager, kube-scheduler with its configuration
