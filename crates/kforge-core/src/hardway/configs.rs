@@ -103,6 +103,11 @@ pub fn cni_bridge(pod_cidr: Ipv4Net) -> String {
         "type": "bridge",
         "bridge": "cni0",
         "isGateway": true,
+        // A pod that reaches a Service whose chosen endpoint is itself: with
+        // br_netfilter the DNAT'd packet is bridged back out of the port it came in on,
+        // which a bridge port drops unless hairpin mode is on. Without it the SYN is
+        // lost and only a retransmission that happens to pick another endpoint answers.
+        "hairpinMode": true,
         "ipMasq": true,
         "ipam": {
             "type": "host-local",
