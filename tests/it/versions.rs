@@ -5,25 +5,24 @@ use std::path::Path;
 
 use crate::util::TestContext;
 
-/// The rendered check for `binary` at `version` in `script`, run where
-/// /usr/local/bin/`binary` is `real` (a private mount namespace: this machine's
-/// /usr/local/bin stays as it is).
-fn run_check(script: &str, binary: &str, version: &str, real: &Path) -> (bool, String) {
-    let marker = format!("# check that /usr/local/bin/{binary} is {version}");
+/// The rendered check for the binary at `path` at `version` in `script`, run with that
+/// path pointing at `real` (the line's path is rewritten to a temporary copy's: this
+/// machine has no /opt/kforge and its /usr/local/bin stays as it is).
+fn run_check(script: &str, path: &str, version: &str, real: &Path) -> (bool, String) {
+    let marker = format!("# check that {path} is {version}");
     let line = script.lines().skip_while(|l| *l != marker).nth(1);
-    let line = line.unwrap_or_else(|| panic!("no version check for {binary} in the bootstrap"));
+    let line = line.unwrap_or_else(|| panic!("no version check for {path} in the bootstrap"));
     assert!(real.exists(), "{} missing: scripts/test builds it", real.display());
     let bin = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(real, bin.path().join(binary)).unwrap();
+    let name = path.rsplit('/').next().unwrap();
+    let here = bin.path().join(name);
+    std::os::unix::fs::symlink(real, &here).unwrap();
     let shell = format!(
-        "mount --bind {} /usr/local/bin && fail() {{ echo \"kforge: error: $*\" >&2; exit 1; }} && {line}",
-        bin.path().display()
+        "fail() {{ echo \"kforge: error: $*\" >&2; exit 1; }} && {}",
+        line.replace(path, here.to_str().unwrap())
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "bash", "-c", &shell])
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = std::process::Command::new("bash").args(["-c", &shell]).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).replace(here.to_str().unwrap(), path))
 }
 
 fn real(binary: &str) -> std::path::PathBuf {
@@ -41,26 +40,31 @@ fn a_binary_of_another_release_is_refused_before_any_unit_starts() {
     let script = bootstrap(&ctx, "controller-0");
     // The checks come in the artifacts phase, before the first unit is (re)started.
     let first_start = script.find("\nkf_unchanged ").expect("units start in the bootstrap");
+    // Each release's programs in a directory of their own; kubectl at its stable path.
+    let path = |binary: &str, version: &str| match binary {
+        "kubectl" => "/usr/local/bin/kubectl".to_string(),
+        _ => format!("/opt/kforge/kubernetes/{version}/bin/{binary}"),
+    };
     for binary in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"] {
-        let at = script.find(&format!("# check that /usr/local/bin/{binary} is v1.37.2")).unwrap();
+        let at = script.find(&format!("# check that {} is v1.37.2", path(binary, "v1.37.2"))).unwrap();
         assert!(at < first_start, "{binary} is checked after a unit starts");
     }
     // The right release passes; the same binaries under a file saying v1.36.3 do not.
     for binary in ["kube-apiserver", "kubectl"] {
-        let (ok, said) = run_check(&script, binary, "v1.37.2", &real(binary));
+        let (ok, said) = run_check(&script, &path(binary, "v1.37.2"), "v1.37.2", &real(binary));
         assert!(ok, "{binary} v1.37.2 refused: {said}");
     }
     ctx.edit_spec("version: v1.37.2", "version: v1.36.3");
     let older = bootstrap(&ctx, "controller-0");
-    let (ok, said) = run_check(&older, "kube-apiserver", "v1.36.3", &real("kube-apiserver"));
+    let (ok, said) = run_check(&older, &path("kube-apiserver", "v1.36.3"), "v1.36.3", &real("kube-apiserver"));
     assert!(!ok);
     assert_eq!(
         said.trim_end(),
-        "kforge: error: /usr/local/bin/kube-apiserver reports 'Kubernetes v1.37.2', but the cluster file says v1.36.3 \
+        "kforge: error: /opt/kforge/kubernetes/v1.36.3/bin/kube-apiserver reports 'Kubernetes v1.37.2', but the cluster file says v1.36.3 \
          (spec.distribution.version): install the v1.36.3 binary (spec.artifacts.kube-apiserver) or change the version; \
          nothing was started"
     );
-    let (ok, said) = run_check(&older, "kubectl", "v1.36.3", &real("kubectl"));
+    let (ok, said) = run_check(&older, &path("kubectl", "v1.36.3"), "v1.36.3", &real("kubectl"));
     assert!(!ok && said.contains("reports 'Client Version: v1.37.2', but the cluster file says v1.36.3"), "{said}");
 }
 
@@ -72,7 +76,7 @@ fn the_k3s_check_reads_k3s_version_line() {
     let ctx = TestContext::with_example("homelab");
     let script = bootstrap(&ctx, "cp-1");
     let stand_in = Path::new(env!("CARGO_BIN_EXE_kforge")).with_file_name("kforge-k3s-stand-in");
-    let (ok, said) = run_check(&script, "k3s", "v1.36.4+k3s1", &stand_in);
+    let (ok, said) = run_check(&script, "/usr/local/bin/k3s", "v1.36.4+k3s1", &stand_in);
     assert!(!ok);
     assert!(
         said.contains(

@@ -36,6 +36,13 @@ pub struct Install {
 
 const BIN: &str = "/usr/local/bin";
 
+/// The Kubernetes binaries kforge delivers live in one directory per release,
+/// `/opt/kforge/kubernetes/v1.37.2/bin/`, side by side: an upgrade uploads the new
+/// release beside the running one and the unit's ExecStart moves to it (the unit file
+/// changes, so the restart is ordinary), and a patch rollback finds the old release
+/// still there.
+pub const RELEASES_DIR: &str = "/opt/kforge/kubernetes";
+
 impl Component {
     /// In the cluster file's schema order.
     pub const ALL: [Component; 12] = [
@@ -99,6 +106,33 @@ impl Component {
         }
     }
 
+    /// Whether kforge keeps this component's delivered binary in the release's own
+    /// directory ([`RELEASES_DIR`]): the Kubernetes programs a unit runs, whose version
+    /// is `spec.distribution.version`. kubectl (a client, at its stable path for people
+    /// and scripts) and components with versions of their own stay where they are.
+    pub const fn side_by_side(self) -> bool {
+        matches!(
+            self,
+            Component::KubeApiserver
+                | Component::KubeControllerManager
+                | Component::KubeScheduler
+                | Component::Kubelet
+                | Component::KubeProxy
+        )
+    }
+
+    /// The binary a unit runs for `version`: under [`RELEASES_DIR`] when kforge
+    /// delivers it (`delivered`: an artifact names it) and it is kept side by side; the
+    /// install path otherwise (a binary the host brings itself is where it put it).
+    pub fn binary(self, version: &str, delivered: bool) -> String {
+        let dest = self.install().dest;
+        if !(delivered && self.side_by_side()) {
+            return dest.to_string();
+        }
+        let name = dest.rsplit('/').next().unwrap_or(dest);
+        format!("{RELEASES_DIR}/{version}/bin/{name}")
+    }
+
     pub const fn install(self) -> Install {
         const fn binary(dest: &'static str, role: Role) -> Install {
             Install { dest, role: Some(role), unpack_into: None, members: &[] }
@@ -151,7 +185,7 @@ impl std::fmt::Display for Component {
 /// facts run it. A delivered binary is pinned by its digest instead: a changed one is
 /// uploaded again, which runs the check.
 pub fn version_check(c: Component, version: &str, delivered: bool) -> Option<crate::plan::PlannedCommand> {
-    let dest = c.install().dest;
+    let dest = &c.binary(version, delivered);
     // What the binary prints first, and how to ask it.
     let (ask, expected) = match c {
         Component::K3s => {

@@ -19,7 +19,7 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
         let install = c.install();
         let arch = np.arch;
         let phase = np.phase(Phase::Artifacts);
-        let path = upload_path(c, a);
+        let path = upload_path(model, c, a);
         match install.unpack_into.filter(|_| a.is_archive()) {
             Some(dir) => {
                 phase.artifacts.extend(PlannedArtifact::from_spec(c.key(), &path, 0o644, a, arch));
@@ -85,12 +85,13 @@ pub(super) fn image_imports(model: &Model<'_>) -> Vec<PlannedCommand> {
 /// garbage collection skips pinned images.
 const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 
-/// Where the artifact lands on the host: the binary itself, or the release tarball
+/// Where the artifact lands on the host: the binary itself (a Kubernetes program in its
+/// release's directory), or the release tarball
 /// kept under /var/lib/kforge/archives when the component unpacks one.
-pub(super) fn upload_path(c: Component, a: &Artifact) -> String {
+pub(super) fn upload_path(model: &Model<'_>, c: Component, a: &Artifact) -> String {
     match c.install().unpack_into.filter(|_| a.is_archive()) {
         Some(_) => format!("{ARCHIVES}/{}.tar.gz", c.key()),
-        None => c.install().dest.to_string(),
+        None => super::binary(model, c),
     }
 }
 

@@ -232,7 +232,7 @@ fn scheduler(
     ];
     sched_files.push(PlannedFile::from_unit(
         service(Component::KubeScheduler),
-        &units::kube_scheduler(sched_config_path),
+        &units::kube_scheduler(&super::binary(model, Component::KubeScheduler), sched_config_path),
         "kube-scheduler: assigns pods to nodes.",
     ));
     let restart_on = sched_files.iter().map(|f| f.path.clone()).collect();

@@ -63,6 +63,11 @@ pub fn is_stand_in(model: &Model<'_>, c: Component) -> bool {
     model.spec.spec.artifacts.get(c).is_some_and(|a| a.stand_in.is_some())
 }
 
+/// The binary of `c` this cluster's units run (see [`Component::binary`]).
+pub fn binary(model: &Model<'_>, c: Component) -> String {
+    c.binary(&model.spec.spec.distribution.version, model.spec.spec.artifacts.get(c).is_some())
+}
+
 /// Components configured as stand-ins, with why, for the plan's notes and the status.
 pub fn stand_ins(model: &Model<'_>) -> Vec<(Component, String)> {
     Component::hardway().filter_map(|c| Some((c, model.spec.spec.artifacts.get(c)?.stand_in.clone()?))).collect()
@@ -120,7 +125,7 @@ fn unit(model: &Model<'_>, component: Component, mut restart_on: Vec<String>, ne
     let stand_in = is_stand_in(model, component) || needs.iter().any(|c| is_stand_in(model, *c));
     // A new binary (or tarball) restarts the unit.
     if let Some(a) = model.spec.spec.artifacts.get(component) {
-        restart_on.push(artifacts::upload_path(component, a));
+        restart_on.push(artifacts::upload_path(model, component, a));
     }
     PlannedUnit {
         name: service(component).into(),

@@ -3,6 +3,7 @@
 //! list renders the unit and what `kforge explain` says about it.
 
 use super::etcd::EtcdCluster;
+use crate::component::Component;
 use crate::model::{API_PORT, Member, Model};
 use crate::spec::Node;
 use crate::systemd::{Flag, UnitFile, flag};
@@ -153,7 +154,7 @@ pub fn kube_apiserver(model: &Model<'_>, me: &Member, files: &ApiserverFiles<'_>
     )
     .section("Service")
     .set("Type", "notify")
-    .exec_start("/usr/local/bin/kube-apiserver", &flags)
+    .exec_start(&super::binary(model, Component::KubeApiserver), &flags)
     .set("Restart", "on-failure")
     .set("RestartSec", "5")
     .set_because(
@@ -198,13 +199,13 @@ pub fn kube_controller_manager(model: &Model<'_>, files: &ControllerManagerFiles
         " kube-apiserver.service",
     )
     .section("Service")
-    .exec_start("/usr/local/bin/kube-controller-manager", &flags)
+    .exec_start(&super::binary(model, Component::KubeControllerManager), &flags)
     .set("Restart", "on-failure")
     .set("RestartSec", "5")
     .wanted_by_multi_user()
 }
 
-pub fn kube_scheduler(config: &str) -> UnitFile {
+pub fn kube_scheduler(binary: &str, config: &str) -> UnitFile {
     let flags = [
         flag("config", config).because(
             "the scheduler reads everything from its configuration file; seed 002 lost hours to a missing one",
@@ -217,7 +218,7 @@ pub fn kube_scheduler(config: &str) -> UnitFile {
         .set("Documentation", "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/")
         .set("After", "kube-apiserver.service")
         .section("Service")
-        .exec_start("/usr/local/bin/kube-scheduler", &flags)
+        .exec_start(binary, &flags)
         .set("Restart", "on-failure")
         .set("RestartSec", "5")
         .wanted_by_multi_user()
@@ -297,13 +298,13 @@ pub fn kubelet(model: &Model<'_>, me: &Member, node: &Node, config: &str, kubeco
     )
     .set_because("Requires", "containerd.service", "the kubelet runs pods through containerd's CRI socket")
     .section("Service")
-    .exec_start("/usr/local/bin/kubelet", &flags)
+    .exec_start(&super::binary(model, Component::Kubelet), &flags)
     .set("Restart", "on-failure")
     .set("RestartSec", "5")
     .wanted_by_multi_user()
 }
 
-pub fn kube_proxy(config: &str) -> UnitFile {
+pub fn kube_proxy(binary: &str, config: &str) -> UnitFile {
     UnitFile::new("Managed by kforge.")
         .section("Unit")
         .set("Description", "Kubernetes kube-proxy (kforge)")
@@ -311,7 +312,7 @@ pub fn kube_proxy(config: &str) -> UnitFile {
         .set("After", "network-online.target")
         .set("Wants", "network-online.target")
         .section("Service")
-        .exec_start("/usr/local/bin/kube-proxy", &[flag("config", config)])
+        .exec_start(binary, &[flag("config", config)])
         .set("Restart", "on-failure")
         .set("RestartSec", "5")
         .wanted_by_multi_user()

@@ -180,7 +180,10 @@ fn kube_proxy(model: &Model<'_>, secrets: &SecretsBundle, api: &str) -> (Vec<Pla
                     ("clusterCIDR".into(), format!("{}: traffic from outside it to a Service is masqueraded", model.spec.spec.network.pod_cidr)),
                 ],
             );
-    let unit_file = PlannedFile::unit(service(Component::KubeProxy), units::kube_proxy(&config.path).render());
+    let unit_file = PlannedFile::unit(
+        service(Component::KubeProxy),
+        units::kube_proxy(&super::binary(model, Component::KubeProxy), &config.path).render(),
+    );
     let files = vec![kubeconfig, config, unit_file];
     let restart_on = files.iter().map(|f| f.path.clone()).collect();
     (files, unit(model, Component::KubeProxy, restart_on, &[]))
