@@ -21,6 +21,10 @@ pub enum Phase {
     Firewall,
     Datastore,
     ControlPlane,
+    /// What acts through the API server (the hard way's controller-manager and
+    /// scheduler): after every API server, since in an upgrade these may move only
+    /// once every API server runs the new release.
+    Controllers,
     /// What pods run on (containerd, runc, CNI) and the workers' API load balancer:
     /// running before the kubelets start, so images can be imported into containerd.
     Runtime,
@@ -31,12 +35,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Artifacts,
         Phase::Mesh,
         Phase::Firewall,
         Phase::Datastore,
         Phase::ControlPlane,
+        Phase::Controllers,
         Phase::Runtime,
         Phase::Workers,
         Phase::Addons,
@@ -50,6 +55,7 @@ impl Phase {
             Phase::Firewall => "firewall",
             Phase::Datastore => "datastore",
             Phase::ControlPlane => "control-plane",
+            Phase::Controllers => "controllers",
             Phase::Runtime => "runtime",
             Phase::Workers => "workers",
             Phase::Addons => "addons",

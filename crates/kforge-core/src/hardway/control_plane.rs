@@ -31,11 +31,13 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
 
     let p = np.phase(Phase::ControlPlane);
     p.files.extend(apiserver_files);
-    p.files.extend(cm_files);
-    p.files.extend(sched_files);
     p.files.extend(healthz_files);
     p.files.push(admin_local);
-    p.units.extend([apiserver_unit, cm_unit, sched_unit, healthz_unit]);
+    p.units.extend([apiserver_unit, healthz_unit]);
+    let p = np.phase(Phase::Controllers);
+    p.files.extend(cm_files);
+    p.files.extend(sched_files);
+    p.units.extend([cm_unit, sched_unit]);
 }
 
 /// kube-apiserver: the CAs and certificates it serves and dials with, the
