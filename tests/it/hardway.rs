@@ -312,7 +312,11 @@ fn explain_says_what_a_file_is_who_reads_it_and_why() {
     let ctx = TestContext::with_example("hardway");
     let overview = ctx.kforge(&["explain"]).success().stdout;
     assert!(overview.contains("controller-0  controller  mesh 10.4.0.1"), "{overview}");
-    assert!(overview.contains("etcd.service, kube-apiserver.service, kforge-healthz.service, kube-controller-manager.service"), "{overview}");
+    assert!(
+        overview
+            .contains("etcd.service, kube-apiserver.service, kforge-healthz.service, kube-controller-manager.service"),
+        "{overview}"
+    );
 
     let listing = ctx.kforge(&["explain", "worker-0"]).success().stdout;
     assert!(listing.contains("/etc/cni/net.d/10-bridge.conf"), "{listing}");

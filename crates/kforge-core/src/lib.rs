@@ -28,4 +28,5 @@ pub mod render;
 pub mod secrets;
 pub mod spec;
 pub mod systemd;
+pub mod upgrade;
 pub mod wireguard;
