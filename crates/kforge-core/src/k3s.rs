@@ -337,6 +337,11 @@ pub fn unit_name(server: bool) -> &'static str {
     if server { "k3s.service" } else { "k3s-agent.service" }
 }
 
+/// Whether `unit` is one of K3s's two units.
+pub fn is_k3s_unit(unit: &str) -> bool {
+    unit == unit_name(true) || unit == unit_name(false)
+}
+
 /// The `server:` agents and joining servers register through: the one server's mesh
 /// address, or with several servers the node's own registration balancer.
 pub fn registration_url(model: &Model<'_>) -> String {

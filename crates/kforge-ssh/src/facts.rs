@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kforge_core::component::Component;
 use kforge_core::plan::NodePlan;
+use kforge_core::upgrade::Running;
 
 use crate::ssh::{Host, SshError, sh_array};
 
@@ -37,6 +39,38 @@ pub struct NodeFacts {
     /// The plan's recheck tests (`PlannedCommand::recheck`) that failed here: state
     /// outside kforge's files that was undone since the last apply.
     pub failed_rechecks: BTreeSet<String>,
+    /// What each running program says it is: component → its `--version` line.
+    pub running: BTreeMap<Component, String>,
+}
+
+impl NodeFacts {
+    /// The releases running on this host, as the upgrade rules read them.
+    pub fn running_versions(&self, node: &str) -> Running {
+        let versions = self
+            .running
+            .iter()
+            .filter_map(|(c, line)| Some((*c, kforge_core::upgrade::version_in(*c, line)?)))
+            .collect();
+        Running { node: node.into(), versions }
+    }
+}
+
+/// `COMPONENT UNIT` for each planned unit that runs a component (and `runc PATH` where
+/// containerd runs, since runc is a binary no unit runs): what the facts ask each
+/// running program's version of.
+fn running(plan: &NodePlan) -> Vec<String> {
+    let mut v = Vec::new();
+    for u in plan.units().filter(|u| u.start) {
+        let c = Component::ALL.into_iter().find(|c| c.service() == Some(u.name.as_str()));
+        let c = c.or_else(|| kforge_core::k3s::is_k3s_unit(&u.name).then_some(Component::K3s));
+        if let Some(c) = c {
+            v.push(format!("{} {}", c.key(), u.name));
+        }
+        if c == Some(Component::Containerd) {
+            v.push(format!("{} {}", Component::Runc.key(), Component::Runc.install().dest));
+        }
+    }
+    v
 }
 
 /// Every path whose hash the engine needs: planned files, artifacts, old manifest.
@@ -76,12 +110,13 @@ pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
         .collect();
     let rechecks = rechecks(plan);
     let script = format!(
-        "{}\n{}\n{}\n{}\n{}\n{FACTS_SH}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{FACTS_SH}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
         sh_array("KF_COMMANDS", &plan.required_commands),
         sh_array("KF_DIRS", &dirs),
         sh_array("KF_RECHECKS", &rechecks),
+        sh_array("KF_RUNNING", &running(plan)),
     );
     let out = host.run_script("gather facts", &script)?;
     Ok(parse(&out, &rechecks))
@@ -136,6 +171,11 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                     f.manifest = m.files;
                 }
             }
+            (Some("running"), Some(key), Some(line)) => {
+                if let Some(c) = Component::ALL.into_iter().find(|c| c.key() == key) {
+                    f.running.insert(c, line.into());
+                }
+            }
             (Some("listen"), Some(sock), None) => {
                 f.listening.insert(sock.into());
             }
@@ -166,7 +206,7 @@ mod tests {
     fn parses_a_facts_transcript() {
         let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
-            pending k3s.service\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
+            pending k3s.service\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
         let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
@@ -177,6 +217,9 @@ mod tests {
         assert!(f.pending.contains("k3s.service"));
         assert!(f.listening.contains("udp/51820"));
         assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
+        let r = f.running_versions("lab-1");
+        assert_eq!(r.versions[&Component::Kubelet].to_string(), "1.36.3");
+        assert_eq!(r.versions[&Component::Etcd].to_string(), "3.6.16");
         // Index 7 names no test this plan has: ignored, never a wrong repair.
         assert_eq!(f.failed_rechecks.iter().collect::<Vec<_>>(), ["test b"]);
     }

@@ -55,6 +55,9 @@ pub struct ClusterSpec {
     pub secrets_encryption: bool,
     #[serde(default)]
     pub pki: Pki,
+    /// How apply moves a running cluster to a new release or configuration (docs/upgrade.md).
+    #[serde(default)]
+    pub rollout: Rollout,
     #[serde(default)]
     pub k3s: K3sOptions,
     #[serde(default)]
@@ -378,6 +381,56 @@ pub struct AccessPeer {
     /// Fixed mesh address; allocated when omitted.
     #[serde(default, rename = "meshIP", skip_serializing_if = "Option::is_none")]
     pub mesh_ip: Option<IpAddress>,
+}
+
+/// `spec.rollout`: controllers always go one at a time; workers are drained and
+/// upgraded `workersAtOnce` at a time.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rollout {
+    /// Workers drained and upgraded at once: a count (`1`, the default) or a share of
+    /// the workers (`"25%"`, rounded down, at least one).
+    #[serde(default = "default_workers_at_once")]
+    pub workers_at_once: WorkersAtOnce,
+    /// A drain that has not finished by then fails: the node is uncordoned and the apply
+    /// stops before the next worker.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: u32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout { workers_at_once: default_workers_at_once(), drain_timeout_seconds: default_drain_timeout() }
+    }
+}
+
+fn default_workers_at_once() -> WorkersAtOnce {
+    WorkersAtOnce::Count(1)
+}
+
+fn default_drain_timeout() -> u32 {
+    300
+}
+
+/// A count of workers, or a percentage of them as a string (`"25%"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WorkersAtOnce {
+    Count(u32),
+    Share(String),
+}
+
+impl WorkersAtOnce {
+    /// How many of `workers` go at once; `None` for text that is no percentage.
+    pub fn of(&self, workers: usize) -> Option<usize> {
+        match self {
+            WorkersAtOnce::Count(n) => Some((*n as usize).max(1)),
+            WorkersAtOnce::Share(s) => {
+                let pct: usize = s.strip_suffix('%')?.trim().parse().ok().filter(|p| (1..=100).contains(p))?;
+                Some((workers * pct / 100).max(1))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

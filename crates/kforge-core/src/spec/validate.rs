@@ -32,6 +32,7 @@ pub fn validate(c: &Cluster) -> Vec<Diagnostic> {
     peers(c, &mut out);
     firewall(c, &mut out);
     pki(c, &mut out);
+    rollout(c, &mut out);
     artifacts(c, &mut out);
     images(c, &mut out);
     gitops(c, &mut out);
@@ -496,6 +497,29 @@ fn pki(c: &Cluster, out: &mut Vec<Diagnostic>) {
         out.push(
             Diagnostic::error("spec.pki.renewBeforeDays", "the renewal window covers the whole certificate lifetime")
                 .help("make renewBeforeDays smaller than leafValidityDays (default 30)"),
+        );
+    }
+}
+
+fn rollout(c: &Cluster, out: &mut Vec<Diagnostic>) {
+    let r = &c.spec.rollout;
+    let bad = match &r.workers_at_once {
+        WorkersAtOnce::Count(0) => Some("0 workers at once would never upgrade one".to_string()),
+        WorkersAtOnce::Share(s) if r.workers_at_once.of(100).is_none() => {
+            Some(format!("`{s}` is not a count of workers or a percentage"))
+        }
+        _ => None,
+    };
+    if let Some(why) = bad {
+        out.push(
+            Diagnostic::error("spec.rollout.workersAtOnce", why)
+                .help("a count of workers (1, the default) or a percentage in quotes, from \"1%\" to \"100%\""),
+        );
+    }
+    if r.drain_timeout_seconds < 10 {
+        out.push(
+            Diagnostic::error("spec.rollout.drainTimeoutSeconds", "a drain needs time for pods to stop gracefully")
+                .help("10 seconds or more (default 300)"),
         );
     }
 }

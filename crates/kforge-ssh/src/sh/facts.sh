@@ -6,6 +6,8 @@
 #   KF_DIRS      directories where an interrupted apply may have left temp files
 #   KF_RECHECKS  read-only tests of state outside kforge's files (an imported image,
 #                a kernel setting); each failing one is reported by its index
+#   KF_RUNNING   `COMPONENT UNIT` (or `COMPONENT /path/to/binary`): what the running
+#                program says it is (`--version`, first line)
 # Output: one `key=value` or `kind args…` line per fact (parsed by facts.rs).
 # shellcheck disable=SC2154
 set -u
@@ -46,6 +48,36 @@ done
 kf_cache=$(printf '%s' "$kf_cache" | sort -u)
 if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "$kf_cache" ]; then
   printf '%s\n' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
+fi
+
+# The release each program runs now: the unit's main process asked through
+# /proc/PID/exe, so a binary replaced on disk but not yet restarted still reports the
+# old release. Remembered per process (pid and start time) in running-versions, so a
+# no-op apply starts no Go binary; like the digest cache, written only when it changed.
+declare -A kf_asked=()
+if [ -f "$KF_STATE/running-versions" ]; then
+  while read -r id line; do kf_asked["$id"]=$line; done < "$KF_STATE/running-versions"
+fi
+kf_versions=""
+for e in "${KF_RUNNING[@]}"; do
+  c=${e%% *} u=${e#* }
+  if [ "${u:0:1}" = / ]; then
+    [ -x "$u" ] || continue
+    exe=$u id="$c@$(stat -c '%s:%.9Y:%i' "$u")"
+  else
+    pid=$(systemctl show -p MainPID --value "$u" 2>/dev/null)
+    [ "${pid:-0}" -gt 0 ] 2>/dev/null || continue
+    exe=/proc/$pid/exe id="$c@$pid:$(cut -d' ' -f22 "/proc/$pid/stat" 2>/dev/null)"
+  fi
+  line=${kf_asked["$id"]:-}
+  [ -n "$line" ] || line=$(timeout 5 "$exe" --version 2>/dev/null | head -n1)
+  [ -n "$line" ] || continue
+  echo "running $c $line"
+  kf_versions+="$id $line"$'\n'
+done
+kf_versions=$(printf '%s' "$kf_versions" | sort -u)
+if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/running-versions" 2>/dev/null)" != "$kf_versions" ]; then
+  printf '%s\n' "$kf_versions" > "$KF_STATE/running-versions.tmp" && mv -f "$KF_STATE/running-versions.tmp" "$KF_STATE/running-versions"
 fi
 
 for u in "${KF_UNITS[@]}"; do
