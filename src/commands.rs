@@ -464,8 +464,44 @@ fn apply(
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("kforge/artifacts");
-    let opts =
-        kforge_ssh::ApplyOptions { targets, parallel, dry_run, ssh_config, base_dir, cache_dir, replan: &replan };
+    // The upgrade rules over what runs now: warnings printed, errors refuse the apply.
+    let check_versions = |running: &[kforge_core::upgrade::Running]| {
+        let (errors, warnings): (Vec<_>, Vec<_>) =
+            kforge_core::upgrade::check(&session.spec.cluster, running).into_iter().partition(|d| d.is_error());
+        if !warnings.is_empty() {
+            eprint!("{}", session.spec.render_diagnostics(warnings));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(session.spec.render_diagnostics(errors)) }
+    };
+    // The hard way's etcd is kforge's: a snapshot lands beside the cluster file before
+    // a running control plane restarts. (K3s's embedded etcd is K3s's to snapshot.)
+    let snapshots = base_dir.join("snapshots");
+    let etcd_cluster = (session.spec.cluster.spec.distribution.kind == spec::DistributionKind::Hardway)
+        .then(|| kforge_core::hardway::EtcdCluster::of(&model));
+    let (snapshot_targets, snapshot_ssh) = (targets.clone(), ssh_config.clone());
+    let take_snapshot = || -> Result<String, String> {
+        let cluster = etcd_cluster.clone().ok_or("no etcd of kforge's")?;
+        let etcd = kforge_ssh::etcd::Etcd::connect(cluster, &snapshot_targets, snapshot_ssh.clone())
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(&time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+            .map_err(|e| e.to_string())?;
+        let out = snapshots.join(format!("{}-{stamp}.db", session.spec.cluster.metadata.name));
+        let r = etcd.snapshot(&out).map_err(|e| e.to_string())?;
+        Ok(format!("{} (revision {}, {} keys)", out.display(), r.status.revision, r.status.total_key))
+    };
+    let opts = kforge_ssh::ApplyOptions {
+        targets,
+        parallel,
+        dry_run,
+        ssh_config,
+        base_dir,
+        cache_dir,
+        replan: &replan,
+        check_versions: &check_versions,
+        snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
+    };
     let progress = output::HostProgress::new(plan.nodes.iter().map(|n| n.node.as_str()));
     let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| progress.update(node, what));
     progress.finish();

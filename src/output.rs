@@ -231,6 +231,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             for u in &h.units_reloaded {
                 let _ = writeln!(o, "  reload {u}");
             }
+            for s in h.steps.iter().filter(|s| s.step.starts_with("drain ")) {
+                let _ = writeln!(o, "  {}", s.step);
+            }
         }
         let _ = writeln!(o, "dry run: nothing was changed");
         return o;
@@ -263,6 +266,21 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         for k in &h.kept {
             let _ = writeln!(o, "  {}: not rewritten: {k}", h.node);
         }
+    }
+    // An apply that took turns (an upgrade, a rolling change) lists each host's steps.
+    let rolled =
+        report.hosts.iter().any(|h| h.steps.iter().any(|s| s.step.starts_with("gate") || s.step.contains("drain")));
+    if rolled {
+        let _ = writeln!(o, "steps:");
+        for h in &report.hosts {
+            let steps: Vec<String> = h.steps.iter().map(|s| format!("{} {:.1}s", s.step, s.seconds)).collect();
+            if !steps.is_empty() {
+                let _ = writeln!(o, "  {}: {}", h.node, steps.join(", "));
+            }
+        }
+    }
+    if let Some(path) = &report.snapshot {
+        let _ = writeln!(o, "etcd snapshot taken before the control plane moved: {path}");
     }
     o
 }

@@ -321,6 +321,13 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         p.files.extend(balancer);
     }
     p.files.extend(files);
+    // Gates ask K3s's own kubectl: none for a stand-in, which serves no API.
+    let stand_in = spec.artifacts.k3s.as_ref().is_some_and(|a| a.stand_in.is_some());
+    let kubectl = format!("{BINARY} kubectl");
+    p.gate = (!stand_in).then(|| match is_server {
+        true => crate::gates::k3s_server(&kubectl),
+        false => crate::gates::node_ready(&kubectl, &node.name, &spec.distribution.version),
+    });
     p.units.push(PlannedUnit {
         name: unit_name.into(),
         enable: true,

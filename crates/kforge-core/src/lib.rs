@@ -10,6 +10,7 @@
 pub mod balancer;
 pub mod component;
 pub mod firewall;
+pub mod gates;
 pub mod gitops;
 pub mod hardway;
 pub mod hashing;

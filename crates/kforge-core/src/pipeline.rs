@@ -123,6 +123,27 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         nodes,
         peers,
         notes: notes(model),
+        kubectl: admin_kubectl(model),
+        workers_at_once: spec
+            .rollout
+            .workers_at_once
+            .of(model.nodes().filter(|(_, n)| n.role.runs_workloads()).count())
+            .unwrap_or(1),
+        drain_timeout_secs: u64::from(spec.rollout.drain_timeout_seconds),
+    }
+}
+
+/// kubectl as the cluster admin on a control-plane host, where a real API server runs.
+fn admin_kubectl(model: &Model<'_>) -> Option<String> {
+    match model.spec.spec.distribution.kind {
+        DistributionKind::Hardway => {
+            crate::hardway::addons_blocked_by(model).is_none().then(crate::hardway::admin_kubectl)
+        }
+        DistributionKind::K3s => {
+            let stand_in =
+                model.spec.spec.artifacts.get(crate::component::Component::K3s).is_some_and(|a| a.stand_in.is_some());
+            (!stand_in).then(|| format!("{} kubectl", crate::k3s::BINARY))
+        }
     }
 }
 

@@ -64,6 +64,65 @@ impl Phase {
     }
 }
 
+/// How hosts take turns through a stage of phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Turns {
+    /// Every host at once (up to `--parallel`): nothing here interrupts a workload.
+    Together,
+    /// On a running cluster, a host that would restart something goes alone and waits
+    /// for its gate before the next one; hosts coming up for the first time go together
+    /// (an etcd cluster forms only with its members starting at once), the initialising
+    /// server first.
+    OneAtATime,
+    /// Like `OneAtATime`, `spec.rollout.workersAtOnce` at a time, and a host whose
+    /// kubelet or container runtime would restart is cordoned and drained first and
+    /// uncordoned once its gate passes.
+    Drained,
+}
+
+/// A run of phases a host goes through in one turn, and how hosts take turns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub phases: Vec<Phase>,
+    pub turns: Turns,
+}
+
+/// Apply's order: the phases as stages. Controllers move one at a time (etcd, then
+/// every API server, then controller-manager and scheduler, each behind a barrier);
+/// each worker's runtime and kubelet move together, drained.
+pub fn stages() -> Vec<Stage> {
+    use Phase::*;
+    let stage = |phases: &[Phase], turns| Stage { phases: phases.to_vec(), turns };
+    vec![
+        stage(&[Artifacts], Turns::Together),
+        stage(&[Mesh], Turns::Together),
+        stage(&[Firewall], Turns::Together),
+        stage(&[Datastore], Turns::OneAtATime),
+        stage(&[ControlPlane], Turns::OneAtATime),
+        stage(&[Controllers], Turns::OneAtATime),
+        stage(&[Runtime, Workers], Turns::Drained),
+        stage(&[Addons], Turns::Together),
+        stage(&[GitOps], Turns::Together),
+    ]
+}
+
+/// A health check a phase waits on after it changed a host, before apply goes on (to
+/// the next host of a stage taken in turns, or to the next stage): a restarted etcd
+/// member healthy with a leader, an API server's /readyz, a node Ready at the release.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    /// What passing means, for progress lines and the report.
+    pub description: String,
+    /// Read-only shell test, passing when it exits 0; retried every 2 s.
+    pub test: String,
+    /// Runs on a control-plane host with the admin kubeconfig (`Plan::kubectl`), not on
+    /// the host itself (a worker has no admin credentials).
+    pub on_api_host: bool,
+    pub timeout_secs: u64,
+}
+
 /// What reads a planned file, as far as executors care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -356,11 +415,21 @@ pub struct PhasePlan {
     pub artifacts: Vec<PlannedArtifact>,
     pub units: Vec<PlannedUnit>,
     pub commands: Vec<PlannedCommand>,
+    /// Waited on after this phase changed the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 impl PhasePlan {
     fn new(phase: Phase) -> PhasePlan {
-        PhasePlan { phase, files: Vec::new(), artifacts: Vec::new(), units: Vec::new(), commands: Vec::new() }
+        PhasePlan {
+            phase,
+            files: Vec::new(),
+            artifacts: Vec::new(),
+            units: Vec::new(),
+            commands: Vec::new(),
+            gate: None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -477,6 +546,13 @@ pub struct Plan {
     pub peers: Vec<PeerPlan>,
     /// Facts worth telling the operator (relayed pairs, artifacts that cannot travel).
     pub notes: Vec<String>,
+    /// kubectl as the cluster admin on a control-plane host (cordon, drain, gates that
+    /// ask the API); `None` where no real API server runs (stand-ins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubectl: Option<String>,
+    /// `spec.rollout`, resolved: workers at once and the drain timeout.
+    pub workers_at_once: usize,
+    pub drain_timeout_secs: u64,
 }
 
 fn roles_text<S: serde::Serializer>(roles: &Roles, s: S) -> Result<S::Ok, S::Error> {

@@ -6,7 +6,11 @@ use std::sync::Mutex;
 
 use kforge_core::paths::{self, BOOTSTRAP_SCRIPT};
 use kforge_core::pipeline::HostCaps;
-use kforge_core::plan::{ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile};
+use std::time::Instant;
+
+use kforge_core::plan::{
+    ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile, Stage, Turns, stages,
+};
 use kforge_core::render::script::render_bootstrap;
 use kforge_core::render::steps::{Step, to_shell};
 use kforge_core::spec::Arch;
@@ -15,8 +19,9 @@ use crate::artifacts::{ArtifactStore, find_boringtun};
 use crate::facts::{self, Manifest, NodeFacts};
 use crate::lock::HostLock;
 use crate::remote_script::{PhaseScript, Restart};
+use crate::rollout;
 use crate::ssh::{ControlDir, Host};
-use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport};
+use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport, StepTime};
 
 /// One host's state through the apply.
 struct HostRun {
@@ -34,6 +39,11 @@ struct HostRun {
 }
 
 impl HostRun {
+    /// Record a step that did something, with the time since `started`.
+    fn step(&mut self, what: &str, started: Instant) {
+        self.report.steps.push(StepTime { step: what.into(), seconds: started.elapsed().as_secs_f64() });
+    }
+
     fn fail(&mut self, e: impl std::fmt::Display) {
         self.failed = true;
         self.report.converged = false;
@@ -63,15 +73,32 @@ fn run(
     if hosts.iter().all(|h| h.failed) {
         return Ok(finish(&plan, opts, hosts));
     }
-    if let Err(e) = plan_for_capabilities(&mut hosts, opts, progress).and_then(|()| preflight(&hosts, &plan)) {
+    let checked = plan_for_capabilities(&mut hosts, opts, progress)
+        .and_then(|()| check_versions(&mut hosts, opts))
+        .and_then(|()| preflight(&hosts, &plan));
+    if let Err(e) = checked {
         hosts.iter().for_each(|h| h.host.close());
         return Err(e);
     }
     let locks = lock(&mut hosts, opts);
-    run_phases(&mut hosts, &plan, opts, progress);
+    let snapshot = run_stages(&mut hosts, &plan, opts, progress);
     finish_hosts(&mut hosts, &plan, opts);
     drop(locks);
-    Ok(finish(&plan, opts, hosts))
+    let mut report = finish(&plan, opts, hosts);
+    report.snapshot = snapshot;
+    Ok(report)
+}
+
+/// The upgrade rules over what runs now on every reachable host (each host's running
+/// releases, from its facts), before anything is touched.
+fn check_versions(hosts: &mut [HostRun], opts: &ApplyOptions) -> Result<(), ApplyError> {
+    let mut running = Vec::new();
+    for h in hosts.iter_mut().filter(|h| !h.failed) {
+        let r = h.facts.running_versions(&h.plan.node);
+        h.report.versions_before = r.versions.iter().map(|(c, v)| (c.key().to_string(), v.to_string())).collect();
+        running.push(r);
+    }
+    (opts.check_versions)(&running).map_err(ApplyError::Preflight)
 }
 
 /// Every artifact that comes from this workstation is there: reported once per file,
@@ -209,35 +236,240 @@ fn lock(hosts: &mut [HostRun], opts: &ApplyOptions) -> Vec<HostLock> {
     acquired.into_inner().unwrap()
 }
 
-/// Phases in order with a barrier between them, hosts in parallel inside a phase.
-fn run_phases(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+/// The stages in order (`plan::stages`), a barrier between them. In a stage taken
+/// together every host goes at once (up to `--parallel`). In a stage taken in turns, the
+/// hosts that come up for the first time or change nothing that runs go together (the
+/// initialising server first), then each host that would restart something running
+/// goes alone — workers `workersAtOnce` at a time, drained first — and waits for its
+/// phase's gate; a host that fails stops the turns, so no second controller goes down
+/// while the first is unhealthy. Returns where the etcd snapshot taken before the
+/// control plane moved was saved.
+fn run_stages(
+    hosts: &mut [HostRun],
+    plan: &Plan,
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Option<String> {
     let store = Mutex::new(ArtifactStore::default());
-    for phase in Phase::ALL {
+    let mut snapshot = None;
+    for stage in stages() {
         // Agents join a control plane; without a healthy one they would only wait.
-        if phase == Phase::Workers && hosts.iter().any(|h| h.failed && h.plan.control_plane) {
+        if stage.phases.contains(&Phase::Workers) && hosts.iter().any(|h| h.failed && h.plan.control_plane) {
             for h in hosts.iter_mut().filter(|h| !h.failed && !h.plan.control_plane) {
                 h.fail("skipped: a server failed, so there is no healthy control plane to join");
             }
         }
-        // The initialising server starts alone, then the other servers (k3s start order).
-        let waves: Vec<Vec<bool>> = if phase == Phase::ControlPlane {
-            vec![
-                hosts.iter().map(|h| h.plan.node == plan.init_server).collect(),
-                hosts.iter().map(|h| h.plan.node != plan.init_server).collect(),
-            ]
-        } else {
-            vec![vec![true; hosts.len()]]
+        if stage.phases.contains(&Phase::Datastore) {
+            snapshot = snapshot_before_control_plane(hosts, opts, progress);
+        }
+        let run = StageRun { stage: &stage, plan, opts, store: &store, progress, api: api_host(hosts, plan) };
+        match stage.turns {
+            Turns::Together => {
+                let mut all: Vec<&mut HostRun> = hosts.iter_mut().filter(|h| !h.failed).collect();
+                parallel_refs(&mut all, opts.parallel, |h| run.on(h));
+            }
+            Turns::OneAtATime | Turns::Drained => run.in_turns(hosts),
+        }
+    }
+    snapshot
+}
+
+/// The control-plane host kubectl runs on as the cluster admin (cordon, drain, gates
+/// that ask the API): the first healthy one, where a real API server runs.
+fn api_host(hosts: &[HostRun], plan: &Plan) -> Option<(Host, String)> {
+    let kubectl = plan.kubectl.clone()?;
+    let h = hosts.iter().find(|h| !h.failed && h.plan.control_plane)?;
+    Some((h.host.clone(), kubectl))
+}
+
+/// Before the first controller restarts in an apply that changes a running control
+/// plane: an etcd snapshot on the workstation. Without one nothing of the control plane
+/// moves (every host stops here, nothing restarted).
+fn snapshot_before_control_plane(
+    hosts: &mut [HostRun],
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Option<String> {
+    let control = [Phase::Datastore, Phase::ControlPlane, Phase::Controllers];
+    let take = opts.snapshot.filter(|_| !opts.dry_run)?;
+    let first = hosts.iter().find(|h| !h.failed && disrupts(h, &control, None))?;
+    progress(&first.host.node, "the control plane runs and will restart: etcd snapshot first");
+    match take() {
+        Ok(path) => {
+            progress(&first.host.node, &format!("etcd snapshot saved to {path}"));
+            Some(path)
+        }
+        Err(e) => {
+            for h in hosts.iter_mut().filter(|h| !h.failed) {
+                h.fail(format!(
+                    "the etcd snapshot before restarting the control plane failed, so nothing of it was restarted: {e}"
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// Whether the stage's phases would restart a unit that runs now on this host (a file
+/// it reads or its binary changed, or a restart is pending), of those named in `only`
+/// when given: such a host takes its turn.
+fn disrupts(h: &HostRun, phases: &[Phase], only: Option<&[&str]>) -> bool {
+    let changed = |path: &String| {
+        h.changed_paths.contains(path)
+            || h.plan
+                .files()
+                .any(|f| &f.path == path && f.handed_over.is_none() && h.facts.hashes.get(path) != Some(&f.sha256))
+    };
+    h.plan
+        .phases
+        .iter()
+        .filter(|p| phases.contains(&p.phase))
+        .flat_map(|p| p.units.iter())
+        .filter(|u| u.start && only.is_none_or(|names| names.contains(&u.name.as_str())))
+        .any(|u| {
+            let active = h.facts.units.get(&u.name).is_some_and(|(active, _)| *active);
+            active && (h.facts.pending.contains(&u.name) || u.restart_on.iter().any(changed))
+        })
+}
+
+/// The units whose restart takes a worker's pods down with it (or may): the node is
+/// drained first.
+const DRAINED_FOR: [&str; 3] = ["containerd.service", "kubelet.service", "k3s-agent.service"];
+
+/// One stage of one apply.
+struct StageRun<'a> {
+    stage: &'a Stage,
+    plan: &'a Plan,
+    opts: &'a ApplyOptions<'a>,
+    store: &'a Mutex<ArtifactStore>,
+    progress: &'a (dyn Fn(&str, &str) + Sync),
+    api: Option<(Host, String)>,
+}
+
+impl StageRun<'_> {
+    fn api(&self) -> Option<rollout::Api<'_>> {
+        self.api.as_ref().map(|(host, kubectl)| rollout::Api { host, kubectl })
+    }
+
+    /// The stage's phases on one host, each followed by its gate when it changed
+    /// something.
+    fn on(&self, h: &mut HostRun) {
+        for phase in &self.stage.phases {
+            let Some(pp) = h.plan.phases.iter().find(|p| p.phase == *phase).cloned() else { continue };
+            (self.progress)(&h.host.node, phase.name());
+            let started = Instant::now();
+            match run_phase(h, &pp, self.opts, self.store, self.progress) {
+                Err(e) => return h.fail(format!("phase {}: {e}", phase.name())),
+                Ok(false) => continue,
+                Ok(true) => h.step(phase.name(), started),
+            }
+            let Some(gate) = pp.gate.as_ref().filter(|_| !self.opts.dry_run) else { continue };
+            let on = match (gate.on_api_host, &self.api) {
+                (true, Some((api, _))) => api.clone(),
+                (true, None) => continue,
+                (false, _) => h.host.clone(),
+            };
+            (self.progress)(&h.host.node, &format!("waiting for {} (up to {} s)", gate.description, gate.timeout_secs));
+            let started = Instant::now();
+            match rollout::wait(&on, gate) {
+                Ok(_) => h.step(&format!("gate: {}", gate.description), started),
+                Err(e) => return h.fail(format!("phase {}: {e}", phase.name())),
+            }
+        }
+    }
+
+    fn in_turns(&self, hosts: &mut [HostRun]) {
+        let drained = self.stage.turns == Turns::Drained;
+        // Nodes an apply that stopped half-way left cordoned take their turn again.
+        let leftover = match self.api().filter(|_| drained && !self.opts.dry_run) {
+            Some(api) => api.cordoned_by_kforge().unwrap_or_default(),
+            None => Vec::new(),
         };
-        for wave in waves {
-            let mut selected: Vec<&mut HostRun> =
-                hosts.iter_mut().zip(wave).filter(|(h, take)| *take && !h.failed).map(|(h, _)| h).collect();
-            parallel_refs(&mut selected, opts.parallel, |h| {
-                let Some(pp) = h.plan.phases.iter().find(|p| p.phase == phase).cloned() else { return };
-                progress(&h.host.node, phase.name());
-                if let Err(e) = run_phase(h, &pp, opts, &store, progress) {
-                    h.fail(format!("phase {}: {e}", phase.name()));
+        let phases = &self.stage.phases;
+        let turn: Vec<bool> =
+            hosts.iter().map(|h| !h.failed && (disrupts(h, phases, None) || leftover.contains(&h.plan.node))).collect();
+        // Everyone else together; in the control plane the initialising server first
+        // (K3s starts its datastore there), then the rest.
+        let init = &self.plan.init_server;
+        let init_first = phases.contains(&Phase::ControlPlane);
+        for first in [true, false].into_iter().filter(|f| init_first || !*f) {
+            let mut wave: Vec<&mut HostRun> = hosts
+                .iter_mut()
+                .zip(&turn)
+                .filter(|(h, t)| !**t && !h.failed && (!init_first || (h.plan.node == *init) == first))
+                .map(|(h, _)| h)
+                .collect();
+            parallel_refs(&mut wave, self.opts.parallel, |h| self.on(h));
+        }
+        let mut queue: Vec<&mut HostRun> =
+            hosts.iter_mut().zip(&turn).filter(|(h, t)| **t && !h.failed).map(|(h, _)| h).collect();
+        if queue.is_empty() {
+            return;
+        }
+        let drain_of =
+            |h: &HostRun| drained && (disrupts(h, phases, Some(&DRAINED_FOR)) || leftover.contains(&h.plan.node));
+        let to_drain: Vec<String> = queue.iter().filter(|h| drain_of(h)).map(|h| h.plan.node.clone()).collect();
+        if !to_drain.is_empty() && !self.opts.dry_run {
+            let refusal = match self.api() {
+                None => Some("no control-plane host answers, so nothing can be drained".to_string()),
+                Some(api) => match api.drain_preflight(&to_drain, self.plan.workers_at_once) {
+                    Ok(found) if found.is_empty() => None,
+                    Ok(found) => Some(found.join("\n")),
+                    Err(e) => Some(format!("could not read what a drain would wait on: {e}")),
+                },
+            };
+            if let Some(why) = refusal {
+                for h in queue.iter_mut() {
+                    h.fail(format!("drain preflight: {why}"));
                 }
-            });
+                return;
+            }
+        }
+        let at_once = if drained { self.plan.workers_at_once } else { 1 };
+        let mut stopped: Option<String> = None;
+        for batch in queue.chunks_mut(at_once.max(1)) {
+            if let Some(who) = &stopped {
+                for h in batch.iter_mut() {
+                    h.fail(format!("not started: {who} failed, so this rollout stopped before this host (fix it and run kforge apply again)"));
+                }
+                continue;
+            }
+            parallel_refs(batch, self.opts.parallel, |h| self.turn(h, drain_of(h)));
+            if let Some(h) = batch.iter().find(|h| h.failed) {
+                stopped = Some(h.plan.node.clone());
+            }
+        }
+    }
+
+    /// One host's turn: drained when asked, its phases and gates, then uncordoned.
+    fn turn(&self, h: &mut HostRun, drain: bool) {
+        let node = h.plan.node.clone();
+        if drain && self.opts.dry_run {
+            h.report.steps.push(StepTime { step: format!("drain {node} (dry run: not done)"), seconds: 0.0 });
+        } else if drain && let Some(api) = self.api() {
+            (self.progress)(&node, &format!("cordon and drain (up to {} s)", self.plan.drain_timeout_secs));
+            let started = Instant::now();
+            if let Err(e) = api.drain(&node, self.plan.drain_timeout_secs) {
+                return h.fail(e);
+            }
+            h.step("cordon and drain", started);
+        }
+        self.on(h);
+        if drain
+            && !self.opts.dry_run
+            && let Some(api) = self.api()
+        {
+            if h.failed {
+                h.report.error = h.report.error.take().map(|e| {
+                    format!("{e}\n  {node} stays cordoned; the next kforge apply uncordons it once it passes its gate")
+                });
+                return;
+            }
+            let started = Instant::now();
+            match api.uncordon(&node) {
+                Ok(()) => h.step("uncordon", started),
+                Err(e) => h.fail(format!("uncordon: {e}")),
+            }
         }
     }
 }
@@ -298,16 +530,18 @@ fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport 
         cluster: plan.cluster.clone(),
         dry_run: opts.dry_run,
         hosts: hosts.into_iter().map(|h| h.report).collect(),
+        snapshot: None,
     }
 }
 
+/// One phase on one host; `Ok(true)` when it changed anything there (or, dry, would).
 fn run_phase(
     h: &mut HostRun,
     pp: &PhasePlan,
     opts: &ApplyOptions,
     store: &Mutex<ArtifactStore>,
     progress: &(dyn Fn(&str, &str) + Sync),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     // Artifacts: upload only where the host's copy differs.
     let mut changed_paths = std::mem::take(&mut h.changed_paths);
     let result = run_phase_inner(h, pp, opts, store, &mut changed_paths, progress);
@@ -322,7 +556,7 @@ fn run_phase_inner(
     store: &Mutex<ArtifactStore>,
     changed_paths: &mut BTreeSet<String>,
     progress: &(dyn Fn(&str, &str) + Sync),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut phase_changed = false;
     for a in &pp.artifacts {
         let local = store.lock().unwrap().resolve(a, &opts.base_dir, &opts.cache_dir)?;
@@ -418,7 +652,7 @@ fn run_phase_inner(
         && script.commands.is_empty()
         && script.clean_temp_files.is_empty()
     {
-        return Ok(());
+        return Ok(phase_changed);
     }
     script.manifest_json = Some(manifest_json(&h.cluster, &h.manifest));
     if opts.dry_run {
@@ -427,7 +661,7 @@ fn run_phase_inner(
             list.push(r.unit.clone());
         }
         h.report.repaired.extend(repairs);
-        return Ok(());
+        return Ok(true);
     }
     if !script.commands.is_empty() {
         progress(&h.host.node, &phase_progress(pp));
@@ -446,7 +680,7 @@ fn run_phase_inner(
         h.facts.hashes.insert(f.path.clone(), f.sha256.clone());
     }
     h.report.repaired.extend(repairs);
-    Ok(())
+    Ok(true)
 }
 
 fn manifest_json(cluster: &str, files: &BTreeMap<String, String>) -> String {

@@ -23,6 +23,7 @@ pub mod gitops;
 mod lock;
 mod preflight;
 mod remote_script;
+pub mod rollout;
 pub mod ssh;
 pub mod status;
 
@@ -64,6 +65,26 @@ pub struct ApplyOptions<'a> {
     /// Where downloaded artifacts are cached by sha256.
     pub cache_dir: PathBuf,
     pub replan: &'a Replan<'a>,
+    /// The upgrade rules over what every host runs now (each host's running releases):
+    /// `Err` is the refusal, rendered at the cluster file's lines; nothing is touched.
+    pub check_versions: &'a CheckVersions<'a>,
+    /// Takes an etcd snapshot to the workstation before a control plane that runs is
+    /// restarted (an upgrade), returning where it is; `None` where kforge cannot.
+    pub snapshot: Option<&'a Snapshot<'a>>,
+}
+
+/// See [`ApplyOptions::check_versions`].
+pub type CheckVersions<'a> = dyn Fn(&[kforge_core::upgrade::Running]) -> Result<(), String> + Sync + 'a;
+
+/// See [`ApplyOptions::snapshot`].
+pub type Snapshot<'a> = dyn Fn() -> Result<String, String> + Sync + 'a;
+
+/// One step of a host's apply and how long it took (phases that changed something,
+/// gates, drains).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTime {
+    pub step: String,
+    pub seconds: f64,
 }
 
 /// What happened (or, with `--dry-run`, would happen) on one host.
@@ -89,6 +110,10 @@ pub struct HostReport {
     /// Files a program owns since its first start (K3s's CA files) that differ from
     /// the plan on the host: left as they are, each with the command that changes it.
     pub kept: Vec<String>,
+    /// What ran on the host before this apply: component → the release it reported.
+    pub versions_before: std::collections::BTreeMap<String, String>,
+    /// Each step that did something here, in order, with its duration.
+    pub steps: Vec<StepTime>,
 }
 
 impl HostReport {
@@ -103,6 +128,9 @@ pub struct ApplyReport {
     pub cluster: String,
     pub dry_run: bool,
     pub hosts: Vec<HostReport>,
+    /// Where the etcd snapshot taken before the control plane moved was saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl ApplyReport {

@@ -53,6 +53,7 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
         return;
     }
     let kubectl = super::admin_kubectl();
+    p.gate = Some(crate::gates::coredns(&kubectl));
     p.commands.push(PlannedCommand {
         description: "wait for the API server, then apply the addons".into(),
         run: format!(

@@ -29,14 +29,19 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
             vec![],
         );
 
+    // Gates ask the API with kubectl: none where a stand-in keeps the API from running.
+    let kubectl = super::addons_blocked_by(model).is_none().then(super::admin_kubectl);
+    let version = &model.spec.spec.distribution.version;
     let p = np.phase(Phase::ControlPlane);
     p.files.extend(apiserver_files);
     p.files.extend(healthz_files);
     p.files.push(admin_local);
+    p.gate = kubectl.as_deref().map(|k| crate::gates::api_server(k, version));
     p.units.extend([apiserver_unit, healthz_unit]);
     let p = np.phase(Phase::Controllers);
     p.files.extend(cm_files);
     p.files.extend(sched_files);
+    p.gate = kubectl.as_deref().filter(|_| cm_unit.start && sched_unit.start).map(crate::gates::controllers);
     p.units.extend([cm_unit, sched_unit]);
 }
 

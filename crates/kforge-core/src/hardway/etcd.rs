@@ -140,6 +140,7 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
     let u = unit(model, Component::Etcd, restart_on, &[]);
     let p = np.phase(Phase::Datastore);
     p.files.extend(files);
+    p.gate = u.start.then(|| crate::gates::etcd_member(ETCDCTL_ENV));
     p.units.push(u);
 }
 

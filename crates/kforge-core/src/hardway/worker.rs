@@ -23,10 +23,14 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node
     let runtime = np.phase(Phase::Runtime);
     runtime.files.extend(runtime_files);
     runtime.units.extend(runtime_units);
+    let kubectl = super::addons_blocked_by(model).is_none().then(super::admin_kubectl);
     let p = np.phase(Phase::Workers);
     p.commands.extend(artifacts::image_imports(model));
     p.files.extend(kubelet_files);
     p.files.extend(proxy_files);
+    p.gate = kubectl
+        .filter(|_| kubelet_unit.start)
+        .map(|k| crate::gates::node_ready(&k, &node.name, &model.spec.spec.distribution.version));
     p.units.extend([kubelet_unit, proxy_unit]);
 }
 

@@ -1,0 +1,362 @@
+//! What apply does between a host's phases when the cluster already runs: wait on a
+//! phase's health gate, and take a worker out of service and back (cordon, drain,
+//! uncordon) with kubectl as the cluster admin on a control-plane host.
+//!
+//! A node kforge cordons carries the annotation [`CORDONED_BY_KFORGE`] until kforge
+//! uncordons it: the record lives in the cluster, so an apply killed half-way (kill -9,
+//! a lost laptop) is finished by the next one, which uncordons what the last one left
+//! cordoned — and never a node the operator cordoned by hand.
+
+use std::time::{Duration, Instant};
+
+use kforge_core::plan::Gate;
+use serde::Deserialize;
+
+use crate::ssh::{Host, shell_quote};
+
+/// Set on a Node while kforge has it cordoned for an apply.
+pub const CORDONED_BY_KFORGE: &str = "kforge.dev/cordoned-by-apply";
+
+/// Wait until `gate` passes on `host` (every 2 s, up to its timeout); the error names
+/// the gate and what its test last said.
+pub fn wait(host: &Host, gate: &Gate) -> Result<Duration, String> {
+    let start = Instant::now();
+    let tries = gate.timeout_secs.div_ceil(2).max(1);
+    // The test runs in a subshell: whatever it does (exit included) ends only the try.
+    let script = format!(
+        "for _ in $(seq {tries}); do if ( {t} ) >/dev/null 2>&1; then echo 'KF gate passed'; exit 0; fi; sleep 2; done\n( {t} ) 2>&1 | tail -n 3; echo 'KF gate timed out'",
+        t = gate.test
+    );
+    let out = host.run_script(&format!("wait for {}", gate.description), &script).map_err(|e| e.to_string())?;
+    if out.lines().any(|l| l == "KF gate passed") {
+        return Ok(start.elapsed());
+    }
+    let said: Vec<&str> = out.lines().filter(|l| !l.starts_with("KF ")).collect();
+    Err(format!(
+        "gate not passed within {} s: {}{}",
+        gate.timeout_secs,
+        gate.description,
+        if said.is_empty() { String::new() } else { format!(" (last said: {})", said.join(" / ")) }
+    ))
+}
+
+/// kubectl as the cluster admin, on a control-plane host.
+pub struct Api<'a> {
+    pub host: &'a Host,
+    pub kubectl: &'a str,
+}
+
+impl Api<'_> {
+    fn run(&self, what: &str, args: &str) -> Result<String, String> {
+        self.host.run_script(what, &format!("{} {args}", self.kubectl)).map_err(|e| e.to_string())
+    }
+
+    /// The nodes kforge cordoned and has not uncordoned (an apply that stopped half-way).
+    pub fn cordoned_by_kforge(&self) -> Result<Vec<String>, String> {
+        let out = self.run(
+            "list nodes kforge cordoned",
+            &format!(
+                "get nodes -o jsonpath='{{range .items[*]}}{{.metadata.name}} {{.metadata.annotations.{}}}{{\"\\n\"}}{{end}}'",
+                CORDONED_BY_KFORGE.replace('.', "\\.")
+            ),
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(n, _)| n.to_string())
+            .collect())
+    }
+
+    /// Mark, cordon and drain `node`; a drain that fails or runs out of time
+    /// uncordons the node again, and the error says so.
+    pub fn drain(&self, node: &str, timeout_secs: u64) -> Result<(), String> {
+        let n = shell_quote(node);
+        self.run(
+            "cordon",
+            &format!(
+                "annotate node {n} {CORDONED_BY_KFORGE}=true --overwrite >/dev/null && {} cordon {n} >/dev/null",
+                self.kubectl
+            ),
+        )?;
+        // kubectl drain waits for the evicted pods to be gone (or its timeout); what is
+        // left on the node after it says whether it finished.
+        let said = self.run(
+            "drain",
+            &format!("drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={timeout_secs}s 2>&1 | tail -n 3"),
+        );
+        let left = self.unevicted(node)?;
+        if said.is_ok() && left.is_empty() {
+            return Ok(());
+        }
+        self.uncordon(node)?;
+        let said = match said {
+            Ok(text) => text.lines().last().unwrap_or_default().to_string(),
+            Err(e) => e,
+        };
+        Err(format!(
+            "draining {node} did not finish within {timeout_secs} s (still there: {}; kubectl said: {said}); {node} was uncordoned",
+            left.join(", ")
+        ))
+    }
+
+    /// Pods still on `node` that a drain evicts (not DaemonSet pods, not mirror pods,
+    /// not finished ones).
+    fn unevicted(&self, node: &str) -> Result<Vec<String>, String> {
+        let pods = self.pods()?;
+        Ok(pods
+            .iter()
+            .filter(|p| p.spec.node_name.as_deref() == Some(node) && p.evictable())
+            .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            .collect())
+    }
+
+    pub fn uncordon(&self, node: &str) -> Result<(), String> {
+        let n = shell_quote(node);
+        self.run(
+            "uncordon",
+            &format!("uncordon {n} >/dev/null && {} annotate node {n} {CORDONED_BY_KFORGE}- >/dev/null", self.kubectl),
+        )
+        .map(|_| ())
+    }
+
+    fn pods(&self) -> Result<Vec<Pod>, String> {
+        let out = self.run("list pods", "get pods -A -o json")?;
+        serde_json::from_str::<List<Pod>>(&out).map(|l| l.items).map_err(|e| format!("pods: {e}"))
+    }
+
+    /// Before the first cordon: every PodDisruptionBudget that would keep a drain of
+    /// `nodes` waiting forever (no disruption allowed now, and a pod it guards on one of
+    /// them), and whether the pods of `at_once` drained nodes would have somewhere to go.
+    pub fn drain_preflight(&self, nodes: &[String], at_once: usize) -> Result<Vec<String>, String> {
+        let pdbs = self.run("list PodDisruptionBudgets", "get pdb -A -o json")?;
+        let pdbs: Vec<Pdb> = serde_json::from_str::<List<Pdb>>(&pdbs).map_err(|e| format!("pdbs: {e}"))?.items;
+        let pods = self.pods()?;
+        let all_nodes = self.run(
+            "list nodes",
+            "get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.unschedulable} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}'",
+        )?;
+        Ok(drain_blockers(nodes, at_once, &pdbs, &pods, &all_nodes))
+    }
+}
+
+/// The refusals of [`Api::drain_preflight`], from what the API listed.
+fn drain_blockers(nodes: &[String], at_once: usize, pdbs: &[Pdb], pods: &[Pod], all_nodes: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for pdb in pdbs {
+        let guarded: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.namespace == pdb.metadata.namespace && p.evictable())
+            .filter(|p| pdb.spec.selector.as_ref().is_some_and(|s| s.matches(&p.metadata.labels)))
+            .filter(|p| p.spec.node_name.as_ref().is_some_and(|n| nodes.contains(n)))
+            .collect();
+        if guarded.is_empty() || pdb.status.disruptions_allowed > 0 {
+            continue;
+        }
+        let on: Vec<&str> = guarded.iter().filter_map(|p| p.spec.node_name.as_deref()).collect();
+        out.push(format!(
+            "PodDisruptionBudget {}/{} allows no disruption now ({} of {} pods healthy, {} required): draining {} would wait on it forever\n  help: scale the workload up, relax the budget, or fix its unhealthy pods; nothing was cordoned",
+            pdb.metadata.namespace,
+            pdb.metadata.name,
+            pdb.status.current_healthy,
+            pdb.status.expected_pods,
+            pdb.status.desired_healthy,
+            on.join(", ")
+        ));
+    }
+    // Somewhere to go: while `at_once` nodes are drained, some other node is
+    // schedulable (not cordoned) and Ready.
+    let ready = all_nodes
+        .lines()
+        .filter(|l| matches!(l.split_whitespace().collect::<Vec<_>>().as_slice(), [_, "True"]))
+        .count();
+    let moving = pods.iter().any(|p| p.spec.node_name.as_ref().is_some_and(|n| nodes.contains(n)) && p.evictable());
+    if moving && ready <= at_once.min(nodes.len()) {
+        out.push(format!(
+            "{ready} node{} schedulable and Ready, and {} drained at once: the pods of {} would have nowhere to go\n  help: bring another worker back (kubectl uncordon), add one, or lower spec.rollout.workersAtOnce; nothing was cordoned",
+            if ready == 1 { " is" } else { "s are" },
+            at_once.min(nodes.len()),
+            nodes.join(", ")
+        ));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct List<T> {
+    items: Vec<T>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Meta {
+    name: String,
+    namespace: String,
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "ownerReferences")]
+    owner_references: Vec<Owner>,
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Owner {
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Pod {
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    spec: PodSpec,
+    #[serde(default)]
+    status: PodStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct PodSpec {
+    node_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PodStatus {
+    phase: String,
+}
+
+impl Pod {
+    /// What `kubectl drain --ignore-daemonsets` evicts: not DaemonSet pods, not static
+    /// (mirror) pods, not pods that have finished.
+    fn evictable(&self) -> bool {
+        let daemon = self.metadata.owner_references.iter().any(|o| o.kind == "DaemonSet");
+        let mirror = self.metadata.annotations.contains_key("kubernetes.io/config.mirror");
+        let finished = matches!(self.status.phase.as_str(), "Succeeded" | "Failed");
+        !daemon && !mirror && !finished
+    }
+}
+
+#[derive(Deserialize)]
+struct Pdb {
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    spec: PdbSpec,
+    #[serde(default)]
+    status: PdbStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PdbSpec {
+    selector: Option<Selector>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct PdbStatus {
+    disruptions_allowed: i64,
+    current_healthy: i64,
+    desired_healthy: i64,
+    expected_pods: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Selector {
+    match_labels: std::collections::BTreeMap<String, String>,
+    match_expressions: Vec<Requirement>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Requirement {
+    key: String,
+    operator: String,
+    values: Vec<String>,
+}
+
+impl Selector {
+    /// A label selector as Kubernetes evaluates it (an empty one selects every pod).
+    fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => value.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods() -> Vec<Pod> {
+        serde_json::from_str::<List<Pod>>(
+            r#"{"items": [
+              {"metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "web-2", "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "lab-2"}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "agent", "namespace": "kube-system", "ownerReferences": [{"kind": "DaemonSet"}]}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}}
+            ]}"#,
+        )
+        .unwrap()
+        .items
+    }
+
+    fn pdb(allowed: i64) -> Vec<Pdb> {
+        serde_json::from_str::<List<Pdb>>(&format!(
+            r#"{{"items": [{{"metadata": {{"name": "web", "namespace": "default"}},
+                "spec": {{"selector": {{"matchLabels": {{"app": "web"}}}}}},
+                "status": {{"disruptionsAllowed": {allowed}, "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2}}}}]}}"#
+        ))
+        .unwrap()
+        .items
+    }
+
+    const NODES: &str = "lab-1  True\nlab-2  True\nlab-3 true True\n";
+
+    #[test]
+    fn a_budget_that_allows_no_disruption_names_itself_and_the_node() {
+        let found = drain_blockers(&["lab-1".into()], 1, &pdb(0), &pods(), NODES);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("PodDisruptionBudget default/web allows no disruption now (2 of 2 pods healthy, 2 required): draining lab-1"), "{}", found[0]);
+        assert!(drain_blockers(&["lab-1".into()], 1, &pdb(1), &pods(), NODES).is_empty());
+        // A node whose pods the budget does not guard drains whatever the budget says.
+        assert!(drain_blockers(&["lab-3".into()], 1, &pdb(0), &pods(), NODES).is_empty());
+    }
+
+    #[test]
+    fn pods_need_another_schedulable_ready_node() {
+        // lab-3 is cordoned (unschedulable): draining lab-1 and lab-2 together leaves
+        // nowhere; one at a time, the other takes the pods.
+        let both = ["lab-1".to_string(), "lab-2".to_string()];
+        let found = drain_blockers(&both, 2, &[], &pods(), NODES);
+        assert!(
+            found.len() == 1 && found[0].starts_with("2 nodes are schedulable and Ready, and 2 drained at once"),
+            "{found:?}"
+        );
+        assert!(drain_blockers(&both, 1, &[], &pods(), NODES).is_empty());
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes() {
+        let labels = [("app".to_string(), "web".to_string())].into_iter().collect();
+        let sel = |j: &str| serde_json::from_str::<Selector>(j).unwrap();
+        assert!(sel(r#"{}"#).matches(&labels));
+        assert!(
+            sel(r#"{"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "api"]}]}"#)
+                .matches(&labels)
+        );
+        assert!(
+            !sel(r#"{"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}"#).matches(&labels)
+        );
+        assert!(!sel(r#"{"matchLabels": {"app": "api"}}"#).matches(&labels));
+    }
+}
