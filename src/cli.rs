@@ -67,6 +67,14 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Also read every host over SSH (read-only, one round trip each): the releases
+        /// running now, mixed versions, the upgrade rules' verdict, and per node the
+        /// steps apply would take in order with the gates between them.
+        #[arg(long)]
+        observe: bool,
+        /// OpenSSH config for --observe (default: ssh_config beside the cluster file).
+        #[arg(long, value_name = "FILE", requires = "observe")]
+        ssh_config: Option<PathBuf>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
         output: Format,

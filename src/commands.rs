@@ -70,7 +70,8 @@ pub fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Init { example, dir, age_identity } => init(&example, &dir, age_identity),
         Command::Check(args) => check(&args),
-        Command::Plan { cluster, output } => plan(&cluster, output),
+        Command::Plan { cluster, observe: false, output, .. } => plan(&cluster, output),
+        Command::Plan { cluster, observe: true, ssh_config, output } => plan_observed(&cluster, ssh_config, output),
         Command::Render { cluster, out } => render_cmd(&cluster, &out),
         Command::Apply { cluster, dry_run, parallel, ssh_config, output } => {
             apply(&cluster, dry_run, parallel, ssh_config, output)
@@ -204,6 +205,17 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
     match format {
         Format::Text => print!("{}", output::plan_text(&plan)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan).expect("plan serializes")),
+    }
+    Ok(())
+}
+
+/// `plan --observe`: the plan as apply would run it on the hosts as they are now — an
+/// apply that touches nothing (facts, the upgrade rules, the stages in dry run).
+fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
+    let (_, report) = run_apply(args, true, 10, ssh_config)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+        Format::Text => print!("{}", output::observed_plan(&report)),
     }
     Ok(())
 }
@@ -447,6 +459,31 @@ fn apply(
     ssh_config: Option<std::path::PathBuf>,
     format: Format,
 ) -> Result<(), CliError> {
+    let (_, report) = run_apply(args, dry_run, parallel, ssh_config)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
+        Format::Text => print!("{}", output::apply_summary(&report)),
+    }
+    if report.all_converged() {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report.hosts.iter().filter(|h| !h.converged).map(|h| h.node.as_str()).collect();
+        Err(CliError::Other(format!(
+            "{} host{} did not converge: {}\n  help: fix the cause above and run `kforge apply` again; it finishes the job",
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            failed.join(", ")
+        )))
+    }
+}
+
+/// The apply engine on this cluster file's hosts (`dry_run`: touching nothing).
+fn run_apply(
+    args: &ClusterArgs,
+    dry_run: bool,
+    parallel: usize,
+    ssh_config: Option<std::path::PathBuf>,
+) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
     let session = Session::open(args)?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
@@ -503,24 +540,9 @@ fn apply(
         snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
     };
     let progress = output::HostProgress::new(plan.nodes.iter().map(|n| n.node.as_str()));
-    let report = kforge_ssh::apply(plan, &opts, &|node: &str, what: &str| progress.update(node, what));
+    let report = kforge_ssh::apply(plan.clone(), &opts, &|node: &str, what: &str| progress.update(node, what));
     progress.finish();
-    let report = report?;
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
-        Format::Text => print!("{}", output::apply_summary(&report)),
-    }
-    if report.all_converged() {
-        Ok(())
-    } else {
-        let failed: Vec<&str> = report.hosts.iter().filter(|h| !h.converged).map(|h| h.node.as_str()).collect();
-        Err(CliError::Other(format!(
-            "{} host{} did not converge: {}\n  help: fix the cause above and run `kforge apply` again; it finishes the job",
-            failed.len(),
-            if failed.len() == 1 { "" } else { "s" },
-            failed.join(", ")
-        )))
-    }
+    Ok((plan, report?))
 }
 
 fn certs(cmd: CertsCommand) -> Result<(), CliError> {

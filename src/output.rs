@@ -231,7 +231,7 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             for u in &h.units_reloaded {
                 let _ = writeln!(o, "  reload {u}");
             }
-            for s in h.steps.iter().filter(|s| s.step.starts_with("drain ")) {
+            for s in h.steps.iter().filter(|s| s.step.contains("drain")) {
                 let _ = writeln!(o, "  {}", s.step);
             }
         }
@@ -282,6 +282,55 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
     if let Some(path) = &report.snapshot {
         let _ = writeln!(o, "etcd snapshot taken before the control plane moved: {path}");
     }
+    o
+}
+
+/// `plan --observe`: what runs now on each host, whether releases are mixed, and the
+/// steps apply would take there in order, with the gates between them.
+pub fn observed_plan(report: &kforge_ssh::ApplyReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "running now (each program's own --version):");
+    let mut running = Vec::new();
+    for h in &report.hosts {
+        let seen: Vec<String> = h.versions_before.iter().map(|(c, v)| format!("{c} {v}")).collect();
+        let what = match &h.error {
+            Some(e) => format!("UNREACHABLE: {e}"),
+            None if seen.is_empty() => "nothing of the cluster runs yet".into(),
+            None => seen.join(", "),
+        };
+        let _ = writeln!(o, "  {:<10} {what}", h.node);
+        let versions = kforge_core::component::Component::ALL
+            .into_iter()
+            .filter_map(|c| Some((c, kforge_core::upgrade::Version::parse(h.versions_before.get(c.key())?)?)))
+            .collect();
+        running.push(kforge_core::upgrade::Running { node: h.node.clone(), versions });
+    }
+    let mixed = kforge_core::upgrade::mixed(&running);
+    if mixed.is_empty() {
+        let _ = writeln!(o, "versions: one release of each component everywhere");
+    }
+    for m in &mixed {
+        let _ = writeln!(o, "versions: {m}");
+    }
+    let _ = writeln!(
+        o,
+        "apply would, stage by stage (a barrier between stages; where something running restarts, one host at a time behind its gate, workers drained):"
+    );
+    for h in &report.hosts {
+        let steps: Vec<&str> = h.steps.iter().map(|s| s.step.as_str()).collect();
+        let restarts = if h.units_restarted.is_empty() {
+            String::new()
+        } else {
+            format!("  (restarts {})", h.units_restarted.join(", "))
+        };
+        let _ = writeln!(
+            o,
+            "  {:<10} {}{restarts}",
+            h.node,
+            if steps.is_empty() { "no changes".to_string() } else { steps.join(" → ") }
+        );
+    }
+    let _ = writeln!(o, "nothing was changed (kforge apply does this)");
     o
 }
 

@@ -137,6 +137,8 @@ pub struct HostView {
     pub images: BTreeMap<String, String>,
     /// The underlay interface and its MTU.
     pub underlay: Option<(String, u32)>,
+    /// What each running program reports (from the facts).
+    pub running: kforge_core::upgrade::Running,
 }
 
 impl HostView {
@@ -328,8 +330,13 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     if np.roles.runs_workloads() { input.images.join(" ") } else { String::new() },
                 ];
                 let sent_at = now();
-                let view = match host.run_script("doctor", &call("kf_doctor_host", &args)) {
-                    Ok(out) => HostView { sent_at, ..HostView::parse(&out) },
+                // The host's state from the one reader (facts), the doctor's own probes
+                // in the same round trip.
+                let probes = call("kf_doctor_host", &args);
+                let view = match crate::facts::gather_with(&host, np, &[], crate::facts::Cache::Leave, &probes) {
+                    Ok((facts, out)) => {
+                        HostView { sent_at, running: facts.running_versions(&np.node), ..HostView::parse(&out) }
+                    }
                     Err(e) => HostView { error: Some(e.to_string()), ..HostView::default() },
                 };
                 host.close();
@@ -423,6 +430,7 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
     out.extend(images(&up));
     out.extend(certificates(input, &up));
     out.extend(services(&up));
+    out.push(versions(&up));
     out.extend(per_node(
         "resolv.conf",
         &up,
@@ -446,6 +454,28 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
         ));
     }
     out
+}
+
+/// One release of each component on every node: mixed releases are an upgrade that
+/// stopped half-way or a host changed by hand.
+fn versions(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
+    let running: Vec<kforge_core::upgrade::Running> = up.iter().map(|(_, v)| v.running.clone()).collect();
+    let mixed = kforge_core::upgrade::mixed(&running);
+    if mixed.is_empty() {
+        return Diagnosis::ok("versions", "every node runs one release of each component");
+    }
+    Diagnosis {
+        check: "versions",
+        verdict: Verdict::Warn,
+        node: None,
+        evidence: mixed.join("; "),
+        cause: String::new(),
+        fix: String::new(),
+    }
+    .because(
+        "an upgrade that stopped half-way, or a host changed by hand: the cluster runs at the skew between them",
+        "kforge apply moves every node to the cluster file's release (kforge plan --observe shows how)",
+    )
 }
 
 /// A per-node check: `problem` returns the evidence when the node is wrong.

@@ -159,7 +159,7 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
 fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
     parallel(hosts, opts.parallel, |h| {
         progress(&h.host.node, "facts");
-        match facts::gather(&h.host, &h.plan) {
+        match facts::gather(&h.host, &h.plan, &[]) {
             Ok(f) => {
                 h.manifest = f.manifest.clone();
                 // Files kforge once wrote that another program owns now (K3s's CA
@@ -363,7 +363,12 @@ impl StageRun<'_> {
                 Ok(false) => continue,
                 Ok(true) => h.step(phase.name(), started),
             }
-            let Some(gate) = pp.gate.as_ref().filter(|_| !self.opts.dry_run) else { continue };
+            let Some(gate) = pp.gate.as_ref() else { continue };
+            if self.opts.dry_run {
+                let step = format!("gate: {} (waits up to {} s)", gate.description, gate.timeout_secs);
+                h.report.steps.push(StepTime { step, seconds: 0.0 });
+                continue;
+            }
             let on = match (gate.on_api_host, &self.api) {
                 (true, Some((api, _))) => api.clone(),
                 (true, None) => continue,
@@ -445,7 +450,7 @@ impl StageRun<'_> {
     fn turn(&self, h: &mut HostRun, drain: bool) {
         let node = h.plan.node.clone();
         if drain && self.opts.dry_run {
-            h.report.steps.push(StepTime { step: format!("drain {node} (dry run: not done)"), seconds: 0.0 });
+            h.report.steps.push(StepTime { step: "cordon and drain (dry run: not done)".into(), seconds: 0.0 });
         } else if drain && let Some(api) = self.api() {
             (self.progress)(&node, &format!("cordon and drain (up to {} s)", self.plan.drain_timeout_secs));
             let started = Instant::now();

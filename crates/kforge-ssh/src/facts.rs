@@ -26,6 +26,12 @@ pub struct NodeFacts {
     pub hashes: BTreeMap<String, String>,
     /// Unit → (active, enabled).
     pub units: BTreeMap<String, (bool, bool)>,
+    /// Unit → what `systemctl is-active` said (`active`, `failed`, `activating`…).
+    pub unit_states: BTreeMap<String, String>,
+    /// `table inet kforge` is loaded.
+    pub firewall_table: bool,
+    /// Peer mesh address → reached over the mesh (asked only with peers: status).
+    pub reach: BTreeMap<String, bool>,
     /// Units whose inputs kforge changed but did not get to restart.
     pub pending: BTreeSet<String>,
     /// What kforge wrote before: path → sha256.
@@ -100,7 +106,29 @@ fn units(plan: &NodePlan) -> Vec<String> {
 
 const FACTS_SH: &str = include_str!("sh/facts.sh");
 
-pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
+/// The one reader of a host's state, for apply, status, doctor and the upgrade rules;
+/// `peers`: mesh addresses to reach over the mesh (status), none for apply.
+pub fn gather(host: &Host, plan: &NodePlan, peers: &[&str]) -> Result<NodeFacts, SshError> {
+    gather_with(host, plan, peers, Cache::Update, "").map(|(f, _)| f)
+}
+
+/// Whether the facts may refresh the host's caches (digests, running releases): apply
+/// does; the read-only commands (status, doctor) leave the host exactly as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    Update,
+    Leave,
+}
+
+/// The facts and, in the same round trip, `then` (a command's own probes): their
+/// output comes back apart.
+pub fn gather_with(
+    host: &Host,
+    plan: &NodePlan,
+    peers: &[&str],
+    cache: Cache,
+    then: &str,
+) -> Result<(NodeFacts, String), SshError> {
     let paths = watched_paths(plan);
     let dirs: Vec<String> = paths
         .iter()
@@ -110,17 +138,23 @@ pub fn gather(host: &Host, plan: &NodePlan) -> Result<NodeFacts, SshError> {
         .collect();
     let rechecks = rechecks(plan);
     let script = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}\n{FACTS_SH}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}\nKF_READ_ONLY={}\n{FACTS_SH}\necho {FACTS_END}\n{then}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
         sh_array("KF_COMMANDS", &plan.required_commands),
         sh_array("KF_DIRS", &dirs),
         sh_array("KF_RECHECKS", &rechecks),
         sh_array("KF_RUNNING", &running(plan)),
+        sh_array("KF_PEERS", &peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+        u8::from(cache == Cache::Leave),
     );
     let out = host.run_script("gather facts", &script)?;
-    Ok(parse(&out, &rechecks))
+    let (facts, rest) = out.split_once(&format!("{FACTS_END}\n")).unwrap_or((&out, ""));
+    Ok((parse(facts, &rechecks), rest.to_string()))
 }
+
+/// Ends the facts' output when a command's own probes follow.
+const FACTS_END: &str = "KF-FACTS-END";
 
 fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
     let mut f = NodeFacts::default();
@@ -144,6 +178,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 }
                 "wg_kernel" => f.wireguard_kernel = v == "yes",
                 "boringtun" => f.boringtun = v == "yes",
+                "firewall" => f.firewall_table = v == "yes",
                 _ => {}
             }
             continue;
@@ -156,9 +191,10 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
             (Some("unit"), Some(name), rest) => {
                 let rest = rest.unwrap_or("");
                 let mut s = rest.split_whitespace();
-                let active = s.next() == Some("active");
+                let state = s.next().unwrap_or("unknown");
                 let enabled = s.next() == Some("enabled");
-                f.units.insert(name.into(), (active, enabled));
+                f.units.insert(name.into(), (state == "active", enabled));
+                f.unit_states.insert(name.into(), state.into());
             }
             (Some("pending"), Some(name), None) => {
                 f.pending.insert(name.into());
@@ -175,6 +211,9 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 if let Some(c) = Component::ALL.into_iter().find(|c| c.key() == key) {
                     f.running.insert(c, line.into());
                 }
+            }
+            (Some("reach"), Some(ip), Some(ok)) => {
+                f.reach.insert(ip.into(), ok == "yes");
             }
             (Some("listen"), Some(sock), None) => {
                 f.listening.insert(sock.into());

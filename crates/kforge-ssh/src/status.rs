@@ -81,8 +81,9 @@ struct HostSeen {
     firewall_table: bool,
     units: BTreeMap<String, String>,
     hashes: BTreeMap<String, String>,
-    /// Binary → the first line of its `--version`.
+    /// Component → the first line of its running program's `--version`.
     versions: BTreeMap<String, String>,
+    running: kforge_core::upgrade::Running,
 }
 
 fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option<Host> {
@@ -103,6 +104,7 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         firewall_check(plan, &seen),
         Some(certificates_check(plan, &seen, input.earliest_expiry.as_deref())),
         Some(services_check(&seen)),
+        Some(versions_check(&seen)),
         input.etcd_health.as_ref().map(|health| etcd_check(plan, health)),
     ]
     .into_iter()
@@ -144,7 +146,8 @@ impl Check {
     }
 }
 
-/// Each host's view, in one SSH round trip per host (in parallel).
+/// Each host's view, in one SSH round trip per host (in parallel): the facts apply
+/// reads (one reader of host state), asked to reach every other node over the mesh too.
 fn probe_hosts(input: &StatusInput<'_>, control: &ControlDir) -> BTreeMap<String, HostSeen> {
     let plan = input.plan;
     let seen: Mutex<BTreeMap<String, HostSeen>> = Mutex::new(BTreeMap::new());
@@ -155,20 +158,8 @@ fn probe_hosts(input: &StatusInput<'_>, control: &ControlDir) -> BTreeMap<String
             let (seen, mesh_ips) = (&seen, &mesh_ips);
             s.spawn(move || {
                 let peers: Vec<&str> = mesh_ips.iter().copied().filter(|ip| *ip != np.mesh_ip).collect();
-                let units: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
-                let certs: Vec<&str> =
-                    np.files().filter(|f| f.path.ends_with(".crt")).map(|f| f.path.as_str()).collect();
-                // What K3s binaries say they are: the lab's stand-in says so.
-                let binaries: Vec<&str> = np
-                    .phases
-                    .iter()
-                    .flat_map(|p| p.artifacts.iter())
-                    .filter(|a| a.name == Component::K3s.key())
-                    .map(|a| a.dest.as_str())
-                    .collect();
-                let lists = [peers, units, certs, binaries].map(|v| v.join(" "));
-                let h = match host.run_script("status", &probe_call("kf_host_status", &lists)) {
-                    Ok(out) => HostSeen::parse(&out),
+                let h = match crate::facts::gather_with(&host, np, &peers, crate::facts::Cache::Leave, "") {
+                    Ok((f, _)) => HostSeen::of(np, f),
                     Err(e) => HostSeen { error: Some(e.to_string()), ..HostSeen::default() },
                 };
                 host.close();
@@ -180,32 +171,20 @@ fn probe_hosts(input: &StatusInput<'_>, control: &ControlDir) -> BTreeMap<String
 }
 
 impl HostSeen {
-    /// `kf_host_status`'s lines.
-    fn parse(out: &str) -> HostSeen {
-        let mut h = HostSeen { reachable: true, ..HostSeen::default() };
-        for line in out.lines() {
-            let w: Vec<&str> = line.splitn(3, ' ').collect();
-            match w.as_slice() {
-                ["reach", ip, ok] => {
-                    h.reach.insert(ip.to_string(), *ok == "yes");
-                }
-                ["firewall", ok] => h.firewall_table = *ok == "yes",
-                ["unit", u, state] => {
-                    h.units.insert(u.to_string(), state.to_string());
-                }
-                ["unit", u] => {
-                    h.units.insert(u.to_string(), "unknown".into());
-                }
-                ["file", sum, path] => {
-                    h.hashes.insert(path.to_string(), sum.to_string());
-                }
-                ["version", path, text] => {
-                    h.versions.insert(path.to_string(), text.to_string());
-                }
-                _ => {}
-            }
+    /// What status reads of a host's facts: the units kforge starts there.
+    fn of(np: &kforge_core::plan::NodePlan, f: crate::facts::NodeFacts) -> HostSeen {
+        let started: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
+        let running = f.running_versions(&np.node);
+        HostSeen {
+            reachable: true,
+            error: None,
+            reach: f.reach,
+            firewall_table: f.firewall_table,
+            units: f.unit_states.into_iter().filter(|(u, _)| started.contains(&u.as_str())).collect(),
+            hashes: f.hashes,
+            versions: f.running.into_iter().map(|(c, line)| (c.key().to_string(), line)).collect(),
+            running,
         }
-        h
     }
 }
 
@@ -321,6 +300,26 @@ fn services_check(seen: &BTreeMap<String, HostSeen>) -> Check {
             format!("not active: {}", bad.join("; "))
         },
     }
+}
+
+/// One release of each component everywhere (an interrupted upgrade, a host changed by
+/// hand show as mixed).
+fn versions_check(seen: &BTreeMap<String, HostSeen>) -> Check {
+    let running: Vec<kforge_core::upgrade::Running> = seen.values().map(|h| h.running.clone()).collect();
+    let mixed = kforge_core::upgrade::mixed(&running);
+    let mut uniform: BTreeMap<&str, String> = BTreeMap::new();
+    for r in &running {
+        for (c, v) in &r.versions {
+            uniform.entry(c.key()).or_insert_with(|| v.to_string());
+        }
+    }
+    let detail = uniform.iter().map(|(c, v)| format!("{c} {v}")).collect::<Vec<_>>().join(", ");
+    Check::from(
+        "versions",
+        mixed,
+        if detail.is_empty() { "no component reported a release".into() } else { detail },
+        "; ",
+    )
 }
 
 /// Every controller's etcd member healthy (`etcdctl endpoint health --cluster`).

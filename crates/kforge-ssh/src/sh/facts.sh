@@ -8,6 +8,9 @@
 #                a kernel setting); each failing one is reported by its index
 #   KF_RUNNING   `COMPONENT UNIT` (or `COMPONENT /path/to/binary`): what the running
 #                program says it is (`--version`, first line)
+#   KF_PEERS     mesh addresses of the other nodes (`kforge status`): each is reached
+#                with TCP to sshd over the mesh (empty for apply)
+#   KF_READ_ONLY 1: leave the caches as they are (status, doctor write nothing)
 # Output: one `key=value` or `kind args…` line per fact (parsed by facts.rs).
 # shellcheck disable=SC2154
 set -u
@@ -25,6 +28,10 @@ echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
 echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
 if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
 if command -v boringtun-cli >/dev/null 2>&1; then echo boringtun=yes; else echo boringtun=no; fi
+if nft list table inet kforge >/dev/null 2>&1; then echo firewall=yes; else echo firewall=no; fi
+for ip in "${KF_PEERS[@]}"; do
+  { if timeout 3 bash -c "echo > /dev/tcp/$ip/22" 2>/dev/null; then echo "reach $ip yes"; else echo "reach $ip no"; fi; } &
+done
 
 # File digests, reusing the last apply's for files whose size, mtime and inode are
 # unchanged (as git's index does): hashing ~760 MB of binaries on every host at every
@@ -46,7 +53,7 @@ done
 # Sorted, and written only when it changed: a no-op apply writes nothing on the host
 # (an apply that wrote files records their digests itself: kf_record_digests).
 kf_cache=$(printf '%s' "$kf_cache" | sort -u)
-if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "$kf_cache" ]; then
+if [ "$KF_READ_ONLY" != 1 ] && [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-cache" 2>/dev/null)" != "$kf_cache" ]; then
   printf '%s\n' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
 fi
 
@@ -76,12 +83,12 @@ for e in "${KF_RUNNING[@]}"; do
   kf_versions+="$id $line"$'\n'
 done
 kf_versions=$(printf '%s' "$kf_versions" | sort -u)
-if [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/running-versions" 2>/dev/null)" != "$kf_versions" ]; then
+if [ "$KF_READ_ONLY" != 1 ] && [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/running-versions" 2>/dev/null)" != "$kf_versions" ]; then
   printf '%s\n' "$kf_versions" > "$KF_STATE/running-versions.tmp" && mv -f "$KF_STATE/running-versions.tmp" "$KF_STATE/running-versions"
 fi
 
 for u in "${KF_UNITS[@]}"; do
-  echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1) $(systemctl is-enabled "$u" 2>/dev/null | head -1)"
+  echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1 || true) $(systemctl is-enabled "$u" 2>/dev/null | head -1 || true)"
 done
 for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/}"; done
 [ -f "$KF_STATE/manifest.json" ] && echo "manifest $(base64 -w0 < "$KF_STATE/manifest.json")"

@@ -1,21 +1,7 @@
-# kforge status probes, read-only. kforge sends this file, then calls one function.
+# kforge status probes of the cluster (each host's own state comes from facts.sh), read-only.
+# kforge sends this file, then calls one function.
 
 KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s)
-
-# kf_host_status "PEER_IP…" "UNIT…" "CERT…" "BINARY…": mesh reachability (TCP to sshd
-# on each peer's mesh address), the firewall table, unit states, certificate digests,
-# and what each binary says it is (a stand-in says so in its --version).
-kf_host_status() {
-  local ip u f b
-  for ip in $1; do
-    if timeout 3 bash -c "echo > /dev/tcp/$ip/22" 2>/dev/null; then echo "reach $ip yes"; else echo "reach $ip no"; fi
-  done
-  if nft list table inet kforge >/dev/null 2>&1; then echo 'firewall yes'; else echo 'firewall no'; fi
-  for u in $2; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1)"; done
-  for f in $3; do [ -f "$f" ] && echo "file $(sha256sum "$f" | cut -d' ' -f1) $f"; done
-  for b in ${4:-}; do [ -x "$b" ] && echo "version $b $(timeout 5 "$b" --version 2>/dev/null | head -1)"; done
-  true
-}
 
 # kf_kubernetes_status: /readyz and each node's kubelet version and Ready condition,
 # asked with the admin kubeconfig on a controller.
