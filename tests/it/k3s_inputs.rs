@@ -19,16 +19,11 @@ const APISERVERS: [&str; 2] = ["v1.37.2", "v1.36.3"];
 const STAGED_TLS: &str = "var/lib/kforge/handover/var/lib/rancher/k3s/server/tls";
 const TLS: &str = "var/lib/rancher/k3s/server/tls";
 
-/// `scripts/components` puts v1.37.2 (and its etcd, kubectl) in bin-v1.37.2/ and
-/// v1.36's kube-apiserver alone in kube-apiserver-v1.36.3/.
+/// `scripts/components` puts each release's programs in bin-VERSION/ (v1.37.2 with its
+/// etcd and kubectl; v1.36.3 with `--cluster-only v1.36.3`).
 fn apiserver(version: &str) -> PathBuf {
-    let main = kforge_lab::components_dir(kforge_lab::HARDWAY_VERSION);
-    let p = if version == kforge_lab::HARDWAY_VERSION {
-        main.join("kube-apiserver")
-    } else {
-        main.parent().unwrap().join(format!("kube-apiserver-{version}/bin/kube-apiserver"))
-    };
-    assert!(p.exists(), "{} missing: scripts/components --apiserver-only {version} builds it", p.display());
+    let p = kforge_lab::components_dir(version).join("kube-apiserver");
+    assert!(p.exists(), "{} missing: scripts/components --cluster-only {version} builds it", p.display());
     p
 }
 

@@ -8,7 +8,7 @@
 //! operator would look, the disruptive ones (an API server stopped, a machine
 //! rebooted, etcd wiped and restored) last.
 
-use super::{Capture, Lab, Stranger, assert_only_wireguard_and_ssh, contains, totals};
+use super::{Capture, Checks, Lab, Stranger, assert_only_wireguard_and_ssh, contains, totals};
 use crate::util::run;
 
 /// The workstation, as a namespace on the lab's internet that joins the mesh as the
@@ -59,32 +59,48 @@ impl Workstation {
     }
 }
 
-const ETCDCTL: &str = "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl";
+pub(super) const ETCDCTL: &str = "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl";
 const VERSION: &str = "v1.37.2";
 
 #[test]
 fn the_hard_way_runs_for_real() {
     let lab = Lab::up_example("hardway", 3, &[]);
+    // Born at the previous minor, so the cluster every check below reads is one that
+    // kforge upgraded under load (tests/it/lab/upgrade.rs).
+    super::upgrade::set_release(&lab, super::upgrade::FROM);
     let report = lab.apply_json();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
     }
+    let mut checks = Checks::default();
+    super::upgrade::the_cluster_upgrades_under_load(&lab, &mut checks);
     let ws = Workstation::join(&lab);
 
-    nodes_are_ready_and_the_api_answers_on_the_mesh_only(&lab, &ws);
-    kforge_status_checks_the_cluster_for_real(&lab);
-    pods_talk_across_nodes_through_services_and_dns(&lab, &ws);
-    only_wireguard_and_ssh_cross_the_bridge_while_pods_talk(&lab);
-    secrets_are_encrypted_in_etcd(&lab);
-    etcd_is_a_healthy_mtls_cluster_on_the_mesh(&lab);
-    every_unit_verifies_and_explain_matches_the_host(&lab);
-    super::doctor::kforge_doctor_finds_each_seed_failure_and_its_fix(&lab);
-    super::doctor::kforge_certs_renew_serves_the_new_certificate_and_restarts_nothing_else(&lab, &ws);
-    assert_eq!(totals(&lab.apply_json()), (0, 0), "a second apply changes nothing");
-    lab.rerunning_the_bootstrap_changes_nothing();
-    workers_survive_a_stopped_api_server(&lab);
-    a_rebooted_worker_comes_back_without_apply(&lab);
-    a_thousand_keys_survive_snapshot_wipe_and_restore(&lab);
+    checks.run("nodes Ready, the API on the mesh only", || {
+        nodes_are_ready_and_the_api_answers_on_the_mesh_only(&lab, &ws)
+    });
+    checks.run("kforge status", || kforge_status_checks_the_cluster_for_real(&lab));
+    checks.run("pods talk across nodes, through Services and DNS", || {
+        pods_talk_across_nodes_through_services_and_dns(&lab, &ws)
+    });
+    checks.run("only WireGuard and SSH cross the bridge", || {
+        only_wireguard_and_ssh_cross_the_bridge_while_pods_talk(&lab)
+    });
+    checks.run("Secrets encrypted in etcd", || secrets_are_encrypted_in_etcd(&lab));
+    checks.run("etcd over mTLS on the mesh", || etcd_is_a_healthy_mtls_cluster_on_the_mesh(&lab));
+    checks.run("units verify, explain matches the host", || every_unit_verifies_and_explain_matches_the_host(&lab));
+    checks.run("doctor finds each seed failure", || {
+        super::doctor::kforge_doctor_finds_each_seed_failure_and_its_fix(&lab)
+    });
+    checks.run("certs renew", || {
+        super::doctor::kforge_certs_renew_serves_the_new_certificate_and_restarts_nothing_else(&lab, &ws)
+    });
+    checks.run("a second apply changes nothing", || assert_eq!(totals(&lab.apply_json()), (0, 0)));
+    checks.run("re-running the bootstrap changes nothing", || lab.rerunning_the_bootstrap_changes_nothing());
+    checks.run("workers survive a stopped API server", || workers_survive_a_stopped_api_server(&lab));
+    checks.run("a rebooted worker comes back", || a_rebooted_worker_comes_back_without_apply(&lab));
+    checks.run("1000 keys survive snapshot, wipe, restore", || a_thousand_keys_survive_snapshot_wipe_and_restore(&lab));
+    checks.finish();
 }
 
 fn nodes_are_ready_and_the_api_answers_on_the_mesh_only(lab: &Lab, ws: &Workstation) {

@@ -19,8 +19,47 @@ use crate::util::{Output, TestContext, run};
 mod doctor;
 mod gitops;
 mod hardway;
+mod upgrade;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The checks of a group run against one lab: each runs whatever the others did, a
+/// failure is recorded and the next goes on, and `finish` fails with all of them (one
+/// failure must not hide the rest).
+#[derive(Default)]
+struct Checks {
+    ran: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn run(&mut self, name: &str, check: impl FnOnce()) {
+        self.ran += 1;
+        let started = Instant::now();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            Ok(()) => eprintln!("check ok ({:.0} s): {name}", started.elapsed().as_secs_f64()),
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                eprintln!("check FAILED ({:.0} s): {name}: {why}", started.elapsed().as_secs_f64());
+                self.failed.push(format!("{name}: {why}"));
+            }
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} checks failed:\n{}",
+            self.failed.len(),
+            self.ran,
+            self.failed.join("\n\n")
+        );
+    }
+}
 
 struct Lab {
     ctx: TestContext,

@@ -1,0 +1,347 @@
+//! An upgrade for real, on the hard-way lab's cluster before its other checks: brought
+//! up at v1.36 (the newest v1.36 patch `scripts/components` builds), loaded with a
+//! 2-replica Deployment behind a PodDisruptionBudget and a Service, 1000 etcd keys, a
+//! client sending 5 requests a second to the Service, and a host changed by hand — then
+//! the cluster file says v1.37.2 and `kforge apply` moves everything there, killed with
+//! -9 half-way through the workers and run again.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::hardway::ETCDCTL;
+use super::{Checks, Lab};
+
+/// The release the cluster starts at, and the one it is upgraded to.
+pub(super) const FROM: &str = "v1.36.3";
+const TO: &str = kforge_lab::HARDWAY_VERSION;
+
+/// The lab's cluster file at `version`: the Kubernetes programs from that release's
+/// components (`lab/bin-VERSION`, linked to the cache `scripts/components` fills), as
+/// an operator's edit of version and artifacts would be.
+pub(super) fn set_release(lab: &Lab, version: &str) {
+    let dir = if version == TO { "bin".to_string() } else { format!("bin-{version}") };
+    let link = lab.ctx.path(&format!("lab/{dir}"));
+    if !link.exists() {
+        let cache = kforge_lab::components_dir(version);
+        assert!(
+            cache.join("kubelet").exists(),
+            "{} missing: scripts/components --cluster-only {version}",
+            cache.display()
+        );
+        std::os::unix::fs::symlink(cache, &link).unwrap();
+    }
+    lab.edit_cluster(|c| {
+        c.spec.distribution.version = version.into();
+        let a = &mut c.spec.artifacts;
+        for (name, artifact) in [
+            ("kube-apiserver", &mut a.kube_apiserver),
+            ("kube-controller-manager", &mut a.kube_controller_manager),
+            ("kube-scheduler", &mut a.kube_scheduler),
+            ("kubectl", &mut a.kubectl),
+            ("kubelet", &mut a.kubelet),
+            ("kube-proxy", &mut a.kube_proxy),
+        ] {
+            artifact.as_mut().expect("the lab names every program").path = Some(format!("./{dir}/{name}"));
+        }
+    });
+}
+
+const WORKLOAD: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: upgrade-web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: upgrade-web}}
+  template:
+    metadata: {labels: {app: upgrade-web}}
+    spec:
+      terminationGracePeriodSeconds: 15
+      containers:
+        - name: web
+          image: kforge.lab/busybox:1
+          imagePullPolicy: Never
+          command: [/bin/sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+          ports: [{containerPort: 8080}]
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+          # Endpoints leave every kube-proxy a moment after a pod starts terminating:
+          # serving on through that moment is how a workload loses no request.
+          lifecycle: {preStop: {exec: {command: [sleep, "5"]}}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: upgrade-web}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: upgrade-web}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: upgrade-web}
+spec:
+  selector: {app: upgrade-web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// GET / from the Service every 0.2 s, from lab-1 (no curl there: bash's /dev/tcp); one
+/// line per request, `MILLIS ok` or `MILLIS FAIL what`, until /tmp/client.stop exists.
+const CLIENT: &str = r#"ip=$1
+while [ ! -e /tmp/client.stop ]; do
+  t=$(date +%s%3N)
+  if r=$(timeout 3 bash -c "exec 3<>/dev/tcp/$ip/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>&1) && [[ $r == *"200 OK"* ]]; then
+    echo "$t ok"
+  else
+    echo "$t FAIL ${r//$'\n'/ }"
+  fi
+  sleep 0.2
+done
+"#;
+
+/// Every check of the upgrade, in the order an operator lives it.
+pub(super) fn the_cluster_upgrades_under_load(lab: &Lab, checks: &mut Checks) {
+    checks.run("the v1.36 cluster runs the workload, its budget and 1000 etcd keys", || load(lab));
+    checks.run("a release changed by hand shows in plan --observe, status and doctor", || mixed_by_hand(lab));
+    checks.run("a file asking for two minors at once is refused at its line, touching no host", || {
+        refused_touching_nothing(lab, "v1.38.0", "skips a minor")
+    });
+    let client = Client::start(lab);
+    set_release(lab, TO);
+    checks.run("apply killed with -9 while draining a worker, then run again, finishes the upgrade", || {
+        killed_while_draining_then_finished(lab)
+    });
+    checks.run("the client saw no failed request through the whole upgrade", || client.stop_and_judge(lab));
+    checks.run("every node runs v1.37.2, nothing is cordoned, the keys are there, status and doctor are clean", || {
+        everything_moved(lab)
+    });
+    checks.run("a file going back a minor is refused at its line, touching no host", || {
+        refused_touching_nothing(lab, FROM, "is a downgrade across minors")
+    });
+    checks.run("a budget that allows no disruption stops a drain before any cordon", || strict_budget(lab));
+}
+
+fn load(lab: &Lab) {
+    lab.ssh("lab-1", &format!("cat > /tmp/upgrade-web.yaml <<'EOF'\n{WORKLOAD}EOF"));
+    lab.kubectl("lab-1", "apply -f /tmp/upgrade-web.yaml");
+    lab.kubectl("lab-1", "rollout status deploy/upgrade-web --timeout=120s");
+    // 1000 keys in 8 transactions of 125 puts.
+    lab.ssh(
+        "lab-1",
+        &format!(
+            "for b in $(seq 0 7); do {{ echo; for i in $(seq $((b*125+1)) $((b*125+125))); do echo \"put upgrade-key$i value$i\"; done; echo; echo; }} | ({ETCDCTL} txn >/dev/null); done"
+        ),
+    );
+    assert_eq!(keys(lab, "lab-3"), 1000);
+    let nodes = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].status.nodeInfo.kubeletVersion}'");
+    assert_eq!(nodes.trim(), format!("{FROM} {FROM} {FROM}"));
+}
+
+fn keys(lab: &Lab, node: &str) -> usize {
+    lab.ssh(node, &format!("{ETCDCTL} get --prefix upgrade-key --keys-only | grep -c .")).trim().parse().unwrap()
+}
+
+/// lab-3's kube-proxy swapped for the v1.37.2 binary by hand, as an impatient operator
+/// would: plan, status and doctor say so; the upgrade then moves it with the rest.
+fn mixed_by_hand(lab: &Lab) {
+    let cfg = lab.ctx.path("lab/ssh_config");
+    let binary = lab.ctx.path("lab/bin/kube-proxy");
+    crate::util::run(
+        "scp",
+        &["-q", "-F", cfg.to_str().unwrap(), binary.to_str().unwrap(), "lab-3:/usr/local/bin/kube-proxy-by-hand"],
+    );
+    lab.ssh(
+        "lab-3",
+        "sed -i 's|^ExecStart=.*/kube-proxy |ExecStart=/usr/local/bin/kube-proxy-by-hand |' /etc/systemd/system/kube-proxy.service && systemctl daemon-reload && systemctl restart kube-proxy",
+    );
+    let mixed = format!("kube-proxy versions are mixed: {} on lab-1, lab-2; {} on lab-3", &FROM[1..], &TO[1..]);
+    let plan = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(plan.contains(&format!("versions: {mixed}")), "{plan}");
+    assert!(plan.contains(&format!("kube-proxy {}", &TO[1..])), "{plan}");
+    let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    assert!(
+        status.stdout.lines().any(|l| l.contains("versions") && l.contains("FAIL") && l.contains(&mixed)),
+        "{}",
+        status.stdout
+    );
+    let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]).stdout;
+    assert!(doctor.lines().any(|l| l.contains("WARN versions") && l.contains(&mixed)), "{doctor}");
+}
+
+/// The file asks for `version`; apply refuses with `why` at the version's line and
+/// touches no host (each host's record of what kforge wrote is unchanged).
+fn refused_touching_nothing(lab: &Lab, version: &str, why: &str) {
+    let before = lab.ctx.read("lab/kforge.yaml");
+    let manifests = || {
+        ["lab-1", "lab-2", "lab-3"]
+            .map(|n| lab.ssh(n, "sha256sum /var/lib/kforge/manifest.json /etc/systemd/system/*.service"))
+    };
+    let was = manifests();
+    if version == FROM {
+        set_release(lab, FROM);
+    } else {
+        lab.edit_cluster(|c| c.spec.distribution.version = version.into());
+    }
+    let out = lab.apply(&[]);
+    lab.ctx.write("lab/kforge.yaml", &before);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains(why), "{}", out.stderr);
+    // Pointing at the version's line: `--> lab/kforge.yaml:L:C`, then that line.
+    let at = out.stderr.lines().skip_while(|l| !l.contains("--> lab/kforge.yaml:")).nth(2).unwrap_or_default();
+    assert!(at.contains(&format!("version: {version}")), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    assert_eq!(manifests(), was, "a refused apply touched a host");
+}
+
+/// The request loop on lab-1, started before the upgrade.
+struct Client {
+    started: Instant,
+}
+
+impl Client {
+    fn start(lab: &Lab) -> Client {
+        let ip = lab.kubectl("lab-1", "get svc upgrade-web -o jsonpath={.spec.clusterIP}");
+        lab.ssh("lab-1", &format!("cat > /tmp/client.sh <<'EOF'\n{CLIENT}EOF"));
+        lab.ssh(
+            "lab-1",
+            &format!("rm -f /tmp/client.stop /tmp/client.log; nohup bash /tmp/client.sh {} >/tmp/client.log 2>&1 </dev/null & sleep 1", ip.trim()),
+        );
+        Client { started: Instant::now() }
+    }
+
+    /// Stop the loop; every request answered, at least 5 a second, the longest gap
+    /// between two answers printed.
+    fn stop_and_judge(&self, lab: &Lab) {
+        lab.ssh("lab-1", "touch /tmp/client.stop; sleep 4");
+        let log = lab.ssh("lab-1", "cat /tmp/client.log");
+        let secs = self.started.elapsed().as_secs_f64();
+        let (mut ok, mut failed, mut gap, mut last) = (0usize, Vec::new(), 0u64, None::<u64>);
+        for line in log.lines() {
+            let (t, rest) = line.split_once(' ').unwrap_or((line, ""));
+            let Ok(t) = t.parse::<u64>() else { continue };
+            if rest == "ok" {
+                ok += 1;
+                if let Some(prev) = last {
+                    gap = gap.max(t - prev);
+                }
+                last = Some(t);
+            } else {
+                failed.push(line.to_string());
+            }
+        }
+        eprintln!(
+            "upgrade client: {ok} requests answered, {} failed, over {secs:.0} s; longest gap between answers {gap} ms",
+            failed.len()
+        );
+        assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+        assert!(ok as f64 >= 3.0 * secs, "{ok} requests in {secs:.0} s: the client was not sending all along");
+    }
+}
+
+/// `kforge apply` to v1.37.2, killed with -9 two seconds into the second worker's drain
+/// (lab-2 is left cordoned), then run again: it finishes, uncordons lab-2, and lists
+/// each step with its duration.
+fn killed_while_draining_then_finished(lab: &Lab) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kforge"))
+        .args(["apply", "-f", "lab/kforge.yaml"])
+        .current_dir(lab.ctx.path(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut killed = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        seen.push(line.clone());
+        if line.starts_with("lab-2: cordon and drain") {
+            std::thread::sleep(Duration::from_secs(2));
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(killed, "apply never drained lab-2:\n{}", seen.join("\n"));
+    // The control plane went one at a time, behind its gates, before any worker.
+    let order: Vec<&str> =
+        seen.iter().map(String::as_str).filter(|l| l.contains("waiting for this API server")).collect();
+    assert_eq!(order.len(), 3, "{seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("etcd snapshot saved to lab/snapshots/")), "{seen:#?}");
+    let cordoned = lab.kubectl("lab-1", "get node lab-2 -o jsonpath={.spec.unschedulable}");
+    assert_eq!(cordoned.trim(), "true", "the kill left lab-2 cordoned");
+
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    let lab2 = report["hosts"].as_array().unwrap().iter().find(|h| h["node"] == "lab-2").unwrap();
+    let steps: Vec<String> = lab2["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {:.1}s", s["step"].as_str().unwrap(), s["seconds"].as_f64().unwrap()))
+        .collect();
+    eprintln!("lab-2's steps in the finishing apply: {}", steps.join(", "));
+    assert!(steps.iter().any(|s| s.starts_with("cordon and drain")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.starts_with(&format!("gate: lab-2 Ready with its kubelet at {TO}"))), "{steps:?}");
+    assert!(steps.last().unwrap().starts_with("uncordon"), "{steps:?}");
+}
+
+fn everything_moved(lab: &Lab) {
+    let nodes = lab.kubectl(
+        "lab-1",
+        "get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion} {.spec.unschedulable}{\"\\n\"}{end}'",
+    );
+    assert_eq!(nodes.trim(), format!("lab-1 {TO} \nlab-2 {TO} \nlab-3 {TO}"), "every kubelet moved, none cordoned");
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        let v = lab.ssh(n, "kubectl --kubeconfig /etc/kforge/admin.kubeconfig get --raw=/version");
+        assert!(v.contains(&format!("\"gitVersion\": \"{TO}\"")), "{n}'s API server: {v}");
+    }
+    assert_eq!(keys(lab, "lab-2"), 1000);
+    let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
+    assert_eq!(status.code, 0, "{}", status.stdout);
+    let v = &TO[1..];
+    for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"] {
+        assert!(status.stdout.contains(&format!("{c} {v}")), "{c}: {}", status.stdout);
+    }
+    let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]).stdout;
+    assert!(doctor.contains("ok   versions"), "{doctor}");
+    assert!(!doctor.contains("FAIL"), "{doctor}");
+    // The old release stays beside the new one, for a patch rollback.
+    lab.ssh(
+        "lab-1",
+        &format!(
+            "test -x /opt/kforge/kubernetes/{FROM}/bin/kubelet && test -x /opt/kforge/kubernetes/{TO}/bin/kubelet"
+        ),
+    );
+}
+
+/// A budget allowing no disruption (minAvailable: 2 of 2) and a change that restarts
+/// lab-1's kubelet (a node label): the preflight names the budget, nothing is cordoned,
+/// the apply fails; with the budget gone the same apply drains lab-1 and finishes.
+fn strict_budget(lab: &Lab) {
+    let strict = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: upgrade-web-strict}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: upgrade-web}}\n";
+    lab.ssh("lab-1", &format!("cat > /tmp/strict.yaml <<'EOF'\n{strict}EOF"));
+    lab.kubectl("lab-1", "apply -f /tmp/strict.yaml");
+    // Both replicas on lab-1 would be a budget problem on any node: put one elsewhere.
+    let on = lab.kubectl("lab-1", "get pods -l app=upgrade-web -o jsonpath='{.items[*].spec.nodeName}'");
+    let node = on.split_whitespace().next().unwrap().to_string();
+    lab.edit_cluster(|c| {
+        let n = c.spec.nodes.iter_mut().find(|n| n.name == node).unwrap();
+        n.labels.insert("kforge.dev/test".into(), "upgraded".into());
+    });
+    let out = lab.apply(&[]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("PodDisruptionBudget default/upgrade-web-strict allows no disruption now"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let cordoned = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].spec.unschedulable}'");
+    assert_eq!(cordoned.trim(), "", "nothing was cordoned");
+    lab.kubectl("lab-1", "delete pdb upgrade-web-strict");
+    let report = lab.apply_json();
+    let h = report["hosts"].as_array().unwrap().iter().find(|h| h["node"] == node.as_str()).unwrap();
+    assert_eq!(h["converged"], true, "{h}");
+    assert!(h["steps"].as_array().unwrap().iter().any(|s| s["step"] == "uncordon"), "{h}");
+}
