@@ -714,3 +714,85 @@ fn parallel_refs(hosts: &mut [&mut HostRun], n: usize, f: impl Fn(&mut HostRun) 
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    //! Which hosts take turns, offline: K3s cannot run here, so its upgrade is proven on
+    //! the plan the engine is given and the facts a running cluster would report.
+    use super::*;
+    use kforge_core::spec::examples::HOMELAB;
+
+    /// The homelab example (K3s: one server, agents) as running hosts: every unit
+    /// active, every planned file and artifact in place — except the K3s binary, which
+    /// `new_k3s` says was just uploaded (the version in the file changed).
+    fn running_homelab(new_k3s: bool) -> Vec<HostRun> {
+        let spec = kforge_core::spec::parse("kforge.yaml", HOMELAB).unwrap().cluster;
+        let now = time::OffsetDateTime::now_utc();
+        let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+        let model = kforge_core::model::Model::build(&spec, &secrets);
+        let plan = kforge_core::pipeline::build_plan(&model, &secrets);
+        let control = std::path::Path::new("/nonexistent");
+        plan.nodes
+            .iter()
+            .map(|np| {
+                let target = crate::Target { node: np.node.clone(), host: "h".into(), user: "root".into(), port: 22 };
+                let mut facts = NodeFacts::default();
+                for f in np.files() {
+                    facts.hashes.insert(f.path.clone(), f.sha256.clone());
+                }
+                for u in np.units() {
+                    facts.units.insert(u.name.clone(), (true, true));
+                }
+                let mut changed_paths = BTreeSet::new();
+                if new_k3s {
+                    changed_paths.insert(kforge_core::k3s::BINARY.to_string());
+                }
+                HostRun {
+                    host: Host::of(&target, None, control),
+                    cluster: plan.cluster.clone(),
+                    plan: np.clone(),
+                    facts,
+                    report: HostReport::default(),
+                    manifest: BTreeMap::new(),
+                    changed_paths,
+                    failed: false,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_k3s_upgrade_takes_servers_then_drained_agents_one_at_a_time() {
+        let hosts = running_homelab(true);
+        let stages = stages();
+        let control = stages.iter().find(|s| s.phases.contains(&Phase::ControlPlane)).unwrap();
+        let workers = stages.iter().find(|s| s.phases.contains(&Phase::Workers)).unwrap();
+        assert_eq!((control.turns, workers.turns), (Turns::OneAtATime, Turns::Drained));
+        for h in &hosts {
+            let server = h.plan.control_plane;
+            // Servers take their turn in the control-plane stage, agents in the workers
+            // stage, drained first: a new k3s binary restarts k3s / k3s-agent.
+            assert_eq!(disrupts(h, &control.phases, None), server, "{}", h.plan.node);
+            assert_eq!(disrupts(h, &workers.phases, None), !server, "{}", h.plan.node);
+            assert_eq!(disrupts(h, &workers.phases, Some(&DRAINED_FOR)), !server, "{}", h.plan.node);
+            // Each waits on its gate: /readyz on a server, Ready at the release for an agent.
+            let phase = if server { Phase::ControlPlane } else { Phase::Workers };
+            let gate = h.plan.phases.iter().find(|p| p.phase == phase).and_then(|p| p.gate.clone()).unwrap();
+            if server {
+                assert!(gate.test.contains("k3s kubectl get --raw=/readyz") && !gate.on_api_host, "{gate:?}");
+            } else {
+                assert!(gate.test.contains(&format!("get node {}", h.plan.node)) && gate.on_api_host, "{gate:?}");
+                assert!(gate.test.contains("v1.36.4+k3s1 True"), "{gate:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_takes_a_turn_when_nothing_running_changes() {
+        for h in running_homelab(false) {
+            for stage in stages() {
+                assert!(!disrupts(&h, &stage.phases, None), "{} in {:?}", h.plan.node, stage.phases);
+            }
+        }
+    }
+}
