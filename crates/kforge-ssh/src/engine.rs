@@ -271,6 +271,7 @@ fn run_stages(
             Turns::OneAtATime | Turns::Drained => run.in_turns(hosts),
         }
     }
+    store.lock().unwrap().save();
     snapshot
 }
 
