@@ -20,4 +20,5 @@ mod render;
 mod secrets;
 mod shell;
 mod spec_errors;
+mod upgrade;
 mod versions;

@@ -333,7 +333,14 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                 // The host's state from the one reader (facts), the doctor's own probes
                 // in the same round trip.
                 let probes = call("kf_doctor_host", &args);
-                let view = match crate::facts::gather_with(&host, np, &[], crate::facts::Cache::Leave, &probes) {
+                let view = match crate::facts::gather_with(
+                    &host,
+                    np,
+                    &[],
+                    &BTreeMap::new(),
+                    crate::facts::Cache::Leave,
+                    &probes,
+                ) {
                     Ok((facts, out)) => {
                         HostView { sent_at, running: facts.running_versions(&np.node), ..HostView::parse(&out) }
                     }

@@ -155,11 +155,24 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
         .collect()
 }
 
-/// Facts, in one round trip per host.
+/// Facts, in one round trip per host. What running processes said they are is kept on
+/// the workstation (`running-versions` in the cache directory: node, process id, line),
+/// so the next apply asks no process twice and writes nothing on a host for it.
 fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+    let file = opts.cache_dir.join("running-versions");
+    let before = std::fs::read_to_string(&file).unwrap_or_default();
+    let known: BTreeMap<(String, String), String> = before
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            Some(((w.next()?.to_string(), w.next()?.to_string()), w.next()?.to_string()))
+        })
+        .collect();
     parallel(hosts, opts.parallel, |h| {
         progress(&h.host.node, "facts");
-        match facts::gather(&h.host, &h.plan, &[]) {
+        let mine: BTreeMap<String, String> =
+            known.iter().filter(|((n, _), _)| *n == h.plan.node).map(|((_, id), l)| (id.clone(), l.clone())).collect();
+        match facts::gather(&h.host, &h.plan, &mine) {
             Ok(f) => {
                 h.manifest = f.manifest.clone();
                 // Files kforge once wrote that another program owns now (K3s's CA
@@ -170,6 +183,20 @@ fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&
             Err(e) => h.fail(e),
         }
     });
+    // What runs now on the hosts that answered; the others' entries are kept as they were.
+    let answered: BTreeSet<&String> = hosts.iter().filter(|h| !h.failed).map(|h| &h.plan.node).collect();
+    let mut now: BTreeMap<(String, String), String> =
+        known.into_iter().filter(|((n, _), _)| !answered.contains(n)).collect();
+    for h in hosts.iter().filter(|h| !h.failed) {
+        now.extend(h.facts.learned_versions.iter().map(|(id, l)| ((h.plan.node.clone(), id.clone()), l.clone())));
+    }
+    let text: String = now.iter().map(|((n, id), l)| format!("{n} {id} {l}\n")).collect();
+    if text != before && std::fs::create_dir_all(&opts.cache_dir).is_ok() {
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
 }
 
 /// Preflight over every reachable host: refuse before touching anything.

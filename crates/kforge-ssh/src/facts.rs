@@ -47,6 +47,9 @@ pub struct NodeFacts {
     pub failed_rechecks: BTreeSet<String>,
     /// What each running program says it is: component → its `--version` line.
     pub running: BTreeMap<Component, String>,
+    /// Every running program's answer by process (boot, pid, start time): id →
+    /// `--version` line, for the workstation to remember.
+    pub learned_versions: BTreeMap<String, String>,
 }
 
 impl NodeFacts {
@@ -108,8 +111,8 @@ const FACTS_SH: &str = include_str!("sh/facts.sh");
 
 /// The one reader of a host's state, for apply, status, doctor and the upgrade rules;
 /// `peers`: mesh addresses to reach over the mesh (status), none for apply.
-pub fn gather(host: &Host, plan: &NodePlan, peers: &[&str]) -> Result<NodeFacts, SshError> {
-    gather_with(host, plan, peers, Cache::Update, "").map(|(f, _)| f)
+pub fn gather(host: &Host, plan: &NodePlan, known: &BTreeMap<String, String>) -> Result<NodeFacts, SshError> {
+    gather_with(host, plan, &[], known, Cache::Update, "").map(|(f, _)| f)
 }
 
 /// Whether the facts may refresh the host's caches (digests, running releases): apply
@@ -122,10 +125,13 @@ pub enum Cache {
 
 /// The facts and, in the same round trip, `then` (a command's own probes): their
 /// output comes back apart.
+/// `known`: what this host's running processes already answered (by process id), so
+/// they are not asked again.
 pub fn gather_with(
     host: &Host,
     plan: &NodePlan,
     peers: &[&str],
+    known: &BTreeMap<String, String>,
     cache: Cache,
     then: &str,
 ) -> Result<(NodeFacts, String), SshError> {
@@ -138,7 +144,7 @@ pub fn gather_with(
         .collect();
     let rechecks = rechecks(plan);
     let script = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}\n{}\nKF_READ_ONLY={}\n{FACTS_SH}\necho {FACTS_END}\n{then}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nKF_READ_ONLY={}\n{FACTS_SH}\necho {FACTS_END}\n{then}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
         sh_array("KF_COMMANDS", &plan.required_commands),
@@ -146,6 +152,7 @@ pub fn gather_with(
         sh_array("KF_RECHECKS", &rechecks),
         sh_array("KF_RUNNING", &running(plan)),
         sh_array("KF_PEERS", &peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+        sh_array("KF_KNOWN_VERSIONS", &known.iter().map(|(id, line)| format!("{id} {line}")).collect::<Vec<_>>()),
         u8::from(cache == Cache::Leave),
     );
     let out = host.run_script("gather facts", &script)?;
@@ -211,6 +218,9 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 if let Some(c) = Component::ALL.into_iter().find(|c| c.key() == key) {
                     f.running.insert(c, line.into());
                 }
+            }
+            (Some("version-id"), Some(id), Some(line)) => {
+                f.learned_versions.insert(id.into(), line.into());
             }
             (Some("reach"), Some(ip), Some(ok)) => {
                 f.reach.insert(ip.into(), ok == "yes");

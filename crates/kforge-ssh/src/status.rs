@@ -158,7 +158,14 @@ fn probe_hosts(input: &StatusInput<'_>, control: &ControlDir) -> BTreeMap<String
             let (seen, mesh_ips) = (&seen, &mesh_ips);
             s.spawn(move || {
                 let peers: Vec<&str> = mesh_ips.iter().copied().filter(|ip| *ip != np.mesh_ip).collect();
-                let h = match crate::facts::gather_with(&host, np, &peers, crate::facts::Cache::Leave, "") {
+                let h = match crate::facts::gather_with(
+                    &host,
+                    np,
+                    &peers,
+                    &BTreeMap::new(),
+                    crate::facts::Cache::Leave,
+                    "",
+                ) {
                     Ok((f, _)) => HostSeen::of(np, f),
                     Err(e) => HostSeen { error: Some(e.to_string()), ..HostSeen::default() },
                 };

@@ -8,9 +8,10 @@
 #                a kernel setting); each failing one is reported by its index
 #   KF_RUNNING   `COMPONENT UNIT` (or `COMPONENT /path/to/binary`): what the running
 #                program says it is (`--version`, first line)
+#   KF_KNOWN_VERSIONS  `ID LINE`: what processes already answered (kforge remembers)
 #   KF_PEERS     mesh addresses of the other nodes (`kforge status`): each is reached
 #                with TCP to sshd over the mesh (empty for apply)
-#   KF_READ_ONLY 1: leave the caches as they are (status, doctor write nothing)
+#   KF_READ_ONLY 1: leave the digest cache as it is (status, doctor write nothing)
 # Output: one `key=value` or `kind args…` line per fact (parsed by facts.rs).
 # shellcheck disable=SC2154
 set -u
@@ -59,13 +60,13 @@ fi
 
 # The release each program runs now: the unit's main process asked through
 # /proc/PID/exe, so a binary replaced on disk but not yet restarted still reports the
-# old release. Remembered per process (pid and start time) in running-versions, so a
-# no-op apply starts no Go binary; like the digest cache, written only when it changed.
+# old release. A process's answer never changes: kforge remembers it on the workstation
+# by process (boot, pid, start time) and sends what it knows (KF_KNOWN_VERSIONS), so a
+# no-op apply starts no Go binary and writes nothing here; every answer comes back as
+# `version-id ID LINE` for kforge to remember.
 declare -A kf_asked=()
-if [ -f "$KF_STATE/running-versions" ]; then
-  while read -r id line; do kf_asked["$id"]=$line; done < "$KF_STATE/running-versions"
-fi
-kf_versions=""
+for e in "${KF_KNOWN_VERSIONS[@]}"; do kf_asked["${e%% *}"]=${e#* }; done
+kf_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
 for e in "${KF_RUNNING[@]}"; do
   c=${e%% *} u=${e#* }
   if [ "${u:0:1}" = / ]; then
@@ -74,18 +75,14 @@ for e in "${KF_RUNNING[@]}"; do
   else
     pid=$(systemctl show -p MainPID --value "$u" 2>/dev/null)
     [ "${pid:-0}" -gt 0 ] 2>/dev/null || continue
-    exe=/proc/$pid/exe id="$c@$pid:$(cut -d' ' -f22 "/proc/$pid/stat" 2>/dev/null)"
+    exe=/proc/$pid/exe id="$c@$kf_boot:$pid:$(cut -d' ' -f22 "/proc/$pid/stat" 2>/dev/null)"
   fi
   line=${kf_asked["$id"]:-}
   [ -n "$line" ] || line=$(timeout 5 "$exe" --version 2>/dev/null | head -n1)
   [ -n "$line" ] || continue
   echo "running $c $line"
-  kf_versions+="$id $line"$'\n'
+  echo "version-id $id $line"
 done
-kf_versions=$(printf '%s' "$kf_versions" | sort -u)
-if [ "$KF_READ_ONLY" != 1 ] && [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/running-versions" 2>/dev/null)" != "$kf_versions" ]; then
-  printf '%s\n' "$kf_versions" > "$KF_STATE/running-versions.tmp" && mv -f "$KF_STATE/running-versions.tmp" "$KF_STATE/running-versions"
-fi
 
 for u in "${KF_UNITS[@]}"; do
   echo "unit $u $(systemctl is-active "$u" 2>/dev/null | head -1 || true) $(systemctl is-enabled "$u" 2>/dev/null | head -1 || true)"
