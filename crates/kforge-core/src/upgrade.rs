@@ -62,6 +62,10 @@ impl fmt::Display for Version {
 /// The version a component's running program printed (`--version`'s first line), or
 /// `None` for text that names none.
 pub fn version_in(c: Component, line: &str) -> Option<Version> {
+    // kforge's named stand-ins say so in their version line: they run no release.
+    if line.contains("stand-in") {
+        return None;
+    }
     let word = match c {
         // "Kubernetes v1.37.2"
         Component::KubeApiserver
@@ -136,7 +140,15 @@ pub fn check(cluster: &Cluster, running: &[Running]) -> Vec<Diagnostic> {
     };
 
     // The API servers: one minor at a time, never down a minor.
-    if let Some((node, now)) = oldest(api) {
+    if let Some((node, now)) = oldest(api).filter(|(_, now)| now.major != wanted.major) {
+        out.push(
+            Diagnostic::error(
+                VERSION_PATH,
+                format!("{wanted} is another major release than the {now} the API server on {node} runs"),
+            )
+            .help("kforge moves a cluster within one major release, one minor at a time"),
+        );
+    } else if let Some((node, now)) = oldest(api) {
         let step = now.minors_to(&wanted);
         if step > 1 {
             let path: Vec<String> = (1..step).map(|i| format!("v{}.{}", now.major, i64::from(now.minor) + i)).collect();
@@ -290,6 +302,7 @@ mod tests {
         let k3s = version_in(Component::K3s, "k3s version v1.36.4+k3s1 (abcdef12)").unwrap();
         assert_eq!((k3s.minor, k3s.patch, k3s.suffix.as_str()), (36, 4, "+k3s1"));
         assert_eq!(version_in(Component::Kubelet, "kubelet: command not found"), None);
+        assert_eq!(version_in(Component::K3s, "k3s version v0.0.0-kforge-stand-in (kforge)"), None);
         assert!(v("1.37.2") > v("1.36.9") && v("1.37.10") > v("1.37.9"));
         assert_eq!(v("1.35.0").minors_to(&v("1.37.2")), 2);
     }
