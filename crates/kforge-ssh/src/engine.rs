@@ -748,13 +748,13 @@ mod tests {
     //! Which hosts take turns, offline: K3s cannot run here, so its upgrade is proven on
     //! the plan the engine is given and the facts a running cluster would report.
     use super::*;
-    use kforge_core::spec::examples::HOMELAB;
+    use kforge_core::spec::examples::{HARDWAY, HOMELAB};
 
-    /// The homelab example (K3s: one server, agents) as running hosts: every unit
-    /// active, every planned file and artifact in place — except the K3s binary, which
-    /// `new_k3s` says was just uploaded (the version in the file changed).
-    fn running_homelab(new_k3s: bool) -> Vec<HostRun> {
-        let spec = kforge_core::spec::parse("kforge.yaml", HOMELAB).unwrap().cluster;
+    /// `example` as running hosts: every unit active, every planned file and artifact in
+    /// place — except the artifacts named in `uploaded` (by their name in the cluster
+    /// file), which an apply just uploaded anew (their version in the file changed).
+    fn running(example: &str, uploaded: &[&str]) -> Vec<HostRun> {
+        let spec = kforge_core::spec::parse("kforge.yaml", example).unwrap().cluster;
         let now = time::OffsetDateTime::now_utc();
         let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
         let model = kforge_core::model::Model::build(&spec, &secrets);
@@ -771,10 +771,13 @@ mod tests {
                 for u in np.units() {
                     facts.units.insert(u.name.clone(), (true, true));
                 }
-                let mut changed_paths = BTreeSet::new();
-                if new_k3s {
-                    changed_paths.insert(kforge_core::k3s::BINARY.to_string());
-                }
+                let changed_paths: BTreeSet<String> = np
+                    .phases
+                    .iter()
+                    .flat_map(|p| p.artifacts.iter())
+                    .filter(|a| uploaded.contains(&a.name.as_str()))
+                    .map(|a| a.dest.clone())
+                    .collect();
                 HostRun {
                     host: Host::of(&target, None, control),
                     cluster: plan.cluster.clone(),
@@ -789,12 +792,15 @@ mod tests {
             .collect()
     }
 
+    /// The stage running `phase`.
+    fn stage_of(phase: Phase) -> Stage {
+        stages().into_iter().find(|s| s.phases.contains(&phase)).unwrap()
+    }
+
     #[test]
     fn a_k3s_upgrade_takes_servers_then_drained_agents_one_at_a_time() {
-        let hosts = running_homelab(true);
-        let stages = stages();
-        let control = stages.iter().find(|s| s.phases.contains(&Phase::ControlPlane)).unwrap();
-        let workers = stages.iter().find(|s| s.phases.contains(&Phase::Workers)).unwrap();
+        let hosts = running(HOMELAB, &["k3s"]);
+        let (control, workers) = (stage_of(Phase::ControlPlane), stage_of(Phase::Workers));
         assert_eq!((control.turns, workers.turns), (Turns::OneAtATime, Turns::Drained));
         for h in &hosts {
             let server = h.plan.control_plane;
@@ -817,10 +823,58 @@ mod tests {
 
     #[test]
     fn nothing_takes_a_turn_when_nothing_running_changes() {
-        for h in running_homelab(false) {
+        for h in running(HOMELAB, &[]).into_iter().chain(running(HARDWAY, &[])) {
             for stage in stages() {
                 assert!(!disrupts(&h, &stage.phases, None), "{} in {:?}", h.plan.node, stage.phases);
             }
         }
+    }
+
+    /// The hard way's own programs each move by their own rule: a new containerd (or
+    /// runc, which containerd's unit restarts on) drains the worker first; a new etcd
+    /// moves the controllers one at a time in the datastore stage, draining nothing; new
+    /// Kubernetes programs move the API servers, then the controllers, then each worker,
+    /// drained.
+    #[test]
+    fn hard_way_components_move_each_by_its_own_rule() {
+        let (datastore, control, controllers, workers) = (
+            stage_of(Phase::Datastore),
+            stage_of(Phase::ControlPlane),
+            stage_of(Phase::Controllers),
+            stage_of(Phase::Workers),
+        );
+        assert_eq!(
+            (datastore.turns, control.turns, controllers.turns, workers.turns),
+            (Turns::OneAtATime, Turns::OneAtATime, Turns::OneAtATime, Turns::Drained)
+        );
+        let takes = |hosts: &[HostRun], stage: &Stage, only: Option<&[&str]>| -> Vec<String> {
+            hosts.iter().filter(|h| disrupts(h, &stage.phases, only)).map(|h| h.plan.node.clone()).collect()
+        };
+        let all = running(HARDWAY, &[]);
+        let node_where = |f: fn(&NodePlan) -> bool| -> Vec<String> {
+            all.iter().filter(|h| f(&h.plan)).map(|h| h.plan.node.clone()).collect()
+        };
+        let controllers_ = node_where(|p| p.control_plane);
+        let workers_ = node_where(|p| p.phases.iter().any(|ph| ph.phase == Phase::Workers && !ph.units.is_empty()));
+        assert!(!controllers_.is_empty() && !workers_.is_empty(), "the example has both");
+
+        for runtime in ["containerd", "runc"] {
+            let hosts = running(HARDWAY, &[runtime]);
+            assert_eq!(takes(&hosts, &workers, Some(&DRAINED_FOR)), workers_, "a new {runtime} drains every worker");
+            for stage in [&datastore, &control, &controllers] {
+                assert!(takes(&hosts, stage, None).is_empty(), "{runtime} moves no controller");
+            }
+        }
+
+        let hosts = running(HARDWAY, &["etcd"]);
+        assert_eq!(takes(&hosts, &datastore, None), controllers_, "a new etcd: each member in its turn");
+        assert!(takes(&hosts, &workers, None).is_empty(), "a new etcd drains no worker");
+
+        let hosts =
+            running(HARDWAY, &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]);
+        assert!(takes(&hosts, &datastore, None).is_empty(), "etcd stays");
+        assert_eq!(takes(&hosts, &control, None), controllers_);
+        assert_eq!(takes(&hosts, &controllers, None), controllers_);
+        assert_eq!(takes(&hosts, &workers, Some(&DRAINED_FOR)), workers_, "a new kubelet drains its worker");
     }
 }

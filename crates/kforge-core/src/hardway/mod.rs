@@ -115,12 +115,12 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     }
 }
 
-/// A unit for `component`: started unless its binary is a stand-in.
 /// The unit that runs `c` (only called for components kforge starts).
 fn service(c: Component) -> &'static str {
     c.service().expect("a component with a unit")
 }
 
+/// A unit for `component`: started unless its binary (or one it needs) is a stand-in.
 fn unit(model: &Model<'_>, component: Component, mut restart_on: Vec<String>, needs: &[Component]) -> PlannedUnit {
     let stand_in = is_stand_in(model, component) || needs.iter().any(|c| is_stand_in(model, *c));
     // A new binary (or tarball) restarts the unit.
