@@ -19,17 +19,21 @@ fn gate(description: impl Into<String>, test: String, on_api_host: bool, timeout
 }
 
 /// The etcd member on this host answers as healthy and the cluster has a leader: the
-/// next member may restart without losing quorum.
-pub fn etcd_member(env_file: &str) -> Gate {
-    gate(
-        "this etcd member healthy, with a leader",
-        format!(
-            "set -a; . {env_file}; set +a; export ETCDCTL_ENDPOINTS=https://127.0.0.1:2379; \
-             etcdctl endpoint health >/dev/null 2>&1 && etcdctl endpoint status -w json | grep -q '\"leader\":[1-9]'"
-        ),
-        false,
-        120,
-    )
+/// next member may restart without losing quorum. With the release the file delivers
+/// known (`release`, from etcd's artifact name), the member must report it too, as an
+/// API server its /version.
+pub fn etcd_member(env_file: &str, release: Option<&str>) -> Gate {
+    let mut description = "this etcd member healthy, with a leader".to_string();
+    let mut test = format!(
+        "set -a; . {env_file}; set +a; export ETCDCTL_ENDPOINTS=https://127.0.0.1:2379; \
+         etcdctl endpoint health >/dev/null 2>&1 && s=$(etcdctl endpoint status -w json) && \
+         echo \"$s\" | grep -q '\"leader\":[1-9]'"
+    );
+    if let Some(v) = release {
+        description += &format!(" at {v}");
+        test += &format!(" && echo \"$s\" | grep -q '\"version\":\"{v}\"'");
+    }
+    gate(description, test, false, 120)
 }
 
 /// This host's API server is ready, and it is the release the file asks for.

@@ -15,6 +15,9 @@ use super::{Checks, Lab};
 /// The release the cluster starts at, and the one it is upgraded to.
 pub(super) const FROM: &str = "v1.36.3";
 const TO: &str = kforge_lab::HARDWAY_VERSION;
+/// etcd's next patch, which the lab moves to and back (`scripts/components --etcd-only`):
+/// a patch upgrade and a patch rollback on the same path as any release change.
+const ETCD_NEXT_PATCH: &str = "v3.6.17";
 
 /// The lab's cluster file at `version`: the Kubernetes programs from that release's
 /// components (`lab/bin-VERSION`, linked to the cache `scripts/components` fills), as
@@ -108,6 +111,9 @@ pub(super) fn the_cluster_upgrades_under_load(lab: &Lab, checks: &mut Checks) {
     set_release(lab, TO);
     checks.run("apply killed with -9 while draining a worker, then run again, finishes the upgrade", || {
         killed_while_draining_then_finished(lab)
+    });
+    checks.run("etcd a patch up and back, member by member behind its gate, every key kept", || {
+        etcd_patch_up_and_back(lab)
     });
     checks.run("the client saw no failed request through the whole upgrade", || client.stop_and_judge(lab));
     checks.run("every node runs v1.37.2, nothing is cordoned, the keys are there, status and doctor are clean", || {
@@ -289,6 +295,46 @@ fn killed_while_draining_then_finished(lab: &Lab) {
     assert!(steps.iter().any(|s| s.starts_with("cordon and drain")), "{steps:?}");
     assert!(steps.iter().any(|s| s.starts_with(&format!("gate: lab-2 Ready with its kubelet at {TO}"))), "{steps:?}");
     assert!(steps.last().unwrap().starts_with("uncordon"), "{steps:?}");
+}
+
+/// A patch upgrade of etcd (the lab's v3.6.16 → v3.6.17), then its rollback, each one
+/// `kforge apply` of the file's changed artifact: the snapshot first, then each member
+/// restarted alone behind its gate (healthy, a leader, at the new release), no worker
+/// drained, and the 1000 keys there after each.
+fn etcd_patch_up_and_back(lab: &Lab) {
+    let cache = kforge_lab::components_dir(TO).parent().unwrap().join(format!("etcd-{ETCD_NEXT_PATCH}/release"));
+    let tarball = format!("etcd-{ETCD_NEXT_PATCH}-linux-amd64.tar.gz");
+    assert!(
+        cache.join(&tarball).exists(),
+        "{} missing: scripts/components --etcd-only {ETCD_NEXT_PATCH}",
+        cache.display()
+    );
+    let link = lab.ctx.path(&format!("lab/{tarball}"));
+    if !link.exists() {
+        std::os::unix::fs::symlink(cache.join(&tarball), &link).unwrap();
+    }
+    let mut current = String::new();
+    lab.edit_cluster(|c| current = c.spec.artifacts.etcd.as_ref().unwrap().path.clone().unwrap());
+    let was = current.trim_start_matches("./bin/etcd-").trim_end_matches("-linux-amd64.tar.gz").to_string();
+    for (version, path) in [(ETCD_NEXT_PATCH, format!("./{tarball}")), (was.as_str(), current.clone())] {
+        lab.edit_cluster(|c| c.spec.artifacts.etcd.as_mut().unwrap().path = Some(path.clone()));
+        let out = lab.apply(&["-o", "json"]);
+        assert_eq!(out.code, 0, "etcd to {version}:\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("etcd snapshot saved to lab/snapshots/"), "{}", out.stderr);
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let gate = format!("gate: this etcd member healthy, with a leader at {}", &version[1..]);
+        for h in report["hosts"].as_array().unwrap() {
+            let steps: Vec<&str> = h["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+            assert!(steps.contains(&gate.as_str()), "{}: {steps:?}", h["node"]);
+            assert!(!steps.iter().any(|s| s.starts_with("cordon")), "a new etcd drains no worker: {steps:?}");
+        }
+        // One member at a time: the progress lines wait on each member's gate in turn.
+        let waits: Vec<&str> = out.stderr.lines().filter(|l| l.contains("waiting for this etcd member")).collect();
+        assert_eq!(waits.len(), 3, "{}", out.stderr);
+        let status = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint status --cluster -w json"));
+        assert_eq!(status.matches(&format!("\"version\":\"{}\"", &version[1..])).count(), 3, "{status}");
+        assert_eq!(keys(lab, "lab-3"), 1000, "after etcd {version}");
+    }
 }
 
 fn everything_moved(lab: &Lab) {

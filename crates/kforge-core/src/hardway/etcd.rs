@@ -140,7 +140,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
     let u = unit(model, Component::Etcd, restart_on, &[]);
     let p = np.phase(Phase::Datastore);
     p.files.extend(files);
-    p.gate = u.start.then(|| crate::gates::etcd_member(ETCDCTL_ENV));
+    let release = crate::upgrade::etcd_release(model.spec).map(|v| v.to_string());
+    p.gate = u.start.then(|| crate::gates::etcd_member(ETCDCTL_ENV, release.as_deref()));
     p.units.push(u);
 }
 
