@@ -4,7 +4,7 @@
 //!
 //! | phase         | hard way                                         | K3s                          |
 //! |---------------|--------------------------------------------------|------------------------------|
-//! | datastore     | this etcd member healthy, and a leader elected   | (embedded in the server)     |
+//! | datastore     | this etcd member healthy, a leader, at the release | (embedded in the server)   |
 //! | control-plane | this API server `/readyz` ok, at the release     | this server's `/readyz` ok   |
 //! | controllers   | controller-manager and scheduler serving, their leader leases renewed | —       |
 //! | workers       | the Node Ready, its kubelet at the release (asked on a control-plane host) | same |
