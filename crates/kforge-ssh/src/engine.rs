@@ -77,7 +77,7 @@ fn run(
         .and_then(|()| check_versions(&mut hosts, opts))
         .and_then(|()| preflight(&hosts, &plan));
     if let Err(e) = checked {
-        hosts.iter().for_each(|h| h.host.close());
+        crate::ssh::close_all(hosts.iter().map(|h| &h.host));
         return Err(e);
     }
     let locks = lock(&mut hosts, opts);
@@ -556,9 +556,7 @@ fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
 }
 
 fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport {
-    for h in &hosts {
-        h.host.close();
-    }
+    crate::ssh::close_all(hosts.iter().map(|h| &h.host));
     ApplyReport {
         cluster: plan.cluster.clone(),
         dry_run: opts.dry_run,

@@ -133,17 +133,29 @@ impl Host {
 
     /// Close the ControlMaster.
     pub fn close(&self) {
+        close_all([self]);
+    }
+
+    fn close_command(&self) -> Command {
         let mut c = Command::new("ssh");
         if let Some(cfg) = &self.ssh_config {
             c.arg("-F").arg(cfg);
         }
-        let _ = c
-            .arg("-o")
+        c.arg("-o")
             .arg(format!("ControlPath={}/%C", self.control_dir.display()))
             .args(["-l", &self.user, "-p", &self.port.to_string(), "-O", "exit", &self.target])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .stderr(Stdio::null());
+        c
+    }
+}
+
+/// Close every host's ControlMaster at once: each `ssh -O exit` waits for its master
+/// to go, ~70 ms a host one after another at the end of every apply.
+pub fn close_all<'a>(hosts: impl IntoIterator<Item = &'a Host>) {
+    let closing: Vec<_> = hosts.into_iter().filter_map(|h| h.close_command().spawn().ok()).collect();
+    for mut c in closing {
+        let _ = c.wait();
     }
 }
 
