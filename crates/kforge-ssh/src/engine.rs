@@ -412,7 +412,9 @@ impl StageRun<'_> {
     }
 
     fn in_turns(&self, hosts: &mut [HostRun]) {
-        let drained = self.stage.turns == Turns::Drained;
+        // A plan with no API to ask (its control plane a named stand-in: no kubectl)
+        // has no Node to drain; its hosts still go one at a time.
+        let drained = self.stage.turns == Turns::Drained && self.plan.kubectl.is_some();
         // Nodes an apply that stopped half-way left cordoned take their turn again.
         let leftover = match self.api().filter(|_| drained && !self.opts.dry_run) {
             Some(api) => api.cordoned_by_kforge().unwrap_or_default(),
