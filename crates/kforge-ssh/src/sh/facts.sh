@@ -58,13 +58,6 @@ if [ "$KF_READ_ONLY" != 1 ] && [ -d "$KF_STATE" ] && [ "$(cat "$KF_STATE/hash-ca
   printf '%s\n' "$kf_cache" > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
 fi
 
-# The release each program runs now: the unit's main process asked through
-# /proc/PID/exe, so a binary replaced on disk but not yet restarted still reports the
-# old release. A process's answer never changes: kforge remembers it on the workstation
-# by process (boot, pid, start time) and sends what it knows (KF_KNOWN_VERSIONS), so a
-# no-op apply starts no Go binary and writes nothing here; every answer comes back as
-# `version-id ID LINE` for kforge to remember.
-#
 # Every unit's state, enablement and main process come from one `systemctl show` (a
 # systemctl call per unit and question was a third of the facts' time); its blocks
 # follow the order of the units asked.
@@ -83,6 +76,12 @@ while IFS= read -r line; do
   esac
 done < <(if [ ${#kf_units[@]} -gt 0 ]; then systemctl show -p ActiveState,UnitFileState,MainPID -- "${kf_units[@]}" 2>/dev/null; fi)
 
+# The release each program runs now: the unit's main process asked through
+# /proc/PID/exe, so a binary replaced on disk but not yet restarted still reports the
+# old release. A process's answer never changes: kforge remembers it on the workstation
+# by process (boot, pid, start time) and sends what it knows (KF_KNOWN_VERSIONS), so a
+# no-op apply starts no Go binary and writes nothing here; every answer comes back as
+# `version-id ID LINE` for kforge to remember.
 declare -A kf_asked=()
 for e in "${KF_KNOWN_VERSIONS[@]}"; do kf_asked["${e%% *}"]=${e#* }; done
 kf_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
