@@ -293,7 +293,7 @@ fn run_stages(
         match stage.turns {
             Turns::Together => {
                 let mut all: Vec<&mut HostRun> = hosts.iter_mut().filter(|h| !h.failed).collect();
-                parallel_refs(&mut all, opts.parallel, |h| run.on(h));
+                parallel_refs(&mut all, opts.parallel, |h| run.on(h, false));
             }
             Turns::OneAtATime | Turns::Drained => run.in_turns(hosts),
         }
@@ -380,15 +380,17 @@ impl StageRun<'_> {
     }
 
     /// The stage's phases on one host, each followed by its gate when it changed
-    /// something.
-    fn on(&self, h: &mut HostRun) {
+    /// something — or always, for a node about to be uncordoned (a stopped apply may
+    /// have restarted its kubelet and never seen it Ready).
+    fn on(&self, h: &mut HostRun, always_gate: bool) {
         for phase in &self.stage.phases {
             let Some(pp) = h.plan.phases.iter().find(|p| p.phase == *phase).cloned() else { continue };
             (self.progress)(&h.host.node, phase.name());
             let started = Instant::now();
             match run_phase(h, &pp, self.opts, self.store, self.progress) {
                 Err(e) => return h.fail(format!("phase {}: {e}", phase.name())),
-                Ok(false) => continue,
+                Ok(false) if !always_gate => continue,
+                Ok(false) => {}
                 Ok(true) => h.step(phase.name(), started),
             }
             let Some(gate) = pp.gate.as_ref() else { continue };
@@ -434,7 +436,7 @@ impl StageRun<'_> {
                 .filter(|(h, t)| !**t && !h.failed && (!init_first || (h.plan.node == *init) == first))
                 .map(|(h, _)| h)
                 .collect();
-            parallel_refs(&mut wave, self.opts.parallel, |h| self.on(h));
+            parallel_refs(&mut wave, self.opts.parallel, |h| self.on(h, false));
         }
         let mut queue: Vec<&mut HostRun> =
             hosts.iter_mut().zip(&turn).filter(|(h, t)| **t && !h.failed).map(|(h, _)| h).collect();
@@ -489,7 +491,7 @@ impl StageRun<'_> {
             }
             h.step("cordon and drain", started);
         }
-        self.on(h);
+        self.on(h, drain);
         if drain
             && !self.opts.dry_run
             && let Some(api) = self.api()

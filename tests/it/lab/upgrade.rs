@@ -128,7 +128,21 @@ pub(super) fn the_cluster_upgrades_under_load(lab: &Lab, checks: &mut Checks) {
 fn load(lab: &Lab) {
     lab.ssh("lab-1", &format!("cat > /tmp/upgrade-web.yaml <<'EOF'\n{WORKLOAD}EOF"));
     lab.kubectl("lab-1", "apply -f /tmp/upgrade-web.yaml");
-    lab.kubectl("lab-1", "rollout status deploy/upgrade-web --timeout=120s");
+    let (rolled_out, said) = lab.ssh_status(
+        "lab-1",
+        "kubectl --kubeconfig /etc/kforge/admin.kubeconfig rollout status deploy/upgrade-web --timeout=120s",
+    );
+    if !rolled_out {
+        // Why the pods never became available, for the log: where they are, what the
+        // cluster said about them, and what each node's kubelet logged lately.
+        let (_, pods) = lab.ssh_status(
+            "lab-1",
+            "k='kubectl --kubeconfig /etc/kforge/admin.kubeconfig'; $k get nodes -o wide; $k get sa,cm; $k get pods -A -o wide; $k describe pods -l app=upgrade-web; $k get events -A --sort-by=.lastTimestamp | tail -40",
+        );
+        let kubelets = ["lab-1", "lab-2", "lab-3"]
+            .map(|n| format!("{n}:\n{}", lab.ssh_status(n, "journalctl -u kubelet -u containerd --no-pager -n 30").1));
+        panic!("{said}\n{pods}\n{}", kubelets.join("\n"));
+    }
     // 1000 keys in 8 transactions of 125 puts.
     lab.ssh(
         "lab-1",
