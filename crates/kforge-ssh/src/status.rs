@@ -394,10 +394,16 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
         },
     });
     let mut registered: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    // A node under pressure is Ready but tainted NoSchedule: new pods wait forever.
+    let mut pressure: Vec<String> = Vec::new();
     for line in out.lines().filter_map(|l| l.strip_prefix("node ")) {
         let w: Vec<&str> = line.split_whitespace().collect();
-        if let [name, version, ready] = w.as_slice() {
+        if let [name, version, ready, rest @ ..] = w.as_slice() {
             registered.insert(name.to_string(), (version.to_string(), *ready == "True"));
+            let under: Vec<&str> = rest.iter().flat_map(|c| c.split(',')).filter(|c| c.ends_with("Pressure")).collect();
+            if !under.is_empty() {
+                pressure.push(format!("{name} under {} (tainted NoSchedule: new pods wait; free disk or memory, or set hardway.evictionHard)", under.join(", ")));
+            }
         }
     }
     let mut problems = Vec::new();
@@ -412,6 +418,7 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
             Some(_) => {}
         }
     }
+    problems.extend(pressure);
     checks.push(Check {
         name: "nodes".into(),
         ok: problems.is_empty() && readyz == "ok",

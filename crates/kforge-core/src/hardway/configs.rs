@@ -58,7 +58,19 @@ pub fn kubelet_config(model: &Model<'_>, pod_cidr: Ipv4Net, files: &KubeletFiles
             "registerNode": true,
             // Kubernetes 1.35+ refuses cgroup v1 unless told otherwise (hardway.allowCgroupV1).
             "failCgroupV1": !model.spec.spec.hardway.allow_cgroup_v1,
-        }),
+        })
+        .as_object()
+        .cloned()
+        .map(|mut config| {
+            let eviction = &model.spec.spec.hardway.eviction_hard;
+            if !eviction.is_empty() {
+                config.insert("evictionHard".into(), json!(eviction));
+                // Without it, every signal left out would be 0 (never evict).
+                config.insert("mergeDefaultEvictionSettings".into(), json!(true));
+            }
+            serde_json::Value::Object(config)
+        })
+        .expect("a JSON object"),
     )
 }
 
@@ -71,6 +83,11 @@ pub fn kubelet_config_explained(model: &Model<'_>, pod_cidr: Ipv4Net) -> Vec<(St
         ("podCIDR".into(), format!("{pod_cidr}: this worker's slice of the pod network (same as its CNI bridge range)")),
         ("cgroupDriver".into(), "systemd, like containerd's SystemdCgroup".into()),
         ("failSwapOn".into(), "true: kforge's preflight refuses a worker with swap on before anything is written".into()),
+        ("evictionHard".into(), if model.spec.spec.hardway.eviction_hard.is_empty() {
+            "not set: the kubelet's defaults (nodefs.available 10%, imagefs.available 15%, memory.available 100Mi); below one the node is tainted NoSchedule".into()
+        } else {
+            "hardway.evictionHard, merged over the kubelet's defaults (mergeDefaultEvictionSettings): below a threshold the node is tainted NoSchedule".into()
+        }),
         ("failCgroupV1".into(), if model.spec.spec.hardway.allow_cgroup_v1 {
             "false: hardway.allowCgroupV1 is set, so the kubelet runs on a cgroup v1 host (in maintenance upstream; move to cgroup v2)".into()
         } else {

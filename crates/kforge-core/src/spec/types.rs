@@ -530,6 +530,13 @@ pub struct HardwayOptions {
     /// cgroup v1 is in maintenance upstream. Only for hosts that cannot move to v2.
     #[serde(default)]
     pub allow_cgroup_v1: bool,
+    /// The kubelet's hard eviction thresholds (its `evictionHard`), by signal:
+    /// `nodefs.available`, `imagefs.available`, `memory.available`, … as a quantity
+    /// (`2Gi`) or a percentage (`5%`). Signals left out keep the kubelet's defaults
+    /// (nodefs 10%, imagefs 15%, memory 100Mi). Below a threshold a node is tainted
+    /// NoSchedule and new pods wait: on a small or shared disk, say what you mean.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eviction_hard: BTreeMap<String, String>,
 }
 
 impl Default for HardwayOptions {
@@ -541,6 +548,7 @@ impl Default for HardwayOptions {
             sandbox_image: default_sandbox_image(),
             coredns_image: default_coredns_image(),
             allow_cgroup_v1: false,
+            eviction_hard: BTreeMap::new(),
         }
     }
 }
@@ -875,7 +883,7 @@ impl JsonSchema for Roles {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeSsh {
     /// Host to dial; the endpoint when omitted. May be an alias from ~/.ssh/config.

@@ -103,6 +103,30 @@ fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    for (signal, value) in &c.spec.hardway.eviction_hard {
+        const SIGNALS: &[&str] = &[
+            "memory.available",
+            "nodefs.available",
+            "nodefs.inodesFree",
+            "imagefs.available",
+            "imagefs.inodesFree",
+            "containerfs.available",
+            "containerfs.inodesFree",
+            "pid.available",
+        ];
+        let path = format!("spec.hardway.evictionHard.{signal}");
+        if !SIGNALS.contains(&signal.as_str()) {
+            out.push(
+                Diagnostic::error(path, format!("the kubelet has no eviction signal `{signal}`"))
+                    .help(format!("use one of: {}", SIGNALS.join(", "))),
+            );
+        } else if !is_eviction_threshold(value) {
+            out.push(
+                Diagnostic::error(path, format!("`{value}` is neither a quantity nor a percentage"))
+                    .help("write a quantity such as `2Gi` or `500Mi`, or a percentage such as `5%`"),
+            );
+        }
+    }
     for (i, name) in c.spec.k3s.disable.iter().enumerate() {
         const KNOWN: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"];
         if !KNOWN.contains(&name.as_str()) {
@@ -889,4 +913,17 @@ mod tests {
         assert!(!is_k3s_version("v1.33+k3s1"));
         assert!(!is_k3s_version("v1.33.5"));
     }
+}
+
+/// `5%`, `2.5%` (under 100), or a quantity: digits with an optional binary or decimal
+/// suffix (`2Gi`, `500Mi`, `1G`).
+fn is_eviction_threshold(value: &str) -> bool {
+    if let Some(pct) = value.strip_suffix('%') {
+        return pct.parse::<f64>().is_ok_and(|p| (0.0..100.0).contains(&p));
+    }
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &value[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && ["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G", "T"].contains(&suffix)
 }

@@ -3,11 +3,12 @@
 
 KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s)
 
-# kf_kubernetes_status: /readyz and each node's kubelet version and Ready condition,
+# kf_kubernetes_status: /readyz and each node's kubelet version, Ready condition and
+# every other condition that is True (a pressure: DiskPressure, MemoryPressure, …),
 # asked with the admin kubeconfig on a controller.
 kf_kubernetes_status() {
   echo "readyz $("${KF_KUBECTL[@]}" get --raw=/readyz 2>&1 | tail -1)"
-  "${KF_KUBECTL[@]}" get nodes -o jsonpath='{range .items[*]}node {.metadata.name} {.status.nodeInfo.kubeletVersion} {range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}'
+  "${KF_KUBECTL[@]}" get nodes -o jsonpath='{range .items[*]}node {.metadata.name} {.status.nodeInfo.kubeletVersion} {range .status.conditions[?(@.type=="Ready")]}{.status}{end} {range .status.conditions[?(@.status=="True")]}{.type},{end}{"\n"}{end}'
   true
 }
 
