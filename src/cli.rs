@@ -62,8 +62,9 @@ pub enum Command {
     Check(ClusterArgs),
     /// Show, per node and phase, every file (path, mode, size, hash), unit and command.
     ///
-    /// Creates the secrets bundle, or adds what new nodes need, so the plan shows the
-    /// exact files `render` and `apply` deliver.
+    /// Read-only: the secrets bundle is never written. What a new node needs (keys,
+    /// addresses, certificates) is made in memory and named on stderr; `apply` records
+    /// it. A node dropped from the file is shown as a removal, with its steps.
     Plan {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -84,6 +85,8 @@ pub enum Command {
     /// Layout: DIR/NODE/<absolute path of each file>, DIR/NODE/user-data (#cloud-config),
     /// DIR/NODE/var/lib/kforge/bootstrap.sh, DIR/_peers/PEER/<iface>.conf.
     /// Re-rendering replaces DIR whole; a directory kforge did not write is refused.
+    /// The files carry the bundle's keys, so render refuses while the bundle lacks
+    /// something the file needs (a new node's keys): `kforge secrets update` records it.
     Render {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -201,6 +204,9 @@ pub enum Command {
     #[command(subcommand)]
     #[command(verbatim_doc_comment)]
     Certs(CertsCommand),
+    /// The secrets bundle: record what the cluster file needs (touches no host).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// etcd of a hardway cluster: health, snapshot, restore (over SSH, mTLS).
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -283,6 +289,20 @@ pub enum EtcdCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Create and record what the cluster file needs and the bundle lacks — a new
+    /// node's WireGuard key, mesh address, pod network and certificates, leaves due for
+    /// renewal — and nothing else: no host is touched. `apply` does this too, before it
+    /// delivers; use this one before `kforge render` for machines that boot from
+    /// user-data. A node dropped from the file keeps its keys here until `apply` has
+    /// removed it from the cluster.
+    Update {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum CertsCommand {
     /// Every certificate in the secrets bundle: issuer, expiry, days left, and whether
     /// it is due (a leaf within pki.renewBeforeDays). Reads the bundle only; `kforge
@@ -298,8 +318,8 @@ pub enum CertsCommand {
     /// Re-issue leaf certificates and deliver them with `kforge apply`: only the files
     /// that changed are written and only the units that read them restart.
     ///
-    /// Without NAMES: the leaves due within pki.renewBeforeDays (any command that
-    /// opens the bundle re-issues those; this one also delivers them). With NAMES
+    /// Without NAMES: the leaves due within pki.renewBeforeDays (apply and `kforge
+    /// secrets update` re-issue those too; this one also delivers them). With NAMES
     /// (as `kforge certs check` lists them, e.g. apiserver/cp-1): those, now.
     /// CAs are not renewed here.
     Renew {

@@ -12,7 +12,8 @@ use kforge_core::{k3s, kubeconfig};
 use kforge_files::{AgeCredentials, SecretsStore};
 
 use crate::cli::{
-    CertsCommand, ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SshArgs,
+    CertsCommand, ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SecretsCommand,
+    SshArgs,
 };
 use crate::output;
 
@@ -88,6 +89,14 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Status(a) => status(&a.cluster, &a.ssh, a.output),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Certs(cmd) => certs(cmd),
+        Command::Secrets(SecretsCommand::Update { cluster }) => {
+            let spec = load_spec(&cluster.file)?;
+            let store = SecretsStore::beside(&cluster.file, AgeCredentials::from_env(cluster.age_identity.clone()))?;
+            if !reconcile_and_save(&spec, &store)?.1 {
+                eprintln!("secrets bundle {}: already holds what the file needs", store.path.display());
+            }
+            Ok(())
+        }
         Command::Etcd(cmd) => etcd(cmd),
         Command::Gitops(cmd) => gitops(cmd),
         Command::Lab(cmd) => lab(cmd),
@@ -104,22 +113,81 @@ pub fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
-/// A validated cluster file and its reconciled secrets bundle (saved if it changed).
+/// A validated cluster file and its reconciled secrets bundle.
+///
+/// Only apply opens a session that writes ([`Bundle::Deploy`]); `secrets update` and
+/// `certs renew`, which say they write, save through [`reconcile_and_save`] directly. Every other command reconciles in memory
+/// and leaves the bundle byte-identical: reading a cluster never changes its identity,
+/// and a node dropped from the file keeps its keys until its removal is applied.
 struct Session {
     spec: LoadedSpec,
     secrets: SecretsBundle,
+    /// What this session's reconcile would change in the saved bundle (empty when it
+    /// saved, or when the bundle was already up to date).
+    unsaved: Option<ReconcileReport>,
+    /// The bundle as it is on disk after this session (None: there is none yet).
+    saved: Option<SecretsBundle>,
+    store_path: std::path::PathBuf,
+}
+
+/// Whether a command writes the secrets bundle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bundle {
+    /// Save what the reconcile created or re-issued, and record every node of the file
+    /// as deployed (apply, before it touches a host).
+    Deploy,
+    /// Reconcile in memory only; the file stays byte-identical.
+    ReadOnly,
 }
 
 impl Session {
-    fn open(args: &ClusterArgs) -> Result<Session, CliError> {
+    fn open(args: &ClusterArgs, bundle: Bundle) -> Result<Session, CliError> {
         let spec = load_spec(&args.file)?;
         let store = SecretsStore::beside(&args.file, AgeCredentials::from_env(args.age_identity.clone()))?;
-        let secrets = reconcile_and_save(&spec, &store)?;
-        Ok(Session { spec, secrets })
+        let (secrets, unsaved, saved) = match bundle {
+            Bundle::Deploy => {
+                let (mut secrets, _) = reconcile_and_save(&spec, &store)?;
+                if secrets.record_deployed(&spec.cluster) {
+                    store.save(&secrets)?;
+                }
+                (secrets.clone(), None, Some(secrets))
+            }
+            Bundle::ReadOnly => {
+                let existing = store.load(&spec.cluster.metadata.name)?;
+                let (secrets, report) =
+                    reconcile_secrets(&spec.cluster, existing.clone(), time::OffsetDateTime::now_utc())?;
+                let behind = existing.as_ref() != Some(&secrets);
+                (secrets, behind.then_some(report), existing)
+            }
+        };
+        Ok(Session { spec, secrets, unsaved, saved, store_path: store.path })
     }
 
     fn model(&self) -> Model<'_> {
         Model::build(&self.spec.cluster, &self.secrets)
+    }
+
+    /// A command that hands secrets out (render, kubeconfig, the GitOps keys) must
+    /// hand out what the bundle holds: one that differs would be lost, or replaced by
+    /// the next apply. `same` says whether what this command hands out is unchanged.
+    fn require_saved(
+        &self,
+        command: &str,
+        file: &Path,
+        same: impl Fn(&SecretsBundle, &SecretsBundle) -> bool,
+    ) -> Result<(), CliError> {
+        match (&self.unsaved, &self.saved) {
+            (None, _) => Ok(()),
+            (Some(_), Some(saved)) if same(saved, &self.secrets) => Ok(()),
+            (Some(report), _) => Err(CliError::Other(format!(
+                "{} is behind {} ({})
+  help: `kforge apply -f {f}` records them (and delivers them), or `kforge secrets update -f {f}` records them and touches no host; {command} never changes the bundle",
+                self.store_path.display(),
+                file.display(),
+                describe_changes(report, !self.store_path.exists()),
+                f = file.display(),
+            ))),
+        }
     }
 }
 
@@ -131,19 +199,32 @@ fn load_spec(file: &Path) -> Result<LoadedSpec, CliError> {
     Ok(spec)
 }
 
-fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<SecretsBundle, CliError> {
+/// The bundle brought up to date with the file and saved when that changed it (which
+/// the bool says).
+fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<(SecretsBundle, bool), CliError> {
     let existing = store.load(&spec.cluster.metadata.name)?;
     let now = time::OffsetDateTime::now_utc();
     let (bundle, report) = reconcile_secrets(&spec.cluster, existing.clone(), now)?;
-    if existing.as_ref() != Some(&bundle) {
+    let changed = existing.as_ref() != Some(&bundle);
+    if changed {
         store.save(&bundle)?;
         eprintln!("{}", describe_report(&store.path, existing.is_none(), &report));
     }
-    Ok(bundle)
+    Ok((bundle, changed))
 }
 
 /// Names and counts only: a report never carries a secret value.
 fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) -> String {
+    let verb = if created_bundle { "new secrets bundle" } else { "secrets bundle updated" };
+    format!("{verb} {} (0600): {}", path.display(), describe_changes(report, created_bundle))
+}
+
+/// "created 2 WireGuard keys, …; re-issued apiserver/lab-1; removed …": names and
+/// counts, never a value.
+fn describe_changes(report: &ReconcileReport, new_bundle: bool) -> String {
+    if new_bundle {
+        return "no bundle yet".into();
+    }
     let mut parts = Vec::new();
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for item in &report.created {
@@ -161,10 +242,9 @@ fn describe_report(path: &Path, created_bundle: bool, report: &ReconcileReport) 
         parts.push(format!("re-issued {}", report.reissued.join(", ")));
     }
     if !report.removed.is_empty() {
-        parts.push(format!("removed {} entries of departed members", report.removed.len()));
+        parts.push(format!("removed {} entries no member needs", report.removed.len()));
     }
-    let verb = if created_bundle { "new secrets bundle" } else { "secrets bundle updated" };
-    format!("{verb} {} (0600): {}", path.display(), parts.join("; "))
+    parts.join("; ")
 }
 
 fn init(example: &str, dir: &Path, age_identity: Option<std::path::PathBuf>) -> Result<(), CliError> {
@@ -200,7 +280,14 @@ fn check(args: &ClusterArgs) -> Result<(), CliError> {
 }
 
 fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
+    if let Some(report) = &session.unsaved {
+        eprintln!(
+            "secrets bundle {}: apply will record {} (plan changes nothing)",
+            session.store_path.display(),
+            describe_changes(report, session.saved.is_none())
+        );
+    }
     let plan = build_plan(&session.model(), &session.secrets);
     match format {
         Format::Text => print!("{}", output::plan_text(&plan)),
@@ -221,7 +308,9 @@ fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, for
 }
 
 fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
+    // The tree carries keys and certificates: they must be the bundle's own.
+    session.require_saved("render", &args.file, |_, _| false)?;
     let plan: Plan = build_plan(&session.model(), &session.secrets);
     kforge_files::tree::render_tree(&plan, out)?;
     print!("{}", output::render_summary(&plan, out));
@@ -229,7 +318,10 @@ fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
 }
 
 fn kubeconfig_cmd(args: &ClusterArgs, out: Option<&Path>) -> Result<(), CliError> {
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
+    session.require_saved("kubeconfig", &args.file, |saved, now| {
+        saved.cas == now.cas && saved.certificates.get(k3s::ADMIN_CERT_ID) == now.certificates.get(k3s::ADMIN_CERT_ID)
+    })?;
     let model = session.model();
     let text = kubeconfig::render_kubeconfig(
         &session.spec.cluster.metadata.name,
@@ -265,7 +357,8 @@ fn gitops_probe(g: &spec::GitOps) -> kforge_ssh::status::GitOpsProbe {
 
 fn gitops(cmd: GitopsCommand) -> Result<(), CliError> {
     let keys = |args: &ClusterArgs| -> Result<kforge_core::gitops::GitOpsKeys, CliError> {
-        let session = Session::open(args)?;
+        let session = Session::open(args, Bundle::ReadOnly)?;
+        session.require_saved("this command", &args.file, |saved, now| saved.gitops == now.gitops)?;
         match (&session.spec.cluster.spec.gitops, session.secrets.gitops) {
             (Some(_), Some(keys)) => Ok(keys),
             _ => Err(CliError::Other(format!(
@@ -279,7 +372,7 @@ fn gitops(cmd: GitopsCommand) -> Result<(), CliError> {
         GitopsCommand::Recipient { cluster } => println!("{}", keys(&cluster)?.sops_recipient()),
         GitopsCommand::HostKey { host, port } => host_key(&host, port)?,
         GitopsCommand::Status { cluster, ssh, output } => {
-            let session = Session::open(&cluster)?;
+            let session = Session::open(&cluster, Bundle::ReadOnly)?;
             let Some(g) = session.spec.cluster.spec.gitops.clone() else {
                 return Err(CliError::Other(format!("{} has no spec.gitops", cluster.file.display())));
             };
@@ -484,7 +577,8 @@ fn run_apply(
     parallel: usize,
     ssh_config: Option<std::path::PathBuf>,
 ) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
-    let session = Session::open(args)?;
+    // A dry run (and plan --observe) writes nothing, the bundle included.
+    let session = Session::open(args, if dry_run { Bundle::ReadOnly } else { Bundle::Deploy })?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
     let replan = |node: &str, machine: &str, caps: &kforge_core::pipeline::HostCaps| {
@@ -548,7 +642,7 @@ fn run_apply(
 fn certs(cmd: CertsCommand) -> Result<(), CliError> {
     match cmd {
         CertsCommand::Check { cluster, output } => {
-            let session = Session::open(&cluster)?;
+            let session = Session::open(&cluster, Bundle::ReadOnly)?;
             crate::certs::check(&session.secrets, i64::from(session.spec.cluster.spec.pki.renew_before_days), output)
         }
         CertsCommand::Renew { cluster, names, no_apply, ssh_config } => {
@@ -601,7 +695,7 @@ fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
         EtcdCommand::Snapshot { cluster, ssh, .. } => (cluster, ssh),
         EtcdCommand::Restore { cluster, ssh, .. } => (cluster, ssh),
     };
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
     require_hardway(&session)?;
     let model = session.model();
     let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
@@ -655,7 +749,7 @@ fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
 }
 
 fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliError> {
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
     let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
@@ -711,7 +805,7 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
 
 fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliError> {
     use kforge_ssh::doctor::{DoctorInput, MeshMember, Verdict};
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
     let (_, ssh_config, targets) = remote(args, &session.spec.cluster, ssh.ssh_config.clone());
@@ -769,7 +863,7 @@ fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
 }
 
 fn explain(args: &ClusterArgs, node: Option<&str>, path: Option<&str>) -> Result<(), CliError> {
-    let session = Session::open(args)?;
+    let session = Session::open(args, Bundle::ReadOnly)?;
     let plan = build_plan(&session.model(), &session.secrets);
     print!("{}", output::explain(&plan, node, path).map_err(CliError::Other)?);
     Ok(())

@@ -293,14 +293,14 @@ fn units_and_configs_carry_the_flags_the_hard_way_needs() {
 #[test]
 fn pod_networks_are_allocated_once_and_kept_when_workers_come_and_go() {
     let ctx = TestContext::with_example("hardway");
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
     let before = ctx.bundle().pod_cidrs;
     assert_eq!(before.len(), 2);
     // A new worker listed first, and worker-0 removed: worker-1 keeps its network, the
     // newcomer takes the lowest free one.
     ctx.edit_spec("    - {name: worker-0, role: worker, endpoint: 198.51.100.30, location: fra}\n", "");
     ctx.edit_spec("  nodes:\n", "  nodes:\n    - {name: worker-9, role: worker, endpoint: 198.51.100.39}\n");
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
     let after = ctx.bundle().pod_cidrs;
     assert_eq!(after["worker-1"], before["worker-1"]);
     assert_eq!(after["worker-9"].to_string(), "10.200.0.0/24");

@@ -14,6 +14,7 @@ mod k3s_inputs;
 mod lab;
 mod lint;
 mod mesh;
+mod nodes;
 mod pcap;
 mod pki;
 mod render;

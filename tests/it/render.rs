@@ -28,7 +28,7 @@ fn adding_nodes_reissues_no_unrelated_certificate() {
         "  nodes:\n",
         "  nodes:\n    - {name: agent-4, role: agent, endpoint: 198.51.100.24}\n    - {name: server-4, role: server, endpoint: 203.0.113.14}\n    - {name: server-5, role: server, endpoint: 203.0.113.15}\n",
     );
-    let out = ctx.kforge(&["render", "--out", "out"]).success();
+    let out = ctx.kforge(&["secrets", "update"]).success();
     let after = ctx.bundle();
     for (id, cert) in &before.certificates {
         assert_eq!(cert, &after.certificates[id], "{id} was re-issued");
@@ -43,7 +43,7 @@ fn adding_nodes_reissues_no_unrelated_certificate() {
 
     // Changing a server's endpoint changes its SANs: only its certificate is re-issued.
     ctx.edit_spec("endpoint: 203.0.113.12", "endpoint: 203.0.113.42");
-    let out = ctx.kforge(&["render", "--out", "out"]).success();
+    let out = ctx.kforge(&["secrets", "update"]).success();
     let changed = ctx.bundle();
     assert!(out.stderr.contains("re-issued apiserver/server-2"), "{}", out.stderr);
     for (id, cert) in &after.certificates {
@@ -77,9 +77,9 @@ fn leaves_inside_the_renewal_window_are_reissued_and_only_those() {
         "  secretsEncryption: true\n",
         "  secretsEncryption: true\n  pki: {leafValidityDays: 30, renewBeforeDays: 10}\n",
     );
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
     let first = ctx.bundle();
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
     assert_eq!(first, ctx.bundle(), "30 days left is outside a 10-day window: nothing re-issued");
 
     // Widen the window past the leaves' remaining life: every leaf is now due, CAs are not.
@@ -87,7 +87,7 @@ fn leaves_inside_the_renewal_window_are_reissued_and_only_those() {
         "pki: {leafValidityDays: 30, renewBeforeDays: 10}",
         "pki: {leafValidityDays: 90, renewBeforeDays: 45}",
     );
-    let out = ctx.kforge(&["plan"]).success();
+    let out = ctx.kforge(&["secrets", "update"]).success();
     let renewed = ctx.bundle();
     assert!(out.stderr.contains("re-issued"), "{}", out.stderr);
     for (id, cert) in &first.certificates {

@@ -126,7 +126,7 @@ fn age_identity_bundle_is_sealed_to_the_identity() {
     assert!(String::from_utf8(plain).unwrap().contains("kind: SecretsBundle"));
     // Adding a node re-seals the updated bundle to the same identity.
     ctx.edit_spec("  nodes:\n", "  nodes:\n    - {name: agent-9, role: agent, endpoint: 198.51.100.99}\n");
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
     let plain = age::decrypt(&identity, &age_dearmor(&std::fs::read(ctx.path("kforge.secrets.age")).unwrap())).unwrap();
     assert!(String::from_utf8(plain).unwrap().contains("agent-9"));
 }
@@ -148,7 +148,7 @@ fn a_symlinked_bundle_is_updated_through_the_link() {
     std::os::unix::fs::symlink("vault/cluster.secrets.yaml", ctx.path("kforge.secrets.yaml")).unwrap();
 
     ctx.edit_spec("  nodes:\n", "  nodes:\n    - {name: agent-9, role: agent, endpoint: 198.51.100.99}\n");
-    ctx.kforge(&["plan"]).success();
+    ctx.kforge(&["secrets", "update"]).success();
 
     let link = std::fs::symlink_metadata(ctx.path("kforge.secrets.yaml")).unwrap();
     assert!(link.file_type().is_symlink(), "the link is still a link");

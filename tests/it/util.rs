@@ -87,8 +87,10 @@ impl TestContext {
         self.write(rel, &text.replacen(from, to, 1));
     }
 
-    /// `render --out NAME`, returning the output directory.
+    /// `secrets update` (what the file needs, recorded), then `render --out NAME`,
+    /// returning the output directory.
     pub fn render(&self, out: &str) -> PathBuf {
+        self.kforge(&["secrets", "update"]).success();
         self.kforge(&["render", "--out", out]).success();
         self.path(out)
     }

@@ -53,6 +53,21 @@ pub struct SecretsBundle {
     /// Git holds secrets encrypted to this age key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gitops: Option<crate::gitops::GitOpsKeys>,
+    /// The record of what apply deployed: every node it has touched, written before it
+    /// touches one. A node dropped from the cluster file stays here — with its keys,
+    /// mesh address, pod network and certificates — until apply has removed it from the
+    /// cluster: reading the file never forgets a node that still runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployed: BTreeMap<String, DeployedNode>,
+}
+
+/// A node as apply last deployed it: what its removal needs once the file forgets it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeployedNode {
+    pub role: crate::spec::Roles,
+    /// How apply reached it over SSH (host, user, port): a removal resets the host.
+    pub ssh: crate::spec::NodeSsh,
 }
 
 impl std::fmt::Debug for SecretsBundle {
@@ -152,7 +167,43 @@ impl SecretsBundle {
             certificates: BTreeMap::new(),
             pod_cidrs: BTreeMap::new(),
             gitops: None,
+            deployed: BTreeMap::new(),
         }
+    }
+
+    /// Nodes apply deployed that the file no longer names: removals still to apply.
+    /// Their identity is kept until then.
+    pub fn departed<'a>(&'a self, spec: &'a Cluster) -> impl Iterator<Item = (&'a String, &'a DeployedNode)> + 'a {
+        self.deployed.iter().filter(|(name, _)| !spec.spec.nodes.iter().any(|n| &n.name == *name))
+    }
+
+    /// Record every node of the file as deployed (apply, before it touches a host);
+    /// true when the record changed.
+    pub fn record_deployed(&mut self, spec: &Cluster) -> bool {
+        let mut changed = false;
+        for n in &spec.spec.nodes {
+            let mut ssh = n.ssh.clone();
+            // What apply dials: the endpoint when no SSH host is named.
+            if ssh.host.is_none() {
+                ssh.host = n.endpoint.map(|e| e.to_string());
+            }
+            let record = DeployedNode { role: n.role.clone(), ssh };
+            if self.deployed.get(&n.name) != Some(&record) {
+                self.deployed.insert(n.name.clone(), record);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// A removal applied: the node leaves the record, and the next reconcile drops its
+    /// keys, address, pod network and certificates.
+    pub fn forget_removed(&mut self, node: &str) {
+        self.deployed.remove(node);
+    }
+
+    fn departed_names(&self, spec: &Cluster) -> BTreeSet<String> {
+        self.departed(spec).map(|(n, _)| n.clone()).collect()
     }
 
     /// Create whatever the cluster file needs and the bundle lacks: CAs, tokens, keys,
@@ -209,9 +260,11 @@ impl SecretsBundle {
         } else {
             Vec::new()
         };
+        // Departed workers keep their network (their pods may still run) and get none.
+        let departed = self.departed_names(spec);
         let mut next: BTreeMap<String, Ipv4Net> = BTreeMap::new();
-        for w in &workers {
-            if let Some(net) = self.pod_cidrs.get(*w)
+        for w in workers.iter().copied().chain(departed.iter().map(String::as_str)) {
+            if let Some(net) = self.pod_cidrs.get(w)
                 && net.prefix_len() == prefix
                 && pods.contains(net)
                 && !next.values().any(|n| n == net)
@@ -241,12 +294,14 @@ impl SecretsBundle {
 
     fn reconcile_wireguard(&mut self, spec: &Cluster) -> ReconcileReport {
         let mut report = ReconcileReport::default();
+        let departed = self.departed_names(spec);
         let wanted: BTreeSet<&str> = spec
             .spec
             .nodes
             .iter()
             .map(|n| n.name.as_str())
             .chain(spec.spec.access.peers.iter().filter(|p| p.public_key.is_none()).map(|p| p.name.as_str()))
+            .chain(departed.iter().map(String::as_str))
             .collect();
         for name in &wanted {
             if !self.wireguard.contains_key(*name) {
@@ -271,12 +326,16 @@ impl SecretsBundle {
         let ipnet::IpNet::V4(subnet) = spec.spec.mesh.subnet.0 else {
             return report;
         };
+        // A departed node keeps its address until its removal is applied: no newcomer
+        // may take an address a running host still answers on.
+        let departed = self.departed_names(spec);
         let members: Vec<(&str, Option<IpAddress>)> = spec
             .spec
             .nodes
             .iter()
             .map(|n| (n.name.as_str(), n.mesh_ip))
             .chain(spec.spec.access.peers.iter().map(|p| (p.name.as_str(), p.mesh_ip)))
+            .chain(departed.iter().map(|n| (n.as_str(), None)))
             .collect();
         let mut next: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
         let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -363,8 +422,12 @@ impl SecretsBundle {
             }
         }
         let wanted: BTreeSet<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        // A departed node's leaves (`kubelet-client/NODE`, …) stay until its removal is
+        // applied: the removal revokes them by what they are.
+        let departed = self.departed_names(spec);
+        let of_departed = |id: &str| id.rsplit_once('/').is_some_and(|(_, node)| departed.contains(node));
         self.certificates.retain(|id, _| {
-            let keep = wanted.contains(id.as_str());
+            let keep = wanted.contains(id.as_str()) || of_departed(id);
             if !keep {
                 report.removed.push(Item::new(ItemKind::Certificate, id.clone()));
             }
