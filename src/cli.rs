@@ -183,6 +183,33 @@ pub enum Command {
     ///
     /// Exit: 0 all ok, 2 something failed, 3 warnings only, 1 doctor could not run.
     Doctor(RemoteCheckArgs),
+    /// Take off hosts everything kforge installed, so a normal apply can add them again.
+    ///
+    /// Without --yes: a preview, one line per action, and nothing changes. With --yes:
+    /// units kforge installed are stopped and disabled; kube-proxy cleans its rules;
+    /// containers, mounts under the kubelet's and containerd's directories, CNI links and
+    /// network namespaces, the mesh interface and the firewall table go; every file in
+    /// the host's manifest and the programs' state directories are removed. SSH is left
+    /// as it is. The secrets bundle is not changed: a node still in the file is added
+    /// back by the next `kforge apply`.
+    ///
+    /// A control-plane node alone is refused (its etcd member would stay in the others'
+    /// quorum); --all resets every node of the file together.
+    Reset {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Nodes to reset (names from the cluster file).
+        #[arg(value_name = "NODE", required_unless_present = "all", conflicts_with = "all")]
+        nodes: Vec<String>,
+        /// Every node of the cluster file (the whole cluster; needs --yes).
+        #[arg(long)]
+        all: bool,
+        /// Do it (without: a preview that changes nothing).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        ssh: SshArgs,
+    },
     /// Explain a node's files: what each is, which component reads it, and why its
     /// important fields have their values (the learner's view of the hard way).
     ///
@@ -472,6 +499,22 @@ pub enum LabCommand {
     /// what its enabled units bring back, with no apply.
     Restart {
         /// The machine, e.g. lab-3.
+        name: String,
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
+    /// Reinstall a machine in place (empty disk, new SSH host key), as a provider's
+    /// rebuild would: strict host keys refuse it until you accept the new key.
+    Reinstall {
+        /// The machine, e.g. lab-4.
+        name: String,
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
+    /// Add a bare machine to a running lab (public address, the lab's SSH key, its host
+    /// key pinned in known_hosts): add it to the cluster file as a node, then apply.
+    Add {
+        /// The new machine's name, e.g. lab-4.
         name: String,
         #[arg(long, default_value = "lab")]
         dir: PathBuf,

@@ -87,6 +87,7 @@ pub fn run(command: Command) -> Result<(), CliError> {
         }),
         Command::Doctor(a) => doctor(&a.cluster, &a.ssh, a.output),
         Command::Status(a) => status(&a.cluster, &a.ssh, a.output),
+        Command::Reset { cluster, nodes, all, yes, ssh } => reset(&cluster, &nodes, all, yes, &ssh),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Certs(cmd) => certs(cmd),
         Command::Secrets(SecretsCommand::Update { cluster }) => {
@@ -309,8 +310,14 @@ fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, for
 
 fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
     let session = Session::open(args, Bundle::ReadOnly)?;
-    // The tree carries keys and certificates: they must be the bundle's own.
-    session.require_saved("render", &args.file, |_, _| false)?;
+    // The tree carries keys and certificates: they must be the bundle's own. (A
+    // revocation not yet recorded is derived from certificates the bundle holds: the
+    // next apply records the same.)
+    session.require_saved("render", &args.file, |saved, now| {
+        let mut saved = saved.clone();
+        saved.revoked = now.revoked.clone();
+        &saved == now
+    })?;
     let plan: Plan = build_plan(&session.model(), &session.secrets);
     kforge_files::tree::render_tree(&plan, out)?;
     print!("{}", output::render_summary(&plan, out));
@@ -504,6 +511,24 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 println!("lab down: nothing left running");
             }
         }
+        LabCommand::Add { name, dir } => {
+            let m = kforge_lab::add(&dir, &name, &log)?;
+            let ip = m.public_ip.map(|ip| ip.to_string()).unwrap_or_default();
+            println!("lab add: {name} is up at {ip} (ssh -F {}/ssh_config {name})", dir.display());
+            println!(
+                "next: add it to {}/kforge.yaml, e.g.  - {{name: {name}, role: worker, endpoint: {ip}, ssh: {{host: {name}}}}}  then kforge apply",
+                dir.display()
+            );
+        }
+        LabCommand::Reinstall { name, dir } => {
+            let line = kforge_lab::reinstall(&dir, &name, &log)?;
+            println!("lab reinstall: {name} is up with an empty disk and a new host key:");
+            println!("  {line}");
+            println!(
+                "{}/known_hosts still has the old key, so ssh and kforge refuse {name} (docs/nodes.md, \"Replacing a node\")",
+                dir.display()
+            );
+        }
         LabCommand::Restart { name, dir } => {
             kforge_lab::restart(&dir, &name, &log)?;
             println!("lab restart: {name} is up again");
@@ -577,6 +602,8 @@ fn run_apply(
     parallel: usize,
     ssh_config: Option<std::path::PathBuf>,
 ) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
+    // A removal kforge cannot do yet refuses the apply before anything is written.
+    refuse_control_plane_removals(args)?;
     // A dry run (and plan --observe) writes nothing, the bundle included.
     let session = Session::open(args, if dry_run { Bundle::ReadOnly } else { Bundle::Deploy })?;
     let model = session.model();
@@ -633,10 +660,53 @@ fn run_apply(
         check_versions: &check_versions,
         snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
     };
-    let progress = output::HostProgress::new(plan.nodes.iter().map(|n| n.node.as_str()));
+    let progress = output::HostProgress::new(
+        plan.nodes.iter().map(|n| n.node.as_str()).chain(plan.removals.iter().map(|r| r.node.as_str())),
+    );
     let report = kforge_ssh::apply(plan.clone(), &opts, &|node: &str, what: &str| progress.update(node, what));
     progress.finish();
-    Ok((plan, report?))
+    let report = report?;
+    forget_removed(args, &session, &report)?;
+    Ok((plan, report))
+}
+
+/// A control-plane node dropped from the file holds an etcd member, which kforge does
+/// not remove yet: refused before the bundle or any host is touched.
+fn refuse_control_plane_removals(args: &ClusterArgs) -> Result<(), CliError> {
+    let spec = kforge_files::load_cluster_file(&args.file)?;
+    let store = SecretsStore::beside(&args.file, AgeCredentials::from_env(args.age_identity.clone()))?;
+    let Some(bundle) = store.load(&spec.cluster.metadata.name)? else { return Ok(()) };
+    let refused: Vec<&String> =
+        bundle.departed(&spec.cluster).filter(|(_, d)| d.role.is_control_plane()).map(|(n, _)| n).collect();
+    match refused.as_slice() {
+        [] => Ok(()),
+        names => Err(CliError::Other(format!(
+            "{} run{} the control plane and {} no longer in {}: kforge does not yet remove an etcd member (docs/nodes.md)\n  help: put {} back in the file; nothing was changed",
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            if names.len() == 1 { "s" } else { "" },
+            if names.len() == 1 { "is" } else { "are" },
+            args.file.display(),
+            if names.len() == 1 { "it" } else { "them" },
+        ))),
+    }
+}
+
+/// Nodes this apply removed from the cluster leave the record, and with them their
+/// keys, mesh address, pod network and certificates (their revocations stay).
+fn forget_removed(args: &ClusterArgs, session: &Session, report: &kforge_ssh::ApplyReport) -> Result<(), CliError> {
+    let removed: Vec<&str> = report.removals.iter().filter(|r| r.removed).map(|r| r.node.as_str()).collect();
+    if removed.is_empty() || report.dry_run {
+        return Ok(());
+    }
+    let store = SecretsStore::beside(&args.file, AgeCredentials::from_env(args.age_identity.clone()))?;
+    let mut bundle = session.secrets.clone();
+    for node in &removed {
+        bundle.forget_removed(node);
+    }
+    let (bundle, _) = reconcile_secrets(&session.spec.cluster, Some(bundle), time::OffsetDateTime::now_utc())?;
+    store.save(&bundle)?;
+    eprintln!("secrets bundle {}: forgot {} (removed from the cluster)", store.path.display(), removed.join(", "));
+    Ok(())
 }
 
 fn certs(cmd: CertsCommand) -> Result<(), CliError> {
@@ -867,4 +937,86 @@ fn explain(args: &ClusterArgs, node: Option<&str>, path: Option<&str>) -> Result
     let plan = build_plan(&session.model(), &session.secrets);
     print!("{}", output::explain(&plan, node, path).map_err(CliError::Other)?);
     Ok(())
+}
+
+/// `kforge reset`: the named nodes (or --all) as kforge found them; a preview unless --yes.
+fn reset(args: &ClusterArgs, names: &[String], all: bool, yes: bool, ssh: &SshArgs) -> Result<(), CliError> {
+    let session = Session::open(args, Bundle::ReadOnly)?;
+    let cluster = &session.spec.cluster;
+    let known: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    for name in names {
+        if !known.contains(&name.as_str()) {
+            return Err(CliError::Other(format!(
+                "{} has no node `{name}`{}\n  help: name nodes as the file does; nothing was changed",
+                args.file.display(),
+                did_you_mean(name, &known)
+            )));
+        }
+    }
+    let chosen: Vec<&spec::Node> = cluster.spec.nodes.iter().filter(|n| all || names.contains(&n.name)).collect();
+    if !all && let Some(n) = chosen.iter().find(|n| n.role.is_control_plane()) {
+        return Err(CliError::Other(format!(
+            "{} runs the control plane: resetting it alone would wipe an etcd member the others still count for quorum\n  help: reset workers one by one, or the whole cluster with --all --yes; nothing was changed",
+            n.name
+        )));
+    }
+    if all && !yes {
+        eprintln!("kforge reset --all: the whole cluster {} (preview; add --yes to do it)", cluster.metadata.name);
+    }
+    let (_, ssh_config, targets) = remote(args, cluster, ssh.ssh_config.clone());
+    let targets: Vec<kforge_ssh::Target> =
+        targets.into_iter().filter(|t| chosen.iter().any(|n| n.name == t.node)).collect();
+    let reports =
+        kforge_ssh::reset::reset(&targets, ssh_config, &cluster.spec.mesh.interface, !yes).map_err(CliError::Other)?;
+    let mut failed = Vec::new();
+    for r in &reports {
+        println!("{}:", r.node);
+        for a in &r.actions {
+            println!("  {a}");
+        }
+        if r.actions.is_empty() && r.error.is_none() {
+            println!("  nothing of kforge's is left here");
+        }
+        if let Some(e) = &r.error {
+            println!("  FAILED: {e}");
+            failed.push(r.node.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        return Err(CliError::Other(format!(
+            "reset failed on {}\n  help: fix the cause above and run the same command again: each action is skipped once done",
+            failed.join(", ")
+        )));
+    }
+    if yes {
+        println!("next: `kforge apply -f {}` adds them again (they are still in the file)", args.file.display());
+    } else {
+        println!("preview only: nothing was changed; add --yes to do it");
+    }
+    Ok(())
+}
+
+/// ", did you mean `x`?" with the closest names (a typo's distance), or nothing: a
+/// 1000-node file's names never become the message.
+fn did_you_mean(name: &str, known: &[&str]) -> String {
+    let mut close: Vec<(usize, &str)> =
+        known.iter().map(|k| (edit_distance(name, k), *k)).filter(|(d, _)| *d <= 2.max(name.len() / 3)).collect();
+    close.sort();
+    let names: Vec<String> = close.iter().take(3).map(|(_, k)| format!("`{k}`")).collect();
+    if names.is_empty() { String::new() } else { format!("; did you mean {}?", names.join(" or ")) }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }

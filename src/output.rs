@@ -126,6 +126,20 @@ pub fn plan_text(plan: &Plan) -> String {
             p.config.short_hash()
         );
     }
+    for r in &plan.removals {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "{}  {}  REMOVED from the file: apply removes it from the cluster", r.node, r.roles);
+        match &r.refused {
+            Some(why) => {
+                let _ = writeln!(o, "    refused: {why}");
+            }
+            None => {
+                for (i, step) in r.steps.iter().enumerate() {
+                    let _ = writeln!(o, "    {}. {step}", i + 1);
+                }
+            }
+        }
+    }
     if !plan.notes.is_empty() {
         let _ = writeln!(o, "\nnotes:");
         for n in &plan.notes {
@@ -180,6 +194,21 @@ fn plural(n: usize) -> &'static str {
 /// `kforge apply`: one line per host, or with `--dry-run` the diff per host.
 pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
     let mut o = String::new();
+    for r in &report.removals {
+        let result = match (&r.error, r.removed, report.dry_run) {
+            (Some(e), _, _) => format!("FAILED: {e}"),
+            (None, _, true) => "would be removed from the cluster".into(),
+            (None, true, false) => "removed from the cluster".into(),
+            (None, false, false) => "not removed".into(),
+        };
+        let _ = writeln!(o, "{}: {result}", r.node);
+        for s in &r.steps {
+            let _ = writeln!(o, "  {} {:.1}s", s.step, s.seconds);
+        }
+        for w in &r.warnings {
+            let _ = writeln!(o, "  WARNING: {w}");
+        }
+    }
     if report.dry_run {
         for h in &report.hosts {
             let changes =

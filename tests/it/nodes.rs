@@ -55,7 +55,7 @@ fn dropping_a_node_and_running_every_read_command_leaves_the_bundle_byte_identic
     // which would hand them out, refuses and names the command that records them.
     ctx.edit_spec("  nodes:\n", "  nodes:\n    - {name: worker-9, role: worker, endpoint: 198.51.100.39}\n");
     let plan = ctx.kforge(&["plan"]).success();
-    assert!(plan.stderr.contains("apply will record created 1 WireGuard keys, 1 mesh addresses, 1 pod networks, 2 certificates (plan changes nothing)"), "{}", plan.stderr);
+    assert!(plan.stderr.contains("apply will record created 1 WireGuard keys, 1 mesh addresses, 1 pod networks, 2 certificates, 1 revoked certificates (plan changes nothing)"), "{}", plan.stderr);
     let out = ctx.kforge(&["render", "--out", "out2"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("is behind kforge.yaml"), "{}", out.stderr);
@@ -65,4 +65,74 @@ fn dropping_a_node_and_running_every_read_command_leaves_the_bundle_byte_identic
     ctx.kforge(&["secrets", "update"]).success();
     ctx.kforge(&["render", "--out", "out2"]).success();
     assert!(ctx.path("out2/worker-9/user-data").exists());
+}
+
+/// What plan shows for each kind of removal: a worker's steps in order, its kubelet
+/// certificate's id; a controller refused, and apply stopping on it before any host.
+#[test]
+fn a_dropped_worker_is_a_removal_in_the_plan_and_a_dropped_controller_is_refused() {
+    let ctx = deployed_hardway();
+    ctx.edit_spec("    - {name: worker-1, role: worker, endpoint: 198.51.100.31, location: ams}\n", "");
+    let plan = ctx.kforge(&["plan"]).success().stdout;
+    let section: Vec<&str> = plan.lines().skip_while(|l| !l.starts_with("worker-1  worker  REMOVED")).take(7).collect();
+    assert_eq!(section.len(), 7, "{plan}");
+    assert!(section[1].contains("1. cordon and drain"), "{section:?}");
+    assert!(section[2].contains("2. revoke its kubelet certificate in the API (X509SHA256="), "{section:?}");
+    assert!(section[3].contains("3. reset the host over SSH (root@198.51.100.31)"), "{section:?}");
+    assert!(section[4].contains("4. delete Node worker-1"), "{section:?}");
+    assert!(section[5].contains("every other host drops its mesh peer"), "{section:?}");
+    // The revocation the plan names is the bundle's own kubelet certificate, and the
+    // addon that carries it goes to the API with the other addons.
+    let bundle = ctx.bundle();
+    let id = kforge_core::pki::credential_id(&bundle.certificates["kubelet-client/worker-1"].pair.cert).unwrap();
+    assert!(section[2].contains(&id[..23]), "{section:?}");
+    let json: serde_json::Value = serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
+    assert_eq!(json["removals"][0]["node"], "worker-1");
+    let addon = json["nodes"][0]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["files"].as_array().unwrap())
+        .find(|f| f["path"] == "/etc/kforge/addons/30-revoked-credentials.yaml");
+    assert!(addon.is_some(), "the revocation addon is planned on the first controller");
+
+    ctx.edit_spec("    - {name: controller-2, role: controller, endpoint: 203.0.113.22, location: par}\n", "");
+    let plan = ctx.kforge(&["plan"]).success().stdout;
+    assert!(plan.contains("controller-2  controller  REMOVED from the file"), "{plan}");
+    assert!(
+        plan.contains("refused: controller-2 runs the control plane: kforge does not yet remove an etcd member"),
+        "{plan}"
+    );
+    let before = std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap();
+    let out = ctx.kforge(&["apply"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("controller-2 runs the control plane and is no longer in kforge.yaml"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    assert_eq!(std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap(), before, "the refusal wrote nothing");
+}
+
+/// K3s: an agent's removal drains it, resets the host and deletes its Node, and says its
+/// kubelet certificate is K3s's (kforge cannot revoke it).
+#[test]
+fn k3s_removals_are_planned_too() {
+    let ctx = TestContext::with_example("ha");
+    let mut bundle = ctx.bundle();
+    let spec = kforge_core::spec::parse("kforge.yaml", &ctx.read("kforge.yaml")).unwrap();
+    bundle.record_deployed(&spec.cluster);
+    ctx.write("kforge.secrets.yaml", &serde_saphyr::to_string(&bundle).unwrap());
+    let agent = "agent-1";
+    ctx.edit_spec("    - {name: agent-1, role: agent, endpoint: 198.51.100.21, location: fra}\n", "");
+    for _ in 0..2 {
+        ctx.edit_spec("nodes: [agent-1, agent-2, agent-3]", "nodes: [agent-2, agent-3]");
+    }
+    let plan = ctx.kforge(&["plan"]).success().stdout;
+    assert!(plan.contains(&format!("{agent}  agent  REMOVED from the file")), "{plan}");
+    assert!(plan.contains("1. cordon and drain"), "{plan}");
+    assert!(plan.contains("its kubelet certificate is K3s's own: K3s cannot revoke it"), "{plan}");
+    assert!(plan.contains(&format!("delete Node {agent}")), "{plan}");
+    assert!(!plan.contains("30-revoked-credentials"), "no revocation addon on K3s");
 }

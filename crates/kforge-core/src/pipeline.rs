@@ -41,6 +41,7 @@ pub fn reconcile_secrets(
     report.created.extend(certs.created);
     report.reissued.extend(certs.reissued);
     report.removed.extend(certs.removed);
+    report.created.extend(bundle.revoke_departed(spec, now).created);
     Ok((bundle, report))
 }
 
@@ -120,6 +121,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
         api: model.api_url(),
         init_server: model.first_server().name.clone(),
         mesh_port: spec.mesh.port,
+        mesh_interface: spec.mesh.interface.clone(),
         nodes,
         peers,
         notes: notes(model),
@@ -130,7 +132,58 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             .of(model.nodes().filter(|(_, n)| n.role.runs_workloads()).count())
             .unwrap_or(1),
         drain_timeout_secs: u64::from(spec.rollout.drain_timeout_seconds),
+        removals: removals(model, secrets),
     }
+}
+
+/// The nodes apply deployed that the file no longer names, and how each is removed.
+fn removals(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<crate::plan::RemovalPlan> {
+    let hardway = model.spec.spec.distribution.kind == DistributionKind::Hardway;
+    secrets
+        .departed(model.spec)
+        .map(|(name, deployed)| {
+            let roles = &deployed.role;
+            let refused = roles.is_control_plane().then(|| {
+                format!(
+                    "{name} runs the control plane: kforge does not yet remove an etcd member (docs/nodes.md); put {name} back in the file to apply anything else"
+                )
+            });
+            let revoked: Vec<&str> = secrets
+                .revoked
+                .iter()
+                .filter(|(_, r)| &r.node == name)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let mut steps = Vec::new();
+            if roles.runs_workloads() {
+                steps.push("cordon and drain (its PodDisruptionBudgets respected)".to_string());
+            }
+            if hardway && !revoked.is_empty() {
+                steps.push(format!(
+                    "revoke its kubelet certificate in the API ({}: ValidatingAdmissionPolicy kforge-revoked-credentials)",
+                    revoked.iter().map(|id| &id[..id.len().min(23)]).collect::<Vec<_>>().join(", ")
+                ));
+            } else if roles.runs_workloads() {
+                steps.push("its kubelet certificate is K3s's own: K3s cannot revoke it (its Node is deleted)".to_string());
+            }
+            let host = deployed.ssh.host.clone().unwrap_or_default();
+            steps.push(format!("reset the host over SSH ({}@{host}): everything kforge installed goes (as kforge reset)", deployed.ssh.user));
+            if roles.runs_workloads() {
+                steps.push(format!("delete Node {name}"));
+            }
+            steps.push("every other host drops its mesh peer and firewall entries (the stages below)".to_string());
+            steps.push("the secrets bundle forgets its keys, mesh address and certificates".to_string());
+            crate::plan::RemovalPlan {
+                node: name.clone(),
+                roles: roles.clone(),
+                ssh: deployed.ssh.clone(),
+                refused,
+                steps,
+                revocation: (hardway && !revoked.is_empty())
+                    .then(|| crate::hardway::addons::revoked_credentials(secrets)),
+            }
+        })
+        .collect()
 }
 
 /// kubectl as the cluster admin on a control-plane host, where a real API server runs.

@@ -267,6 +267,14 @@ pub fn not_after(pem: &str) -> Option<OffsetDateTime> {
     Some(cert.validity().not_after.to_datetime())
 }
 
+/// How the API server names a client certificate it authenticated
+/// (`authentication.kubernetes.io/credential-id`): `X509SHA256=` and the hex SHA-256 of
+/// the certificate's DER. An admission policy can deny exactly this certificate.
+pub fn credential_id(pem: &str) -> Option<String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(format!("X509SHA256={}", sha256_hex(&block.contents)))
+}
+
 /// What `kforge certs check` shows of a certificate.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CertSummary {

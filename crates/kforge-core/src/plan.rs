@@ -542,6 +542,8 @@ pub struct Plan {
     pub init_server: String,
     /// UDP port of the mesh on every node (preflight checks nothing else holds it).
     pub mesh_port: u16,
+    /// The mesh's WireGuard interface on every node (a removed node's reset takes it).
+    pub mesh_interface: String,
     pub nodes: Vec<NodePlan>,
     pub peers: Vec<PeerPlan>,
     /// Facts worth telling the operator (relayed pairs, artifacts that cannot travel).
@@ -553,6 +555,30 @@ pub struct Plan {
     /// `spec.rollout`, resolved: workers at once and the drain timeout.
     pub workers_at_once: usize,
     pub drain_timeout_secs: u64,
+    /// Nodes apply deployed that the file no longer names: each is removed from the
+    /// cluster before the stages run (which then drop it from every other host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<RemovalPlan>,
+}
+
+/// How apply removes one node (docs/nodes.md), in the order it happens.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovalPlan {
+    pub node: String,
+    #[serde(serialize_with = "roles_text")]
+    pub roles: Roles,
+    /// How apply reaches the host to reset it (recorded when it was deployed).
+    pub ssh: crate::spec::NodeSsh,
+    /// Why apply refuses this removal, if it does (nothing is touched then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// What apply does, in order.
+    pub steps: Vec<String>,
+    /// Applied before the Node is deleted, so a kubelet still running there can never
+    /// register it again: the revocation addon (hard way).
+    #[serde(skip)]
+    pub revocation: Option<String>,
 }
 
 fn roles_text<S: serde::Serializer>(roles: &Roles, s: S) -> Result<S::Ok, S::Error> {

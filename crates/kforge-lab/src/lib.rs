@@ -185,6 +185,22 @@ pub struct MachineState {
     pub forge: bool,
 }
 
+impl MachineState {
+    /// A machine with a public address on the lab's internet (SSH goes straight to it).
+    fn public(state: &LabState, name: &str, ip: std::net::Ipv4Addr) -> MachineState {
+        MachineState {
+            name: name.to_string(),
+            ns: format!("kfl{}-{name}", state.id),
+            public_ip: Some(ip),
+            ssh_ip: ip,
+            router_ns: None,
+            pid: None,
+            cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
+            forge: name == forge::NAME,
+        }
+    }
+}
+
 impl LabState {
     pub fn load(dir: &Path) -> Result<LabState, LabError> {
         let path = dir.join("lab.json");
@@ -385,16 +401,7 @@ fn build(
             net::behind_nat(&router_ns, &ns, private, router_public, &state.host_veth)?;
             state.machines.len() - 1
         } else {
-            state.machines.push(MachineState {
-                name: name.clone(),
-                ns: ns.clone(),
-                public_ip: Some(public),
-                ssh_ip: public,
-                router_ns: None,
-                pid: None,
-                cgroups: machine::cgroup_dirs(&format!("{}-{name}", state.id)),
-                forge: name == forge::NAME,
-            });
+            state.machines.push(MachineState::public(state, name, public));
             state.save()?;
             net::attach(&state.wan_ns, &ns, &port, public, prefix)?;
             state.machines.len() - 1
@@ -516,6 +523,98 @@ fn cluster_file(state: &LabState, example: LabExample, forge: Option<&forge::For
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
     kforge_files::write_atomic(path, text.as_bytes(), mode).map_err(|e| LabError::io(path, e))
+}
+
+/// Add a machine to a running lab: a bare host with a public address on the lab's
+/// internet, the lab's SSH key, and its host key pinned in the lab's known_hosts — the
+/// next node for `apply` to grow the cluster onto. The cluster file is not changed: the
+/// operator adds the node to it.
+pub fn add(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<MachineState, LabError> {
+    let mut state = LabState::load(dir)?;
+    if state.machine(name).is_some() {
+        return Err(LabError::Setup(format!("this lab already has a machine {name}")));
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.len() > 20 {
+        return Err(LabError::Setup(format!(
+            "`{name}`: a machine name is lowercase letters, digits and '-' (at most 20)"
+        )));
+    }
+    let image = rootfs::ensure(None, log)?;
+    let authorized = fs::read_to_string(state.dir.join("id_ed25519.pub")).map_err(|e| LabError::io(&state.dir, e))?;
+    // The next free public address and port name after every machine the lab has had.
+    let used: Vec<std::net::Ipv4Addr> = state.machines.iter().filter_map(|m| m.public_ip).collect();
+    let i = (0u32..).find(|i| !used.contains(&net::host(state.subnet, 11 + i))).expect("a free address");
+    if 11 + i >= 100 {
+        return Err(LabError::Setup("the lab's internet has no public address left".into()));
+    }
+    let public = net::host(state.subnet, 11 + i);
+    let machine = MachineState::public(&state, name, public);
+    let ns = machine.ns.clone();
+    state.machines.push(machine);
+    state.save()?;
+    net::attach(&state.wan_ns, &ns, &format!("m{i}"), public, state.subnet.prefix_len())?;
+    let mdir = state.runtime.join(name);
+    let host_key = machine::prepare(&image, &mdir, name, &authorized, public)?;
+    let known_hosts = state.dir.join("known_hosts");
+    let mut known = fs::read_to_string(&known_hosts).map_err(|e| LabError::io(&known_hosts, e))?;
+    known.push_str(&format!("{public} {host_key}\n"));
+    write_file(&known_hosts, &known, 0o644)?;
+    write_file(&state.dir.join("ssh_config"), &ssh_config(&state), 0o644)?;
+    let log_path = state.dir.join("machines").join(format!("{name}.log"));
+    let pid = machine::boot(&mdir, name, &ns, &state.machines.last().expect("pushed").cgroups, &log_path)?;
+    state.machines.last_mut().expect("pushed").pid = Some(pid);
+    state.save()?;
+    log(&format!("{name}: booting ({public})"));
+    wait_for_ssh(&state, log)?;
+    Ok(state.machines.last().expect("pushed").clone())
+}
+
+/// Reinstall a machine in place, as a provider's "rebuild" would: same name, address and
+/// network, an empty disk and a new SSH host key. The lab's known_hosts keeps the old
+/// key, so strict host keys refuse the machine until the operator accepts the new one;
+/// the new key line is returned for that (to be checked, as on a real host).
+pub fn reinstall(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<String, LabError> {
+    let mut state = LabState::load(dir)?;
+    let Some(i) = state.machines.iter().position(|m| m.name == name) else {
+        let names: Vec<&str> = state.machines.iter().map(|m| m.name.as_str()).collect();
+        return Err(LabError::Setup(format!("no machine {name} in this lab (it has {})", names.join(", "))));
+    };
+    if let Some(pid) = state.machines[i].pid.take() {
+        log(&format!("{name}: shutting down"));
+        machine::stop(pid);
+    }
+    let mdir = state.runtime.join(name);
+    machine::remove(&mdir);
+    machine::remove_cgroups(&state.machines[i].cgroups);
+    state.save()?;
+    let image = rootfs::ensure(None, log)?;
+    let authorized = fs::read_to_string(state.dir.join("id_ed25519.pub")).map_err(|e| LabError::io(&state.dir, e))?;
+    let m = state.machines[i].clone();
+    let host_key = machine::prepare(&image, &mdir, name, &authorized, m.ssh_ip)?;
+    let log_path = state.dir.join("machines").join(format!("{name}.log"));
+    let pid = machine::boot(&mdir, name, &m.ns, &m.cgroups, &log_path)?;
+    state.machines[i].pid = Some(pid);
+    state.save()?;
+    log(&format!("{name}: reinstalled, booting with a new host key (known_hosts still has the old one)"));
+    wait_for_port(m.ssh_ip, name, &state, log)?;
+    Ok(format!("{} {}", m.ssh_ip, host_key.trim()))
+}
+
+/// Wait for a machine's SSH port (its host key is not checked: known_hosts may not
+/// have it yet).
+fn wait_for_port(ip: std::net::Ipv4Addr, name: &str, state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect_timeout(&SocketAddr::from((ip, 22)), Duration::from_millis(500)).is_err() {
+        if Instant::now() > deadline {
+            return Err(LabError::Setup(format!(
+                "{name} did not answer SSH within 120 s; see {}/machines/{name}.log",
+                state.dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    log(&format!("{name}: ssh port open"));
+    Ok(())
 }
 
 /// Restart one machine as a reboot would: systemd inside shuts down cleanly, then the

@@ -68,6 +68,10 @@ fn run(
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<ApplyReport, ApplyError> {
     local_artifacts_exist(&plan, opts)?;
+    let refused = crate::removal::refusals(&plan);
+    if !refused.is_empty() {
+        return Err(ApplyError::Preflight(refused.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")));
+    }
     let mut hosts = connect(&plan, opts, control_dir)?;
     gather_facts(&mut hosts, opts, progress);
     if hosts.iter().all(|h| h.failed) {
@@ -81,11 +85,27 @@ fn run(
         return Err(e);
     }
     let locks = lock(&mut hosts, opts);
+    // Nodes the file no longer names leave first, while the mesh still reaches them; a
+    // removal that fails stops the apply there (the node stays recorded: the next apply
+    // tries again), so no host drops a peer whose node is still half in the cluster.
+    let api = api_host(&hosts, &plan);
+    let removals = crate::removal::remove_nodes(
+        &plan,
+        api.as_ref().map(|(host, kubectl)| rollout::Api { host, kubectl }),
+        opts,
+        progress,
+    );
+    if let Some(failed) = removals.iter().find(|r| r.error.is_some()) {
+        for h in hosts.iter_mut().filter(|h| !h.failed) {
+            h.fail(format!("not started: removing {} failed, so this apply stopped before the stages", failed.node));
+        }
+    }
     let snapshot = run_stages(&mut hosts, &plan, opts, progress);
     finish_hosts(&mut hosts, &plan, opts);
     drop(locks);
     let mut report = finish(&plan, opts, hosts);
     report.snapshot = snapshot;
+    report.removals = removals;
     Ok(report)
 }
 
@@ -566,6 +586,7 @@ fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport 
         dry_run: opts.dry_run,
         hosts: hosts.into_iter().map(|h| h.report).collect(),
         snapshot: None,
+        removals: Vec::new(),
     }
 }
 

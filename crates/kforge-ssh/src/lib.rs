@@ -23,6 +23,8 @@ pub mod gitops;
 mod lock;
 mod preflight;
 mod remote_script;
+pub mod removal;
+pub mod reset;
 pub mod rollout;
 pub mod ssh;
 pub mod status;
@@ -131,10 +133,13 @@ pub struct ApplyReport {
     /// Where the etcd snapshot taken before the control plane moved was saved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Nodes removed from the cluster (the file no longer names them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<removal::RemovalReport>,
 }
 
 impl ApplyReport {
     pub fn all_converged(&self) -> bool {
-        self.hosts.iter().all(|h| h.converged)
+        self.hosts.iter().all(|h| h.converged) && self.removals.iter().all(|r| r.error.is_none())
     }
 }

@@ -51,6 +51,29 @@ impl Api<'_> {
         self.host.run_script(what, &format!("{} {args}", self.kubectl)).map_err(|e| e.to_string())
     }
 
+    /// The Node's Ready condition: `None` when the API has no such Node.
+    pub fn node_ready(&self, node: &str) -> Result<Option<bool>, String> {
+        let out = self.run(
+            "look up the Node",
+            &format!(
+                "get node {} --ignore-not-found -o jsonpath='{{.metadata.name}} {{.status.conditions[?(@.type==\"Ready\")].status}}'",
+                shell_quote(node)
+            ),
+        )?;
+        let mut w = out.split_whitespace();
+        Ok(w.next().map(|_| w.next() == Some("True")))
+    }
+
+    /// `kubectl apply` of a manifest kforge rendered.
+    pub fn apply_manifest(&self, what: &str, manifest: &str) -> Result<(), String> {
+        self.run(what, &format!("apply -f - >/dev/null <<'KFORGE_MANIFEST'\n{manifest}\nKFORGE_MANIFEST")).map(|_| ())
+    }
+
+    pub fn delete_node(&self, node: &str) -> Result<(), String> {
+        self.run("delete the Node", &format!("delete node {} --ignore-not-found >/dev/null", shell_quote(node)))
+            .map(|_| ())
+    }
+
     /// The nodes kforge cordoned and has not uncordoned (an apply that stopped half-way).
     pub fn cordoned_by_kforge(&self) -> Result<Vec<String>, String> {
         let out = self.run(

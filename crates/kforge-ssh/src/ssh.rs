@@ -126,7 +126,17 @@ impl Host {
         match status.code() {
             Some(0) => Ok(out),
             // ssh itself failed (connection, authentication, host key).
-            Some(255) => Err(SshError::Connect { host: self.node.clone(), detail: last_lines(&err) }),
+            Some(255) => {
+                let mut detail = last_lines(&err);
+                if err.contains("IDENTIFICATION HAS CHANGED") || err.contains("Host key verification failed") {
+                    detail.push_str(&format!(
+                        "\n  help: {node}'s SSH host key is not the one your known_hosts pins. If you reinstalled or replaced the machine, check its new key out of band (the provider's console), replace the old line (ssh-keygen -R {target}, with -f FILE for another known_hosts), add the new one, and apply again: kforge re-joins it (docs/nodes.md, \"Replacing a node\"). If you did not, stop: something else answers at its address",
+                        node = self.node,
+                        target = self.target
+                    ));
+                }
+                Err(SshError::Connect { host: self.node.clone(), detail })
+            }
             _ => Err(SshError::Remote { host: self.node.clone(), what: what.into(), detail: last_lines(&err) }),
         }
     }

@@ -100,6 +100,7 @@ fn the_hard_way_runs_for_real() {
     checks.run("workers survive a stopped API server", || workers_survive_a_stopped_api_server(&lab));
     checks.run("a rebooted worker comes back", || a_rebooted_worker_comes_back_without_apply(&lab));
     checks.run("1000 keys survive snapshot, wipe, restore", || a_thousand_keys_survive_snapshot_wipe_and_restore(&lab));
+    super::nodes::a_worker_joins_is_reset_and_joins_again(&lab, &mut checks);
     checks.finish();
 }
 

@@ -19,6 +19,7 @@ use crate::util::{Output, TestContext, run};
 mod doctor;
 mod gitops;
 mod hardway;
+mod nodes;
 mod upgrade;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -212,8 +213,10 @@ impl Drop for Lab {
         if !self.ctx.path("lab/lab.json").exists() {
             return; // the test took it down itself
         }
+        // The lab as it is now: a test may have added machines.
+        let now = LabState::load(&self.ctx.path("lab")).ok();
         let out = self.ctx.kforge(&["lab", "down"]);
-        let left = kforge_lab::leftovers(&self.state);
+        let left = kforge_lab::leftovers(now.as_ref().unwrap_or(&self.state));
         if !std::thread::panicking() {
             assert_eq!(out.code, 0, "lab down failed: {}", out.stderr);
             assert!(left.is_empty(), "lab down left: {left:?}");

@@ -20,7 +20,7 @@ pub fn blocked_by(model: &Model<'_>) -> Option<String> {
     [Component::KubeApiserver, Component::Kubectl].into_iter().find(|c| is_stand_in(model, *c)).map(|c| c.key().into())
 }
 
-pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
+pub fn plan(model: &Model<'_>, secrets: &crate::secrets::SecretsBundle, np: &mut NodePlan) {
     let rbac = PlannedFile::new(format!("{ADDONS_DIR}/10-apiserver-to-kubelet.yaml"), 0o644, rbac()).about(
         "ClusterRole system:kube-apiserver-to-kubelet and its binding to user `kubernetes`.",
         "kubectl apply (kforge, once the API answers); then the kubelets' webhook authorizer",
@@ -46,9 +46,23 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
             ("Corefile kubernetes".into(), format!("{}: the cluster domain", model.spec.spec.network.cluster_domain)),
         ],
     );
-    let digest = sha256_hex(format!("{}{}", rbac.sha256, dns.sha256).as_bytes());
+    let revoked = (!secrets.revoked.is_empty()).then(|| {
+        PlannedFile::new(format!("{ADDONS_DIR}/{REVOKED_FILE}"), 0o644, revoked_credentials(secrets)).about(
+            "ValidatingAdmissionPolicy kforge-revoked-credentials: the API refuses every write made with a removed node's certificate.",
+            "kubectl apply (kforge, at the node's removal and with the addons); the API server's admission",
+            vec![(
+                "validations".into(),
+                "the request's credential id (X509SHA256 of the client certificate, set by the API server) is not one of the secrets bundle's revoked certificates".into(),
+            )],
+        )
+    });
+    let digest = sha256_hex(
+        format!("{}{}{}", rbac.sha256, dns.sha256, revoked.as_ref().map(|f| f.sha256.as_str()).unwrap_or(""))
+            .as_bytes(),
+    );
     let p = np.phase(Phase::Addons);
     p.files.extend([rbac, dns]);
+    p.files.extend(revoked);
     if blocked_by(model).is_some() {
         return;
     }
@@ -62,6 +76,98 @@ pub fn plan(model: &Model<'_>, np: &mut NodePlan) {
         unless: Some(format!("[ \"$(cat {STAMP} 2>/dev/null)\" = {digest} ]")),
         recheck: None,
     });
+    if let Some((file, label)) = role_labels(model, &kubectl) {
+        p.files.push(file);
+        p.commands.push(label);
+    }
+}
+
+const ROLES_FILE: &str = "/etc/kforge/node-roles";
+const ROLES_STAMP: &str = "/var/lib/kforge/roles.labeled";
+
+/// `kubectl get nodes` shows each node's roles (ROLES is `<none>` without them): the
+/// API is told, since a kubelet may not label itself under node-role.kubernetes.io
+/// (NodeRestriction). The list is a file, so a node joining or leaving changes this
+/// phase and the labels are applied again.
+fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, PlannedCommand)> {
+    use crate::spec::Role;
+    let mut lines = String::new();
+    for (_, node) in model.nodes().filter(|(_, n)| n.role.has(Role::Worker)) {
+        if node.role.has(Role::Controller) {
+            lines.push_str(&format!("{} node-role.kubernetes.io/control-plane=\n", node.name));
+        }
+        lines.push_str(&format!("{} node-role.kubernetes.io/worker=\n", node.name));
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let file = PlannedFile::new(ROLES_FILE, 0o644, lines).about(
+        "Each node with a kubelet and the role labels kforge gives its Node (one per line).",
+        "kforge's addons step: kubectl label node NODE LABEL",
+        vec![("labels".into(), "node-role.kubernetes.io/control-plane on controllers, /worker on workers: the ROLES column of kubectl get nodes".into())],
+    );
+    let digest = file.sha256.clone();
+    let command = PlannedCommand {
+        description: "label each node with its roles (node-role.kubernetes.io/control-plane, /worker)".into(),
+        run: format!(
+            "while read -r n label; do for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && break; sleep 2; done; {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; done < {ROLES_FILE} && echo {digest} > {ROLES_STAMP}"
+        ),
+        unless: Some(format!("[ \"$(cat {ROLES_STAMP} 2>/dev/null)\" = {digest} ]")),
+        recheck: None,
+    };
+    Some((file, command))
+}
+
+/// The addon file that revokes removed nodes' certificates.
+pub const REVOKED_FILE: &str = "30-revoked-credentials.yaml";
+
+/// Kubernetes has no certificate revocation, and a removed node's kubelet certificate
+/// stays valid until it expires: with it, the node's name could register the Node
+/// again and update its status (NodeRestriction allows a node that much). The API
+/// server names each client certificate it authenticated by its SHA-256
+/// (`authentication.kubernetes.io/credential-id`), and this policy denies every
+/// create, update, delete and connect made with a revoked one, whatever the resource.
+/// Reads stay possible for what the Node authorizer still grants a name with no pods.
+pub fn revoked_credentials(secrets: &crate::secrets::SecretsBundle) -> String {
+    const KEY: &str = "authentication.kubernetes.io/credential-id";
+    let ids: Vec<String> = secrets.revoked.keys().map(|id| format!("'{id}'")).collect();
+    let nodes: std::collections::BTreeSet<&str> = secrets.revoked.values().map(|r| r.node.as_str()).collect();
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "kforge-revoked-credentials"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["*"],
+                "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE", "DELETE", "CONNECT"],
+                // Every resource and every subresource (the API allows `*/*` alone).
+                "resources": ["*/*"],
+            }]},
+            "validations": [{
+                "expression": format!(
+                    "!('{KEY}' in request.userInfo.extra) || !request.userInfo.extra['{KEY}'].exists(id, id in [{}])",
+                    ids.join(", ")
+                ),
+                "message": "this client certificate belonged to a node removed from the cluster by kforge, and is revoked",
+                "reason": "Forbidden",
+            }],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "kforge-revoked-credentials"},
+        "spec": {"policyName": "kforge-revoked-credentials", "validationActions": ["Deny"]},
+    });
+    manifests(
+        &format!(
+            "Managed by kforge: certificates of removed nodes ({}) are refused.",
+            nodes.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+        &[yaml(&policy), yaml(&binding)],
+    )
 }
 
 /// YAML documents (`---` between them) under a header comment.

@@ -17,7 +17,7 @@
 //!
 //! Every file carries an explanation for `kforge explain`.
 
-mod addons;
+pub mod addons;
 mod artifacts;
 pub mod certs;
 mod configs;
@@ -107,7 +107,7 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         etcd::plan(model, secrets, me, np);
         control_plane::plan(model, secrets, me, node, np);
         if me.name == model.first_server().name {
-            addons::plan(model, np);
+            addons::plan(model, secrets, np);
         }
     }
     if node.role.has(Role::Worker) {

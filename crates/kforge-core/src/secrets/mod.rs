@@ -59,6 +59,22 @@ pub struct SecretsBundle {
     /// cluster: reading the file never forgets a node that still runs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployed: BTreeMap<String, DeployedNode>,
+    /// Client certificates of removed nodes that the API must refuse (Kubernetes has no
+    /// certificate revocation): credential id (`X509SHA256=…`) → what it was. An entry
+    /// goes once its certificate has expired anyway.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, RevokedCredential>,
+}
+
+/// A certificate the cluster refuses (see [`SecretsBundle::revoked`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokedCredential {
+    pub node: String,
+    /// The leaf's id in the bundle when it was issued (e.g. `kubelet-client/lab-4`).
+    pub certificate: String,
+    /// RFC 3339: after this the certificate is refused anyway, and the entry goes.
+    pub not_after: String,
 }
 
 /// A node as apply last deployed it: what its removal needs once the file forgets it.
@@ -110,6 +126,8 @@ pub enum ItemKind {
     MeshAddress,
     PodNetwork,
     Certificate,
+    /// A removed node's certificate the API refuses from now on.
+    Revocation,
 }
 
 impl ItemKind {
@@ -122,6 +140,7 @@ impl ItemKind {
             ItemKind::MeshAddress => "mesh addresses",
             ItemKind::PodNetwork => "pod networks",
             ItemKind::Certificate => "certificates",
+            ItemKind::Revocation => "revoked certificates",
         }
     }
 }
@@ -168,7 +187,37 @@ impl SecretsBundle {
             pod_cidrs: BTreeMap::new(),
             gitops: None,
             deployed: BTreeMap::new(),
+            revoked: BTreeMap::new(),
         }
+    }
+
+    /// Revoke the client certificates of every departed node (its kubelet's identity
+    /// towards the API), and forget revocations whose certificate has expired. Done
+    /// when the removal is planned: from then on the node is leaving, whatever happens.
+    pub fn revoke_departed(&mut self, spec: &Cluster, now: OffsetDateTime) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let departed = self.departed_names(spec);
+        for (id, issued) in &self.certificates {
+            let Some((kind, node)) = id.rsplit_once('/') else { continue };
+            if kind != "kubelet-client" || !departed.contains(node) {
+                continue;
+            }
+            let (Some(cred), Some(not_after)) =
+                (pki::credential_id(&issued.pair.cert), pki::not_after(&issued.pair.cert))
+            else {
+                continue;
+            };
+            if let std::collections::btree_map::Entry::Vacant(e) = self.revoked.entry(cred) {
+                let not_after = not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                e.insert(RevokedCredential { node: node.to_string(), certificate: id.clone(), not_after });
+                report.created.push(Item::new(ItemKind::Revocation, id.clone()));
+            }
+        }
+        self.revoked.retain(|_, r| {
+            time::OffsetDateTime::parse(&r.not_after, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| t > now)
+        });
+        report
     }
 
     /// Nodes apply deployed that the file no longer names: removals still to apply.

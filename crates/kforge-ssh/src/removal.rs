@@ -1,0 +1,124 @@
+//! Removing the nodes the file no longer names (`Plan::removals`), one at a time,
+//! before the stages — which then drop each one from every other host's mesh, firewall
+//! and API balancer. While a node is removed the mesh still reaches it: its pods are
+//! drained through its own kubelet, then its certificate is revoked, its host reset,
+//! and its Node deleted (in that order, so a kubelet still running there can never
+//! register the Node again).
+
+use kforge_core::plan::{Plan, RemovalPlan};
+use serde::Serialize;
+
+use crate::rollout::Api;
+use crate::{ApplyOptions, StepTime, Target};
+
+/// One removal's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemovalReport {
+    pub node: String,
+    /// Done, in order; the apply then makes the bundle forget the node.
+    pub removed: bool,
+    pub steps: Vec<StepTime>,
+    /// Said loudly: what could not be done and stays the operator's (a host that did
+    /// not answer SSH was not reset).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Refusals, before any host is touched: a control-plane node cannot be removed yet.
+pub fn refusals(plan: &Plan) -> Vec<String> {
+    plan.removals.iter().filter_map(|r| r.refused.clone()).collect()
+}
+
+/// Each removal in turn; one that fails stops the rest (its node stays recorded, and
+/// the next apply tries again).
+pub fn remove_nodes(
+    plan: &Plan,
+    api: Option<Api<'_>>,
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Vec<RemovalReport> {
+    let mut out = Vec::new();
+    for r in &plan.removals {
+        let mut report = RemovalReport { node: r.node.clone(), ..RemovalReport::default() };
+        if opts.dry_run {
+            report.steps =
+                r.steps.iter().map(|s| StepTime { step: format!("{s} (dry run: not done)"), seconds: 0.0 }).collect();
+        } else if out.iter().any(|o: &RemovalReport| o.error.is_some()) {
+            report.error = Some("not started: an earlier removal failed".into());
+        } else {
+            if let Err(e) = remove(plan, r, api.as_ref(), opts, progress, &mut report) {
+                report.error = Some(e);
+            } else {
+                report.removed = true;
+            }
+        }
+        out.push(report);
+    }
+    out
+}
+
+fn remove(
+    plan: &Plan,
+    r: &RemovalPlan,
+    api: Option<&Api<'_>>,
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+    report: &mut RemovalReport,
+) -> Result<(), String> {
+    let node = &r.node;
+    let timed = |report: &mut RemovalReport, step: &str, f: &mut dyn FnMut() -> Result<(), String>| {
+        progress(node, step);
+        let started = std::time::Instant::now();
+        f()?;
+        report.steps.push(StepTime { step: step.into(), seconds: started.elapsed().as_secs_f64() });
+        Ok::<(), String>(())
+    };
+    let ready = match (api, r.roles.runs_workloads()) {
+        (Some(api), true) => api.node_ready(node)?,
+        _ => None,
+    };
+    let registered = ready.is_some();
+    if ready == Some(false) {
+        // Its kubelet is gone (the machine is down or cut off): a drain would wait for
+        // pods that nobody stops. They go with the Node, and their controllers replace them.
+        report.warnings.push(format!(
+            "{node} is not Ready: not drained (nothing there answers); its pods are deleted with its Node and replaced elsewhere by their controllers"
+        ));
+    }
+    if let (Some(api), Some(true)) = (api, ready) {
+        let blocked = api.drain_preflight(std::slice::from_ref(node), 1)?;
+        if !blocked.is_empty() {
+            return Err(format!("drain preflight: {}", blocked.join("\n")));
+        }
+        timed(report, &format!("cordon and drain (up to {} s)", plan.drain_timeout_secs), &mut || {
+            api.drain(node, plan.drain_timeout_secs)
+        })?;
+    }
+    if let (Some(api), Some(manifest)) = (api, &r.revocation) {
+        timed(report, "revoke its kubelet certificate in the API", &mut || {
+            api.apply_manifest("revoke certificates", manifest)
+        })?;
+    }
+    let target = Target {
+        node: node.clone(),
+        host: r.ssh.host.clone().unwrap_or_default(),
+        user: r.ssh.user.clone(),
+        port: r.ssh.port,
+    };
+    progress(node, "reset the host");
+    let started = std::time::Instant::now();
+    let reset = crate::reset::reset(&[target], opts.ssh_config.clone(), &plan.mesh_interface, false)?;
+    match reset.into_iter().next().and_then(|h| h.error) {
+        None => report.steps.push(StepTime { step: "reset the host".into(), seconds: started.elapsed().as_secs_f64() }),
+        Some(e) => report.warnings.push(format!(
+            "{node}'s host was NOT reset ({e}): what kforge installed there still runs, cut off from the cluster (mesh peer removed everywhere{}); reset it when it answers: kforge reset is for nodes in the file, so wipe it by hand or reinstall it",
+            if r.revocation.is_some() { ", its certificate revoked" } else { "" }
+        )),
+    }
+    if let (Some(api), true) = (api, registered) {
+        timed(report, &format!("delete Node {node}"), &mut || api.delete_node(node))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The cluster's shape changes on the hard-way lab, after its other checks: a machine
+//! added to the running lab joins as a worker, `kforge reset` takes off everything
+//! kforge put there (previewed first), a normal apply adds it back, the machine is
+//! reinstalled in place (new host key, empty disk) and re-joins the documented way, and
+//! dropping it from the file removes it from the cluster for good — its certificate
+//! refused.
+
+use super::{Checks, Lab};
+
+const NEW: &str = "lab-4";
+
+pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Checks) {
+    checks.run("a machine added to the lab joins the running cluster as a worker", || joins(lab));
+    checks.run("reset refuses a controller alone and an unknown name, touching nothing", || refusals(lab));
+    checks.run("reset previews, then takes off everything kforge installed, SSH untouched", || reset(lab));
+    checks.run("apply adds the reset worker back: one Node, Ready", || joins_again(lab));
+    checks.run("a worker reinstalled in place is refused by its host key, then re-joins the documented way", || {
+        replaced(lab)
+    });
+    checks.run("a worker dropped from the file is drained, reset, revoked and gone from every host", || removed(lab));
+}
+
+fn joins(lab: &Lab) {
+    lab.ctx.kforge(&["lab", "add", NEW, "--dir", "lab"]).success();
+    let ip = public_ip(lab);
+    lab.edit_cluster(|c| {
+        use kforge_core::spec::{IpAddress, Node, NodeSsh, Role, Roles};
+        c.spec.nodes.push(Node {
+            name: NEW.into(),
+            role: Roles::one(Role::Worker),
+            endpoint: Some(IpAddress(ip.parse().unwrap())),
+            ssh: NodeSsh { host: Some(NEW.into()), ..NodeSsh::default() },
+            location: None,
+            labels: Default::default(),
+            taints: Vec::new(),
+            mesh_ip: None,
+            arch: None,
+        })
+    });
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    ready_with_a_pod(lab);
+    // Roles people can see: `kubectl get nodes` shows them (NAME STATUS ROLES …).
+    let roles = lab.kubectl("lab-1", "get nodes --no-headers");
+    let role_of = |n: &str| {
+        roles
+            .lines()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(role_of("lab-1"), "control-plane,worker", "{roles}");
+    assert_eq!(role_of(NEW), "worker", "{roles}");
+}
+
+/// lab-4 Ready at the lab's release, running a pod placed on it.
+fn ready_with_a_pod(lab: &Lab) {
+    lab.wait_for(90, "lab-4 Ready", || {
+        lab.kubectl("lab-1", "get node lab-4 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'").trim()
+            == "True"
+    });
+    let version = lab.kubectl("lab-1", "get node lab-4 -o jsonpath='{.status.nodeInfo.kubeletVersion}'");
+    assert_eq!(version.trim(), kforge_lab::HARDWAY_VERSION);
+    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true");
+    lab.kubectl(
+        "lab-1",
+        "run on-lab-4 --image=kforge.lab/busybox:1 --image-pull-policy=Never --restart=Never --overrides='{\"spec\":{\"nodeName\":\"lab-4\"}}' -- sleep 3600",
+    );
+    let (ready, said) = lab.ssh_status(
+        "lab-1",
+        "kubectl --kubeconfig /etc/kforge/admin.kubeconfig wait --for=condition=Ready pod/on-lab-4 --timeout=60s",
+    );
+    if !ready {
+        let pod = lab.ssh_status("lab-1", "kubectl --kubeconfig /etc/kforge/admin.kubeconfig describe pod on-lab-4").1;
+        let kubelet = lab.ssh_status(NEW, "journalctl -u kubelet -u containerd --no-pager -n 40").1;
+        panic!("{said}\n{pod}\n{kubelet}");
+    }
+}
+
+fn refusals(lab: &Lab) {
+    let manifest = || lab.ssh("lab-1", "sha256sum /var/lib/kforge/manifest.json");
+    let before = manifest();
+    let out = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", "lab-1", "--yes"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("lab-1 runs the control plane"), "{}", out.stderr);
+    let out = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", "lab-44", "--yes"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("has no node `lab-44`; did you mean `lab-4`"), "{}", out.stderr);
+    assert_eq!(manifest(), before);
+}
+
+fn reset(lab: &Lab) {
+    let manifest = || lab.ssh(NEW, "sha256sum /var/lib/kforge/manifest.json");
+    let before = manifest();
+    let preview = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", NEW]).success().stdout;
+    for would in [
+        "would stop and disable kubelet.service",
+        "would stop and disable containerd.service",
+        "would delete link cni0",
+    ] {
+        assert!(preview.contains(would), "{would}: {preview}");
+    }
+    assert!(preview.contains("nothing was changed"), "{preview}");
+    assert_eq!(manifest(), before, "the preview touched the host");
+
+    let done = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", NEW, "--yes"]).success().stdout;
+    eprintln!("{done}");
+    assert!(done.contains("did stop and disable kubelet.service"), "{done}");
+    // What an operator would check by hand, on the host itself (over SSH: it still works).
+    let listening = lab.ssh(NEW, "ss -Htln | awk '{print $4}'");
+    for port in [":6443", ":2379", ":2380", ":10250", ":10256"] {
+        assert!(!listening.lines().any(|l| l.ends_with(port)), "{port} still open: {listening}");
+    }
+    let rules = lab.ssh(NEW, "iptables-save | grep -cE 'KUBE-|CNI-' || true");
+    assert_eq!(rules.trim(), "0", "KUBE- or CNI- rules left");
+    let left = lab.ssh(
+        NEW,
+        "for p in /var/lib/kforge /etc/kforge /opt/kforge /etc/systemd/system/kubelet.service /etc/systemd/system/containerd.service /etc/wireguard/kforge0.conf /var/lib/kubelet /etc/cni/net.d; do [ -e $p ] && echo $p; done; ip -o link show | awk -F': ' '{print $2}' | grep -E '^(cni0|kforge0|veth)' ; nft list tables | grep kforge; ip netns list | grep cni-; pgrep -l -x 'containerd|containerd-shim|kubelet|kube-proxy|boringtun-cli'; grep -c ' /var/lib/kubelet' /proc/mounts; true",
+    );
+    assert_eq!(left.trim(), "0", "left on {NEW}: {left}");
+    // The lab gives containerd its own mount (overlay cannot stack on the machine's
+    // root), as a real host may give it a disk: kept mounted, emptied.
+    let kept = lab.ssh(NEW, "mountpoint -q /var/lib/containerd && ls -A /var/lib/containerd | wc -l");
+    assert_eq!(kept.trim(), "0", "/var/lib/containerd: still a mount point, empty");
+    // A second reset finds nothing to do.
+    let again = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", NEW, "--yes"]).success().stdout;
+    assert!(!again.contains("did stop"), "{again}");
+}
+
+fn joins_again(lab: &Lab) {
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    ready_with_a_pod(lab);
+    let nodes = lab.kubectl("lab-1", "get nodes -o name");
+    assert_eq!(nodes.lines().filter(|l| l.trim() == "node/lab-4").count(), 1, "{nodes}");
+}
+
+/// lab-4 dropped from the file: plan shows the removal, apply drains it (its pod moves),
+/// revokes its kubelet certificate, resets the host and deletes the Node; every other
+/// host drops its mesh peer and firewall entries; the bundle forgets it. Then its old
+/// certificate, still valid by date, is refused by the real API.
+fn removed(lab: &Lab) {
+    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true");
+    // One replica that prefers lab-4: the drain must move it.
+    lab.ssh("lab-1", &format!("kubectl --kubeconfig /etc/kforge/admin.kubeconfig apply -f - <<'EOF'\n{LEAVES}EOF"));
+    lab.kubectl("lab-1", "rollout status deploy/leaves-lab-4 --timeout=60s");
+    let on = || lab.kubectl("lab-1", "get pods -l app=leaves-lab-4 -o jsonpath='{.items[*].spec.nodeName}'");
+    lab.wait_for(30, "one pod, on lab-4", || on().trim() == NEW);
+    let bundle = || -> kforge_core::secrets::SecretsBundle {
+        serde_saphyr::from_str(&lab.ctx.read("lab/kforge.secrets.yaml")).unwrap()
+    };
+    let old = bundle().certificates["kubelet-client/lab-4"].pair.clone();
+    let public_key = lab.ssh(NEW, "wg show kforge0 public-key").trim().to_string();
+    let (mesh_ip, public_ip) = (bundle().mesh_ips[NEW].to_string(), public_ip(lab));
+
+    lab.edit_cluster(|c| c.spec.nodes.retain(|n| n.name != NEW));
+    let plan = lab.ctx.kforge(&["plan", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(plan.contains("lab-4  worker  REMOVED from the file"), "{plan}");
+    assert!(plan.contains("revoke its kubelet certificate in the API (X509SHA256="), "{plan}");
+    let report = lab.apply_json();
+    let removal = &report["removals"][0];
+    assert_eq!(removal["node"], NEW, "{report}");
+    assert_eq!(removal["removed"], true, "{report}");
+    let steps: Vec<&str> = removal["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    eprintln!("lab-4's removal: {}", removal["steps"]);
+    assert!(steps[0].starts_with("cordon and drain"), "{steps:?}");
+    assert_eq!(steps[1..], ["revoke its kubelet certificate in the API", "reset the host", "delete Node lab-4"]);
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+
+    let (gone, _) = lab.ssh_status("lab-1", "kubectl --kubeconfig /etc/kforge/admin.kubeconfig get node lab-4");
+    assert!(!gone, "Node lab-4 is gone");
+    lab.kubectl("lab-1", "rollout status deploy/leaves-lab-4 --timeout=60s");
+    lab.wait_for(30, "the pod moved to lab-1, lab-2 or lab-3", || ["lab-1", "lab-2", "lab-3"].contains(&on().trim()));
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        let peers = lab.ssh(n, "wg show kforge0 peers");
+        assert!(!peers.contains(&public_key), "{n} still peers with lab-4");
+        let table = lab.ssh(n, "nft list table inet kforge");
+        let addresses: Vec<&str> = table.split(|c: char| !(c.is_ascii_digit() || c == '.')).collect();
+        assert!(
+            !addresses.contains(&public_ip.as_str()) && !addresses.contains(&mesh_ip.as_str()),
+            "{n}'s firewall names lab-4:\n{table}"
+        );
+    }
+    let after = bundle();
+    assert!(
+        !after.deployed.contains_key(NEW) && !after.mesh_ips.contains_key(NEW) && !after.wireguard.contains_key(NEW)
+    );
+    assert!(!after.certificates.contains_key("kubelet-client/lab-4"));
+    assert!(after.revoked.values().any(|r| r.node == NEW), "its revocation is kept");
+
+    // The old kubelet certificate against the real API: it still authenticates (a read
+    // answers), but registering the Node again is refused by the revocation.
+    lab.ssh(
+        "lab-1",
+        &format!("cat > /tmp/old.crt <<'EOF'\n{}EOF\ncat > /tmp/old.key <<'EOF'\n{}EOF", old.cert, old.key),
+    );
+    let k = "kubectl --kubeconfig /tmp/old.kubeconfig";
+    lab.ssh(
+        "lab-1",
+        &format!("cp /etc/kforge/admin.kubeconfig /tmp/old.kubeconfig && {k} config set-credentials \"$({k} config view -o jsonpath='{{.contexts[0].context.user}}')\" --client-certificate=/tmp/old.crt --client-key=/tmp/old.key --embed-certs=true >/dev/null"),
+    );
+    let (read, said) = lab.ssh_status("lab-1", &format!("{k} get --raw /version"));
+    assert!(read, "the old certificate still authenticates: {said}");
+    let (created, said) = lab.ssh_status(
+        "lab-1",
+        &format!("{k} create -f - <<'EOF'\napiVersion: v1\nkind: Node\nmetadata: {{name: lab-4}}\nEOF"),
+    );
+    assert!(!created, "the revoked certificate registered Node lab-4 again: {said}");
+    assert!(said.contains("revoked"), "{said}");
+    lab.ssh("lab-1", "rm -f /tmp/old.crt /tmp/old.key /tmp/old.kubeconfig");
+}
+
+const LEAVES: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: leaves-lab-4}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: leaves-lab-4}}
+  template:
+    metadata: {labels: {app: leaves-lab-4}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [lab-4]}]}
+      containers:
+        - {name: sleep, image: kforge.lab/busybox:1, imagePullPolicy: Never, command: [sleep, "3600"]}
+"#;
+
+/// lab-4's address (the lab's state as it is now: the test added the machine).
+fn public_ip(lab: &Lab) -> String {
+    kforge_lab::LabState::load(&lab.ctx.path("lab")).unwrap().machine(NEW).unwrap().public_ip.unwrap().to_string()
+}
+
+/// The machine rebuilt under the same name and address: strict host keys refuse it with
+/// the way out; its new key accepted (checked against what the machine itself holds, as
+/// a provider's console shows it), apply re-joins it as the same Node.
+fn replaced(lab: &Lab) {
+    let out = lab.ctx.kforge(&["lab", "reinstall", NEW, "--dir", "lab"]).success().stdout;
+    let new_key = out.lines().nth(1).unwrap().trim().to_string();
+    assert!(new_key.starts_with(&format!("{} ssh-ed25519 ", public_ip(lab))), "{out}");
+    let refused = lab.apply(&[]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("lab-4's SSH host key is not the one your known_hosts pins"), "{said}");
+    assert!(said.contains("ssh-keygen -R"), "{said}");
+
+    // The documented way: the old line out, the checked new one in.
+    let known = lab.ctx.path("lab/known_hosts");
+    crate::util::run("ssh-keygen", &["-q", "-R", &public_ip(lab), "-f", known.to_str().unwrap()]);
+    let mut text = std::fs::read_to_string(&known).unwrap();
+    text.push_str(&format!("{new_key}\n"));
+    std::fs::write(&known, text).unwrap();
+    joins_again(lab);
+}
