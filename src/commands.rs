@@ -670,21 +670,24 @@ fn run_apply(
     Ok((plan, report))
 }
 
-/// A control-plane node dropped from the file holds an etcd member, which kforge does
-/// not remove yet: refused before the bundle or any host is touched.
+/// A K3s server dropped from the file holds a member of K3s's embedded etcd, which
+/// kforge does not remove: refused before the bundle or any host is touched.
 fn refuse_control_plane_removals(args: &ClusterArgs) -> Result<(), CliError> {
     let spec = kforge_files::load_cluster_file(&args.file)?;
     let store = SecretsStore::beside(&args.file, AgeCredentials::from_env(args.age_identity.clone()))?;
     let Some(bundle) = store.load(&spec.cluster.metadata.name)? else { return Ok(()) };
+    if spec.cluster.spec.distribution.kind == spec::DistributionKind::Hardway {
+        return Ok(()); // kforge's own etcd: apply removes the member, keeping quorum
+    }
     let refused: Vec<&String> =
         bundle.departed(&spec.cluster).filter(|(_, d)| d.role.is_control_plane()).map(|(n, _)| n).collect();
     match refused.as_slice() {
         [] => Ok(()),
         names => Err(CliError::Other(format!(
-            "{} run{} the control plane and {} no longer in {}: kforge does not yet remove an etcd member (docs/nodes.md)\n  help: put {} back in the file; nothing was changed",
+            "{} {} K3s server{} no longer in {}: kforge does not remove a member of K3s's embedded etcd (docs/nodes.md)\n  help: put {} back in the file; nothing was changed",
             names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
-            if names.len() == 1 { "s" } else { "" },
-            if names.len() == 1 { "is" } else { "are" },
+            if names.len() == 1 { "is a" } else { "are" },
+            if names.len() == 1 { "" } else { "s" },
             args.file.display(),
             if names.len() == 1 { "it" } else { "them" },
         ))),

@@ -359,6 +359,16 @@ pub fn observed_plan(report: &kforge_ssh::ApplyReport) -> String {
             if steps.is_empty() { "no changes".to_string() } else { steps.join(" → ") }
         );
     }
+    if !report.removals.is_empty() {
+        let _ = writeln!(o, "first, removals (the file no longer names them):");
+        for r in &report.removals {
+            let steps: Vec<&str> = r.steps.iter().map(|s| s.step.trim_end_matches(" (dry run: not done)")).collect();
+            let _ = match &r.error {
+                Some(e) => writeln!(o, "  {}: REFUSED: {e}", r.node),
+                None => writeln!(o, "  {}: {}", r.node, steps.join(" → ")),
+            };
+        }
+    }
     let _ = writeln!(o, "nothing was changed (kforge apply does this)");
     o
 }

@@ -225,13 +225,23 @@ fn etcd_quorum_kept_warns_and_quorum_lost_fails() {
     let d = judge_etcd(&eps, &two_down);
     assert_eq!((d[0].verdict, d[0].node.as_deref()), (Verdict::Fail, Some("controller-1, controller-2")), "{d:?}");
     assert!(d[0].cause.contains("refuses every write"));
+    // etcdctl member list -w json: a member gone with its machine, and one added by hand
+    // and never started (no name: known by its peer URL).
     let stale = format!(
-        "{}{}{}members {{\"members\":[{{\"name\":\"controller-0\"}},{{\"name\":\"old-cp\"}}]}}\n",
+        "{}{}{}members {{\"members\":[{{\"ID\":1,\"name\":\"controller-0\",\"peerURLs\":[\"https://10.4.0.1:2380\"]}},{{\"ID\":2,\"name\":\"old-cp\",\"peerURLs\":[\"https://10.4.0.9:2380\"]}},{{\"ID\":255,\"peerURLs\":[\"https://10.4.0.99:2380\"]}}]}}\n",
         status(0, 7),
         status(1, 7),
         status(2, 7)
     );
-    assert!(judge_etcd(&eps, &stale).iter().any(|d| d.verdict == Verdict::Fail && d.evidence.contains("old-cp")));
+    let d = judge_etcd(&eps, &stale);
+    let found = d.iter().find(|d| d.verdict == Verdict::Fail).expect("a stale member fails");
+    assert!(
+        found
+            .evidence
+            .contains("old-cp (2), an unstarted member ff at https://10.4.0.99:2380 that is not a controller"),
+        "{found:?}"
+    );
+    assert!(found.fix.contains("kforge apply removes it"), "{found:?}");
 }
 
 #[test]

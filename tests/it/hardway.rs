@@ -222,10 +222,16 @@ fn units_and_configs_carry_the_flags_the_hard_way_needs() {
         "--client-cert-auth",
         "--peer-client-cert-auth",
         "--listen-peer-urls=https://10.4.0.2:2380",
-        "--initial-cluster=controller-0=https://10.4.0.1:2380,controller-1=https://10.4.0.2:2380,controller-2=https://10.4.0.3:2380",
+        "EnvironmentFile=/etc/etcd/initial-cluster.env",
     ] {
         assert!(etcd.contains(flag), "etcd lacks {flag}:\n{etcd}");
     }
+    // The bootstrap member list is read only with an empty data directory: it lives
+    // outside the unit, so a controller joining or leaving restarts no running etcd.
+    assert!(!etcd.contains("--initial-cluster="), "{etcd}");
+    assert!(read(c1.join("etc/etcd/initial-cluster.env")).contains(
+        "ETCD_INITIAL_CLUSTER=controller-0=https://10.4.0.1:2380,controller-1=https://10.4.0.2:2380,controller-2=https://10.4.0.3:2380\n"
+    ));
     let cm = read(c1.join("etc/systemd/system/kube-controller-manager.service"));
     for flag in ["--cluster-cidr=10.200.0.0/16", "--cluster-signing-cert-file=", "--leader-elect=true"] {
         assert!(cm.contains(flag), "controller-manager lacks {flag}:\n{cm}");

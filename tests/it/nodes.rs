@@ -68,9 +68,9 @@ fn dropping_a_node_and_running_every_read_command_leaves_the_bundle_byte_identic
 }
 
 /// What plan shows for each kind of removal: a worker's steps in order, its kubelet
-/// certificate's id; a controller refused, and apply stopping on it before any host.
+/// certificate's id; a controller's, its etcd member removed before its host is reset.
 #[test]
-fn a_dropped_worker_is_a_removal_in_the_plan_and_a_dropped_controller_is_refused() {
+fn a_dropped_worker_and_a_dropped_controller_are_removals_in_the_plan() {
     let ctx = deployed_hardway();
     ctx.edit_spec("    - {name: worker-1, role: worker, endpoint: 198.51.100.31, location: ams}\n", "");
     let plan = ctx.kforge(&["plan"]).success().stdout;
@@ -96,27 +96,31 @@ fn a_dropped_worker_is_a_removal_in_the_plan_and_a_dropped_controller_is_refused
         .find(|f| f["path"] == "/etc/kforge/addons/30-revoked-credentials.yaml");
     assert!(addon.is_some(), "the revocation addon is planned on the first controller");
 
+    // A controller: its etcd member goes before its host is wiped, and every other
+    // host's balancer drops its API server.
     ctx.edit_spec("    - {name: controller-2, role: controller, endpoint: 203.0.113.22, location: par}\n", "");
     let plan = ctx.kforge(&["plan"]).success().stdout;
-    assert!(plan.contains("controller-2  controller  REMOVED from the file"), "{plan}");
+    let section: Vec<&str> =
+        plan.lines().skip_while(|l| !l.starts_with("controller-2  controller  REMOVED")).take(6).collect();
     assert!(
-        plan.contains("refused: controller-2 runs the control plane: kforge does not yet remove an etcd member"),
-        "{plan}"
+        section[1].contains(
+            "1. remove its etcd member (https://10.4.0.3:2380), refused if the members left would lose quorum"
+        ),
+        "{section:?}"
     );
-    let before = std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap();
-    let out = ctx.kforge(&["apply"]);
-    assert_eq!(out.code, 1);
+    assert!(section[2].contains("2. reset the host over SSH (root@203.0.113.22)"), "{section:?}");
     assert!(
-        out.stderr.contains("controller-2 runs the control plane and is no longer in kforge.yaml"),
-        "{}",
-        out.stderr
+        section[3].contains("drops its mesh peer, firewall entries and API server from the balancer"),
+        "{section:?}"
     );
-    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
-    assert_eq!(std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap(), before, "the refusal wrote nothing");
+    let json: serde_json::Value = serde_json::from_str(&ctx.kforge(&["plan", "-o", "json"]).success().stdout).unwrap();
+    let members: Vec<&str> =
+        json["etcd"]["members"].as_array().unwrap().iter().map(|m| m[0].as_str().unwrap()).collect();
+    assert_eq!(members, ["controller-0", "controller-1"], "the etcd apply keeps: the file's controllers");
 }
 
 /// K3s: an agent's removal drains it, resets the host and deletes its Node, and says its
-/// kubelet certificate is K3s's (kforge cannot revoke it).
+/// kubelet certificate is K3s's (kforge cannot revoke it); a server's is refused.
 #[test]
 fn k3s_removals_are_planned_too() {
     let ctx = TestContext::with_example("ha");
@@ -135,4 +139,18 @@ fn k3s_removals_are_planned_too() {
     assert!(plan.contains("its kubelet certificate is K3s's own: K3s cannot revoke it"), "{plan}");
     assert!(plan.contains(&format!("delete Node {agent}")), "{plan}");
     assert!(!plan.contains("30-revoked-credentials"), "no revocation addon on K3s");
+
+    // A K3s server holds a member of K3s's embedded etcd: refused, nothing written.
+    ctx.edit_spec("    - {name: server-3, role: server, endpoint: 203.0.113.13, location: par}\n", "");
+    let plan = ctx.kforge(&["plan"]).success().stdout;
+    assert!(
+        plan.contains("refused: server-3 is a K3s server: kforge does not remove a member of K3s's embedded etcd"),
+        "{plan}"
+    );
+    let before = std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap();
+    let out = ctx.kforge(&["apply"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("server-3 is a K3s server no longer in kforge.yaml"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    assert_eq!(std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap(), before, "the refusal wrote nothing");
 }

@@ -133,6 +133,15 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             .unwrap_or(1),
         drain_timeout_secs: u64::from(spec.rollout.drain_timeout_seconds),
         removals: removals(model, secrets),
+        etcd: (spec.distribution.kind == DistributionKind::Hardway
+            && !crate::hardway::is_stand_in(model, crate::component::Component::Etcd))
+        .then(|| {
+            let cluster = crate::hardway::EtcdCluster::of(model);
+            crate::plan::EtcdMembership {
+                members: cluster.members.iter().map(|m| (m.name.clone(), m.peer_url())).collect(),
+                env_file: cluster.env_file.to_string(),
+            }
+        }),
     }
 }
 
@@ -143,11 +152,15 @@ fn removals(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<crate::plan::Remo
         .departed(model.spec)
         .map(|(name, deployed)| {
             let roles = &deployed.role;
-            let refused = roles.is_control_plane().then(|| {
+            // K3s's embedded etcd is K3s's: kforge does not remove its members.
+            let refused = (roles.is_control_plane() && !hardway).then(|| {
                 format!(
-                    "{name} runs the control plane: kforge does not yet remove an etcd member (docs/nodes.md); put {name} back in the file to apply anything else"
+                    "{name} is a K3s server: kforge does not remove a member of K3s's embedded etcd (docs/nodes.md); put {name} back in the file to apply anything else"
                 )
             });
+            let etcd_peer_url = (hardway && roles.is_control_plane())
+                .then(|| secrets.mesh_ips.get(name.as_str()).map(|ip| format!("https://{ip}:2380")))
+                .flatten();
             let revoked: Vec<&str> = secrets
                 .revoked
                 .iter()
@@ -166,12 +179,22 @@ fn removals(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<crate::plan::Remo
             } else if roles.runs_workloads() {
                 steps.push("its kubelet certificate is K3s's own: K3s cannot revoke it (its Node is deleted)".to_string());
             }
+            if let Some(peer) = &etcd_peer_url {
+                steps.push(format!(
+                    "remove its etcd member ({peer}), refused if the members left would lose quorum"
+                ));
+            }
             let host = deployed.ssh.host.clone().unwrap_or_default();
             steps.push(format!("reset the host over SSH ({}@{host}): everything kforge installed goes (as kforge reset)", deployed.ssh.user));
             if roles.runs_workloads() {
                 steps.push(format!("delete Node {name}"));
             }
-            steps.push("every other host drops its mesh peer and firewall entries (the stages below)".to_string());
+            steps.push(if roles.is_control_plane() {
+                "every other host drops its mesh peer, firewall entries and API server from the balancer (the stages below)"
+                    .to_string()
+            } else {
+                "every other host drops its mesh peer and firewall entries (the stages below)".to_string()
+            });
             steps.push("the secrets bundle forgets its keys, mesh address and certificates".to_string());
             crate::plan::RemovalPlan {
                 node: name.clone(),
@@ -181,6 +204,7 @@ fn removals(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<crate::plan::Remo
                 steps,
                 revocation: (hardway && !revoked.is_empty())
                     .then(|| crate::hardway::addons::revoked_credentials(secrets)),
+                etcd_peer_url,
             }
         })
         .collect()

@@ -559,6 +559,21 @@ pub struct Plan {
     /// cluster before the stages run (which then drop it from every other host).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removals: Vec<RemovalPlan>,
+    /// The hard way's etcd, where a real one runs: apply keeps its membership to the
+    /// plan's controllers (a departed controller's member removed before its host is
+    /// wiped, a stale one removed), always keeping quorum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdMembership>,
+}
+
+/// What apply needs to keep etcd's member list to the plan.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMembership {
+    /// Each planned member: name and peer URL.
+    pub members: Vec<(String, String)>,
+    /// etcdctl's environment file on every controller (endpoints, client certificate).
+    pub env_file: String,
 }
 
 /// How apply removes one node (docs/nodes.md), in the order it happens.
@@ -579,6 +594,10 @@ pub struct RemovalPlan {
     /// register it again: the revocation addon (hard way).
     #[serde(skip)]
     pub revocation: Option<String>,
+    /// Its etcd member's peer URL (a hard-way controller): removed before the host is
+    /// reset, when the members left keep quorum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_peer_url: Option<String>,
 }
 
 fn roles_text<S: serde::Serializer>(roles: &Roles, s: S) -> Result<S::Ok, S::Error> {

@@ -971,26 +971,28 @@ pub fn judge_etcd(endpoints: &[(String, String)], out: &str) -> Vec<Diagnosis> {
         v.push(Diagnosis::ok("etcd", format!("{n} of {n} members answer, one leader, largest db {} KiB", db / 1024)));
     }
     let members_line = out.lines().find_map(|l| l.strip_prefix("members ")).unwrap_or("");
-    if let Ok(m) = serde_json::from_str::<serde_json::Value>(members_line) {
-        let listed: Vec<String> = m["members"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|x| x["name"].as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let stale: Vec<&String> = listed.iter().filter(|l| !endpoints.iter().any(|(n, _)| n == *l)).collect();
+    if let Some(members) = crate::membership::parse(&format!("list {members_line}")) {
+        // Known by name, or (never started, so nameless) by its peer URL on a controller.
+        let stale: Vec<String> = members
+            .iter()
+            .filter(|m| {
+                !endpoints.iter().any(|(n, client)| {
+                    &m.name == n || m.peer_urls.iter().any(|p| p.replace(":2380", ":2379") == *client)
+                })
+            })
+            .map(|m| m.describe())
+            .collect();
         if !stale.is_empty() {
             v.push(
                 Diagnosis::bad(
                     "etcd",
                     Verdict::Fail,
                     "",
-                    format!(
-                        "member list has {} that is not a controller",
-                        stale.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
+                    format!("member list has {} that is not a controller of the file", stale.join(", ")),
                 )
                 .because(
-                    "a stale member counts toward quorum but never answers",
-                    "etcdctl member remove <id> for it (kforge apply does so when a controller leaves the file)",
+                    "a stale member counts toward quorum but never answers: one more member down and etcd stops",
+                    "kforge apply removes it when quorum holds without it (kforge plan --observe shows it first); or etcdctl member remove <id>",
                 ),
             );
         }

@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod facts;
 pub mod gitops;
 mod lock;
+pub mod membership;
 mod preflight;
 mod remote_script;
 pub mod removal;

@@ -26,7 +26,7 @@ pub struct RemovalReport {
     pub error: Option<String>,
 }
 
-/// Refusals, before any host is touched: a control-plane node cannot be removed yet.
+/// Refusals, before any host is touched: a K3s server cannot be removed by kforge.
 pub fn refusals(plan: &Plan) -> Vec<String> {
     plan.removals.iter().filter_map(|r| r.refused.clone()).collect()
 }
@@ -56,6 +56,69 @@ pub fn remove_nodes(
         }
         out.push(report);
     }
+    if out.iter().all(|r| r.error.is_none()) {
+        out.extend(stale_members(plan, api.as_ref(), opts.dry_run, progress));
+    }
+    out
+}
+
+/// etcd members the plan does not know (a machine gone and never removed, one added by
+/// hand) are removed, each only when quorum holds without it; a planned controller
+/// that is not a member of the running etcd is refused (joining one is not built yet).
+fn stale_members(
+    plan: &Plan,
+    api: Option<&Api<'_>>,
+    dry_run: bool,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Vec<RemovalReport> {
+    let (Some(etcd), Some(api)) = (&plan.etcd, api) else { return Vec::new() };
+    // etcd not answering (a first apply, a cluster without quorum): nothing to judge here;
+    // the stages and their gates deal with it.
+    let Ok(Some(members)) = crate::membership::read(api.host, &etcd.env_file) else { return Vec::new() };
+    let mut out = Vec::new();
+    let missing: Vec<&str> = etcd
+        .members
+        .iter()
+        .filter(|(name, peer)| !members.iter().any(|m| &m.name == name || m.peer_urls.contains(peer)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        out.push(RemovalReport {
+            node: missing.join(", "),
+            error: Some(format!(
+                "{} not a member of the running etcd: kforge does not yet add a controller to a running cluster (docs/nodes.md); take {} out of the file",
+                if missing.len() == 1 { "is" } else { "are" },
+                if missing.len() == 1 { "it" } else { "them" }
+            )),
+            ..RemovalReport::default()
+        });
+        return out;
+    }
+    for m in crate::membership::stale(&members, &etcd.members) {
+        let what = format!("stale etcd member {}", m.describe());
+        if dry_run {
+            let step = format!("remove {what} (dry run: not done)");
+            out.push(RemovalReport { node: what, steps: vec![StepTime { step, seconds: 0.0 }], ..Default::default() });
+            continue;
+        }
+        progress(&api.host.node, &format!("remove {what}"));
+        let started = std::time::Instant::now();
+        let mut report = RemovalReport { node: what.clone(), ..RemovalReport::default() };
+        match crate::membership::remove(api.host, &etcd.env_file, m) {
+            Ok(()) => {
+                report.removed = true;
+                report
+                    .steps
+                    .push(StepTime { step: format!("remove {what}"), seconds: started.elapsed().as_secs_f64() });
+            }
+            Err(e) => report.error = Some(e),
+        }
+        let failed = report.error.is_some();
+        out.push(report);
+        if failed {
+            break;
+        }
+    }
     out
 }
 
@@ -74,6 +137,21 @@ fn remove(
         f()?;
         report.steps.push(StepTime { step: step.into(), seconds: started.elapsed().as_secs_f64() });
         Ok::<(), String>(())
+    };
+    // A controller's etcd member: quorum checked before anything is touched (a removal
+    // that would stop etcd is refused with the node still serving, not half-drained).
+    let member = match (api, &plan.etcd, &r.etcd_peer_url) {
+        (Some(api), Some(etcd), Some(peer)) => {
+            let members = crate::membership::read(api.host, &etcd.env_file)?
+                .ok_or("etcd gave no member list (no quorum?): its member cannot be removed safely now")?;
+            let m = members.iter().find(|m| &m.name == node || m.peer_urls.contains(peer)).cloned();
+            if let Some(m) = &m {
+                crate::membership::quorum_without(&members, &[m.id])
+                    .map_err(|why| format!("etcd member {} not removed, nothing touched: {why}", m.describe()))?;
+            }
+            m
+        }
+        _ => None,
     };
     let ready = match (api, r.roles.runs_workloads()) {
         (Some(api), true) => api.node_ready(node)?,
@@ -95,6 +173,9 @@ fn remove(
         timed(report, &format!("cordon and drain (up to {} s)", plan.drain_timeout_secs), &mut || {
             api.drain(node, plan.drain_timeout_secs)
         })?;
+    }
+    if let (Some(api), Some(etcd), Some(m)) = (api, &plan.etcd, &member) {
+        timed(report, "remove its etcd member", &mut || crate::membership::remove(api.host, &etcd.env_file, m))?;
     }
     if let (Some(api), Some(manifest)) = (api, &r.revocation) {
         timed(report, "revoke its kubelet certificate in the API", &mut || {

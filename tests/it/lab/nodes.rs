@@ -5,6 +5,7 @@
 //! dropping it from the file removes it from the cluster for good — its certificate
 //! refused.
 
+use super::hardway::ETCDCTL;
 use super::{Checks, Lab};
 
 const NEW: &str = "lab-4";
@@ -18,6 +19,10 @@ pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Ch
         replaced(lab)
     });
     checks.run("a worker dropped from the file is drained, reset, revoked and gone from every host", || removed(lab));
+    checks.run("a stale etcd member made by hand: doctor names it, apply removes it", || stale_member(lab));
+    checks.run("a controller leaves: refused while quorum would be lost, then etcd 3 → 2 members", || {
+        controller_leaves(lab)
+    });
 }
 
 fn joins(lab: &Lab) {
@@ -261,4 +266,97 @@ fn replaced(lab: &Lab) {
     text.push_str(&format!("{new_key}\n"));
     std::fs::write(&known, text).unwrap();
     joins_again(lab);
+}
+
+/// etcd's members as lab-1 sees them: (name, id), an unstarted one with an empty name.
+fn members(lab: &Lab) -> Vec<(String, u64)> {
+    let out = lab.ssh("lab-1", &format!("{ETCDCTL} member list -w json"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["ID"].as_u64().unwrap()))
+        .collect()
+}
+
+fn stale_member(lab: &Lab) {
+    let bundle: kforge_core::secrets::SecretsBundle =
+        serde_saphyr::from_str(&lab.ctx.read("lab/kforge.secrets.yaml")).unwrap();
+    let unused = bundle.mesh_ips["lab-1"].octets();
+    let peer = format!("https://{}.{}.{}.99:2380", unused[0], unused[1], unused[2]);
+    lab.ssh("lab-1", &format!("{ETCDCTL} member add stale-1 --peer-urls={peer} >/dev/null"));
+    assert_eq!(members(lab).len(), 4);
+    let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]);
+    assert_eq!(doctor.code, 2, "{}", doctor.stdout);
+    assert!(doctor.stdout.contains("an unstarted member") && doctor.stdout.contains(&peer), "{}", doctor.stdout);
+    assert!(doctor.stdout.contains("not a controller of the file"), "{}", doctor.stdout);
+    let observed = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(observed.contains("remove stale etcd member an unstarted member"), "{observed}");
+    assert_eq!(members(lab).len(), 4, "plan --observe removed nothing");
+    let report = lab.apply_json();
+    let removal = &report["removals"][0];
+    assert_eq!(removal["removed"], true, "{report}");
+    assert!(removal["node"].as_str().unwrap().contains(&peer), "{report}");
+    let left: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|n| !n.is_empty()), "{left:?}");
+}
+
+/// lab-3 (controller and worker) dropped from the file while lab-2's etcd is down:
+/// without lab-3, 1 of 2 members would answer, so apply refuses before touching
+/// anything. With lab-2's etcd back, apply removes lab-3's member before wiping the
+/// host: 2 members, both healthy, the API answering, every balancer on 2 API servers.
+fn controller_leaves(lab: &Lab) {
+    lab.ssh("lab-2", "systemctl stop etcd");
+    lab.edit_cluster(|c| c.spec.nodes.retain(|n| n.name != "lab-3"));
+    let plan = lab.ctx.kforge(&["plan", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(plan.contains("lab-3  controller+worker  REMOVED from the file"), "{plan}");
+    let refused = lab.apply(&[]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("etcd member lab-3"), "{said}");
+    assert!(
+        said.contains("not removed, nothing touched: removing it would leave 2 voting members of which 1 answers"),
+        "{said}"
+    );
+    assert!(said.contains("down: lab-2"), "{said}");
+    assert_eq!(members(lab).len(), 3, "nothing was removed");
+    let cordoned = lab.kubectl("lab-1", "get node lab-3 -o jsonpath='{.spec.unschedulable}'");
+    assert_eq!(cordoned.trim(), "", "lab-3 was not drained");
+
+    lab.ssh("lab-2", "systemctl start etcd");
+    lab.wait_for(60, "etcd healthy on every member", || {
+        lab.ssh_status("lab-1", &format!("{ETCDCTL} endpoint health --cluster")).0
+    });
+    let report = lab.apply_json();
+    let removal =
+        report["removals"].as_array().unwrap().iter().find(|r| r["node"] == "lab-3").expect("lab-3's removal");
+    assert_eq!(removal["removed"], true, "{report}");
+    eprintln!("lab-3's removal: {}", removal["steps"]);
+    let steps: Vec<&str> = removal["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert!(steps[0].starts_with("cordon and drain"), "{steps:?}");
+    assert_eq!(steps[1], "remove its etcd member", "{steps:?}");
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    let mut left: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
+    left.sort();
+    assert_eq!(left, ["lab-1", "lab-2"]);
+    let health = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint health --cluster 2>&1"));
+    assert_eq!(health.lines().filter(|l| l.contains("is healthy")).count(), 2, "{health}");
+    let (gone, _) = lab.ssh_status("lab-1", "kubectl --kubeconfig /etc/kforge/admin.kubeconfig get node lab-3");
+    assert!(!gone, "Node lab-3 is gone");
+    assert_eq!(lab.kubectl("lab-1", "get --raw /readyz").trim(), "ok");
+    let lab3 = serde_saphyr::from_str::<kforge_core::secrets::SecretsBundle>(&lab.ctx.read("lab/kforge.secrets.yaml"))
+        .unwrap();
+    assert!(!lab3.deployed.contains_key("lab-3"));
+    for n in ["lab-1", "lab-2"] {
+        let conf = lab.ssh(n, "cat /etc/kforge/api-balancer-nginx.conf");
+        assert_eq!(
+            conf.lines().filter(|l| l.trim_start().starts_with("server ") && l.contains(":6443 ")).count(),
+            2,
+            "{n}:\n{conf}"
+        );
+    }
 }

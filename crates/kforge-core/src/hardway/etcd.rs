@@ -102,12 +102,27 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
         vec![("SANs".into(), format!("{} and {}: peers talk over the mesh only", me.name, me.mesh_ip))],
     );
     let peer_key_file = PlannedFile::secret(format!("{ETCD_DIR}/peer.key"), peer.key.clone());
+    let cluster = EtcdCluster::of(model);
+    let initial = cluster.initial_cluster();
+    let initial_file = PlannedFile::new(
+        format!("{ETCD_DIR}/initial-cluster.env"),
+        0o644,
+        format!(
+            "# Managed by kforge: read by etcd only when its data directory is empty.\nETCD_INITIAL_CLUSTER={initial}\n"
+        ),
+    )
+    .about(
+        "The members etcd bootstraps with (its --initial-cluster), as an environment file.",
+        "etcd (EnvironmentFile), only when its data directory is empty; a change restarts nothing",
+        vec![("ETCD_INITIAL_CLUSTER".into(), format!("{initial}: every controller, by mesh address"))],
+    );
     // The unit's flags name the planned files themselves: one path, written once.
     let etcd_unit = units::etcd(
         model,
         me,
-        &EtcdCluster::of(model),
+        &cluster,
         &units::EtcdFiles {
+            initial_cluster: &initial_file.path,
             ca: &ca_file.path,
             cert: &cert_file.path,
             key: &key_file.path,
@@ -116,7 +131,9 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
             peer_key: &peer_key_file.path,
         },
     );
+    let initial_path = initial_file.path.clone();
     let files = vec![
+        initial_file,
         ca_file,
         cert_file,
         key_file,
@@ -136,7 +153,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
         ),
         PlannedFile::from_unit(service(Component::Etcd), &etcd_unit, format!("The etcd member on {}.", me.name)),
     ];
-    let restart_on: Vec<String> = files.iter().map(|f| f.path.clone()).filter(|p| p != ETCDCTL_ENV).collect();
+    let restart_on: Vec<String> =
+        files.iter().map(|f| f.path.clone()).filter(|p| p != ETCDCTL_ENV && *p != initial_path).collect();
     let u = unit(model, Component::Etcd, restart_on, &[]);
     let p = np.phase(Phase::Datastore);
     p.files.extend(files);

@@ -16,6 +16,7 @@ pub struct EtcdFiles<'a> {
     pub peer_ca: &'a str,
     pub peer_cert: &'a str,
     pub peer_key: &'a str,
+    pub initial_cluster: &'a str,
 }
 
 /// The files kube-apiserver reads, as planned (`control_plane.rs` builds this).
@@ -58,7 +59,6 @@ fn component_unit(description: &str, docs: &str, mesh: &str, after_also: &str) -
 
 pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdFiles<'_>) -> UnitFile {
     let ip = me.mesh_ip;
-    let initial = cluster.initial_cluster();
     let flags = [
         flag("name", me.name.clone()),
         flag("data-dir", cluster.data_dir),
@@ -69,9 +69,6 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
         flag("listen-peer-urls", format!("https://{ip}:2380"))
             .because(format!("https://{ip}:2380: peers talk on the mesh address only, never on a public one")),
         flag("initial-advertise-peer-urls", format!("https://{ip}:2380")),
-        flag("initial-cluster", initial.clone()).because(format!(
-            "{initial}: every controller, by mesh address; used only when the data directory is empty"
-        )),
         flag("initial-cluster-token", cluster.token.clone()),
         flag("initial-cluster-state", "new"),
         flag("client-cert-auth", "").because("a client without a certificate from the etcd CA is refused"),
@@ -89,6 +86,11 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
             "Type",
             "notify",
             "systemd considers etcd started once it serves, which needs a quorum: kforge starts all members together",
+        )
+        .set_because(
+            "EnvironmentFile",
+            files.initial_cluster,
+            "ETCD_INITIAL_CLUSTER (every controller by mesh address) is read only when the data directory is empty: kept out of the unit, a member joining or leaving restarts no running etcd",
         )
         .exec_start("/usr/local/bin/etcd", &flags)
         .set("Restart", "on-failure")

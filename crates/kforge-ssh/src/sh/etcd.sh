@@ -83,3 +83,17 @@ kf_start_etcd() {
 kf_start_apiserver() {
   systemctl start kube-apiserver.service
 }
+
+# kf_membership: the member list and each started member's health (one line each, JSON),
+# asked with short timeouts: a member that is down must not stall the answer.
+kf_membership() {
+  kf_etcd_env
+  echo "list $(timeout 8 etcdctl --command-timeout=3s member list -w json 2>/dev/null | tr -d '\n' || true)"
+  echo "health $(timeout 15 etcdctl --command-timeout=3s endpoint health --cluster -w json 2>/dev/null | tr -d '\n' || true)"
+}
+
+# kf_member_remove ID (hex).
+kf_member_remove() {
+  kf_etcd_env
+  etcdctl --command-timeout=10s member remove "$1" >/dev/null
+}
