@@ -868,7 +868,20 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
             .filter(|g| g.engine == spec::GitOpsEngine::Flux)
             .map(gitops_probe),
     };
-    let report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
+    let mut report = kforge_ssh::status::status(&input).map_err(CliError::Other)?;
+    // Nodes the file dropped that apply has not removed yet: the cluster is not the file.
+    if !plan.removals.is_empty() {
+        let names: Vec<&str> = plan.removals.iter().map(|r| r.node.as_str()).collect();
+        report.checks.push(kforge_ssh::status::Check {
+            name: "removals".into(),
+            ok: false,
+            detail: format!(
+                "{} dropped from the file but still in the cluster: kforge apply removes {} (kforge plan shows the steps)",
+                names.join(", "),
+                if names.len() == 1 { "it" } else { "them" }
+            ),
+        });
+    }
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::status_text(&report)),

@@ -45,6 +45,14 @@ fn dropping_a_node_and_running_every_read_command_leaves_the_bundle_byte_identic
         );
         assert!(!out.stderr.contains("secrets bundle updated"), "`kforge {}`: {}", args.join(" "), out.stderr);
     }
+    // status says the cluster is not the file yet.
+    let status = ctx.kforge(&["status"]).stdout;
+    assert!(
+        status.lines().any(|l| l.contains("removals")
+            && l.contains("FAIL")
+            && l.contains("worker-1 dropped from the file but still in the cluster")),
+        "{status}"
+    );
     // The dropped node is deployed, so its keys stay: the bundle is not behind and
     // render delivered the other nodes' files.
     assert!(ctx.path("out/worker-0/user-data").exists() && !ctx.path("out/worker-1").exists());
