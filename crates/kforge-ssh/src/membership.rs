@@ -114,15 +114,27 @@ pub fn read(host: &Host, env_file: &str) -> Result<Option<Vec<Member>>, String> 
     Ok(parse(&out))
 }
 
-/// Remove `m`, after checking quorum against a fresh read.
+/// Remove `m`, after checking quorum against a fresh read. etcd itself refuses a
+/// removal until every member left has been connected to the leader for a few seconds
+/// ("unhealthy cluster", its strict reconfiguration check): right after a member came
+/// back, kforge asks again for up to 30 s rather than fail.
 pub fn remove(host: &Host, env_file: &str, m: &Member) -> Result<(), String> {
-    let now = read(host, env_file)?.ok_or("etcd gave no member list (no quorum?)")?;
-    if !now.iter().any(|x| x.id == m.id) {
-        return Ok(());
-    }
-    quorum_without(&now, &[m.id]).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
     let script = format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_remove {:x}\n", shell_quote(env_file), m.id);
-    host.run_script("etcd member remove", &script).map(|_| ()).map_err(|e| e.to_string())
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = read(host, env_file)?.ok_or("etcd gave no member list (no quorum?)")?;
+        if !now.iter().any(|x| x.id == m.id) {
+            return Ok(());
+        }
+        quorum_without(&now, &[m.id]).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
+        match host.run_script("etcd member remove", &script) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("unhealthy cluster") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

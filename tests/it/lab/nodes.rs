@@ -220,6 +220,13 @@ fn removed(lab: &Lab) {
     assert!(!created, "the revoked certificate registered Node lab-4 again: {said}");
     assert!(said.contains("revoked"), "{said}");
     lab.ssh("lab-1", "rm -f /tmp/old.crt /tmp/old.key /tmp/old.kubeconfig");
+
+    // With the revocation in force, an eviction through a budget still goes: the API
+    // server's own write of the budget's status carries no credential id.
+    let node = on().trim().to_string();
+    lab.kubectl("lab-1", &format!("drain {node} --pod-selector=app=leaves-lab-4 --timeout=60s"));
+    lab.kubectl("lab-1", &format!("uncordon {node}"));
+    lab.kubectl("lab-1", "rollout status deploy/leaves-lab-4 --timeout=60s");
 }
 
 const LEAVES: &str = r#"apiVersion: apps/v1
@@ -239,6 +246,15 @@ spec:
               preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [lab-4]}]}
       containers:
         - {name: sleep, image: kforge.lab/busybox:1, imagePullPolicy: Never, command: [sleep, "3600"]}
+---
+# A budget, so the eviction updates its status: the API server's own write, which the
+# revocation policy must let through (it once did not, and every drain stalled).
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: leaves-lab-4}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: leaves-lab-4}}
 "#;
 
 /// lab-4's address (the lab's state as it is now: the test added the machine).

@@ -145,9 +145,12 @@ pub fn revoked_credentials(secrets: &crate::secrets::SecretsBundle) -> String {
                 // Every resource and every subresource (the API allows `*/*` alone).
                 "resources": ["*/*"],
             }]},
+            // Total for every request: the API server's own loopback writes (a PDB's status
+            // during an eviction) carry no `extra` at all, and an expression that errors
+            // there would deny them (failurePolicy Fail) — every drain would stall.
             "validations": [{
                 "expression": format!(
-                    "!('{KEY}' in request.userInfo.extra) || !request.userInfo.extra['{KEY}'].exists(id, id in [{}])",
+                    "!has(request.userInfo.extra) || !('{KEY}' in request.userInfo.extra) || !request.userInfo.extra['{KEY}'].exists(id, id in [{}])",
                     ids.join(", ")
                 ),
                 "message": "this client certificate belonged to a node removed from the cluster by kforge, and is revoked",
