@@ -874,6 +874,19 @@ fn node_names(c: &Cluster) -> String {
     c.spec.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// `5%`, `2.5%` (under 100), or a quantity: digits with an optional binary or decimal
+/// suffix (`2Gi`, `500Mi`, `1G`).
+fn is_eviction_threshold(value: &str) -> bool {
+    if let Some(pct) = value.strip_suffix('%') {
+        return pct.parse::<f64>().is_ok_and(|p| (0.0..100.0).contains(&p));
+    }
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &value[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && ["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G", "T"].contains(&suffix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,17 +926,4 @@ mod tests {
         assert!(!is_k3s_version("v1.33+k3s1"));
         assert!(!is_k3s_version("v1.33.5"));
     }
-}
-
-/// `5%`, `2.5%` (under 100), or a quantity: digits with an optional binary or decimal
-/// suffix (`2Gi`, `500Mi`, `1G`).
-fn is_eviction_threshold(value: &str) -> bool {
-    if let Some(pct) = value.strip_suffix('%') {
-        return pct.parse::<f64>().is_ok_and(|p| (0.0..100.0).contains(&p));
-    }
-    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = &value[digits.len()..];
-    !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && ["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G", "T"].contains(&suffix)
 }
