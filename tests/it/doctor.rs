@@ -242,6 +242,24 @@ fn etcd_quorum_kept_warns_and_quorum_lost_fails() {
         "{found:?}"
     );
     assert!(found.fix.contains("kforge apply removes it"), "{found:?}");
+    // The file's other two controllers are not members: a join that has not happened.
+    let joining = d.iter().find(|d| d.verdict == Verdict::Warn).expect("a missing controller warns");
+    assert_eq!(joining.evidence, "controller-1, controller-2 not a member", "{joining:?}");
+    assert!(joining.fix.contains("kforge apply adds a missing controller as a learner"), "{joining:?}");
+    // A join stopped between add and promote: a learner with no vote.
+    let learner = format!(
+        "{}{}{}members {{\"members\":[{{\"ID\":1,\"name\":\"controller-0\",\"peerURLs\":[\"https://10.4.0.1:2380\"]}},{{\"ID\":2,\"name\":\"controller-1\",\"peerURLs\":[\"https://10.4.0.2:2380\"]}},{{\"ID\":3,\"name\":\"controller-2\",\"peerURLs\":[\"https://10.4.0.3:2380\"],\"isLearner\":true}}]}}\n",
+        status(0, 7),
+        status(1, 7),
+        status(2, 7)
+    );
+    let d = judge_etcd(&eps, &learner);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(
+        (d[1].verdict, d[1].evidence.as_str()),
+        (Verdict::Warn, "controller-2 (3) a learner (no vote)"),
+        "{d:?}"
+    );
 }
 
 #[test]

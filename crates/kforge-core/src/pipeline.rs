@@ -140,6 +140,7 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
             crate::plan::EtcdMembership {
                 members: cluster.members.iter().map(|m| (m.name.clone(), m.peer_url())).collect(),
                 env_file: cluster.env_file.to_string(),
+                join_env: crate::hardway::ETCD_JOIN_ENV.to_string(),
             }
         }),
     }

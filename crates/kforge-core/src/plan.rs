@@ -574,6 +574,8 @@ pub struct EtcdMembership {
     pub members: Vec<(String, String)>,
     /// etcdctl's environment file on every controller (endpoints, client certificate).
     pub env_file: String,
+    /// Where a joining controller's etcd finds the members it joins.
+    pub join_env: String,
 }
 
 /// How apply removes one node (docs/nodes.md), in the order it happens.

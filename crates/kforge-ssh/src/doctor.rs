@@ -996,6 +996,31 @@ pub fn judge_etcd(endpoints: &[(String, String)], out: &str) -> Vec<Diagnosis> {
                 ),
             );
         }
+        // A join that stopped half-way: a learner without a vote, or a controller of the
+        // file etcd does not list at all.
+        let learners: Vec<String> = members.iter().filter(|m| m.learner).map(|m| m.describe()).collect();
+        let absent: Vec<&str> = endpoints
+            .iter()
+            .filter(|(n, client)| {
+                !members
+                    .iter()
+                    .any(|m| &m.name == n || m.peer_urls.iter().any(|p| p.replace(":2380", ":2379") == *client))
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !members.is_empty() && (!learners.is_empty() || !absent.is_empty()) {
+            let mut what = Vec::new();
+            if !learners.is_empty() {
+                what.push(format!("{} a learner (no vote)", learners.join(", ")));
+            }
+            if !absent.is_empty() {
+                what.push(format!("{} not a member", absent.join(", ")));
+            }
+            v.push(Diagnosis::bad("etcd", Verdict::Warn, "", what.join("; ")).because(
+                "a controller of the file that does not vote adds nothing to etcd's quorum (a join that has not finished)",
+                "kforge apply adds a missing controller as a learner and promotes a learner once it has caught up (kforge plan --observe shows it)",
+            ));
+        }
     }
     let alarms = out.lines().find_map(|l| l.strip_prefix("alarms ")).unwrap_or("").trim();
     if alarms.contains("alarm:") {

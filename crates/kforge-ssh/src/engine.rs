@@ -9,7 +9,8 @@ use kforge_core::pipeline::HostCaps;
 use std::time::Instant;
 
 use kforge_core::plan::{
-    ArtifactSource, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile, Stage, Turns, stages,
+    ArtifactSource, EtcdMembership, FileKind, NodePlan, Phase, PhasePlan, Plan, PlannedCommand, PlannedFile, Stage,
+    Turns, stages,
 };
 use kforge_core::render::script::render_bootstrap;
 use kforge_core::render::steps::{Step, to_shell};
@@ -36,6 +37,8 @@ struct HostRun {
     /// uploaded in `artifacts` restarts its unit in a later phase.
     changed_paths: BTreeSet<String>,
     failed: bool,
+    /// Joins the running etcd after the stage's other hosts (`StageRun::join`).
+    joining: bool,
 }
 
 impl HostRun {
@@ -170,6 +173,7 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
                 manifest: BTreeMap::new(),
                 changed_paths: BTreeSet::new(),
                 failed: false,
+                joining: false,
             })
         })
         .collect()
@@ -306,8 +310,11 @@ fn run_stages(
                 h.fail("skipped: a server failed, so there is no healthy control plane to join");
             }
         }
+        let mut joins = None;
         if stage.phases.contains(&Phase::Datastore) {
-            snapshot = snapshot_before_control_plane(hosts, opts, progress);
+            joins = etcd_joins(hosts, plan, progress);
+            let grows = joins.as_ref().is_some_and(|(_, j)| !j.is_empty());
+            snapshot = snapshot_before_control_plane(hosts, opts, progress, grows);
         }
         let run = StageRun { stage: &stage, plan, opts, store: &store, progress, api: api_host(hosts, plan) };
         match stage.turns {
@@ -316,6 +323,9 @@ fn run_stages(
                 parallel_refs(&mut all, opts.parallel, |h| run.on(h, false));
             }
             Turns::OneAtATime | Turns::Drained => run.in_turns(hosts),
+        }
+        if let (Some((from, joins)), Some(etcd)) = (joins, &plan.etcd) {
+            run.joins(hosts, &from, &joins, etcd);
         }
     }
     store.lock().unwrap().save();
@@ -330,18 +340,64 @@ fn api_host(hosts: &[HostRun], plan: &Plan) -> Option<(Host, String)> {
     Some((h.host.clone(), kubectl))
 }
 
-/// Before the first controller restarts in an apply that changes a running control
-/// plane: an etcd snapshot on the workstation. Without one nothing of the control plane
-/// moves (every host stops here, nothing restarted).
+/// The controllers the file adds to a running etcd, and the member that adds them:
+/// etcd is asked on a controller where it runs. None when no controller's etcd runs
+/// (a cluster being founded: every member starts with the planned initial cluster).
+/// When etcd runs but lists no members (no quorum), a controller whose etcd has no data
+/// cannot tell whether to found or to join, so it starts nothing and says why; one with
+/// data starts as before (which may be what brings quorum back).
+fn etcd_joins(
+    hosts: &mut [HostRun],
+    plan: &Plan,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Option<(Host, Vec<crate::membership::Join>)> {
+    let etcd = plan.etcd.as_ref()?;
+    let runs = |h: &HostRun| h.facts.unit_states.get(ETCD_UNIT).is_some_and(|s| s == "active");
+    let from = hosts.iter().find(|h| !h.failed && h.plan.control_plane && runs(h))?.host.clone();
+    progress(&from.node, "read etcd's members (does the file add a controller?)");
+    let members = match crate::membership::read(&from, &etcd.env_file) {
+        Ok(Some(m)) => m,
+        _ => {
+            for h in hosts.iter_mut().filter(|h| !h.failed && h.plan.control_plane && !runs(h)) {
+                if !etcd_has_data(&h.host) {
+                    h.fail(format!(
+                        "etcd runs on {} but lists no members (no quorum?): {}'s etcd has never started, and cannot tell whether to found a cluster or join this one, so it was not started; bring etcd's quorum back (kforge doctor), then apply again",
+                        from.node, h.plan.node
+                    ));
+                }
+            }
+            return None;
+        }
+    };
+    let joins = crate::membership::joins(&members, &etcd.members);
+    for h in hosts.iter_mut() {
+        h.joining = joins.iter().any(|j| j.node == h.plan.node);
+    }
+    Some((from, joins))
+}
+
+const ETCD_UNIT: &str = "etcd.service";
+
+/// Whether this controller's etcd data directory holds a member (it ran before).
+fn etcd_has_data(host: &Host) -> bool {
+    let script = format!("[ -d {}/member ] && echo yes || true", kforge_core::hardway::ETCD_DATA_DIR);
+    host.run_script("look for etcd data", &script).is_ok_and(|o| o.trim() == "yes")
+}
+
+/// Before the first controller restarts, or etcd's membership grows, in an apply that
+/// changes a running control plane: an etcd snapshot on the workstation. Without one
+/// nothing of the control plane moves (every host stops here, nothing restarted).
 fn snapshot_before_control_plane(
     hosts: &mut [HostRun],
     opts: &ApplyOptions,
     progress: &(dyn Fn(&str, &str) + Sync),
+    grows: bool,
 ) -> Option<String> {
     let control = [Phase::Datastore, Phase::ControlPlane, Phase::Controllers];
     let take = opts.snapshot.filter(|_| !opts.dry_run)?;
-    let first = hosts.iter().find(|h| !h.failed && disrupts(h, &control, None))?;
-    progress(&first.host.node, "the control plane runs and will restart: etcd snapshot first");
+    let first = hosts.iter().find(|h| !h.failed && (disrupts(h, &control, None) || (grows && h.plan.control_plane)))?;
+    let why = if grows { "etcd gains a member" } else { "the control plane runs and will restart" };
+    progress(&first.host.node, &format!("{why}: etcd snapshot first"));
     match take() {
         Ok(path) => {
             progress(&first.host.node, &format!("etcd snapshot saved to {path}"));
@@ -403,6 +459,17 @@ impl StageRun<'_> {
     /// something — or always, for a node about to be uncordoned (a stopped apply may
     /// have restarted its kubelet and never seen it Ready).
     fn on(&self, h: &mut HostRun, always_gate: bool) {
+        self.on_then(h, always_gate, &mut |_| Ok(()))
+    }
+
+    /// `on`, with `before_gate` run on the host between a phase and its gate (a joining
+    /// etcd member votes before it can pass its health gate).
+    fn on_then(
+        &self,
+        h: &mut HostRun,
+        always_gate: bool,
+        before_gate: &mut dyn FnMut(&mut HostRun) -> Result<(), String>,
+    ) {
         for phase in &self.stage.phases {
             let Some(pp) = h.plan.phases.iter().find(|p| p.phase == *phase).cloned() else { continue };
             (self.progress)(&h.host.node, phase.name());
@@ -412,6 +479,9 @@ impl StageRun<'_> {
                 Ok(false) if !always_gate => continue,
                 Ok(false) => {}
                 Ok(true) => h.step(phase.name(), started),
+            }
+            if let Err(e) = before_gate(h) {
+                return h.fail(format!("phase {}: {e}", phase.name()));
             }
             let Some(gate) = pp.gate.as_ref() else { continue };
             if self.opts.dry_run {
@@ -433,6 +503,110 @@ impl StageRun<'_> {
         }
     }
 
+    /// Each controller the file adds joins the running etcd, one at a time, after the
+    /// stage's other hosts: its peer port probed from a member over the mesh, added as
+    /// a learner (no vote, so quorum is untouched while it catches up), started with
+    /// the member list etcd answered, promoted once in sync, then its health gate. A
+    /// join that fails stops the others; an apply run again resumes a learner it left.
+    fn joins(&self, hosts: &mut [HostRun], from: &Host, joins: &[crate::membership::Join], etcd: &EtcdMembership) {
+        let mut stopped: Option<String> = None;
+        for j in joins {
+            let Some(h) = hosts.iter_mut().find(|h| h.plan.node == j.node) else { continue };
+            h.joining = false;
+            if h.failed {
+                stopped.get_or_insert(j.node.clone());
+                continue;
+            }
+            if let Some(who) = &stopped {
+                h.fail(format!("not started: {who} did not join etcd, so no other controller joins after it (fix it and run kforge apply again)"));
+                continue;
+            }
+            self.join(h, from, j, etcd);
+            if h.failed {
+                stopped = Some(j.node.clone());
+            }
+        }
+    }
+
+    fn join(&self, h: &mut HostRun, from: &Host, j: &crate::membership::Join, etcd: &EtcdMembership) {
+        use crate::membership::{self as m, Joining};
+        let node = h.plan.node.clone();
+        if self.opts.dry_run {
+            let steps = match j.joining {
+                Joining::Add => vec![
+                    format!("probe {} from {} over the mesh", j.peer_url, from.node),
+                    format!("etcd member add {node} --learner (on {})", from.node),
+                ],
+                Joining::Resume { id } => vec![format!("resume learner {id:x} an earlier apply added")],
+            };
+            for step in steps.into_iter().chain([
+                "start etcd with the member list etcd answers".to_string(),
+                "promote to voter once caught up".to_string(),
+            ]) {
+                h.report.steps.push(StepTime { step: format!("{step} (dry run: not done)"), seconds: 0.0 });
+            }
+            return self.on(h, false);
+        }
+        let timed = |h: &mut HostRun, what: &str, f: &mut dyn FnMut() -> Result<(), String>| {
+            (self.progress)(&node, what);
+            let started = Instant::now();
+            f().map(|()| h.step(what, started))
+        };
+        let ip = j.peer_url.trim_start_matches("https://").trim_end_matches(":2380").to_string();
+        let prepared = (|| {
+            if etcd_has_data(&h.host) && j.joining == Joining::Add {
+                return Err(format!(
+                    "{node} has etcd data from an earlier membership ({}): a joining member starts empty; kforge reset {node} (or move the directory aside), then apply again",
+                    kforge_core::hardway::ETCD_DATA_DIR
+                ));
+            }
+            if j.joining == Joining::Add {
+                let what = format!("probe {} from {} over the mesh", j.peer_url, from.node);
+                timed(h, &what, &mut || {
+                    m::probe_peer(from, &ip).map(|_| ()).map_err(|e| {
+                        format!("{} does not reach {node}'s etcd peer port over the mesh, so etcd was not asked to add it: {e}", from.node)
+                    })
+                })?;
+                timed(h, &format!("etcd member add {node} --learner (on {})", from.node), &mut || {
+                    m::add_learner(from, &etcd.env_file, &node, &j.peer_url)
+                })?;
+            }
+            let members =
+                m::read(from, &etcd.env_file)?.ok_or("etcd gave no member list after the add (no quorum?)")?;
+            let me = members
+                .iter()
+                .find(|x| x.name == node || x.peer_urls.contains(&j.peer_url))
+                .ok_or_else(|| format!("{node} is not in etcd's member list after the add"))?;
+            let id = me.id;
+            if me.name.is_empty() {
+                let env = m::join_env(&members, &node, &j.peer_url)?;
+                let script = format!(
+                    "{}\nkf_join_env_write {} <<'KF_JOIN_ENV'\n{env}KF_JOIN_ENV\n",
+                    include_str!("sh/etcd.sh"),
+                    crate::ssh::shell_quote(&etcd.join_env)
+                );
+                h.host.run_script("write the member list it joins", &script).map_err(|e| e.to_string())?;
+            }
+            Ok::<u64, String>(id)
+        })();
+        let id = match prepared {
+            Ok(id) => id,
+            Err(e) => return h.fail(format!("joining etcd: {e}")),
+        };
+        let (from, env_file, join_env) = (from.clone(), etcd.env_file.clone(), etcd.join_env.clone());
+        // Gated even when nothing changed here: a learner an earlier apply started votes now.
+        self.on_then(h, true, &mut |h: &mut HostRun| {
+            timed(h, "promote to voter (waits until it has caught up, up to 120 s)", &mut || {
+                m::promote(&from, &env_file, id, std::time::Duration::from_secs(120))
+            })?;
+            // It votes: its data directory is what it starts from now.
+            h.host
+                .run_script("remove the join's member list", &format!("rm -f {}", crate::ssh::shell_quote(&join_env)))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    }
+
     fn in_turns(&self, hosts: &mut [HostRun]) {
         // A plan with no API to ask (its control plane a named stand-in: no kubectl)
         // has no Node to drain; its hosts still go one at a time.
@@ -445,6 +619,8 @@ impl StageRun<'_> {
         let phases = &self.stage.phases;
         let turn: Vec<bool> =
             hosts.iter().map(|h| !h.failed && (disrupts(h, phases, None) || leftover.contains(&h.plan.node))).collect();
+        // A controller joining a running etcd goes after everyone else, alone (`joins`).
+        let away: Vec<bool> = hosts.iter().map(|h| h.failed || h.joining).collect();
         // Everyone else together; in the control plane the initialising server first
         // (K3s starts its datastore there), then the rest.
         let init = &self.plan.init_server;
@@ -452,14 +628,18 @@ impl StageRun<'_> {
         for first in [true, false].into_iter().filter(|f| init_first || !*f) {
             let mut wave: Vec<&mut HostRun> = hosts
                 .iter_mut()
-                .zip(&turn)
-                .filter(|(h, t)| !**t && !h.failed && (!init_first || (h.plan.node == *init) == first))
+                .zip(turn.iter().zip(&away))
+                .filter(|(h, (t, away))| !**t && !**away && (!init_first || (h.plan.node == *init) == first))
                 .map(|(h, _)| h)
                 .collect();
             parallel_refs(&mut wave, self.opts.parallel, |h| self.on(h, false));
         }
-        let mut queue: Vec<&mut HostRun> =
-            hosts.iter_mut().zip(&turn).filter(|(h, t)| **t && !h.failed).map(|(h, _)| h).collect();
+        let mut queue: Vec<&mut HostRun> = hosts
+            .iter_mut()
+            .zip(turn.iter().zip(&away))
+            .filter(|(_, (t, away))| **t && !**away)
+            .map(|(h, _)| h)
+            .collect();
         if queue.is_empty() {
             return;
         }
@@ -810,6 +990,7 @@ mod tests {
                     manifest: BTreeMap::new(),
                     changed_paths,
                     failed: false,
+                    joining: false,
                 }
             })
             .collect()

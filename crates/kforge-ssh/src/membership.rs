@@ -1,7 +1,9 @@
-//! The hard way's etcd membership against the plan: a departed controller's member is
-//! removed before its host is wiped, and a stale member (a machine gone, never removed;
-//! one added by hand) is removed by apply — each only when the members left keep
-//! quorum. The judging is pure (`judge`, `quorum_without`), fed by one shell call.
+//! The hard way's etcd membership against the plan: a controller added to the file
+//! joins the running etcd as a learner, one at a time, and votes once it has caught up;
+//! a departed controller's member is removed before its host is wiped, and a stale
+//! member (a machine gone, never removed; one added by hand) is removed by apply —
+//! each removal only when the members left keep quorum. The judging is pure (`joins`,
+//! `join_env`, `quorum_without`, `stale`), fed by one shell call (`read`).
 
 use serde::Deserialize;
 
@@ -137,6 +139,111 @@ pub fn remove(host: &Host, env_file: &str, m: &Member) -> Result<(), String> {
     }
 }
 
+/// Where a planned controller stands in joining the running etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joining {
+    /// Not a member: probe its peer URL, add it as a learner, start it, promote it.
+    Add,
+    /// Added as a learner by an earlier apply that stopped (started or not): start it
+    /// (with the member list it joins, when it never started), promote it.
+    Resume { id: u64 },
+}
+
+/// A planned controller that is not (yet) a voting member of the running etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub node: String,
+    pub peer_url: String,
+    pub joining: Joining,
+}
+
+/// The planned controllers that are not voting members, in the order they join: a
+/// learner an earlier apply left first (etcd takes one learner at a time), then the
+/// rest in the file's order.
+pub fn joins(members: &[Member], planned: &[(String, String)]) -> Vec<Join> {
+    let mut out: Vec<Join> = Vec::new();
+    for (name, peer) in planned {
+        let found = members.iter().find(|m| &m.name == name || m.peer_urls.contains(peer));
+        let joining = match found {
+            None => Joining::Add,
+            Some(m) if m.learner => Joining::Resume { id: m.id },
+            Some(_) => continue,
+        };
+        out.push(Join { node: name.clone(), peer_url: peer.clone(), joining });
+    }
+    out.sort_by_key(|j| j.joining == Joining::Add);
+    out
+}
+
+/// What a joining member starts with (`/etc/etcd/join.env`): every member etcd lists,
+/// under the name the joiner will publish, and `existing`. etcd checks the list
+/// against the running cluster's, so it must be exactly that list: a member added
+/// later, or one missing, stops the joiner at start.
+pub fn join_env(members: &[Member], name: &str, peer_url: &str) -> Result<String, String> {
+    let mut cluster = Vec::new();
+    for m in members {
+        let mine = m.name == name || m.peer_urls.iter().any(|u| u == peer_url);
+        let member_name = match (mine, m.name.is_empty()) {
+            (true, _) => name,
+            (false, false) => m.name.as_str(),
+            (false, true) => {
+                return Err(format!(
+                    "{} is in the way: etcd lists it, so {name} would have to name it at start, and it has no name; kforge apply removes it once it is not in the file (or etcdctl member remove {:x})",
+                    m.describe(),
+                    m.id
+                ));
+            }
+        };
+        cluster.extend(m.peer_urls.iter().map(|u| format!("{member_name}={u}")));
+    }
+    if !members.iter().any(|m| m.name == name || m.peer_urls.iter().any(|u| u == peer_url)) {
+        return Err(format!("{name} is not a member of the running etcd: it cannot join before it is added"));
+    }
+    Ok(format!("ETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=existing\n", cluster.join(",")))
+}
+
+/// Add `name` as a learner, from the member `host` runs.
+pub fn add_learner(host: &Host, env_file: &str, name: &str, peer_url: &str) -> Result<(), String> {
+    let script = format!(
+        "{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_add {} {} >/dev/null\n",
+        shell_quote(env_file),
+        shell_quote(name),
+        shell_quote(peer_url)
+    );
+    host.run_script("etcd member add --learner", &script).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Whether `host` (a running member) reaches `ip`'s etcd peer port over the mesh.
+pub fn probe_peer(host: &Host, ip: &str) -> Result<String, String> {
+    let script = format!("{ETCD_SH}\nkf_probe_peer {} 2380\n", shell_quote(ip));
+    host.run_script("probe the joining member's peer port", &script)
+        .map(|o| o.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Promote the learner `id` once it has caught up: etcd refuses while the learner's log
+/// is behind the leader's, and kforge asks again every 2 s for up to `timeout`.
+pub fn promote(host: &Host, env_file: &str, id: u64, timeout: std::time::Duration) -> Result<(), String> {
+    let script = format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_promote {id:x}\n", shell_quote(env_file));
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = read(host, env_file)?.ok_or("etcd gave no member list (no quorum?)")?;
+        match now.iter().find(|m| m.id == id) {
+            None => return Err(format!("member {id:x} is no longer in etcd's list")),
+            Some(m) if !m.learner => return Ok(()),
+            Some(_) => {}
+        }
+        let said = match host.run_script("etcd member promote", &script) {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
+        if !said.contains("in sync with leader") || std::time::Instant::now() >= deadline {
+            return Err(format!("etcd did not promote learner {id:x}: {said}"));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +277,38 @@ health [{"endpoint":"https://10.4.0.1:2379","health":true},{"endpoint":"https://
 
     fn stale_of(members: &[Member], planned: &[(String, String)]) -> Vec<u64> {
         stale(members, planned).iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn controllers_join_one_at_a_time_a_leftover_learner_first() {
+        let m = |id: u64, name: &str, ip: u8, learner: bool| Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://10.4.0.{ip}:2380")],
+            learner,
+            healthy: true,
+        };
+        let planned: Vec<(String, String)> =
+            [1, 2, 3].iter().map(|i| (format!("lab-{i}"), format!("https://10.4.0.{i}:2380"))).collect();
+        // lab-3 was added as a learner by an apply that stopped before starting it.
+        let members = [m(11, "lab-1", 1, false), m(13, "", 3, true)];
+        let joins = joins(&members, &planned);
+        assert_eq!(joins.iter().map(|j| j.node.as_str()).collect::<Vec<_>>(), ["lab-3", "lab-2"]);
+        assert_eq!(joins[0].joining, Joining::Resume { id: 13 });
+        assert_eq!(joins[1].joining, Joining::Add);
+        // lab-3 starts with exactly the list etcd has, under the name it will publish.
+        assert_eq!(
+            join_env(&members, "lab-3", "https://10.4.0.3:2380").unwrap(),
+            "ETCD_INITIAL_CLUSTER=lab-1=https://10.4.0.1:2380,lab-3=https://10.4.0.3:2380\nETCD_INITIAL_CLUSTER_STATE=existing\n"
+        );
+        // lab-2 cannot start while an unnamed member it would have to list is there.
+        let err =
+            join_env(&[members[0].clone(), members[1].clone(), m(12, "", 2, true)], "lab-2", "https://10.4.0.2:2380")
+                .unwrap_err();
+        assert!(err.contains("an unstarted member d at https://10.4.0.3:2380 is in the way"), "{err}");
+        assert!(join_env(&members[..1], "lab-2", "https://10.4.0.2:2380").unwrap_err().contains("not a member"));
+        // Every planned controller a voter: nothing joins.
+        let all = [m(11, "lab-1", 1, false), m(12, "lab-2", 2, false), m(13, "lab-3", 3, false)];
+        assert!(super::joins(&all, &planned).is_empty());
     }
 }

@@ -63,8 +63,8 @@ pub fn remove_nodes(
 }
 
 /// etcd members the plan does not know (a machine gone and never removed, one added by
-/// hand) are removed, each only when quorum holds without it; a planned controller
-/// that is not a member of the running etcd is refused (joining one is not built yet).
+/// hand) are removed, each only when quorum holds without it. (A planned controller
+/// that is not a member joins later, in the datastore stage: `StageRun::joins`.)
 fn stale_members(
     plan: &Plan,
     api: Option<&Api<'_>>,
@@ -76,24 +76,6 @@ fn stale_members(
     // the stages and their gates deal with it.
     let Ok(Some(members)) = crate::membership::read(api.host, &etcd.env_file) else { return Vec::new() };
     let mut out = Vec::new();
-    let missing: Vec<&str> = etcd
-        .members
-        .iter()
-        .filter(|(name, peer)| !members.iter().any(|m| &m.name == name || m.peer_urls.contains(peer)))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if !missing.is_empty() {
-        out.push(RemovalReport {
-            node: missing.join(", "),
-            error: Some(format!(
-                "{} not a member of the running etcd: kforge does not yet add a controller to a running cluster (docs/nodes.md); take {} out of the file",
-                if missing.len() == 1 { "is" } else { "are" },
-                if missing.len() == 1 { "it" } else { "them" }
-            )),
-            ..RemovalReport::default()
-        });
-        return out;
-    }
     for m in crate::membership::stale(&members, &etcd.members) {
         let what = format!("stale etcd member {}", m.describe());
         if dry_run {

@@ -3,7 +3,8 @@
 //! kforge put there (previewed first), a normal apply adds it back, the machine is
 //! reinstalled in place (new host key, empty disk) and re-joins the documented way, and
 //! dropping it from the file removes it from the cluster for good — its certificate
-//! refused.
+//! refused. Then the control plane shrinks to one controller and grows back to three,
+//! each joining etcd as a learner.
 
 use super::hardway::ETCDCTL;
 use super::{Checks, Lab};
@@ -22,6 +23,9 @@ pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Ch
     checks.run("a stale etcd member made by hand: doctor names it, apply removes it", || stale_member(lab));
     checks.run("a controller leaves: refused while quorum would be lost, then etcd 3 → 2 members", || {
         controller_leaves(lab)
+    });
+    checks.run("controllers grow 1 → 3, one learner at a time, a workload answering throughout", || {
+        controllers_grow(lab)
     });
 }
 
@@ -375,4 +379,96 @@ fn controller_leaves(lab: &Lab) {
             "{n}:\n{conf}"
         );
     }
+}
+
+/// lab-2 leaves too (etcd 2 → 1, its data wiped after its member left), then lab-2 and
+/// lab-3 come back as controllers in one apply: each probed over the mesh, added as a
+/// learner, started, promoted once caught up — one at a time — while a client on lab-1
+/// gets every answer from upgrade-web. Afterwards: 3 voters, all healthy; every node's
+/// API balancer lists 3 API servers; no join file left.
+fn controllers_grow(lab: &Lab) {
+    let mut lab2 = None;
+    lab.edit_cluster(|c| {
+        lab2 = c.spec.nodes.iter().find(|n| n.name == "lab-2").cloned();
+        c.spec.nodes.retain(|n| n.name != "lab-2");
+    });
+    let lab2 = lab2.expect("lab-2 in the file");
+    let report = lab.apply_json();
+    let removal =
+        report["removals"].as_array().unwrap().iter().find(|r| r["node"] == "lab-2").expect("lab-2's removal");
+    assert_eq!(removal["removed"], true, "{report}");
+    let names: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["lab-1"]);
+    for n in ["lab-2", "lab-3"] {
+        let left = lab.ssh(n, "ls -d /var/lib/etcd /etc/etcd 2>/dev/null; true");
+        assert_eq!(left.trim(), "", "{n}: etcd's data outlived its member");
+    }
+
+    let lab3 = kforge_core::spec::Node {
+        name: "lab-3".into(),
+        endpoint: Some(kforge_core::spec::IpAddress(lab.public_ip("lab-3").parse().unwrap())),
+        ssh: kforge_core::spec::NodeSsh { host: Some("lab-3".into()), ..lab2.ssh.clone() },
+        mesh_ip: None,
+        ..lab2.clone()
+    };
+    lab.edit_cluster(|c| c.spec.nodes.extend([lab2, lab3]));
+    let observed = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
+    for n in ["lab-2", "lab-3"] {
+        assert!(
+            observed.contains(&format!("etcd member add {n} --learner (on lab-1) (dry run: not done)")),
+            "{observed}"
+        );
+    }
+    assert_eq!(members(lab).len(), 1, "plan --observe added nothing");
+
+    let client = super::upgrade::Client::start(lab);
+    let out = lab.apply(&["-o", "json"]);
+    client.stop_and_judge(lab);
+    assert_eq!(out.code, 0, "apply failed:\n{}\n{}", out.stdout, out.stderr);
+    // One at a time: lab-2 votes before lab-3 is probed.
+    let progress: Vec<&str> = out.stderr.lines().collect();
+    let at = |line: &str| {
+        progress.iter().position(|l| l.starts_with(line)).unwrap_or_else(|| panic!("{line}: {}", out.stderr))
+    };
+    assert!(at("lab-2: promote to voter") < at("lab-3: probe https://"), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+        if h["node"] == "lab-2" || h["node"] == "lab-3" {
+            let steps: Vec<&str> = h["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+            eprintln!("{}'s join: {}", h["node"], h["steps"]);
+            let i = steps.iter().position(|s| s.starts_with("probe https://")).expect("probed");
+            assert!(steps[i + 1].starts_with("etcd member add"), "{steps:?}");
+            assert_eq!(steps[i + 2], "datastore", "{steps:?}");
+            assert!(steps[i + 3].starts_with("promote to voter"), "{steps:?}");
+            assert!(steps[i + 4].starts_with("gate: this etcd member healthy"), "{steps:?}");
+        }
+    }
+    let out = lab.ssh("lab-1", &format!("{ETCDCTL} member list -w json"));
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut voters: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["isLearner"] != true)
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    voters.sort();
+    assert_eq!(voters, ["lab-1", "lab-2", "lab-3"], "{out}");
+    let health = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint health --cluster 2>&1"));
+    assert_eq!(health.lines().filter(|l| l.contains("is healthy")).count(), 3, "{health}");
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        let conf = lab.ssh(n, "cat /etc/kforge/api-balancer-nginx.conf");
+        assert_eq!(
+            conf.lines().filter(|l| l.trim_start().starts_with("server ") && l.contains(":6443 ")).count(),
+            3,
+            "{n}:\n{conf}"
+        );
+        assert_eq!(
+            lab.ssh(n, "ls /etc/etcd/join.env 2>/dev/null; true").trim(),
+            "",
+            "{n}: the join's member list stayed"
+        );
+    }
+    assert_eq!(lab.kubectl("lab-2", "get --raw /readyz").trim(), "ok");
 }

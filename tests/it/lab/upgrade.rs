@@ -212,13 +212,14 @@ fn refused_touching_nothing(lab: &Lab, version: &str, why: &str) {
     assert_eq!(manifests(), was, "a refused apply touched a host");
 }
 
-/// The request loop on lab-1, started before the upgrade.
-struct Client {
+/// The request loop on lab-1 against `upgrade-web`'s Service, started before a change
+/// that must not lose a request (the upgrade; controllers joining).
+pub(super) struct Client {
     started: Instant,
 }
 
 impl Client {
-    fn start(lab: &Lab) -> Client {
+    pub(super) fn start(lab: &Lab) -> Client {
         let ip = lab.kubectl("lab-1", "get svc upgrade-web -o jsonpath={.spec.clusterIP}");
         lab.ssh("lab-1", &format!("cat > /tmp/client.sh <<'EOF'\n{CLIENT}EOF"));
         lab.ssh(
@@ -230,7 +231,7 @@ impl Client {
 
     /// Stop the loop; every request answered, at least 5 a second all along, the
     /// longest gap between two answers printed.
-    fn stop_and_judge(&self, lab: &Lab) {
+    pub(super) fn stop_and_judge(&self, lab: &Lab) {
         lab.ssh("lab-1", "touch /tmp/client.stop; sleep 4");
         let log = lab.ssh("lab-1", "cat /tmp/client.log");
         let (mut ok, mut failed, mut gap, mut last) = (0usize, Vec::new(), 0u64, None::<u64>);
@@ -254,7 +255,7 @@ impl Client {
         let secs = (end - first.unwrap_or(end)) as f64 / 1000.0;
         assert!(secs + 10.0 >= self.started.elapsed().as_secs_f64(), "the client stopped early");
         eprintln!(
-            "upgrade client: {ok} requests answered, {} failed, over {secs:.0} s; longest gap between answers {gap} ms",
+            "client of upgrade-web: {ok} requests answered, {} failed, over {secs:.0} s; longest gap between answers {gap} ms",
             failed.len()
         );
         assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);

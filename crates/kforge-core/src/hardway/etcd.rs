@@ -108,13 +108,19 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
         format!("{ETCD_DIR}/initial-cluster.env"),
         0o644,
         format!(
-            "# Managed by kforge: read by etcd only when its data directory is empty.\nETCD_INITIAL_CLUSTER={initial}\n"
+            "# Managed by kforge: read by etcd only when its data directory is empty.\nETCD_INITIAL_CLUSTER={initial}\nETCD_INITIAL_CLUSTER_STATE=new\n"
         ),
     )
     .about(
         "The members etcd bootstraps with (its --initial-cluster), as an environment file.",
         "etcd (EnvironmentFile), only when its data directory is empty; a change restarts nothing",
-        vec![("ETCD_INITIAL_CLUSTER".into(), format!("{initial}: every controller, by mesh address"))],
+        vec![
+            ("ETCD_INITIAL_CLUSTER".into(), format!("{initial}: every controller, by mesh address")),
+            (
+                "ETCD_INITIAL_CLUSTER_STATE".into(),
+                "new: the controllers found the cluster together; one added to a running cluster joins it as a learner instead (apply writes /etc/etcd/join.env)".into(),
+            ),
+        ],
     );
     // The unit's flags name the planned files themselves: one path, written once.
     let etcd_unit = units::etcd(

@@ -39,6 +39,10 @@ pub use etcd::{EtcdCluster, EtcdMember};
 
 pub const ETCD_DIR: &str = "/etc/etcd";
 pub const ETCD_DATA_DIR: &str = "/var/lib/etcd";
+/// Written by apply only while a controller joins a running etcd (the member list etcd
+/// answered `member add` with); read by etcd, like the initial cluster, only when its
+/// data directory is empty. Not a planned file: its content is observed, not declared.
+pub const ETCD_JOIN_ENV: &str = "/etc/etcd/join.env";
 /// Sourced by an operator's shell (or kforge) to talk to the local etcd with mTLS.
 pub const ETCDCTL_ENV: &str = "/etc/etcd/etcdctl.env";
 pub const KUBE_DIR: &str = "/var/lib/kubernetes";

@@ -70,7 +70,6 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
             .because(format!("https://{ip}:2380: peers talk on the mesh address only, never on a public one")),
         flag("initial-advertise-peer-urls", format!("https://{ip}:2380")),
         flag("initial-cluster-token", cluster.token.clone()),
-        flag("initial-cluster-state", "new"),
         flag("client-cert-auth", "").because("a client without a certificate from the etcd CA is refused"),
         flag("trusted-ca-file", files.ca),
         flag("cert-file", files.cert),
@@ -90,7 +89,12 @@ pub fn etcd(model: &Model<'_>, me: &Member, cluster: &EtcdCluster, files: &EtcdF
         .set_because(
             "EnvironmentFile",
             files.initial_cluster,
-            "ETCD_INITIAL_CLUSTER (every controller by mesh address) is read only when the data directory is empty: kept out of the unit, a member joining or leaving restarts no running etcd",
+            "ETCD_INITIAL_CLUSTER (every controller by mesh address) and ETCD_INITIAL_CLUSTER_STATE=new are read only when the data directory is empty: kept out of the unit, a member joining or leaving restarts no running etcd",
+        )
+        .set_because(
+            "EnvironmentFile",
+            format!("-{}", super::ETCD_JOIN_ENV),
+            "present only while this controller joins a running etcd: the members etcd answered `member add` with and ETCD_INITIAL_CLUSTER_STATE=existing, overriding the file above",
         )
         .exec_start("/usr/local/bin/etcd", &flags)
         .set("Restart", "on-failure")

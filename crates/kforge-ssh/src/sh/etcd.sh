@@ -97,3 +97,39 @@ kf_member_remove() {
   kf_etcd_env
   etcdctl --command-timeout=10s member remove "$1" >/dev/null
 }
+
+# kf_probe_peer IP PORT: whether this member reaches a joining controller's peer port
+# over the mesh, before it is added. Nothing listens there yet, so "refused" is the
+# answer wanted: the packet crossed the mesh and the joiner's firewall, and its kernel
+# answered. A timeout means the path drops it (mesh down, firewall), and etcd would
+# wait on an unreachable member.
+kf_probe_peer() {
+  local said
+  if said=$(timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2" 2>&1); then echo "answers"; return 0; fi
+  case $said in *refused*) echo "refused (reached, nothing listens yet)"; return 0 ;; esac
+  echo "no answer from $1:$2 within 5 s${said:+: $said}" >&2
+  return 1
+}
+
+# kf_member_add NAME PEER_URL: NAME added as a learner (it has no vote until promoted,
+# so quorum is untouched while it catches up); etcdctl's answer carries the member
+# list the joiner starts with (ETCD_INITIAL_CLUSTER, ETCD_INITIAL_CLUSTER_STATE).
+kf_member_add() {
+  kf_etcd_env
+  etcdctl --command-timeout=10s member add "$1" --peer-urls="$2" --learner | grep '^ETCD_'
+}
+
+# kf_member_promote ID (hex): etcd refuses until the learner has caught up with the
+# leader's log; the caller asks again.
+kf_member_promote() {
+  kf_etcd_env
+  etcdctl --command-timeout=10s member promote "$1" 2>&1
+}
+
+# kf_join_env_write FILE: the member list the joiner starts with, from stdin.
+kf_join_env_write() {
+  local t
+  mkdir -p "$(dirname "$1")"; t="$(dirname "$1")/.$(basename "$1").kforge-tmp-$$"
+  { echo "# Written by kforge apply while this controller joins the running etcd; removed once it votes."; cat; } > "$t"
+  chmod 644 "$t"; mv -f "$t" "$1"
+}

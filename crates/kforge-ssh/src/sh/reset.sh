@@ -9,10 +9,12 @@
 
 # The programs kforge runs, stopped first (the kubelet before the runtime it talks to).
 KF_RESET_FIRST_UNITS=(kubelet.service kube-proxy.service k3s-agent.service k3s.service)
-# State the programs kforge ran keep outside the files it wrote.
+# State the programs kforge ran keep outside the files it wrote. etcd's data goes too:
+# a controller is reset only after its member left etcd (or with the whole cluster), and
+# a member restarted on old data would try to rejoin as the member it was.
 KF_RESET_DIRS=(/var/lib/kubelet /var/lib/containerd /run/containerd /var/lib/cni /etc/cni/net.d /opt/cni
   /var/log/pods /var/log/containers /var/lib/rancher /etc/rancher /run/k3s /run/flannel
-  /etc/kforge /opt/kforge /var/lib/kforge)
+  /etc/kforge /opt/kforge /var/lib/kforge /var/lib/etcd /var/lib/etcd.before-restore-* /etc/etcd)
 
 kf_reset() {
   local iface=$1 mode=$2 manifest=/var/lib/kforge/manifest.json
