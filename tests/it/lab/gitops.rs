@@ -47,7 +47,10 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
     let sops = lab.ctx.path("lab/bin/sops");
 
     // The operator gives the forge the cluster's deploy key (read-only) and fills the
-    // repository: an app, and a Secret encrypted to the cluster's age recipient.
+    // repository: an app, and a Secret encrypted to the cluster's age recipient. The keys
+    // are made once, by the command that says it writes the bundle.
+    let made = lab.ctx.kforge(&["secrets", "update", "-f", "lab/kforge.yaml"]).success().stderr;
+    assert!(made.contains("new secrets bundle"), "{made}");
     let public = lab.ctx.kforge(&["gitops", "deploy-key", "-f", "lab/kforge.yaml"]).success().stdout;
     assert!(lab.ssh("forge", &format!("echo '{}' | forge-add-deploy-key", public.trim())).contains("read-only"));
     let recipient = lab.ctx.kforge(&["gitops", "recipient", "-f", "lab/kforge.yaml"]).success().stdout;
