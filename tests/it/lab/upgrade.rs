@@ -94,7 +94,9 @@ while [ ! -e /tmp/client.stop ]; do
   if r=$(timeout 3 bash -c "exec 3<>/dev/tcp/$ip/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>&1) && [[ $r == *"200 OK"* ]]; then
     echo "$t ok"
   else
-    echo "$t FAIL ${r//$'\n'/ }"
+    # What lab-1's kube-proxy routes the Service to at that moment (its iptables rules).
+    rules=$(iptables-save 2>/dev/null | grep -E 'default/upgrade-web' | grep -oE 'has no endpoints|-j KUBE-SEP-[A-Z0-9]+|--to-destination [0-9.:]+' | sort | uniq -c | tr -s ' \n' ' ')
+    echo "$t FAIL ${r//$'\n'/ } | lab-1's rules then: ${rules:-none}"
   fi
   sleep 0.1
 done
@@ -126,6 +128,21 @@ pub(super) fn the_cluster_upgrades_under_load(lab: &Lab, checks: &mut Checks) {
 }
 
 fn load(lab: &Lab) {
+    deploy_workload(lab);
+    // 1000 keys in 8 transactions of 125 puts.
+    lab.ssh(
+        "lab-1",
+        &format!(
+            "for b in $(seq 0 7); do {{ echo; for i in $(seq $((b*125+1)) $((b*125+125))); do echo \"put upgrade-key$i value$i\"; done; echo; echo; }} | ({ETCDCTL} txn >/dev/null); done"
+        ),
+    );
+    assert_eq!(keys(lab, "lab-3"), 1000);
+    let nodes = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].status.nodeInfo.kubeletVersion}'");
+    assert_eq!(nodes.trim(), format!("{FROM} {FROM} {FROM}"));
+}
+
+/// upgrade-web (2 replicas, its budget, its Service), rolled out; on failure, why.
+pub(super) fn deploy_workload(lab: &Lab) {
     lab.ssh("lab-1", &format!("cat > /tmp/upgrade-web.yaml <<'EOF'\n{WORKLOAD}EOF"));
     lab.kubectl("lab-1", "apply -f /tmp/upgrade-web.yaml");
     let (rolled_out, said) = lab.ssh_status(
@@ -143,16 +160,6 @@ fn load(lab: &Lab) {
             .map(|n| format!("{n}:\n{}", lab.ssh_status(n, "journalctl -u kubelet -u containerd --no-pager -n 30").1));
         panic!("{said}\n{pods}\n{}", kubelets.join("\n"));
     }
-    // 1000 keys in 8 transactions of 125 puts.
-    lab.ssh(
-        "lab-1",
-        &format!(
-            "for b in $(seq 0 7); do {{ echo; for i in $(seq $((b*125+1)) $((b*125+125))); do echo \"put upgrade-key$i value$i\"; done; echo; echo; }} | ({ETCDCTL} txn >/dev/null); done"
-        ),
-    );
-    assert_eq!(keys(lab, "lab-3"), 1000);
-    let nodes = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].status.nodeInfo.kubeletVersion}'");
-    assert_eq!(nodes.trim(), format!("{FROM} {FROM} {FROM}"));
 }
 
 fn keys(lab: &Lab, node: &str) -> usize {
@@ -216,6 +223,7 @@ fn refused_touching_nothing(lab: &Lab, version: &str, why: &str) {
 /// that must not lose a request (the upgrade; controllers joining).
 pub(super) struct Client {
     started: Instant,
+    stopped: std::cell::Cell<Option<Instant>>,
 }
 
 impl Client {
@@ -226,13 +234,23 @@ impl Client {
             "lab-1",
             &format!("rm -f /tmp/client.stop /tmp/client.log; nohup bash /tmp/client.sh {} >/tmp/client.log 2>&1 </dev/null & sleep 1", ip.trim()),
         );
-        Client { started: Instant::now() }
+        Client { started: Instant::now(), stopped: std::cell::Cell::new(None) }
     }
 
     /// Stop the loop; every request answered, at least 5 a second all along, the
     /// longest gap between two answers printed.
     pub(super) fn stop_and_judge(&self, lab: &Lab) {
+        self.stop(lab);
+        self.judge(lab);
+    }
+
+    /// The client's last request done (a request times out after 3 s).
+    pub(super) fn stop(&self, lab: &Lab) {
+        self.stopped.set(Some(Instant::now()));
         lab.ssh("lab-1", "touch /tmp/client.stop; sleep 4");
+    }
+
+    pub(super) fn judge(&self, lab: &Lab) {
         let log = lab.ssh("lab-1", "cat /tmp/client.log");
         let (mut ok, mut failed, mut gap, mut last) = (0usize, Vec::new(), 0u64, None::<u64>);
         let (mut first, mut end) = (None::<u64>, 0u64);
@@ -253,14 +271,51 @@ impl Client {
         }
         // The client's own clock: from its first request to its last.
         let secs = (end - first.unwrap_or(end)) as f64 / 1000.0;
-        assert!(secs + 10.0 >= self.started.elapsed().as_secs_f64(), "the client stopped early");
+        let ran = self.stopped.get().unwrap_or_else(Instant::now) - self.started;
+        assert!(secs + 10.0 >= ran.as_secs_f64(), "the client stopped early");
         eprintln!(
             "client of upgrade-web: {ok} requests answered, {} failed, over {secs:.0} s; longest gap between answers {gap} ms",
             failed.len()
         );
+        eprintln!("{}", programming_delays(lab));
+        if !failed.is_empty() {
+            eprintln!(
+                "upgrade-web now:\n{}",
+                lab.kubectl(
+                    "lab-1",
+                    "get pods,endpointslices -l 'app=upgrade-web' -o wide; kubectl --kubeconfig /etc/kforge/admin.kubeconfig get endpointslices -l kubernetes.io/service-name=upgrade-web -o yaml | grep -E 'addresses:|- [0-9]|nodeName|ready|serving|terminating'"
+                )
+            );
+        }
         assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
         assert!(ok as f64 >= 5.0 * secs, "{ok} requests in {secs:.0} s: fewer than 5 a second");
     }
+}
+
+/// How long endpoint changes took to reach lab-1's rules (kube-proxy's own
+/// `network_programming_duration` histogram, since it last started): a pod stops serving
+/// at the end of its preStop sleep, so a change slower than that sleep loses requests.
+fn programming_delays(lab: &Lab) -> String {
+    let metrics = lab.ssh(
+        "lab-1",
+        "exec 3<>/dev/tcp/127.0.0.1/10249 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && grep '^kubeproxy_network_programming_duration_seconds_bucket' <&3; true",
+    );
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count))
+        })
+        .collect();
+    let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
+    let within = |secs: f64| buckets.iter().filter(|b| b.0 <= secs).map(|b| b.1).fold(0.0, f64::max);
+    format!(
+        "lab-1's kube-proxy since it started: {total} endpoint changes programmed; over 2 s: {}, over 5 s: {}, over 10 s: {}",
+        total - within(2.0),
+        total - within(5.0),
+        total - within(10.0)
+    )
 }
 
 /// `kforge apply` to v1.37.2, killed with -9 two seconds into the second worker's drain
