@@ -121,6 +121,13 @@ pub enum Command {
         ssh_config: Option<PathBuf>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
         output: Format,
+        /// Remove a departed controller's etcd member even when the members left would not
+        /// keep quorum (one of them down): etcd then serves nothing until enough of them
+        /// answer again. Without it such a removal is refused before anything is touched;
+        /// usually the better way is to bring the member back, or drop the dead one from the
+        /// file too (it is removed first).
+        #[arg(long)]
+        force_quorum_loss: bool,
     },
     /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///

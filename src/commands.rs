@@ -74,8 +74,8 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Plan { cluster, observe: false, output, .. } => plan(&cluster, output),
         Command::Plan { cluster, observe: true, ssh_config, output } => plan_observed(&cluster, ssh_config, output),
         Command::Render { cluster, out } => render_cmd(&cluster, &out),
-        Command::Apply { cluster, dry_run, parallel, ssh_config, output } => {
-            apply(&cluster, dry_run, parallel, ssh_config, output)
+        Command::Apply { cluster, dry_run, parallel, ssh_config, output, force_quorum_loss } => {
+            apply(&cluster, dry_run, parallel, ssh_config, output, force_quorum_loss)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
         Command::Lint { file, age_identity, paths, output } => crate::lint::run(&crate::lint::LintArgs {
@@ -300,7 +300,7 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
 /// `plan --observe`: the plan as apply would run it on the hosts as they are now — an
 /// apply that touches nothing (facts, the upgrade rules, the stages in dry run).
 fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
-    let (_, report) = run_apply(args, true, 10, ssh_config)?;
+    let (_, report) = run_apply(args, true, 10, ssh_config, false)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::observed_plan(&report)),
@@ -576,8 +576,9 @@ fn apply(
     parallel: usize,
     ssh_config: Option<std::path::PathBuf>,
     format: Format,
+    force_quorum_loss: bool,
 ) -> Result<(), CliError> {
-    let (_, report) = run_apply(args, dry_run, parallel, ssh_config)?;
+    let (_, report) = run_apply(args, dry_run, parallel, ssh_config, force_quorum_loss)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::apply_summary(&report)),
@@ -601,6 +602,7 @@ fn run_apply(
     dry_run: bool,
     parallel: usize,
     ssh_config: Option<std::path::PathBuf>,
+    force_quorum_loss: bool,
 ) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
     // A removal kforge cannot do yet refuses the apply before anything is written.
     refuse_control_plane_removals(args)?;
@@ -659,6 +661,7 @@ fn run_apply(
         replan: &replan,
         check_versions: &check_versions,
         snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
+        force_quorum_loss,
     };
     let progress = output::HostProgress::new(
         plan.nodes.iter().map(|n| n.node.as_str()).chain(plan.removals.iter().map(|r| r.node.as_str())),
@@ -746,7 +749,7 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             eprintln!("delivering with kforge apply (only what reads a re-issued certificate restarts)…");
-            apply(&cluster, false, 10, ssh_config, Format::Text)
+            apply(&cluster, false, 10, ssh_config, Format::Text, false)
         }
     }
 }

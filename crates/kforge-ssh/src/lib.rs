@@ -74,6 +74,9 @@ pub struct ApplyOptions<'a> {
     /// Takes an etcd snapshot to the workstation before a control plane that runs is
     /// restarted (an upgrade), returning where it is; `None` where kforge cannot.
     pub snapshot: Option<&'a Snapshot<'a>>,
+    /// Remove a departed controller's etcd member even when the members left would not
+    /// keep quorum (refused otherwise, before anything is touched).
+    pub force_quorum_loss: bool,
 }
 
 /// See [`ApplyOptions::check_versions`].

@@ -101,6 +101,19 @@ pub fn quorum_without(members: &[Member], ids: &[u64]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether member `id` may be removed: when the members left keep quorum, yes; when
+/// they would not, only when the operator forced it — `Ok(Some(warning))`, said loudly,
+/// since etcd then stops serving until enough of them answer again.
+pub fn may_remove(members: &[Member], id: u64, force: bool) -> Result<Option<String>, String> {
+    match quorum_without(members, &[id]) {
+        Ok(()) => Ok(None),
+        Err(why) if force => Ok(Some(format!(
+            "FORCED (--force-quorum-loss): {why}; etcd serves nothing until enough of them answer again"
+        ))),
+        Err(why) => Err(why),
+    }
+}
+
 /// Members the plan does not know: neither a planned name nor a planned peer URL.
 pub fn stale<'a>(members: &'a [Member], planned: &[(String, String)]) -> Vec<&'a Member> {
     members
@@ -120,7 +133,7 @@ pub fn read(host: &Host, env_file: &str) -> Result<Option<Vec<Member>>, String> 
 /// removal until every member left has been connected to the leader for a few seconds
 /// ("unhealthy cluster", its strict reconfiguration check): right after a member came
 /// back, kforge asks again for up to 30 s rather than fail.
-pub fn remove(host: &Host, env_file: &str, m: &Member) -> Result<(), String> {
+pub fn remove(host: &Host, env_file: &str, m: &Member, force: bool) -> Result<(), String> {
     let script = format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_remove {:x}\n", shell_quote(env_file), m.id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -128,7 +141,7 @@ pub fn remove(host: &Host, env_file: &str, m: &Member) -> Result<(), String> {
         if !now.iter().any(|x| x.id == m.id) {
             return Ok(());
         }
-        quorum_without(&now, &[m.id]).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
+        may_remove(&now, m.id, force).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
         match host.run_script("etcd member remove", &script) {
             Ok(_) => return Ok(()),
             Err(e) if e.to_string().contains("unhealthy cluster") && std::time::Instant::now() < deadline => {
@@ -262,6 +275,15 @@ health [{"endpoint":"https://10.4.0.1:2379","health":true},{"endpoint":"https://
         assert!(err.contains("lab-2 (c)") && err.contains("an unstarted member ff at https://10.4.0.99:2380"), "{err}");
         // The unstarted member's removal keeps quorum: lab-1 and lab-3 of 3.
         assert_eq!(quorum_without(&members, &[255]), Ok(()));
+        // Forced, lab-3 goes anyway, and the operator is told what that costs.
+        assert_eq!(may_remove(&members, 255, false), Ok(None));
+        assert!(may_remove(&members, 13, false).unwrap_err().contains("(2 needed for quorum; down: lab-2 (c)"));
+        let warned = may_remove(&members, 13, true).unwrap().unwrap();
+        assert!(
+            warned.starts_with("FORCED (--force-quorum-loss): removing it would leave 3 voting members"),
+            "{warned}"
+        );
+        assert!(warned.contains("etcd serves nothing until enough of them answer again"), "{warned}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn remove_nodes(
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Vec<RemovalReport> {
     let mut out = Vec::new();
-    for r in &plan.removals {
+    for r in in_removal_order(plan, api.as_ref()) {
         let mut report = RemovalReport { node: r.node.clone(), ..RemovalReport::default() };
         if opts.dry_run {
             report.steps =
@@ -60,6 +60,30 @@ pub fn remove_nodes(
         out.extend(stale_members(plan, api.as_ref(), opts.dry_run, progress));
     }
     out
+}
+
+/// The plan's removals, controllers whose etcd member does not answer first: removing
+/// a dead member keeps quorum where removing a live one first would not (lab-2 dead and
+/// both lab-2 and lab-3 leaving: lab-2, then lab-3).
+fn in_removal_order<'a>(plan: &'a Plan, api: Option<&Api<'_>>) -> Vec<&'a RemovalPlan> {
+    let members = match (api, &plan.etcd) {
+        (Some(api), Some(etcd)) if plan.removals.iter().filter(|r| r.etcd_peer_url.is_some()).count() > 1 => {
+            crate::membership::read(api.host, &etcd.env_file).ok().flatten().unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    dead_members_first(&plan.removals, &members)
+}
+
+fn dead_members_first<'a>(removals: &'a [RemovalPlan], members: &[crate::membership::Member]) -> Vec<&'a RemovalPlan> {
+    let answers = |r: &RemovalPlan| {
+        members.iter().any(|m| {
+            (m.name == r.node || r.etcd_peer_url.as_ref().is_some_and(|p| m.peer_urls.contains(p))) && m.healthy
+        })
+    };
+    let mut order: Vec<&RemovalPlan> = removals.iter().collect();
+    order.sort_by_key(|r| r.etcd_peer_url.is_some() && answers(r));
+    order
 }
 
 /// etcd members the plan does not know (a machine gone and never removed, one added by
@@ -86,7 +110,7 @@ fn stale_members(
         progress(&api.host.node, &format!("remove {what}"));
         let started = std::time::Instant::now();
         let mut report = RemovalReport { node: what.clone(), ..RemovalReport::default() };
-        match crate::membership::remove(api.host, &etcd.env_file, m) {
+        match crate::membership::remove(api.host, &etcd.env_file, m, false) {
             Ok(()) => {
                 report.removed = true;
                 report
@@ -128,8 +152,13 @@ fn remove(
                 .ok_or("etcd gave no member list (no quorum?): its member cannot be removed safely now")?;
             let m = members.iter().find(|m| &m.name == node || m.peer_urls.contains(peer)).cloned();
             if let Some(m) = &m {
-                crate::membership::quorum_without(&members, &[m.id])
-                    .map_err(|why| format!("etcd member {} not removed, nothing touched: {why}", m.describe()))?;
+                let allowed = crate::membership::may_remove(&members, m.id, opts.force_quorum_loss).map_err(|why| {
+                    format!(
+                        "etcd member {} not removed, nothing touched: {why}\n  help: bring the member that is down back (kforge doctor names it), or drop it from the file too (a member that does not answer is removed first); --force-quorum-loss removes this one anyway",
+                        m.describe()
+                    )
+                })?;
+                report.warnings.extend(allowed);
             }
             m
         }
@@ -157,7 +186,9 @@ fn remove(
         })?;
     }
     if let (Some(api), Some(etcd), Some(m)) = (api, &plan.etcd, &member) {
-        timed(report, "remove its etcd member", &mut || crate::membership::remove(api.host, &etcd.env_file, m))?;
+        timed(report, "remove its etcd member", &mut || {
+            crate::membership::remove(api.host, &etcd.env_file, m, opts.force_quorum_loss)
+        })?;
     }
     if let (Some(api), Some(manifest)) = (api, &r.revocation) {
         timed(report, "revoke its kubelet certificate in the API", &mut || {
@@ -184,4 +215,38 @@ fn remove(
         timed(report, &format!("delete Node {node}"), &mut || api.delete_node(node))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Member;
+
+    #[test]
+    fn a_controller_whose_member_is_down_leaves_before_one_that_answers() {
+        let removal = |node: &str, ip: Option<u8>| RemovalPlan {
+            node: node.into(),
+            roles: kforge_core::spec::Roles::one(kforge_core::spec::Role::Controller),
+            ssh: Default::default(),
+            refused: None,
+            steps: Vec::new(),
+            revocation: None,
+            etcd_peer_url: ip.map(|i| format!("https://10.4.0.{i}:2380")),
+        };
+        let member = |id: u64, name: &str, healthy: bool| Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://10.4.0.{id}:2380")],
+            learner: false,
+            healthy,
+        };
+        // lab-2's etcd is down; the file drops lab-2, lab-3 and a worker.
+        let removals = [removal("lab-3", Some(3)), removal("lab-2", Some(2)), removal("worker-1", None)];
+        let members = [member(1, "lab-1", true), member(2, "lab-2", false), member(3, "lab-3", true)];
+        let order: Vec<&str> = dead_members_first(&removals, &members).iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(order, ["lab-2", "worker-1", "lab-3"]);
+        // Nothing known of etcd: the plan's order.
+        let order: Vec<&str> = dead_members_first(&removals, &[]).iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(order, ["lab-3", "lab-2", "worker-1"]);
+    }
 }
