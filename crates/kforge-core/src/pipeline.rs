@@ -118,6 +118,13 @@ pub fn build_plan(model: &Model<'_>, secrets: &SecretsBundle) -> Plan {
     Plan {
         cluster: model.spec.metadata.name.clone(),
         distribution: format!("{} {}", spec.distribution.kind.name(), spec.distribution.version),
+        releases: std::iter::once((spec.distribution.kind.name().to_string(), spec.distribution.version.clone()))
+            .chain(
+                crate::upgrade::etcd_release(model.spec)
+                    .filter(|_| spec.distribution.kind == DistributionKind::Hardway)
+                    .map(|v| ("etcd".to_string(), v.to_string())),
+            )
+            .collect(),
         api: model.api_url(),
         init_server: model.first_server().name.clone(),
         mesh_port: spec.mesh.port,

@@ -537,6 +537,9 @@ pub struct PeerPlan {
 pub struct Plan {
     pub cluster: String,
     pub distribution: String,
+    /// The releases this plan deploys (`hardway`/`k3s` → the file's version, `etcd` →
+    /// its artifact's release): recorded in each host's manifest beside its files.
+    pub releases: std::collections::BTreeMap<String, String>,
     pub api: String,
     /// The server that initialises the cluster; it starts before the other servers.
     pub init_server: String,

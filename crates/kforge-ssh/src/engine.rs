@@ -28,6 +28,8 @@ use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport, StepTime};
 struct HostRun {
     host: Host,
     cluster: String,
+    /// The releases the plan deploys (`Plan::releases`), for the host's manifest.
+    releases: BTreeMap<String, String>,
     plan: NodePlan,
     facts: NodeFacts,
     report: HostReport,
@@ -167,6 +169,7 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
             Ok(HostRun {
                 host: Host::of(t, opts.ssh_config.clone(), control_dir),
                 cluster: plan.cluster.clone(),
+                releases: plan.releases.clone(),
                 plan: np.clone(),
                 facts: NodeFacts::default(),
                 report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
@@ -749,7 +752,7 @@ fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
             daemon_reload: gone.iter().any(|p| paths::is_systemd_file(p)),
             removes: gone.iter().map(|p| (p.clone(), paths::unit_of_file(p).map(String::from))).collect(),
             writes: if bootstrap_current { vec![] } else { vec![bootstrap] },
-            manifest_json: (!gone.is_empty()).then(|| manifest_json(&h.cluster, &h.manifest)),
+            manifest_json: (!gone.is_empty()).then(|| manifest_json(h)),
             digests,
             ..PhaseScript::default()
         };
@@ -890,7 +893,7 @@ fn run_phase_inner(
     {
         return Ok(phase_changed);
     }
-    script.manifest_json = Some(manifest_json(&h.cluster, &h.manifest));
+    script.manifest_json = Some(manifest_json(h));
     if opts.dry_run {
         for r in &script.restarts {
             let list = if r.reload.is_some() { &mut h.report.units_reloaded } else { &mut h.report.units_restarted };
@@ -919,8 +922,14 @@ fn run_phase_inner(
     Ok(true)
 }
 
-fn manifest_json(cluster: &str, files: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(&Manifest { cluster: cluster.into(), files: files.clone() }).expect("manifest serializes")
+fn manifest_json(h: &HostRun) -> String {
+    let m = Manifest {
+        cluster: h.cluster.clone(),
+        node: h.plan.node.clone(),
+        releases: h.releases.clone(),
+        files: h.manifest.clone(),
+    };
+    serde_json::to_string(&m).expect("manifest serializes")
 }
 
 /// Run `f` on every host with at most `n` at a time.
@@ -984,6 +993,7 @@ mod tests {
                 HostRun {
                     host: Host::of(&target, None, control),
                     cluster: plan.cluster.clone(),
+                    releases: plan.releases.clone(),
                     plan: np.clone(),
                     facts,
                     report: HostReport::default(),

@@ -240,10 +240,15 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
     f
 }
 
-/// `/var/lib/kforge/manifest.json`: every file kforge wrote, with its hash.
+/// `/var/lib/kforge/manifest.json`: the host's record of what kforge deployed there —
+/// its cluster, its node name, the releases, and every file kforge wrote with its hash.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub cluster: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub releases: BTreeMap<String, String>,
     pub files: BTreeMap<String, String>,
 }
 

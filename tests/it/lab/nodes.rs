@@ -51,6 +51,10 @@ fn joins(lab: &Lab) {
         assert_eq!(h["converged"], true, "{h}");
     }
     ready_with_a_pod(lab);
+    // The host's own record names its cluster, its node and the releases it runs.
+    let manifest: serde_json::Value = serde_json::from_str(&lab.ssh(NEW, "cat /var/lib/kforge/manifest.json")).unwrap();
+    assert_eq!((&manifest["cluster"], &manifest["node"]), (&serde_json::json!("hardway-lab"), &serde_json::json!(NEW)));
+    assert_eq!(manifest["releases"]["hardway"], kforge_lab::HARDWAY_VERSION, "{manifest}");
     // Roles people can see: `kubectl get nodes` shows them (NAME STATUS ROLES …).
     let roles = lab.kubectl("lab-1", "get nodes --no-headers");
     let role_of = |n: &str| {
