@@ -526,6 +526,15 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
     },
+    /// Remove one machine from a running lab, as a cancelled VPS goes: stopped, its disk,
+    /// network and host key gone. Take it out of the cluster first (drop it from the
+    /// cluster file and apply), or the cluster keeps a node that never answers.
+    Remove {
+        /// The machine, e.g. lab-4.
+        name: String,
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -511,6 +511,10 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 println!("lab down: nothing left running");
             }
         }
+        LabCommand::Remove { name, dir } => {
+            kforge_lab::remove(&dir, &name, &log)?;
+            println!("lab remove: {name} is gone (its disk, network and host key)");
+        }
         LabCommand::Add { name, dir } => {
             let m = kforge_lab::add(&dir, &name, &log)?;
             let ip = m.public_ip.map(|ip| ip.to_string()).unwrap_or_default();

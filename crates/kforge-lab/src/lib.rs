@@ -600,6 +600,41 @@ pub fn reinstall(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<String, L
     Ok(format!("{} {}", m.ssh_ip, host_key.trim()))
 }
 
+/// Remove one machine, as a cancelled VPS goes: stopped, its disk, cgroups and network
+/// namespaces deleted, its SSH config entry and known_hosts line dropped.
+pub fn remove(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<(), LabError> {
+    let mut state = LabState::load(dir)?;
+    let Some(i) = state.machines.iter().position(|m| m.name == name) else {
+        let names: Vec<&str> = state.machines.iter().map(|m| m.name.as_str()).collect();
+        return Err(LabError::Setup(format!("no machine {name} in this lab (it has {})", names.join(", "))));
+    };
+    let m = state.machines.remove(i);
+    if let Some(pid) = m.pid {
+        log(&format!("{name}: shutting down"));
+        machine::stop(pid);
+    }
+    machine::remove(&state.runtime.join(name));
+    machine::remove_cgroups(&m.cgroups);
+    net::delete_ns(&m.ns);
+    if let Some(r) = &m.router_ns {
+        net::delete_ns(r);
+    }
+    state.save()?;
+    let known_hosts = state.dir.join("known_hosts");
+    let known = fs::read_to_string(&known_hosts).map_err(|e| LabError::io(&known_hosts, e))?;
+    let ips = [Some(m.ssh_ip), m.public_ip].map(|ip| ip.map(|ip| format!("{ip} ")));
+    let kept: String = known
+        .lines()
+        .filter(|l| !ips.iter().flatten().any(|ip| l.starts_with(ip.as_str())))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_file(&known_hosts, &kept, 0o644)?;
+    write_file(&state.dir.join("ssh_config"), &ssh_config(&state), 0o644)?;
+    let _ = fs::remove_file(state.dir.join("machines").join(format!("{name}.log")));
+    log(&format!("{name}: removed"));
+    Ok(())
+}
+
 /// Wait for a machine's SSH port (its host key is not checked: known_hosts may not
 /// have it yet).
 fn wait_for_port(ip: std::net::Ipv4Addr, name: &str, state: &LabState, log: &dyn Fn(&str)) -> Result<(), LabError> {

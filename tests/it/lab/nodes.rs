@@ -240,6 +240,16 @@ fn removed(lab: &Lab) {
     lab.kubectl("lab-1", &format!("drain {node} --pod-selector=app=leaves-lab-4 --timeout=60s"));
     lab.kubectl("lab-1", &format!("uncordon {node}"));
     lab.kubectl("lab-1", "rollout status deploy/leaves-lab-4 --timeout=60s");
+
+    // Out of the cluster, the machine itself goes, as a cancelled VPS would.
+    let ns = kforge_lab::LabState::load(&lab.ctx.path("lab")).unwrap().machine(NEW).unwrap().ns.clone();
+    lab.ctx.kforge(&["lab", "remove", NEW, "--dir", "lab"]).success();
+    let state = kforge_lab::LabState::load(&lab.ctx.path("lab")).unwrap();
+    assert!(state.machine(NEW).is_none());
+    let namespaces = crate::util::run("ip", &["netns", "list"]);
+    assert!(!namespaces.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "{ns}: {namespaces}");
+    assert!(!lab.ctx.read("lab/ssh_config").contains(&format!("Host {NEW}")));
+    assert!(!lab.ctx.read("lab/known_hosts").contains(&format!("{public_ip} ")));
 }
 
 const LEAVES: &str = r#"apiVersion: apps/v1
