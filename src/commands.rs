@@ -972,7 +972,7 @@ fn reset(args: &ClusterArgs, names: &[String], all: bool, yes: bool, ssh: &SshAr
             return Err(CliError::Other(format!(
                 "{} has no node `{name}`{}\n  help: name nodes as the file does; nothing was changed",
                 args.file.display(),
-                did_you_mean(name, &known)
+                spec::names::did_you_mean(name, &known)
             )));
         }
     }
@@ -1017,29 +1017,4 @@ fn reset(args: &ClusterArgs, names: &[String], all: bool, yes: bool, ssh: &SshAr
         println!("preview only: nothing was changed; add --yes to do it");
     }
     Ok(())
-}
-
-/// ", did you mean `x`?" with the closest names (a typo's distance), or nothing: a
-/// 1000-node file's names never become the message.
-fn did_you_mean(name: &str, known: &[&str]) -> String {
-    let mut close: Vec<(usize, &str)> =
-        known.iter().map(|k| (edit_distance(name, k), *k)).filter(|(d, _)| *d <= 2.max(name.len() / 3)).collect();
-    close.sort();
-    let names: Vec<String> = close.iter().take(3).map(|(_, k)| format!("`{k}`")).collect();
-    if names.is_empty() { String::new() } else { format!("; did you mean {}?", names.join(" or ")) }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }

@@ -5,6 +5,7 @@
 
 mod diagnostic;
 pub mod examples;
+pub mod names;
 mod source_map;
 mod types;
 mod validate;

@@ -247,7 +247,7 @@ fn mesh(c: &Cluster, out: &mut Vec<Diagnostic>) {
         match c.spec.nodes.iter().find(|n| &n.name == relay) {
             None => out.push(
                 Diagnostic::error("spec.mesh.relay", format!("relay `{relay}` is not a node"))
-                    .help(format!("one of: {}", node_names(c))),
+                    .help(super::names::unknown_name_help(relay, &node_names(c))),
             ),
             Some(n) if n.endpoint.is_none() => out.push(
                 Diagnostic::error("spec.mesh.relay", format!("relay `{relay}` has no endpoint"))
@@ -496,7 +496,7 @@ fn firewall(c: &Cluster, out: &mut Vec<Diagnostic>) {
                         format!("spec.firewall.publish[{i}].nodes[{j}]"),
                         format!("no node is named `{name}`"),
                     )
-                    .help(format!("nodes in this file: {}", node_names(c))),
+                    .help(super::names::unknown_name_help(name, &node_names(c))),
                 );
             }
         }
@@ -870,8 +870,8 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-fn node_names(c: &Cluster) -> String {
-    c.spec.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+fn node_names(c: &Cluster) -> Vec<&str> {
+    c.spec.nodes.iter().map(|n| n.name.as_str()).collect()
 }
 
 /// `5%`, `2.5%` (under 100), or a quantity: digits with an optional binary or decimal
