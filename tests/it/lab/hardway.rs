@@ -297,7 +297,7 @@ fn etcd_is_a_healthy_mtls_cluster_on_the_mesh(lab: &Lab) {
     // A client without a certificate is refused; so is one whose certificate comes
     // from another CA (made here with openssl, as an attacker would).
     let target = format!("--endpoints=https://{}:2379 --cacert=/etc/etcd/ca.crt", ips[1].1);
-    let (ok, out) = lab.ssh_status("lab-1", &format!("ETCDCTL_API=3 etcdctl {target} --command-timeout=5s get foo"));
+    let (ok, out) = lab.ssh_status("lab-1", &format!("etcdctl {target} --command-timeout=5s get foo"));
     assert!(!ok, "etcd answered a client without a certificate: {out}");
     let dir = lab.ctx.path("foreign");
     std::fs::create_dir_all(&dir).unwrap();
@@ -320,12 +320,12 @@ fn etcd_is_a_healthy_mtls_cluster_on_the_mesh(lab: &Lab) {
     lab.ssh("lab-1", &format!("umask 077; printf '%s' '{cert}' > /tmp/f.crt; printf '%s' '{key}' > /tmp/f.key"));
     let (ok, out) = lab.ssh_status(
         "lab-1",
-        &format!("ETCDCTL_API=3 etcdctl {target} --cert=/tmp/f.crt --key=/tmp/f.key --command-timeout=5s get foo"),
+        &format!("etcdctl {target} --cert=/tmp/f.crt --key=/tmp/f.key --command-timeout=5s get foo"),
     );
     assert!(!ok, "etcd answered a client certificate from another CA: {out}");
     lab.ssh(
         "lab-1",
-        &format!("ETCDCTL_API=3 etcdctl {target} --cert=/etc/etcd/kforge-client.crt --key=/etc/etcd/kforge-client.key --command-timeout=5s get foo"),
+        &format!("etcdctl {target} --cert=/etc/etcd/kforge-client.crt --key=/etc/etcd/kforge-client.key --command-timeout=5s get foo"),
     );
 }
 

@@ -171,8 +171,8 @@ pub(super) fn plan(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, np: 
 
 fn etcdctl_env(model: &Model<'_>) -> String {
     format!(
-        "# Managed by kforge: etcdctl over mTLS with kforge's client certificate.\n\
-         ETCDCTL_API=3\n\
+        "# Managed by kforge: etcdctl over mTLS with kforge's client certificate (etcdctl 3.4+\n\
+         # speaks only the v3 API, and 3.6 warns when ETCDCTL_API is set, so it is not).\n\
          ETCDCTL_ENDPOINTS={}\n\
          ETCDCTL_CACERT={ETCD_DIR}/ca.crt\n\
          ETCDCTL_CERT={ETCD_DIR}/kforge-client.crt\n\

@@ -59,7 +59,7 @@ kf_restore() {
   kf_etcd_env
   command -v etcdutl >/dev/null && tool=etcdutl
   rm -rf "$data.restoring"
-  ETCDCTL_API=3 "$tool" snapshot restore "$1" --name "$3" --initial-cluster "$4" \
+  "$tool" snapshot restore "$1" --name "$3" --initial-cluster "$4" \
     --initial-cluster-token "$5" --initial-advertise-peer-urls "$6" \
     --data-dir "$data.restoring" >/dev/null 2>&1
   if [ -d "$data" ]; then
