@@ -225,13 +225,12 @@ fn etcd_quorum_kept_warns_and_quorum_lost_fails() {
     let d = judge_etcd(&eps, &two_down);
     assert_eq!((d[0].verdict, d[0].node.as_deref()), (Verdict::Fail, Some("controller-1, controller-2")), "{d:?}");
     assert!(d[0].cause.contains("refuses every write"));
-    // etcdctl member list -w json: a member gone with its machine, and one added by hand
-    // and never started (no name: known by its peer URL).
-    let stale = format!(
-        "{}{}{}members {{\"members\":[{{\"ID\":1,\"name\":\"controller-0\",\"peerURLs\":[\"https://10.4.0.1:2380\"]}},{{\"ID\":2,\"name\":\"old-cp\",\"peerURLs\":[\"https://10.4.0.9:2380\"]}},{{\"ID\":255,\"peerURLs\":[\"https://10.4.0.99:2380\"]}}]}}\n",
-        status(0, 7),
-        status(1, 7),
-        status(2, 7)
+    // Every member answers; then etcdctl member list -w json as given.
+    let with_members = |list: &str| format!("{}{}{}members {list}\n", status(0, 7), status(1, 7), status(2, 7));
+    // A member gone with its machine, and one added by hand and never started (no name:
+    // known by its peer URL).
+    let stale = with_members(
+        r#"{"members":[{"ID":1,"name":"controller-0","peerURLs":["https://10.4.0.1:2380"]},{"ID":2,"name":"old-cp","peerURLs":["https://10.4.0.9:2380"]},{"ID":255,"peerURLs":["https://10.4.0.99:2380"]}]}"#,
     );
     let d = judge_etcd(&eps, &stale);
     let found = d.iter().find(|d| d.verdict == Verdict::Fail).expect("a stale member fails");
@@ -247,11 +246,8 @@ fn etcd_quorum_kept_warns_and_quorum_lost_fails() {
     assert_eq!(joining.evidence, "controller-1, controller-2 not a member", "{joining:?}");
     assert!(joining.fix.contains("kforge apply adds a missing controller as a learner"), "{joining:?}");
     // A join stopped between add and promote: a learner with no vote.
-    let learner = format!(
-        "{}{}{}members {{\"members\":[{{\"ID\":1,\"name\":\"controller-0\",\"peerURLs\":[\"https://10.4.0.1:2380\"]}},{{\"ID\":2,\"name\":\"controller-1\",\"peerURLs\":[\"https://10.4.0.2:2380\"]}},{{\"ID\":3,\"name\":\"controller-2\",\"peerURLs\":[\"https://10.4.0.3:2380\"],\"isLearner\":true}}]}}\n",
-        status(0, 7),
-        status(1, 7),
-        status(2, 7)
+    let learner = with_members(
+        r#"{"members":[{"ID":1,"name":"controller-0","peerURLs":["https://10.4.0.1:2380"]},{"ID":2,"name":"controller-1","peerURLs":["https://10.4.0.2:2380"]},{"ID":3,"name":"controller-2","peerURLs":["https://10.4.0.3:2380"],"isLearner":true}]}"#,
     );
     let d = judge_etcd(&eps, &learner);
     assert_eq!(d.len(), 2, "{d:?}");

@@ -582,13 +582,7 @@ impl StageRun<'_> {
                 .ok_or_else(|| format!("{node} is not in etcd's member list after the add"))?;
             let id = me.id;
             if me.name.is_empty() {
-                let env = m::join_env(&members, &node, &j.peer_url)?;
-                let script = format!(
-                    "{}\nkf_join_env_write {} <<'KF_JOIN_ENV'\n{env}KF_JOIN_ENV\n",
-                    include_str!("sh/etcd.sh"),
-                    crate::ssh::shell_quote(&etcd.join_env)
-                );
-                h.host.run_script("write the member list it joins", &script).map_err(|e| e.to_string())?;
+                m::write_join_env(&h.host, &etcd.join_env, &m::join_env(&members, &node, &j.peer_url)?)?;
             }
             Ok::<u64, String>(id)
         })();

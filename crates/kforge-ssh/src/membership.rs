@@ -226,6 +226,12 @@ pub fn add_learner(host: &Host, env_file: &str, name: &str, peer_url: &str) -> R
     host.run_script("etcd member add --learner", &script).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// The member list a joiner starts with (`join_env`), written on the joiner `host`.
+pub fn write_join_env(host: &Host, path: &str, env: &str) -> Result<(), String> {
+    let script = format!("{ETCD_SH}\nkf_join_env_write {} <<'KF_JOIN_ENV'\n{env}KF_JOIN_ENV\n", shell_quote(path));
+    host.run_script("write the member list it joins", &script).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Whether `host` (a running member) reaches `ip`'s etcd peer port over the mesh.
 pub fn probe_peer(host: &Host, ip: &str) -> Result<String, String> {
     let script = format!("{ETCD_SH}\nkf_probe_peer {} 2380\n", shell_quote(ip));
