@@ -87,12 +87,22 @@ pub enum Command {
     /// Re-rendering replaces DIR whole; a directory kforge did not write is refused.
     /// The files carry the bundle's keys, so render refuses while the bundle lacks
     /// something the file needs (a new node's keys): `kforge secrets update` records it.
+    /// Each node's user-data size is reported, plain and gzipped; a host booted from it
+    /// converges with no SSH, and `kforge apply` later takes it over (docs/cloud-init.md).
     Render {
         #[command(flatten)]
         cluster: ClusterArgs,
         /// Output directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Write each node's user-data gzip-compressed (NODE/user-data.gz): cloud-init
+        /// reads it, and it is about a quarter of the size.
+        #[arg(long)]
+        gzip: bool,
+        /// Refuse (writing nothing) when a node's user-data, as delivered (with --gzip:
+        /// compressed), exceeds SIZE: bytes, or with K/KiB (`16K`), or `ec2` (16 KiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_user_data_limit)]
+        user_data_limit: Option<usize>,
     },
     /// Converge the hosts to the plan over SSH (phased, parallel, idempotent).
     ///
@@ -128,6 +138,12 @@ pub enum Command {
         /// file too (it is removed first).
         #[arg(long)]
         force_quorum_loss: bool,
+        /// Hand what UNIT holds (a port kforge needs, the mesh port's WireGuard interface)
+        /// over to kforge: the unit is stopped and disabled before anything else, and the
+        /// report says so. Without it such a foreign holder refuses the apply (a dry run
+        /// names it, with its program and unit). Repeatable.
+        #[arg(long, value_name = "UNIT")]
+        hand_over: Vec<String>,
     },
     /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///
@@ -488,6 +504,14 @@ pub enum LabCommand {
         /// and push with git over `ssh -F DIR/ssh_config` as git@forge.
         #[arg(long)]
         forge: bool,
+        /// Boot every machine from the user-data `kforge render` writes for its node
+        /// (into DIR/user-data), through cloud-init's NoCloud source, with the node's
+        /// artifacts baked into its disk as a cluster image would carry them. The
+        /// machines converge at boot with no SSH from kforge; see it with
+        /// `ssh -F DIR/ssh_config lab-1 cloud-init status --long`, then `kforge status`,
+        /// and `kforge apply` takes them over (docs/cloud-init.md).
+        #[arg(long, conflicts_with = "forge")]
+        user_data: bool,
     },
     /// Stop the machines and remove every namespace, interface, mount and file the lab made.
     Down {
@@ -535,6 +559,23 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab")]
         dir: PathBuf,
     },
+}
+
+/// `--user-data-limit`: bytes, `16K`/`16KiB`, or a provider's name.
+fn parse_user_data_limit(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("ec2") {
+        return Ok(kforge_core::render::cloud_init::EC2_USER_DATA_LIMIT);
+    }
+    let upper = t.to_ascii_uppercase();
+    let (digits, factor) = match upper.strip_suffix("KIB").or_else(|| upper.strip_suffix('K')) {
+        Some(d) => (d, 1024),
+        None => (upper.as_str(), 1),
+    };
+    match digits.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n * factor),
+        _ => Err(format!("`{s}` is not a size: give bytes (16384), KiB (16K), or `ec2`")),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use kforge_core::model::Model;
 use kforge_core::pipeline::{build_plan, reconcile_secrets};
 use kforge_core::plan::Plan;
+use kforge_core::render::cloud_init::UserDataSize;
 use kforge_core::secrets::{ReconcileReport, SecretsBundle};
 use kforge_core::spec::{self, LoadedSpec, SpecError};
 use kforge_core::{k3s, kubeconfig};
@@ -73,9 +74,10 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Check(args) => check(&args),
         Command::Plan { cluster, observe: false, output, .. } => plan(&cluster, output),
         Command::Plan { cluster, observe: true, ssh_config, output } => plan_observed(&cluster, ssh_config, output),
-        Command::Render { cluster, out } => render_cmd(&cluster, &out),
-        Command::Apply { cluster, dry_run, parallel, ssh_config, output, force_quorum_loss } => {
-            apply(&cluster, dry_run, parallel, ssh_config, output, force_quorum_loss)
+        Command::Render { cluster, out, gzip, user_data_limit } => render_cmd(&cluster, &out, gzip, user_data_limit),
+        Command::Apply { cluster, dry_run, parallel, ssh_config, output, force_quorum_loss, hand_over } => {
+            let flags = ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over };
+            apply(&cluster, flags, output)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
         Command::Lint { file, age_identity, paths, output } => crate::lint::run(&crate::lint::LintArgs {
@@ -300,7 +302,8 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
 /// `plan --observe`: the plan as apply would run it on the hosts as they are now — an
 /// apply that touches nothing (facts, the upgrade rules, the stages in dry run).
 fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
-    let (_, report) = run_apply(args, true, 10, ssh_config, false)?;
+    let flags = ApplyFlags { dry_run: true, parallel: 10, ssh_config, force_quorum_loss: false, hand_over: Vec::new() };
+    let (_, report) = run_apply(args, flags)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::observed_plan(&report)),
@@ -308,7 +311,7 @@ fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, for
     Ok(())
 }
 
-fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
+fn render_cmd(args: &ClusterArgs, out: &Path, gzip: bool, limit: Option<usize>) -> Result<(), CliError> {
     let session = Session::open(args, Bundle::ReadOnly)?;
     // The tree carries keys and certificates: they must be the bundle's own. (A
     // revocation not yet recorded is derived from certificates the bundle holds: the
@@ -319,8 +322,24 @@ fn render_cmd(args: &ClusterArgs, out: &Path) -> Result<(), CliError> {
         &saved == now
     })?;
     let plan: Plan = build_plan(&session.model(), &session.secrets);
-    kforge_files::tree::render_tree(&plan, out)?;
-    print!("{}", output::render_summary(&plan, out));
+    let sizes: Vec<_> = plan
+        .nodes
+        .iter()
+        .map(|n| (n, UserDataSize::of(&kforge_core::render::cloud_init::render_user_data(&plan, n))))
+        .collect();
+    if let Some(limit) = limit {
+        let over: Vec<String> = sizes.iter().filter_map(|(n, s)| s.exceeds(&n.node, limit, gzip)).collect();
+        if !over.is_empty() {
+            return Err(CliError::Other(format!(
+                "user-data over --user-data-limit on {} node{}; nothing was written:\n{}",
+                over.len(),
+                if over.len() == 1 { "" } else { "s" },
+                over.join("\n")
+            )));
+        }
+    }
+    kforge_files::tree::render_tree(&plan, out, kforge_files::tree::TreeOptions { gzip })?;
+    print!("{}", output::render_summary(&plan, out, &sizes, gzip));
     Ok(())
 }
 
@@ -457,7 +476,7 @@ fn fingerprint(known_hosts_line: &str) -> Option<String> {
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls, forge } => {
+        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls, forge, user_data } => {
             let example = match example {
                 LabExampleArg::K3s => kforge_lab::LabExample::K3s,
                 LabExampleArg::K3sHa => kforge_lab::LabExample::K3sHa,
@@ -468,7 +487,10 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 (false, true) => None,
                 (false, false) => Some(behind_nat),
             };
-            let opts = kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls, forge };
+            let seeder = |file: &Path| lab_seeds(file).map_err(|e| e.to_string());
+            let user_data = user_data.then_some(&seeder as &kforge_lab::Seeder);
+            let opts =
+                kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls, forge, user_data };
             let state = kforge_lab::up(&opts, &log)?;
             let d = state.dir.display();
             println!(
@@ -492,6 +514,16 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 );
             }
             println!("cluster file: {d}/kforge.yaml   ssh: ssh -F {d}/ssh_config lab-1");
+            if user_data.is_some() {
+                println!(
+                    "booted from {d}/user-data/NODE/user-data: watch with  ssh -F {d}/ssh_config lab-1 cloud-init status --wait --long"
+                );
+                println!(
+                    "then: kforge status -f {d}/kforge.yaml   and  kforge apply -f {d}/kforge.yaml  (takes the machines over)"
+                );
+                println!("stop: kforge lab down --dir {d}");
+                return Ok(());
+            }
             match example {
                 kforge_lab::LabExample::K3s | kforge_lab::LabExample::K3sHa => println!(
                     "next: kforge apply -f {d}/kforge.yaml   (a k3s binary goes at {d}/bin/k3s; images from {d}/images)"
@@ -574,21 +606,29 @@ fn remote(
     (base_dir, ssh_config, targets)
 }
 
-fn apply(
-    args: &ClusterArgs,
+/// `kforge apply`'s flags, as the engine needs them.
+struct ApplyFlags {
     dry_run: bool,
     parallel: usize,
     ssh_config: Option<std::path::PathBuf>,
-    format: Format,
     force_quorum_loss: bool,
-) -> Result<(), CliError> {
-    let (_, report) = run_apply(args, dry_run, parallel, ssh_config, force_quorum_loss)?;
+    hand_over: Vec<String>,
+}
+
+fn apply(args: &ClusterArgs, flags: ApplyFlags, format: Format) -> Result<(), CliError> {
+    let (_, report) = run_apply(args, flags)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::apply_summary(&report)),
     }
     if report.all_converged() {
         Ok(())
+    } else if !report.refusals.is_empty() {
+        Err(CliError::Other(format!(
+            "preflight found {} problem{} (above) that refuse a real apply; this dry run touched nothing\n  help: fix them, or for a foreign unit holding what kforge needs, pass --hand-over UNIT",
+            report.refusals.len(),
+            if report.refusals.len() == 1 { "" } else { "s" }
+        )))
     } else {
         let failed: Vec<&str> = report.hosts.iter().filter(|h| !h.converged).map(|h| h.node.as_str()).collect();
         Err(CliError::Other(format!(
@@ -601,13 +641,8 @@ fn apply(
 }
 
 /// The apply engine on this cluster file's hosts (`dry_run`: touching nothing).
-fn run_apply(
-    args: &ClusterArgs,
-    dry_run: bool,
-    parallel: usize,
-    ssh_config: Option<std::path::PathBuf>,
-    force_quorum_loss: bool,
-) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
+fn run_apply(args: &ClusterArgs, flags: ApplyFlags) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
+    let ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over } = flags;
     // A removal kforge cannot do yet refuses the apply before anything is written.
     refuse_control_plane_removals(args)?;
     // A dry run (and plan --observe) writes nothing, the bundle included.
@@ -666,6 +701,7 @@ fn run_apply(
         check_versions: &check_versions,
         snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
         force_quorum_loss,
+        hand_over,
     };
     let progress = output::HostProgress::new(
         plan.nodes.iter().map(|n| n.node.as_str()).chain(plan.removals.iter().map(|r| r.node.as_str())),
@@ -753,9 +789,54 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             eprintln!("delivering with kforge apply (only what reads a re-issued certificate restarts)…");
-            apply(&cluster, false, 10, ssh_config, Format::Text, false)
+            let flags = ApplyFlags {
+                dry_run: false,
+                parallel: 10,
+                ssh_config,
+                force_quorum_loss: false,
+                hand_over: Vec::new(),
+            };
+            apply(&cluster, flags, Format::Text)
         }
     }
+}
+
+/// `lab up --user-data`: each node's user-data as `kforge render` writes it (into
+/// DIR/user-data, after recording the secrets as `kforge secrets update` does), and the
+/// artifacts its image must carry: the plan's workstation files at their paths on the
+/// host, and boringtun-cli (the lab's kernel has no WireGuard module).
+fn lab_seeds(file: &Path) -> Result<std::collections::BTreeMap<String, kforge_lab::MachineSeed>, CliError> {
+    let args = ClusterArgs { file: file.to_path_buf(), age_identity: None };
+    let spec = load_spec(file)?;
+    let store = SecretsStore::beside(file, AgeCredentials::from_env(None))?;
+    reconcile_and_save(&spec, &store)?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let out = base.join("user-data");
+    render_cmd(&args, &out, false, None)?;
+    let session = Session::open(&args, Bundle::ReadOnly)?;
+    let plan = build_plan(&session.model(), &session.secrets);
+    let boringtun = kforge_ssh::find_boringtun().ok_or_else(|| {
+        CliError::Other("the lab's kernel has no WireGuard module and this workstation has no boringtun-cli to bake into the machines\n  help: cargo install boringtun-cli --locked".into())
+    })?;
+    let here = kforge_core::spec::Arch::from_uname(std::env::consts::ARCH);
+    let mut seeds = std::collections::BTreeMap::new();
+    for node in &plan.nodes {
+        let user_data = std::fs::read(out.join(&node.node).join("user-data"))
+            .map_err(|e| CliError::Other(format!("{}: {e}", out.join(&node.node).display())))?;
+        let mut bake: Vec<(std::path::PathBuf, String, u32)> = node
+            .phases
+            .iter()
+            .flat_map(|p| p.artifacts.iter())
+            .filter(|a| a.arch.is_none() || a.arch == here)
+            .filter_map(|a| match &a.source {
+                kforge_core::plan::ArtifactSource::Path { path } => Some((base.join(path), a.dest.clone(), a.mode)),
+                kforge_core::plan::ArtifactSource::Url { .. } => None,
+            })
+            .collect();
+        bake.push((boringtun.clone(), kforge_core::pipeline::BORINGTUN_DEST.into(), 0o755));
+        seeds.insert(node.node.clone(), kforge_lab::MachineSeed { user_data, bake });
+    }
+    Ok(seeds)
 }
 
 fn require_hardway(session: &Session) -> Result<(), CliError> {

@@ -3,8 +3,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use kforge_core::plan::Plan;
-use kforge_core::render::cloud_init::{EC2_USER_DATA_LIMIT, render_user_data};
+use kforge_core::plan::{NodePlan, Plan};
+use kforge_core::render::cloud_init::{EC2_USER_DATA_LIMIT, UserDataSize};
 use kforge_core::spec::{DistributionKind, LoadedSpec, Role};
 
 /// `kforge check`: what the file describes, in a few lines.
@@ -150,16 +150,21 @@ pub fn plan_text(plan: &Plan) -> String {
 }
 
 /// `kforge render`: where things went and what to do with them.
-pub fn render_summary(plan: &Plan, out: &Path) -> String {
+pub fn render_summary(plan: &Plan, out: &Path, sizes: &[(&NodePlan, UserDataSize)], gzip: bool) -> String {
     let mut o = String::new();
     let d = out.display();
     let _ = writeln!(o, "rendered {} node{} into {d}", plan.nodes.len(), plural(plan.nodes.len()));
-    for node in &plan.nodes {
+    for (node, s) in sizes {
         let files = node.files().count();
-        let user_data = render_user_data(&plan.cluster, node).len();
-        let mut line = format!("  {d}/{}/  {files} files, user-data {}", node.node, size(user_data));
-        if user_data > EC2_USER_DATA_LIMIT {
-            line.push_str(" (over EC2's 16 KiB: gzip it, cloud-init accepts gzip)");
+        let mut line =
+            format!("  {d}/{}/  {files} files, user-data {} ({} gzipped)", node.node, size(s.raw), size(s.gzipped));
+        let delivered = if gzip { s.gzipped } else { s.raw };
+        if delivered > EC2_USER_DATA_LIMIT {
+            line.push_str(if gzip || s.gzipped > EC2_USER_DATA_LIMIT {
+                " (over EC2's 16 KiB even gzipped)"
+            } else {
+                " (over EC2's 16 KiB: render with --gzip)"
+            });
         }
         let _ = writeln!(o, "{line}");
     }
@@ -175,7 +180,8 @@ pub fn render_summary(plan: &Plan, out: &Path) -> String {
     }
     let _ = writeln!(
         o,
-        "deliver: boot a host with NODE/user-data, or copy NODE/ to / (without user-data) and run /var/lib/kforge/bootstrap.sh"
+        "deliver: boot a host with NODE/{}, or copy NODE/ to / (without user-data) and run /var/lib/kforge/bootstrap.sh; then kforge apply takes it over",
+        if gzip { "user-data.gz" } else { "user-data" }
     );
     for n in &plan.notes {
         let _ = writeln!(o, "note: {n}");
@@ -263,6 +269,18 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             for s in h.steps.iter().filter(|s| s.step.contains("drain")) {
                 let _ = writeln!(o, "  {}", s.step);
             }
+            for x in &h.handed_over {
+                let _ = writeln!(o, "  --hand-over: {x}");
+            }
+            if let Some(t) = h.takeover {
+                let _ = writeln!(o, "  {}", takeover_text(t, true));
+            }
+        }
+        if !report.refusals.is_empty() {
+            let _ = writeln!(o, "preflight would refuse a real apply:");
+            for r in &report.refusals {
+                let _ = writeln!(o, "  {}", r.replace('\n', "\n  "));
+            }
         }
         let _ = writeln!(o, "dry run: nothing was changed");
         return o;
@@ -279,7 +297,12 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
             o,
             "{:<10} {:<11} {:>7} {:>7} {:>8}  {}{}",
             h.node,
-            if h.converged { "converged" } else { "FAILED" },
+            match (h.converged, h.takeover) {
+                (false, _) => "FAILED",
+                (true, Some(kforge_ssh::Takeover::FromBootstrap)) => "taken over",
+                (true, Some(kforge_ssh::Takeover::Adopted)) => "adopted",
+                (true, None) => "converged",
+            },
             h.files_written(),
             h.files_removed.len(),
             h.artifacts_uploaded.len(),
@@ -289,12 +312,24 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         if let Some(e) = &h.error {
             let _ = writeln!(o, "  {}: {e}", h.node);
         }
+        for x in &h.handed_over {
+            let _ = writeln!(o, "  {}: --hand-over: {x}", h.node);
+        }
         for r in &h.repaired {
             let _ = writeln!(o, "  {}: repaired (undone outside kforge): {r}", h.node);
         }
         for k in &h.kept {
             let _ = writeln!(o, "  {}: not rewritten: {k}", h.node);
         }
+    }
+    let mut kinds: Vec<kforge_ssh::Takeover> = Vec::new();
+    for t in report.hosts.iter().filter_map(|h| h.takeover) {
+        if !kinds.contains(&t) {
+            kinds.push(t);
+        }
+    }
+    for t in kinds {
+        let _ = writeln!(o, "{}", takeover_text(t, false));
     }
     // An apply that took turns (an upgrade, a rolling change) lists each host's steps.
     let rolled =
@@ -312,6 +347,22 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         let _ = writeln!(o, "etcd snapshot taken before the control plane moved: {path}");
     }
     o
+}
+
+fn takeover_text(t: kforge_ssh::Takeover, dry_run: bool) -> &'static str {
+    use kforge_ssh::Takeover::*;
+    match (t, dry_run) {
+        (FromBootstrap, false) => {
+            "taken over: converged by its bootstrap (user-data or a rendered tree); kforge apply manages it from now on"
+        }
+        (FromBootstrap, true) => "would be taken over: converged by its bootstrap (user-data or a rendered tree)",
+        (Adopted, false) => {
+            "adopted: set up by another tool exactly as planned; nothing rewritten or restarted, its manifest recorded"
+        }
+        (Adopted, true) => {
+            "would be adopted: set up by another tool exactly as planned (only its manifest would be recorded)"
+        }
+    }
 }
 
 /// `plan --observe`: what runs now on each host, whether releases are mixed, and the

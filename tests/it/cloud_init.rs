@@ -47,7 +47,11 @@ fn cloud_init_accepts_every_user_data_and_it_carries_the_exact_files() {
                 assert_eq!(planned_mode.unwrap_or("0700"), mode, "{path}");
             }
             assert_eq!(doc["runcmd"][0][1], "/var/lib/kforge/bootstrap.sh");
-            assert!(doc["packages"].as_array().unwrap().iter().any(|p| p == "wireguard-tools"));
+            // Packages are the bootstrap's job (only what is missing, as over SSH): a host
+            // whose image has them boots without a package mirror.
+            assert!(doc.get("packages").is_none() && doc.get("package_update").is_none(), "{doc}");
+            let script = std::fs::read_to_string(out.join(name).join("var/lib/kforge/bootstrap.sh")).unwrap();
+            assert!(script.contains("kf_need wg wireguard-tools") && script.contains("kf_need nft nftables"));
         }
     }
 }
@@ -91,4 +95,38 @@ fn a_pinned_download_is_fetched_and_verified_by_sha256() {
     );
     let plan = ctx.kforge(&["plan"]).success().stdout;
     assert!(!plan.contains("cloud-init user-data cannot carry"), "a URL artifact travels fine");
+}
+
+/// A provider's size limit: render refuses (writing nothing) with the way out, and
+/// with `--gzip` the same user-data fits, compressed byte for byte from the plain one.
+#[test]
+fn user_data_over_a_size_limit_is_refused_and_fits_gzipped() {
+    let ctx = TestContext::with_example("homelab");
+    let plain = ctx.render("plain");
+    let over = ctx.kforge(&["render", "--out", "limited", "--user-data-limit", "ec2"]);
+    assert_eq!(over.code, 1, "{}", over.stdout);
+    assert!(
+        over.stderr.contains("user-data over --user-data-limit on 3 nodes; nothing was written"),
+        "{}",
+        over.stderr
+    );
+    assert!(
+        over.stderr.contains("cp-1: user-data is 31.") && over.stderr.contains("but the limit is 16.0 KiB"),
+        "{}",
+        over.stderr
+    );
+    assert!(over.stderr.contains("help: render with --gzip: compressed it is"), "{}", over.stderr);
+    assert!(!ctx.path("limited").exists(), "nothing is written over the limit");
+    let bad = ctx.kforge(&["render", "--out", "x", "--user-data-limit", "lots"]);
+    assert!(bad.code != 0 && bad.stderr.contains("give bytes (16384), KiB (16K), or `ec2`"), "{}", bad.stderr);
+
+    let fits = ctx.kforge(&["render", "--out", "gz", "--gzip", "--user-data-limit", "16K"]).success();
+    assert!(fits.stdout.contains("gzipped") && !fits.stdout.contains("over EC2"), "{}", fits.stdout);
+    for node in ["cp-1", "edge-1", "pi-1"] {
+        let gz = ctx.path(&format!("gz/{node}/user-data.gz"));
+        assert!(std::fs::metadata(&gz).unwrap().len() <= 16 * 1024, "{node}");
+        assert!(!ctx.path(&format!("gz/{node}/user-data")).exists());
+        let text = run("gzip", &["-dc", gz.to_str().unwrap()]);
+        assert_eq!(text, std::fs::read_to_string(plain.join(node).join("user-data")).unwrap(), "{node}");
+    }
 }

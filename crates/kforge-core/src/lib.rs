@@ -18,6 +18,7 @@ pub mod ini;
 pub mod k3s;
 pub mod kubeconfig;
 pub mod lint;
+pub mod manifest;
 pub mod mesh;
 pub mod model;
 pub mod paths;

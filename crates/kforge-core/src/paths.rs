@@ -12,6 +12,8 @@ pub const MANIFEST: &str = "/var/lib/kforge/manifest.json";
 pub const HASH_CACHE: &str = "/var/lib/kforge/hash-cache";
 /// The node's bootstrap script (cloud-init runs it; apply leaves the host's own copy).
 pub const BOOTSTRAP_SCRIPT: &str = "/var/lib/kforge/bootstrap.sh";
+/// How the bootstrap script last ended: `ok TIME`, or `failed STEP ERROR`.
+pub const BOOTSTRAP_OUTCOME: &str = "/var/lib/kforge/bootstrap.outcome";
 pub use crate::render::steps::PENDING_DIR;
 
 /// The unit file of `unit`.

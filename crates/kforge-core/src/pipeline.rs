@@ -368,6 +368,11 @@ fn plan_member(
     }
     if caps.userspace_wireguard {
         use_userspace_wireguard(&mut np, iface, caps.boringtun_upload.as_deref());
+    } else {
+        // The bootstrap cannot ask kforge: it carries both and picks on the host.
+        let mut userspace = np.clone();
+        use_userspace_wireguard(&mut userspace, iface, None);
+        np.without_wireguard_module = Some(Box::new(userspace));
     }
     np
 }

@@ -468,6 +468,11 @@ pub struct NodePlan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<String>,
     pub phases: Vec<PhasePlan>,
+    /// The same node on a host whose kernel has no WireGuard module (userspace
+    /// boringtun-cli), planned alongside a plan made without the host's facts: the
+    /// bootstrap script decides between the two on the host at boot.
+    #[serde(skip)]
+    pub without_wireguard_module: Option<Box<NodePlan>>,
 }
 
 impl NodePlan {
@@ -485,6 +490,7 @@ impl NodePlan {
             arch: None,
             released: Vec::new(),
             phases: Vec::new(),
+            without_wireguard_module: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! DIR/NODE/<absolute path>           every planned file, with its mode
 //! DIR/NODE/var/lib/kforge/bootstrap.sh
 //! DIR/NODE/user-data                 the same state as #cloud-config
+//! DIR/NODE/user-data.gz              instead, with --gzip (cloud-init reads gzip)
 //! DIR/_peers/PEER/<iface>.conf       access peers' mesh configs
 //! ```
 //!
@@ -18,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kforge_core::plan::Plan;
-use kforge_core::render::cloud_init::render_user_data;
+use kforge_core::render::cloud_init::{gzip, render_user_data};
 use kforge_core::render::script::{PATH as SCRIPT_PATH, render_bootstrap};
 
 pub const MARKER: &str = ".kforge-render";
@@ -34,8 +35,16 @@ pub enum RenderError {
     Io { path: String, source: io::Error },
 }
 
+/// How the tree is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TreeOptions {
+    /// Each node's user-data gzip-compressed (`user-data.gz`), for providers whose
+    /// size limit the plain text exceeds.
+    pub gzip: bool,
+}
+
 /// Write the whole plan under `out`, replacing a previous render there.
-pub fn render_tree(plan: &Plan, out: &Path) -> Result<(), RenderError> {
+pub fn render_tree(plan: &Plan, out: &Path, opts: TreeOptions) -> Result<(), RenderError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| RenderError::Io { path, source }
@@ -49,7 +58,7 @@ pub fn render_tree(plan: &Plan, out: &Path) -> Result<(), RenderError> {
     let staging = parent.join(format!(".{name}.kforge-staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let result =
-        write_all(plan, &staging).map_err(|(p, e)| RenderError::Io { path: p.display().to_string(), source: e });
+        write_all(plan, &staging, opts).map_err(|(p, e)| RenderError::Io { path: p.display().to_string(), source: e });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
@@ -64,7 +73,7 @@ pub fn render_tree(plan: &Plan, out: &Path) -> Result<(), RenderError> {
     Ok(())
 }
 
-fn write_all(plan: &Plan, root: &Path) -> Result<(), (PathBuf, io::Error)> {
+fn write_all(plan: &Plan, root: &Path, opts: TreeOptions) -> Result<(), (PathBuf, io::Error)> {
     mkdir(root, 0o700)?;
     write(&root.join(MARKER), format!("cluster: {}\n", plan.cluster).as_bytes(), 0o644)?;
     for node in &plan.nodes {
@@ -73,9 +82,14 @@ fn write_all(plan: &Plan, root: &Path) -> Result<(), (PathBuf, io::Error)> {
         for f in node.files() {
             write(&node_root.join(f.placed_path().trim_start_matches('/')), &f.content, f.mode)?;
         }
-        let script = render_bootstrap(&plan.cluster, node);
+        let script = render_bootstrap(plan, node);
         write(&node_root.join(SCRIPT_PATH.trim_start_matches('/')), script.as_bytes(), 0o700)?;
-        write(&node_root.join("user-data"), render_user_data(&plan.cluster, node).as_bytes(), 0o600)?;
+        let user_data = render_user_data(plan, node);
+        if opts.gzip {
+            write(&node_root.join("user-data.gz"), &gzip(&user_data), 0o600)?;
+        } else {
+            write(&node_root.join("user-data"), user_data.as_bytes(), 0o600)?;
+        }
     }
     for peer in &plan.peers {
         write(&root.join(PEERS_DIR).join(&peer.peer).join(&peer.config.path), &peer.config.content, peer.config.mode)?;

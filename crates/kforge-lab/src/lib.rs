@@ -19,6 +19,7 @@ pub mod forge;
 pub mod host_sysctls;
 pub mod images;
 mod machine;
+pub use machine::MachineSeed;
 mod net;
 pub mod rootfs;
 mod sh;
@@ -49,7 +50,7 @@ impl LabError {
     }
 }
 
-pub struct UpOptions {
+pub struct UpOptions<'a> {
     pub dir: PathBuf,
     /// How many machines; `None`: the example's own shape ([`LabExample::default_nodes`]).
     pub nodes: Option<usize>,
@@ -63,6 +64,10 @@ pub struct UpOptions {
     /// One more machine, `forge`: a git server over SSH on the lab's "internet", and
     /// the cluster file's `gitops` follows its repository (hardway; see [`forge`]).
     pub forge: bool,
+    /// Boot every machine from its node's user-data (cloud-init NoCloud): the seeder
+    /// renders it from the cluster file `up` wrote. The machines converge at boot with
+    /// no SSH from kforge.
+    pub user_data: Option<&'a Seeder<'a>>,
 }
 
 /// Which cluster file `up` writes for the machines.
@@ -226,7 +231,14 @@ impl LabState {
 }
 
 /// Bring a lab up. On any failure, everything created so far is torn down again.
+/// Boots the lab from user-data: given the cluster file `up` wrote, each machine's
+/// seed (`kforge render`'s user-data for its node, and the artifacts to bake in).
+pub type Seeder<'a> = dyn Fn(&Path) -> Result<std::collections::BTreeMap<String, machine::MachineSeed>, String> + 'a;
+
+/// Create the machines and boot them; with `opts.user_data`, each boots from its
+/// node's user-data (cloud-init NoCloud) and converges with no SSH from kforge.
 pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
+    let seeder = opts.user_data;
     let nodes = opts.nodes.unwrap_or(opts.example.default_nodes());
     if nodes == 0 || nodes > 40 {
         return Err(LabError::Setup("--nodes must be between 1 and 40".into()));
@@ -249,6 +261,11 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
     if opts.forge && opts.example != LabExample::Hardway {
         return Err(LabError::Setup(
             "--forge needs --example hardway: GitOps needs a real API server, and real K3s cannot be built here (docs/lab.md)".into(),
+        ));
+    }
+    if opts.forge && seeder.is_some() {
+        return Err(LabError::Setup(
+            "--user-data and --forge cannot be combined (the forge is no cluster node)".into(),
         ));
     }
     if opts.forge {
@@ -353,7 +370,7 @@ fn prepare_and_build(
         log("writing the lab's image archives (pause, busybox) from static binaries");
         images::write_lab_images(Path::new(images::BUSYBOX_STATIC), None, &out).map_err(|e| LabError::io(&out, e))?;
     }
-    build(state, image, names, behind_nat, opts.example, log)
+    build(state, image, names, behind_nat, opts.example, opts.user_data, log)
 }
 
 fn build(
@@ -362,6 +379,7 @@ fn build(
     names: &[String],
     nat: &[String],
     example: LabExample,
+    seeder: Option<&Seeder>,
     log: &dyn Fn(&str),
 ) -> Result<(), LabError> {
     let dir = state.dir.clone();
@@ -415,18 +433,39 @@ fn build(
             forge_host_key =
                 Some(forge::Forge { ip: state.machines[machine].ssh_ip, host_key: host_key.trim().to_string() });
         }
-        let log_path = dir.join("machines").join(format!("{name}.log"));
-        let pid = machine::boot(&mdir, name, &ns, &state.machines[machine].cgroups, &log_path)?;
-        state.machines[machine].pid = Some(pid);
-        state.save()?;
-        log(&format!(
-            "{name}: booting ({})",
-            state.machines[machine].public_ip.map_or("behind NAT".to_string(), |ip| ip.to_string())
-        ));
     }
     write_file(&dir.join("known_hosts"), &known_hosts, 0o644)?;
     write_file(&dir.join("ssh_config"), &ssh_config(state), 0o644)?;
     write_file(&dir.join("kforge.yaml"), &cluster_file(state, example, forge_host_key.as_ref()), 0o644)?;
+    // Seeded machines boot with their node's user-data, as a cloud image would.
+    if let Some(seeder) = seeder {
+        log("rendering each node's user-data from the cluster file (kforge render)");
+        let seeds = seeder(&dir.join("kforge.yaml")).map_err(LabError::Setup)?;
+        for m in &state.machines {
+            let seed = seeds.get(&m.name).ok_or_else(|| LabError::Setup(format!("no user-data for {}", m.name)))?;
+            let mb: u64 = seed.bake.iter().filter_map(|(f, _, _)| fs::metadata(f).ok()).map(|m| m.len()).sum();
+            log(&format!(
+                "{}: seeding user-data ({} bytes) and baking {} artifacts ({} MB) into its disk",
+                m.name,
+                seed.user_data.len(),
+                seed.bake.len(),
+                mb / 1_000_000
+            ));
+            machine::seed(&state.runtime.join(&m.name), &m.name, seed)?;
+        }
+    }
+    for i in 0..state.machines.len() {
+        let (name, ns) = (state.machines[i].name.clone(), state.machines[i].ns.clone());
+        let log_path = dir.join("machines").join(format!("{name}.log"));
+        let pid = machine::boot(&state.runtime.join(&name), &name, &ns, &state.machines[i].cgroups, &log_path)?;
+        state.machines[i].pid = Some(pid);
+        state.save()?;
+        log(&format!(
+            "{name}: booting ({}){}",
+            state.machines[i].public_ip.map_or("behind NAT".to_string(), |ip| ip.to_string()),
+            if seeder.is_some() { " from its user-data" } else { "" }
+        ));
+    }
     wait_for_ssh(state, log)?;
     if forge_host_key.is_some() {
         forge::setup(state, log)?;

@@ -208,3 +208,60 @@ pub fn is_mounted(path: &Path) -> bool {
         .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&p)))
         .unwrap_or(false)
 }
+
+/// What a machine boots with when the lab boots from user-data (`up`'s seeder).
+#[derive(Debug, Clone)]
+pub struct MachineSeed {
+    /// cloud-init user-data as `kforge render` wrote it (plain or gzip).
+    pub user_data: Vec<u8>,
+    /// Files baked into the machine's disk, as an image built for the cluster carries
+    /// them (binaries never travel in user-data): (file here, path there, mode).
+    pub bake: Vec<(PathBuf, String, u32)>,
+}
+
+/// cloud-init's settings on a seeded lab machine: NoCloud only, and the lab keeps
+/// what it set up itself (network, SSH host keys pinned in known_hosts, root login).
+const LAB_CLOUD_CFG: &str = "\
+# kforge lab: this machine boots from the NoCloud seed in /var/lib/cloud/seed/nocloud.
+# The lab owns the network, the SSH host key (pinned in the lab's known_hosts) and root
+# login; cloud-init runs the user-data and leaves those alone.
+datasource_list: [NoCloud]
+network: {config: disabled}
+ssh_deletekeys: false
+ssh_genkeytypes: []
+disable_root: false
+preserve_hostname: true
+manage_etc_hosts: false
+";
+
+/// Seed a prepared (mounted, not yet booted) machine: NoCloud user-data and meta-data,
+/// cloud-init switched on, the node's artifacts baked in.
+pub fn seed(dir: &Path, name: &str, seed: &MachineSeed) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("root");
+    let write = |rel: &str, data: &[u8], mode: u32| -> Result<(), LabError> {
+        let p = root.join(rel.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).map_err(|e| LabError::io(&p, e))?;
+        fs::write(&p, data).map_err(|e| LabError::io(&p, e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(|e| LabError::io(&p, e))
+    };
+    write("var/lib/cloud/seed/nocloud/user-data", &seed.user_data, 0o600)?;
+    let instance = kforge_core::random::random_hex(8);
+    write(
+        "var/lib/cloud/seed/nocloud/meta-data",
+        format!("instance-id: kforge-lab-{name}-{instance}\nlocal-hostname: {name}\n").as_bytes(),
+        0o644,
+    )?;
+    write("etc/cloud/cloud.cfg.d/90-kforge-lab.cfg", LAB_CLOUD_CFG.as_bytes(), 0o644)?;
+    let off = root.join(crate::rootfs::CLOUD_INIT_DISABLED);
+    if off.exists() {
+        fs::remove_file(&off).map_err(|e| LabError::io(&off, e))?;
+    }
+    for (from, to, mode) in &seed.bake {
+        let p = root.join(to.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).map_err(|e| LabError::io(&p, e))?;
+        fs::copy(from, &p).map_err(|e| LabError::io(from, e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).map_err(|e| LabError::io(&p, e))?;
+    }
+    Ok(())
+}

@@ -14,9 +14,15 @@ use crate::sh::run;
 pub const SUITE: &str = "bookworm";
 /// What every lab machine has, as a fresh VPS image would (plus nginx, which the
 /// hardway distribution needs on controllers, and git, which the lab's forge serves).
+/// cloud-init is there as on a cloud image, but disabled unless a machine is seeded
+/// with user-data (`lab up --user-data`): other labs boot without it. debootstrap does
+/// not resolve virtual packages, so cloud-init's python3-cryptography needs
+/// python3-cffi-backend named (it provides the cffi API versions it depends on).
 /// The cache directory's name carries a
 /// digest of this list, so changing it builds a new image.
-const PACKAGES: &str = "systemd-sysv,udev,openssh-server,git,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx,libnginx-mod-stream,conntrack,socat,ipset,iptables,kmod";
+const PACKAGES: &str = "systemd-sysv,udev,openssh-server,git,wireguard-tools,nftables,iproute2,iputils-ping,procps,nginx,libnginx-mod-stream,conntrack,socat,ipset,iptables,kmod,cloud-init,python3-cffi-backend";
+/// Where cloud-init looks for its switch-off file (`touch` it: cloud-init does nothing).
+pub const CLOUD_INIT_DISABLED: &str = "etc/cloud/cloud-init.disabled";
 const READY_MARK: &str = ".kforge-rootfs-ready";
 
 /// Where the cache lives: `KFORGE_LAB_CACHE`, else `/var/cache/kforge-lab`.
@@ -122,6 +128,8 @@ fn finish(root: &Path) -> Result<(), LabError> {
     let _ = std::fs::remove_file(root.join("etc/systemd/system/multi-user.target.wants/nginx.service"));
     // The machine-id is set per machine; an empty one here would be shared.
     let _ = std::fs::write(root.join("etc/machine-id"), "");
+    // cloud-init runs only on machines seeded with user-data (`machine::seed`).
+    std::fs::write(root.join(CLOUD_INIT_DISABLED), "").map_err(|e| LabError::io(root, e))?;
     Ok(())
 }
 

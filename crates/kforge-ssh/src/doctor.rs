@@ -139,6 +139,8 @@ pub struct HostView {
     pub underlay: Option<(String, u32)>,
     /// What each running program reports (from the facts).
     pub running: kforge_core::upgrade::Running,
+    /// The bootstrap (user-data) failed here and no apply converged it since (facts).
+    pub bootstrap_failure: Option<String>,
 }
 
 impl HostView {
@@ -341,9 +343,12 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     crate::facts::Cache::Leave,
                     &probes,
                 ) {
-                    Ok((facts, out)) => {
-                        HostView { sent_at, running: facts.running_versions(&np.node), ..HostView::parse(&out) }
-                    }
+                    Ok((facts, out)) => HostView {
+                        sent_at,
+                        running: facts.running_versions(&np.node),
+                        bootstrap_failure: facts.bootstrap_failure(),
+                        ..HostView::parse(&out)
+                    },
                     Err(e) => HostView { error: Some(e.to_string()), ..HostView::default() },
                 };
                 host.close();
@@ -401,6 +406,14 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
         out.push(Diagnosis::ok("ssh", format!("{} of {} hosts answer", up.len(), plan.nodes.len())));
     }
     out.extend(unreachable);
+    out.extend(per_node(
+        "bootstrap",
+        &up,
+        |_, v| v.bootstrap_failure.clone(),
+        "the node's user-data (or rendered tree) ran its bootstrap script, which stopped at this step: the node is half set up",
+        "fix the cause (the cluster file, or what the host lacks), then kforge apply finishes the node over SSH; or boot it again with new user-data",
+        "no failed bootstrap",
+    ));
     out.push(clock(&up));
     out.extend(per_node(
         "swap",

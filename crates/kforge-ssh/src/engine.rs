@@ -17,12 +17,13 @@ use kforge_core::render::steps::{Step, to_shell};
 use kforge_core::spec::Arch;
 
 use crate::artifacts::{ArtifactStore, find_boringtun};
-use crate::facts::{self, Manifest, NodeFacts};
+use crate::facts::{self, NodeFacts};
 use crate::lock::HostLock;
-use crate::remote_script::{PhaseScript, Restart};
+use crate::remote_script::{self, PhaseWork};
 use crate::rollout;
 use crate::ssh::{ControlDir, Host};
-use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport, StepTime};
+use crate::{ApplyError, ApplyOptions, ApplyReport, HostReport, StepTime, Takeover};
+use kforge_core::manifest::{Delivery, Manifest};
 
 /// One host's state through the apply.
 struct HostRun {
@@ -31,16 +32,24 @@ struct HostRun {
     /// The releases the plan deploys (`Plan::releases`), for the host's manifest.
     releases: BTreeMap<String, String>,
     plan: NodePlan,
+    /// The node's plan as `render` makes it (no host facts): its bootstrap script is
+    /// rendered from this, so the copy apply leaves equals the user-data's.
+    boot: NodePlan,
     facts: NodeFacts,
     report: HostReport,
     /// What kforge has written, as it will be recorded on the host.
     manifest: BTreeMap<String, String>,
+    /// The files the host's manifest lists now (as found, then as each script recorded).
+    recorded: BTreeMap<String, String>,
     /// Files and artifacts changed by this apply so far (any phase): a binary
     /// uploaded in `artifacts` restarts its unit in a later phase.
     changed_paths: BTreeSet<String>,
     failed: bool,
     /// Joins the running etcd after the stage's other hosts (`StageRun::join`).
     joining: bool,
+    /// Foreign units handed over by the operator, to stop before the stages: (unit,
+    /// what it held).
+    handing_over: Vec<(String, String)>,
 }
 
 impl HostRun {
@@ -84,12 +93,16 @@ fn run(
     }
     let checked = plan_for_capabilities(&mut hosts, opts, progress)
         .and_then(|()| check_versions(&mut hosts, opts))
-        .and_then(|()| preflight(&hosts, &plan));
-    if let Err(e) = checked {
-        crate::ssh::close_all(hosts.iter().map(|h| &h.host));
-        return Err(e);
-    }
+        .and_then(|()| preflight(&mut hosts, &plan, opts));
+    let refusals = match checked {
+        Ok(found) => found,
+        Err(e) => {
+            crate::ssh::close_all(hosts.iter().map(|h| &h.host));
+            return Err(e);
+        }
+    };
     let locks = lock(&mut hosts, opts);
+    hand_over(&mut hosts, opts, progress);
     // Nodes the file no longer names leave first, while the mesh still reaches them; a
     // removal that fails stops the apply there (the node stays recorded: the next apply
     // tries again), so no host drops a peer whose node is still half in the cluster.
@@ -111,6 +124,7 @@ fn run(
     let mut report = finish(&plan, opts, hosts);
     report.snapshot = snapshot;
     report.removals = removals;
+    report.refusals = refusals;
     Ok(report)
 }
 
@@ -171,12 +185,15 @@ fn connect(plan: &Plan, opts: &ApplyOptions, control_dir: &std::path::Path) -> R
                 cluster: plan.cluster.clone(),
                 releases: plan.releases.clone(),
                 plan: np.clone(),
+                boot: np.clone(),
                 facts: NodeFacts::default(),
                 report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
                 manifest: BTreeMap::new(),
+                recorded: BTreeMap::new(),
                 changed_paths: BTreeSet::new(),
                 failed: false,
                 joining: false,
+                handing_over: Vec::new(),
             })
         })
         .collect()
@@ -202,6 +219,7 @@ fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&
         match facts::gather(&h.host, &h.plan, &mine) {
             Ok(f) => {
                 h.manifest = f.manifest.clone();
+                h.recorded = f.manifest.clone();
                 // Files kforge once wrote that another program owns now (K3s's CA
                 // files on every server) leave kforge's record, so nothing removes them.
                 h.manifest.retain(|path, _| !h.plan.released.contains(path));
@@ -226,17 +244,50 @@ fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&
     }
 }
 
-/// Preflight over every reachable host: refuse before touching anything.
-fn preflight(hosts: &[HostRun], plan: &Plan) -> Result<(), ApplyError> {
+/// Preflight over every reachable host: refuse before touching anything. A foreign
+/// program holding what kforge needs is a refusal too, unless the operator hands its
+/// unit over (`--hand-over`: queued here as `HostRun::handing_over`). A dry run never
+/// refuses: what it found comes back to be shown with the rest of its diff.
+fn preflight(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) -> Result<Vec<String>, ApplyError> {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let healthy: Vec<(&NodePlan, &NodeFacts)> =
         hosts.iter().filter(|h| !h.failed).map(|h| (&h.plan, &h.facts)).collect();
-    let problems = crate::preflight::check(&healthy, now, plan.mesh_port);
-    if problems.is_empty() {
-        return Ok(());
+    let mut problems = crate::preflight::check(&healthy, now, plan.mesh_port);
+    for h in hosts.iter_mut().filter(|h| !h.failed) {
+        for c in crate::preflight::conflicts(&h.plan, &h.facts, plan.mesh_port, &plan.mesh_interface) {
+            match c.holder.unit.as_ref().filter(|u| opts.hand_over.contains(u)) {
+                Some(unit) => {
+                    let held = format!("it held {} for {}", c.socket, c.holder.program);
+                    if opts.dry_run {
+                        h.report.handed_over.push(format!("would stop and disable {unit} ({held})"));
+                    } else if !h.handing_over.iter().any(|(u, _)| u == unit) {
+                        h.handing_over.push((unit.clone(), held));
+                    }
+                }
+                None => problems.push(c.to_string()),
+            }
+        }
+    }
+    if problems.is_empty() || opts.dry_run {
+        return Ok(problems);
     }
     Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")))
+}
+
+/// Units the operator handed over (`--hand-over`) stop and are disabled before the
+/// stages, each said on the host's progress line and in its report.
+fn hand_over(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+    parallel(hosts, opts.parallel, |h| {
+        for (unit, held) in std::mem::take(&mut h.handing_over) {
+            progress(&h.host.node, &format!("--hand-over: stopping and disabling {unit} ({held})"));
+            let script = format!("systemctl disable --now -q {}", crate::ssh::shell_quote(&unit));
+            match h.host.run_script(&format!("hand over {unit}"), &script) {
+                Ok(_) => h.report.handed_over.push(format!("stopped and disabled {unit} ({held})")),
+                Err(e) => return h.fail(format!("--hand-over {unit}: {e}")),
+            }
+        }
+    });
 }
 
 /// What the cluster file cannot say about a host (its CPU architecture, its kernel's
@@ -724,9 +775,35 @@ fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
         let planned: BTreeSet<String> = h.plan.files().map(|f| f.path.clone()).collect();
         let gone: Vec<String> = h.manifest.keys().filter(|p| !planned.contains(*p)).cloned().collect();
         h.report.files_removed.extend(gone.iter().cloned());
-        let bootstrap = PlannedFile::new(BOOTSTRAP_SCRIPT, 0o700, render_bootstrap(&plan.cluster, &h.plan));
+        // The bootstrap as `render` writes it (the host decides its capabilities at
+        // boot), so a host booted from user-data already holds this very script.
+        let bootstrap = PlannedFile::new(BOOTSTRAP_SCRIPT, 0o700, render_bootstrap(plan, &h.boot));
         let bootstrap_current = h.facts.hashes.get(BOOTSTRAP_SCRIPT) == Some(&bootstrap.sha256);
-        if opts.dry_run || (gone.is_empty() && bootstrap_current && h.changed_paths.is_empty()) {
+        // A host that was already as planned before this apply (its bootstrap, another
+        // tool) but whose record lacks files is recorded now: nothing else is written.
+        for f in h.plan.files().filter(|f| f.handed_over.is_none()) {
+            h.manifest.insert(f.path.clone(), f.sha256.clone());
+        }
+        // A host its bootstrap recorded is apply's from now on: the record says so.
+        let from_bootstrap = h.facts.manifest_by == Some(Delivery::Bootstrap) && h.recorded == h.facts.manifest;
+        let unrecorded = h.manifest != h.recorded || from_bootstrap;
+        h.report.takeover = takeover(h, unrecorded);
+        // A bootstrap that failed here is finished by this apply: status and doctor stop
+        // naming it (the outcome says it was superseded).
+        let superseded = match &h.facts.bootstrap {
+            Some(facts::BootstrapOutcome::Failed { step, .. }) if !h.failed => Some(step.clone()),
+            _ => None,
+        };
+        if let Some(step) = &superseded {
+            h.report.repaired.push(format!("its bootstrap had failed at `{step}`: this apply finished the host"));
+        }
+        if opts.dry_run
+            || (gone.is_empty()
+                && bootstrap_current
+                && h.changed_paths.is_empty()
+                && !unrecorded
+                && superseded.is_none())
+        {
             return;
         }
         for g in &gone {
@@ -742,18 +819,44 @@ fn finish_hosts(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) {
             .into_iter()
             .filter_map(|p| Some((p.clone(), h.facts.hashes.get(&p)?.clone())))
             .collect();
-        let script = PhaseScript {
+        let script = PhaseWork {
             daemon_reload: gone.iter().any(|p| paths::is_systemd_file(p)),
             removes: gone.iter().map(|p| (p.clone(), paths::unit_of_file(p).map(String::from))).collect(),
-            writes: if bootstrap_current { vec![] } else { vec![bootstrap] },
-            manifest_json: (!gone.is_empty()).then(|| manifest_json(h)),
+            writes: [(!bootstrap_current).then_some(bootstrap), superseded.map(|_| outcome_superseded())]
+                .into_iter()
+                .flatten()
+                .collect(),
+            manifest_json: (!gone.is_empty() || unrecorded).then(|| manifest_json(h)),
             digests,
-            ..PhaseScript::default()
+            ..PhaseWork::default()
         };
-        if let Err(e) = h.host.run_script("finish", &script.render()) {
-            h.fail(e);
+        match h.host.run_script("finish", &remote_script::render(&script)) {
+            Ok(_) => h.recorded = h.manifest.clone(),
+            Err(e) => h.fail(e),
         }
     });
+}
+
+/// The bootstrap outcome an apply leaves where the bootstrap had failed.
+fn outcome_superseded() -> PlannedFile {
+    PlannedFile::new(paths::BOOTSTRAP_OUTCOME, 0o600, "superseded\tkforge apply finished the host\n")
+}
+
+/// How this apply came to manage a host it did not converge itself: one whose
+/// bootstrap (user-data, a rendered tree) recorded it, or — with no record at all —
+/// one another tool set up exactly as planned (nothing written, nothing restarted).
+fn takeover(h: &HostRun, unrecorded: bool) -> Option<Takeover> {
+    let r = &h.report;
+    let untouched = r.files_written() == 0
+        && r.units_restarted.is_empty()
+        && r.units_reloaded.is_empty()
+        && r.artifacts_uploaded.is_empty();
+    match h.facts.manifest_by {
+        _ if h.failed => None,
+        Some(Delivery::Bootstrap) => Some(Takeover::FromBootstrap),
+        None if unrecorded && untouched => Some(Takeover::Adopted),
+        _ => None,
+    }
 }
 
 fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport {
@@ -764,6 +867,7 @@ fn finish(plan: &Plan, opts: &ApplyOptions, hosts: Vec<HostRun>) -> ApplyReport 
         hosts: hosts.into_iter().map(|h| h.report).collect(),
         snapshot: None,
         removals: Vec::new(),
+        refusals: Vec::new(),
     }
 }
 
@@ -815,8 +919,54 @@ fn run_phase_inner(
         h.host.upload(&format!("upload {}", a.name), &local.file, &script).map_err(|e| e.to_string())?;
         h.facts.hashes.insert(a.dest.clone(), local.sha256.clone());
     }
+    let (mut script, repairs) = decide(h, pp, phase_changed, changed_paths);
+    if script.is_empty() {
+        return Ok(phase_changed);
+    }
+    script.manifest_json = Some(manifest_json(h));
+    if opts.dry_run {
+        for r in &script.restarts {
+            let list = if r.reload.is_some() { &mut h.report.units_reloaded } else { &mut h.report.units_restarted };
+            list.push(r.unit.clone());
+        }
+        h.report.repaired.extend(repairs);
+        return Ok(true);
+    }
+    if !script.commands.is_empty() {
+        progress(&h.host.node, &phase_progress(pp));
+    }
+    let out = h
+        .host
+        .run_script(&format!("phase {}", pp.phase.name()), &remote_script::render(&script))
+        .map_err(|e| e.to_string())?;
+    h.recorded = h.manifest.clone();
+    for line in out.lines() {
+        let mut w = line.splitn(3, ' ');
+        match (w.next(), w.next(), w.next()) {
+            (Some("KF"), Some("restarted"), Some(u)) => h.report.units_restarted.push(u.into()),
+            (Some("KF"), Some("reloaded"), Some(u)) => h.report.units_reloaded.push(u.into()),
+            (Some("KF"), Some("cleaned"), Some(_)) => h.report.temp_files_cleaned += 1,
+            _ => {}
+        }
+    }
+    for f in &script.writes {
+        h.facts.hashes.insert(f.path.clone(), f.sha256.clone());
+    }
+    h.report.repaired.extend(repairs);
+    Ok(true)
+}
 
-    let mut script = PhaseScript::default();
+/// What one phase must do on this host, from its facts (nothing is run): the files
+/// that differ, the commands (all when the phase changed anything, else those whose
+/// recheck failed), the units to enable and to (re)start — in the phase order the
+/// bootstrap uses too (`PhaseWork`). Returns the repairs it makes, to report.
+fn decide(
+    h: &mut HostRun,
+    pp: &PhasePlan,
+    phase_changed: bool,
+    changed_paths: &mut BTreeSet<String>,
+) -> (PhaseWork, Vec<String>) {
+    let mut script = PhaseWork { pending_marks: true, ..PhaseWork::default() };
     if !h.facts.stale_temp_files.is_empty() {
         script.clean_temp_files = std::mem::take(&mut h.facts.stale_temp_files);
     }
@@ -872,48 +1022,14 @@ fn run_phase_inner(
                 let how = if reload.is_some() { "reload" } else { "restart" };
                 repairs.push(format!("{how} {}: {}", u.name, r.drift));
             }
-            script.restarts.push(Restart { unit: u.name.clone(), inputs: h.plan.unit_inputs(u), reload });
+            script.restarts.push(remote_script::restart(&u.name, h.plan.unit_inputs(u), reload));
         }
     }
     // A handed-over file is not kforge's once written: never recorded, never removed.
     for f in pp.files.iter().filter(|f| f.handed_over.is_none()) {
         h.manifest.insert(f.path.clone(), f.sha256.clone());
     }
-    if script.writes.is_empty()
-        && script.restarts.is_empty()
-        && script.enables.is_empty()
-        && script.commands.is_empty()
-        && script.clean_temp_files.is_empty()
-    {
-        return Ok(phase_changed);
-    }
-    script.manifest_json = Some(manifest_json(h));
-    if opts.dry_run {
-        for r in &script.restarts {
-            let list = if r.reload.is_some() { &mut h.report.units_reloaded } else { &mut h.report.units_restarted };
-            list.push(r.unit.clone());
-        }
-        h.report.repaired.extend(repairs);
-        return Ok(true);
-    }
-    if !script.commands.is_empty() {
-        progress(&h.host.node, &phase_progress(pp));
-    }
-    let out = h.host.run_script(&format!("phase {}", pp.phase.name()), &script.render()).map_err(|e| e.to_string())?;
-    for line in out.lines() {
-        let mut w = line.splitn(3, ' ');
-        match (w.next(), w.next(), w.next()) {
-            (Some("KF"), Some("restarted"), Some(u)) => h.report.units_restarted.push(u.into()),
-            (Some("KF"), Some("reloaded"), Some(u)) => h.report.units_reloaded.push(u.into()),
-            (Some("KF"), Some("cleaned"), Some(_)) => h.report.temp_files_cleaned += 1,
-            _ => {}
-        }
-    }
-    for f in &script.writes {
-        h.facts.hashes.insert(f.path.clone(), f.sha256.clone());
-    }
-    h.report.repaired.extend(repairs);
-    Ok(true)
+    (script, repairs)
 }
 
 fn manifest_json(h: &HostRun) -> String {
@@ -922,8 +1038,9 @@ fn manifest_json(h: &HostRun) -> String {
         node: h.plan.node.clone(),
         releases: h.releases.clone(),
         files: h.manifest.clone(),
+        by: Delivery::Apply,
     };
-    serde_json::to_string(&m).expect("manifest serializes")
+    m.to_json()
 }
 
 /// Run `f` on every host with at most `n` at a time.
@@ -989,15 +1106,153 @@ mod tests {
                     cluster: plan.cluster.clone(),
                     releases: plan.releases.clone(),
                     plan: np.clone(),
+                    boot: np.clone(),
                     facts,
                     report: HostReport::default(),
                     manifest: BTreeMap::new(),
+                    recorded: BTreeMap::new(),
                     changed_paths,
                     failed: false,
                     joining: false,
+                    handing_over: Vec::new(),
                 }
             })
             .collect()
+    }
+
+    /// What a host runs, phase by phase, as the shell steps that act (commands, enables,
+    /// restarts with their inputs), and the manifest it ends up recording.
+    type Run = (Vec<(Phase, Vec<String>)>, kforge_core::manifest::Manifest);
+
+    /// The files a phase puts in place (either way: written, placed where absent), then
+    /// what it runs, in order.
+    fn acts(phase: Phase, steps: &[Step], out: &mut Vec<(Phase, Vec<String>)>) {
+        let mut files = BTreeSet::new();
+        let mut runs = Vec::new();
+        for s in steps {
+            match s {
+                Step::Write(f) | Step::WriteOnce(f) => drop(files.insert(f.path.clone())),
+                Step::PlaceOnce { dest, .. } => drop(files.insert(dest.clone())),
+                Step::Run(c) => runs.push(format!("run {}", c.shell_line())),
+                Step::Enable(u) => runs.push(format!("enable {u}")),
+                Step::Restart { unit, inputs, .. } => runs.push(format!("start {unit} {inputs}")),
+                _ => {}
+            }
+        }
+        out.push((phase, files.into_iter().map(|f| format!("file {f}")).chain(runs).collect()));
+    }
+
+    /// Apply over SSH on a bare host with `caps`: every phase as the engine decides it.
+    fn apply_on_bare_host(plan: &Plan, np: &NodePlan) -> Run {
+        let control = std::path::Path::new("/nonexistent");
+        let target = crate::Target { node: np.node.clone(), host: "h".into(), user: "root".into(), port: 22 };
+        let mut h = HostRun {
+            host: Host::of(&target, None, control),
+            cluster: plan.cluster.clone(),
+            releases: plan.releases.clone(),
+            plan: np.clone(),
+            boot: np.clone(),
+            facts: NodeFacts::default(),
+            report: HostReport::default(),
+            manifest: BTreeMap::new(),
+            recorded: BTreeMap::new(),
+            changed_paths: BTreeSet::new(),
+            failed: false,
+            joining: false,
+            handing_over: Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut changed = BTreeSet::new();
+        for pp in &np.phases {
+            // A bare host lacks every artifact: each is uploaded before the phase runs.
+            changed.extend(pp.artifacts.iter().map(|a| a.dest.clone()));
+            let (work, _) = decide(&mut h, pp, !pp.artifacts.is_empty(), &mut changed);
+            acts(pp.phase, &work.steps(), &mut out);
+        }
+        let manifest: kforge_core::manifest::Manifest = serde_json::from_str(&manifest_json(&h)).unwrap();
+        (out, manifest)
+    }
+
+    /// The bootstrap of the same node, on a host whose kernel has a WireGuard module
+    /// (`kernel`) or not: the branch it takes at boot, with the files user-data placed.
+    fn bootstrap_on_bare_host(plan: &Plan, np: &NodePlan, kernel: bool) -> Run {
+        let mut flat = Vec::new();
+        for s in kforge_core::render::script::bootstrap_steps(plan, np) {
+            match s {
+                Step::Branch { then, otherwise, .. } => flat.extend(if kernel { then } else { otherwise }),
+                s => flat.push(s),
+            }
+        }
+        let (mut out, mut manifest) = (Vec::new(), None);
+        let mut phase: Option<(Phase, Vec<Step>)> = None;
+        let placed = |phase: Phase, out: &mut Vec<Step>| {
+            let p = np.phases.iter().find(|p| p.phase == phase).unwrap();
+            let files = p.files.iter().filter(|f| f.handed_over.is_none()).map(|f| Step::Write(f.clone()));
+            out.splice(0..0, files);
+        };
+        for s in flat {
+            if let Step::Comment(c) = &s
+                && let Some(name) = c.strip_prefix("--- phase: ").and_then(|n| n.strip_suffix(" ---"))
+            {
+                if let Some((p, steps)) = phase.take() {
+                    acts(p, &steps, &mut out);
+                }
+                let p = np.phases.iter().map(|p| p.phase).find(|p| p.name() == name).unwrap();
+                let mut steps = Vec::new();
+                placed(p, &mut steps);
+                phase = Some((p, steps));
+                continue;
+            }
+            if let Step::RecordManifest { json, .. } = &s {
+                manifest = Some(serde_json::from_str::<kforge_core::manifest::Manifest>(json).unwrap());
+            }
+            if let Some((_, steps)) = phase.as_mut() {
+                steps.push(s);
+            }
+        }
+        if let Some((p, steps)) = phase.take() {
+            acts(p, &steps, &mut out);
+        }
+        (out, manifest.expect("the bootstrap records the manifest"))
+    }
+
+    /// One step order for a host, two deliveries: for every example and node, apply
+    /// over SSH on a bare host and the node's bootstrap (user-data, a rendered tree) put
+    /// the same files in place and run the same commands, enables and restarts (with
+    /// the same inputs) in the same phases and order, and record the same manifest —
+    /// on a kernel with a WireGuard module, and on one without (userspace boringtun-cli,
+    /// which apply learns from the facts and the bootstrap decides at boot).
+    #[test]
+    fn the_bootstrap_and_apply_run_one_step_order_and_record_one_manifest() {
+        use kforge_core::manifest::Delivery;
+        use kforge_core::pipeline::HostCaps;
+        for (name, text) in kforge_core::spec::examples::ALL {
+            let spec = kforge_core::spec::parse("kforge.yaml", text).unwrap().cluster;
+            let now = time::OffsetDateTime::now_utc();
+            let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+            let model = kforge_core::model::Model::build(&spec, &secrets);
+            let plan = kforge_core::pipeline::build_plan(&model, &secrets);
+            for boot in &plan.nodes {
+                for kernel in [true, false] {
+                    // What apply plans once the facts say what the kernel has (boringtun-cli
+                    // already on the host: nothing to upload).
+                    let caps = HostCaps { userspace_wireguard: !kernel, ..HostCaps::default() };
+                    let np = kforge_core::pipeline::plan_node(&model, &secrets, &boot.node, &caps).unwrap();
+                    let (apply_steps, apply_manifest) = apply_on_bare_host(&plan, &np);
+                    let (boot_steps, boot_manifest) = bootstrap_on_bare_host(&plan, boot, kernel);
+                    let at = format!("{name}: {} (kernel WireGuard: {kernel})", boot.node);
+                    assert_eq!(apply_steps, boot_steps, "{at}");
+                    assert!(apply_steps.iter().any(|(_, s)| s.iter().any(|x| x.starts_with("start "))), "{at}");
+                    assert_eq!((apply_manifest.by, boot_manifest.by), (Delivery::Apply, Delivery::Bootstrap), "{at}");
+                    assert_eq!(apply_manifest.files, boot_manifest.files, "{at}");
+                    assert_eq!(
+                        (apply_manifest.releases, apply_manifest.node),
+                        (boot_manifest.releases, boot_manifest.node),
+                        "{at}"
+                    );
+                }
+            }
+        }
     }
 
     /// The stage running `phase`.

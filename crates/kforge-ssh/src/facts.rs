@@ -36,6 +36,14 @@ pub struct NodeFacts {
     pub pending: BTreeSet<String>,
     /// What kforge wrote before: path → sha256.
     pub manifest: BTreeMap<String, String>,
+    /// Who recorded that manifest (None: the host has none).
+    pub manifest_by: Option<kforge_core::manifest::Delivery>,
+    /// How the node's bootstrap script last ended, when it ran here.
+    pub bootstrap: Option<BootstrapOutcome>,
+    /// What cloud-init reported as errors of its last boot (`result.json`).
+    pub cloud_init_errors: Vec<String>,
+    /// Who holds each listening socket (`tcp/6443` → holders): program and unit.
+    pub holders: BTreeMap<String, Vec<Holder>>,
     /// Listening sockets as `tcp/6443`, `udp/51820`.
     pub listening: BTreeSet<String>,
     /// Leftover temp files of an interrupted apply.
@@ -53,6 +61,23 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
+    /// The node's bootstrap failed here (or cloud-init failed before it could run it)
+    /// and no apply has finished the host since: the step that failed, its error and
+    /// cloud-init's own.
+    pub fn bootstrap_failure(&self) -> Option<String> {
+        let mut what = match &self.bootstrap {
+            Some(BootstrapOutcome::Failed { step, error }) => format!("bootstrap failed at `{step}`: {error}"),
+            None if !self.cloud_init_errors.is_empty() && self.manifest.is_empty() => {
+                "cloud-init failed before the bootstrap ran".to_string()
+            }
+            _ => return None,
+        };
+        if !self.cloud_init_errors.is_empty() {
+            what.push_str(&format!(" (cloud-init: {})", self.cloud_init_errors.join("; ")));
+        }
+        Some(what)
+    }
+
     /// The releases running on this host, as the upgrade rules read them.
     pub fn running_versions(&self, node: &str) -> Running {
         let versions = self
@@ -212,6 +237,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
                 if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
                     f.manifest = m.files;
+                    f.manifest_by = Some(m.by);
                 }
             }
             (Some("running"), Some(key), Some(line)) => {
@@ -225,8 +251,28 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
             (Some("reach"), Some(ip), Some(ok)) => {
                 f.reach.insert(ip.into(), ok == "yes");
             }
-            (Some("listen"), Some(sock), None) => {
+            (Some("listen"), Some(sock), rest) => {
                 f.listening.insert(sock.into());
+                // `listen SOCK PROGRAM UNIT` when the holder is known (`-`: no unit).
+                let mut w = rest.unwrap_or("").split_whitespace();
+                if let Some(program) = w.next() {
+                    let unit = w.next().filter(|u| *u != "-").map(String::from);
+                    let holder = Holder { program: program.into(), unit };
+                    let list = f.holders.entry(sock.into()).or_default();
+                    if !list.contains(&holder) {
+                        list.push(holder);
+                    }
+                }
+            }
+            (Some("bootstrap"), Some(b64), None) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                f.bootstrap = BootstrapOutcome::parse(&String::from_utf8_lossy(&bytes));
+            }
+            (Some("cloud-init"), Some(b64), None) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                f.cloud_init_errors = cloud_init_errors(&bytes);
             }
             (Some("tmp"), Some(path), None) => f.stale_temp_files.push(path.into()),
             (Some("recheck-failed"), Some(i), None) => {
@@ -240,16 +286,62 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
     f
 }
 
-/// `/var/lib/kforge/manifest.json`: the host's record of what kforge deployed there —
-/// its cluster, its node name, the releases, and every file kforge wrote with its hash.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
-    pub cluster: String,
-    #[serde(default)]
-    pub node: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub releases: BTreeMap<String, String>,
-    pub files: BTreeMap<String, String>,
+pub use kforge_core::manifest::Manifest;
+
+/// A process listening on a socket kforge needs, and the systemd unit it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The program (`boringtun-cli`, `kubelet`), or `wireguard:IFACE` for a kernel
+    /// WireGuard interface (no process holds its socket).
+    pub program: String,
+    pub unit: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.program.strip_prefix("wireguard:"), &self.unit) {
+            (Some(iface), Some(u)) => write!(f, "WireGuard interface {iface} of {u}"),
+            (Some(iface), None) => write!(f, "WireGuard interface {iface}"),
+            (None, Some(u)) => write!(f, "{} of {u}", self.program),
+            (None, None) => write!(f, "{} (no systemd unit)", self.program),
+        }
+    }
+}
+
+/// How the node's bootstrap script last ended (`paths::BOOTSTRAP_OUTCOME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapOutcome {
+    Done,
+    Failed {
+        step: String,
+        error: String,
+    },
+    /// It had failed, and an apply finished the host since.
+    Superseded,
+}
+
+impl BootstrapOutcome {
+    fn parse(text: &str) -> Option<BootstrapOutcome> {
+        let line = text.lines().next()?;
+        let mut w = line.splitn(3, '\t');
+        match (w.next(), w.next(), w.next()) {
+            (Some("ok"), _, _) => Some(BootstrapOutcome::Done),
+            (Some("superseded"), _, _) => Some(BootstrapOutcome::Superseded),
+            (Some("failed"), Some(step), error) => {
+                Some(BootstrapOutcome::Failed { step: step.to_string(), error: error.unwrap_or("").trim().to_string() })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The errors cloud-init's `result.json` lists (`{"v1": {"errors": [...]}}`).
+fn cloud_init_errors(json: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else { return Vec::new() };
+    v.pointer("/v1/errors")
+        .and_then(|e| e.as_array())
+        .map(|a| a.iter().map(|e| e.as_str().map(String::from).unwrap_or_else(|| e.to_string())).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -276,5 +368,37 @@ mod tests {
         assert_eq!(r.versions[&Component::Etcd].to_string(), "3.6.16");
         // Index 7 names no test this plan has: ignored, never a wrong repair.
         assert_eq!(f.failed_rechecks.iter().collect::<Vec<_>>(), ["test b"]);
+    }
+
+    #[test]
+    fn reads_who_holds_each_socket_and_how_the_bootstrap_ended() {
+        use base64::Engine;
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let out = format!(
+            "listen udp/51820 boringtun-cli wg-quick@wg0.service\nlisten udp/51820 wireguard:wg0 wg-quick@wg0.service\n\
+             listen tcp/10250 kubelet -\nlisten tcp/22\nbootstrap {}\ncloud-init {}\nmanifest {}\n",
+            b64(
+                "failed\tcheck kubelet at /usr/local/bin/kubelet\t/usr/local/bin/kubelet (kubelet) does not match its sha256 00\n"
+            ),
+            b64(
+                r#"{"v1": {"datasource": "DataSourceNoCloud", "errors": ["('scripts_user', RuntimeError('Runparts: 1 failures'))"]}}"#
+            ),
+            b64(r#"{"cluster":"c","node":"n","files":{"/etc/a":"1"},"by":"bootstrap"}"#),
+        );
+        let f = parse(&out, &[]);
+        assert_eq!(f.holders["udp/51820"].len(), 2);
+        assert_eq!(f.holders["udp/51820"][0].to_string(), "boringtun-cli of wg-quick@wg0.service");
+        assert_eq!(f.holders["udp/51820"][1].to_string(), "WireGuard interface wg0 of wg-quick@wg0.service");
+        assert_eq!(f.holders["tcp/10250"][0].to_string(), "kubelet (no systemd unit)");
+        assert!(f.listening.contains("tcp/22") && !f.holders.contains_key("tcp/22"));
+        assert_eq!(f.manifest_by, Some(kforge_core::manifest::Delivery::Bootstrap));
+        assert_eq!(
+            f.bootstrap_failure().unwrap(),
+            "bootstrap failed at `check kubelet at /usr/local/bin/kubelet`: /usr/local/bin/kubelet (kubelet) does not match its sha256 00 (cloud-init: ('scripts_user', RuntimeError('Runparts: 1 failures')))"
+        );
+        // Once an apply finished the host, the failure is history.
+        let done = parse(&format!("bootstrap {}\n", b64("superseded\tkforge apply finished the host\n")), &[]);
+        assert_eq!(done.bootstrap, Some(BootstrapOutcome::Superseded));
+        assert_eq!(done.bootstrap_failure(), None);
     }
 }

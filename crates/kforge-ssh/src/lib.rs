@@ -17,6 +17,7 @@
 mod artifacts;
 pub mod doctor;
 mod engine;
+pub use artifacts::find_boringtun;
 pub mod etcd;
 pub mod facts;
 pub mod gitops;
@@ -77,6 +78,9 @@ pub struct ApplyOptions<'a> {
     /// Remove a departed controller's etcd member even when the members left would not
     /// keep quorum (refused otherwise, before anything is touched).
     pub force_quorum_loss: bool,
+    /// Foreign units that hold what kforge needs (a port, the mesh port's WireGuard
+    /// interface) and that the operator hands over: stopped and disabled, each said.
+    pub hand_over: Vec<String>,
 }
 
 /// See [`ApplyOptions::check_versions`].
@@ -120,6 +124,22 @@ pub struct HostReport {
     pub versions_before: std::collections::BTreeMap<String, String>,
     /// Each step that did something here, in order, with its duration.
     pub steps: Vec<StepTime>,
+    /// How apply came to manage a host it did not converge itself (None: it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<Takeover>,
+    /// Foreign units stopped and disabled because they held what kforge needs
+    /// (`--hand-over`), each with what it held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub handed_over: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Takeover {
+    /// Its bootstrap (user-data, a rendered tree) converged it and recorded it.
+    FromBootstrap,
+    /// Another tool (or a person) set it up exactly as planned; kforge recorded it.
+    Adopted,
 }
 
 impl HostReport {
@@ -140,10 +160,16 @@ pub struct ApplyReport {
     /// Nodes removed from the cluster (the file no longer names them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removals: Vec<removal::RemovalReport>,
+    /// What preflight found that would refuse a real apply (a dry run never refuses:
+    /// it shows these and the rest of its diff, and exits non-zero).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<String>,
 }
 
 impl ApplyReport {
     pub fn all_converged(&self) -> bool {
-        self.hosts.iter().all(|h| h.converged) && self.removals.iter().all(|r| r.error.is_none())
+        self.hosts.iter().all(|h| h.converged)
+            && self.removals.iter().all(|r| r.error.is_none())
+            && self.refusals.is_empty()
     }
 }

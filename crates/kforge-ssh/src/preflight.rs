@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use kforge_core::plan::NodePlan;
 
-use crate::facts::NodeFacts;
+use crate::facts::{Holder, NodeFacts};
 
 const MAX_SKEW_SECS: i64 = 30;
 
@@ -48,21 +48,76 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
             problems
                 .push(format!("{node}: `{c}` is not installed; install it first (Debian/Ubuntu: apt-get install {c})"));
         }
-        // A port kforge needs, taken by something kforge did not install.
+        // A port kforge needs that no program of kforge's holds: either its holder is
+        // known (a conflict: `conflicts`, which the operator may hand over) or, on a
+        // host kforge never recorded, it is refused as before.
         if f.manifest.is_empty() {
-            let mut needed = vec![format!("udp/{mesh_port}")];
-            if plan.control_plane {
-                needed.extend(["tcp/6443", "tcp/2379", "tcp/2380"].map(String::from));
-            }
-            needed.push("tcp/10250".into());
-            for sock in needed {
-                if f.listening.contains(&sock) {
+            for sock in needed_sockets(plan, mesh_port) {
+                if f.listening.contains(&sock) && f.holders.get(&sock).is_none_or(|h| h.is_empty()) {
                     problems.push(format!("{node}: {sock} is already in use by another program; free it first"));
                 }
             }
         }
     }
     problems
+}
+
+/// The sockets a node of this plan listens on.
+fn needed_sockets(plan: &NodePlan, mesh_port: u16) -> Vec<String> {
+    let mut needed = vec![format!("udp/{mesh_port}")];
+    if plan.control_plane {
+        needed.extend(["tcp/6443", "tcp/2379", "tcp/2380"].map(String::from));
+    }
+    needed.push("tcp/10250".into());
+    needed
+}
+
+/// A socket kforge needs, held by a program kforge does not run there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub node: String,
+    pub socket: String,
+    pub holder: Holder,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} is held by {}, which kforge does not run", self.node, self.socket, self.holder)?;
+        match &self.holder.unit {
+            Some(u) => write!(
+                f,
+                "\n  help: stop it yourself, or let kforge do it: kforge apply --hand-over {u} (stops and disables {u}, then converges)"
+            ),
+            None => write!(
+                f,
+                "\n  help: stop {} (it runs outside systemd, so kforge cannot hand it over)",
+                self.holder.program
+            ),
+        }
+    }
+}
+
+/// Sockets kforge needs that a foreign program holds. A holder running in one of the
+/// plan's units (a host converged by its bootstrap, or set up as planned by another
+/// tool), or the plan's own WireGuard interface, is kforge's and not a conflict.
+pub fn conflicts(plan: &NodePlan, f: &NodeFacts, mesh_port: u16, mesh_iface: &str) -> Vec<Conflict> {
+    let ours = |h: &Holder| {
+        h.unit.as_ref().is_some_and(|u| plan.units().any(|p| &p.name == u))
+            || h.program.strip_prefix("wireguard:") == Some(mesh_iface)
+    };
+    let mut out = Vec::new();
+    for socket in needed_sockets(plan, mesh_port) {
+        let holders = f.holders.get(&socket).map(Vec::as_slice).unwrap_or_default();
+        if holders.iter().any(ours) {
+            continue;
+        }
+        out.extend(holders.iter().map(|h| Conflict {
+            node: plan.node.clone(),
+            socket: socket.clone(),
+            holder: h.clone(),
+        }));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -121,5 +176,47 @@ mod tests {
         w.requires_cgroup_v2 = false;
         f.cgroup_version = 1;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "swap is fine where no kubelet runs");
+    }
+
+    #[test]
+    fn a_foreign_holder_is_a_conflict_naming_its_unit_and_kforges_own_units_are_not() {
+        let mut w = NodePlan::new("w", Roles::one(Role::Agent), "10.4.0.1".into(), None);
+        w.phase(kforge_core::plan::Phase::Mesh).units.push(kforge_core::plan::PlannedUnit {
+            name: "wg-quick@kforge0.service".into(),
+            enable: true,
+            start: true,
+            restart_on: vec![],
+            reload_command: None,
+            recheck: None,
+            joins: None,
+        });
+        let mut f = facts("w", "1111", 1000, "systemd");
+        let hold = |program: &str, unit: Option<&str>| Holder { program: program.into(), unit: unit.map(String::from) };
+        f.listening.insert("udp/51820".into());
+        f.holders.insert("udp/51820".into(), vec![hold("boringtun-cli", Some("wg-quick@wg0.service"))]);
+        let found = conflicts(&w, &f, 51820, "kforge0");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].to_string(),
+            "w: udp/51820 is held by boringtun-cli of wg-quick@wg0.service, which kforge does not run\n  help: stop it yourself, or let kforge do it: kforge apply --hand-over wg-quick@wg0.service (stops and disables wg-quick@wg0.service, then converges)"
+        );
+        // Known holders are conflicts, never the generic refusal.
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty());
+        // kforge's own unit (a host its bootstrap or another tool set up as planned).
+        f.holders.insert("udp/51820".into(), vec![hold("boringtun-cli", Some("wg-quick@kforge0.service"))]);
+        assert!(conflicts(&w, &f, 51820, "kforge0").is_empty());
+        f.holders.insert("udp/51820".into(), vec![hold("wireguard:kforge0", None)]);
+        assert!(conflicts(&w, &f, 51820, "kforge0").is_empty());
+        // A kubelet outside systemd (another installer's): named, not handed over.
+        f.listening.insert("tcp/10250".into());
+        f.holders.insert("tcp/10250".into(), vec![hold("kubelet", None)]);
+        let found = conflicts(&w, &f, 51820, "kforge0");
+        assert!(
+            found[0].to_string().contains("kubelet (no systemd unit)")
+                && found[0].to_string().contains("runs outside systemd")
+        );
+        // An unknown holder on a host kforge never recorded is still refused.
+        f.holders.clear();
+        assert_eq!(check(&[(&w, &f)], 1000, 51820).len(), 2);
     }
 }

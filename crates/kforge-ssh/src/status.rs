@@ -84,6 +84,10 @@ struct HostSeen {
     /// Component → the first line of its running program's `--version`.
     versions: BTreeMap<String, String>,
     running: kforge_core::upgrade::Running,
+    /// A bootstrap ran here (its outcome is recorded).
+    bootstrapped: bool,
+    /// It failed, and no apply converged the host since (`NodeFacts::bootstrap_failure`).
+    bootstrap_failure: Option<String>,
 }
 
 fn host_for(input: &StatusInput<'_>, node: &str, control: &ControlDir) -> Option<Host> {
@@ -103,6 +107,7 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
         Some(mesh_check(plan, &seen)),
         firewall_check(plan, &seen),
         Some(certificates_check(plan, &seen, input.earliest_expiry.as_deref())),
+        bootstrap_check(&seen),
         Some(services_check(&seen)),
         Some(versions_check(&seen)),
         input.etcd_health.as_ref().map(|health| etcd_check(plan, health)),
@@ -182,6 +187,7 @@ impl HostSeen {
     fn of(np: &kforge_core::plan::NodePlan, f: crate::facts::NodeFacts) -> HostSeen {
         let started: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
         let running = f.running_versions(&np.node);
+        let (bootstrap_failure, bootstrapped) = (f.bootstrap_failure(), f.bootstrap.is_some());
         HostSeen {
             reachable: true,
             error: None,
@@ -191,6 +197,8 @@ impl HostSeen {
             hashes: f.hashes,
             versions: f.running.into_iter().map(|(c, line)| (c.key().to_string(), line)).collect(),
             running,
+            bootstrap_failure,
+            bootstrapped,
         }
     }
 }
@@ -281,6 +289,23 @@ fn certificates_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>, earliest_e
 }
 
 /// Every unit kforge starts is active on every host that runs it.
+/// Nodes whose bootstrap (user-data, a rendered tree) stopped at a step: shown only
+/// where a bootstrap ran.
+fn bootstrap_check(seen: &BTreeMap<String, HostSeen>) -> Option<Check> {
+    let ran = seen.values().filter(|h| h.bootstrapped).count();
+    if ran == 0 {
+        return None;
+    }
+    let failed: Vec<String> =
+        seen.iter().filter_map(|(node, h)| Some(format!("{node}: {}", h.bootstrap_failure.as_ref()?))).collect();
+    Some(Check::from(
+        "bootstrap",
+        failed,
+        format!("{ran} node{} booted from their bootstrap", if ran == 1 { "" } else { "s" }),
+        "; ",
+    ))
+}
+
 fn services_check(seen: &BTreeMap<String, HostSeen>) -> Check {
     let mut by_unit: BTreeMap<&str, (usize, Vec<String>)> = BTreeMap::new();
     for (node, h) in seen {

@@ -141,7 +141,7 @@ fn kforge_status_checks_the_cluster_for_real(lab: &Lab) {
     assert!(!status.contains("not running") && !status.contains("stand-in"), "no stand-ins left: {status}");
 }
 
-const WEB: &str = r#"apiVersion: apps/v1
+pub(super) const WEB: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
 spec:
@@ -168,7 +168,7 @@ spec:
 "#;
 
 /// (pod name, node, pod IP) of the web pods.
-fn web_pods(lab: &Lab) -> Vec<(String, String, String)> {
+pub(super) fn web_pods(lab: &Lab) -> Vec<(String, String, String)> {
     lab.kubectl(
         "lab-1",
         "get pods -l app=web -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{\"\\n\"}{end}'",

@@ -21,6 +21,7 @@ mod gitops;
 mod hardway;
 mod nodes;
 mod upgrade;
+mod user_data;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 

@@ -6,6 +6,7 @@
 //! Writing them to disk (`render --out DIR`) is kforge-files' job: this crate does no I/O.
 
 pub mod cloud_init;
+pub mod phase;
 pub mod script;
 pub mod steps;
 

@@ -111,6 +111,26 @@ pub enum Step {
         path: String,
         json: String,
     },
+    /// `then` where the shell test `test` holds, `otherwise` elsewhere: what the host
+    /// decides at boot (a bootstrap cannot ask kforge about the host's kernel).
+    Branch {
+        test: String,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    },
+    /// From here on, how the script ends is recorded at `path` (done, or the step that
+    /// failed and its error) for `kforge status` and `kforge doctor` to read.
+    RecordOutcome(String),
+}
+
+/// Steps as shell lines, without shebang or prelude (to compare two lists as the host
+/// would run them).
+pub fn render_steps(steps: &[Step]) -> String {
+    let mut s = String::new();
+    for step in steps {
+        render_step(&mut s, step);
+    }
+    s
 }
 
 /// Render steps as one bash script: shebang, header comment lines, prelude, steps.
@@ -163,7 +183,13 @@ fn render_step(s: &mut String, step: &Step) {
             writeln!(s, "rm -f {p}; echo {m}", p = q(path), m = q(&format!("KF removed {path}")))
         }
         Step::DaemonReload => writeln!(s, "systemctl daemon-reload"),
-        Step::Run(c) => writeln!(s, "# {}\n{}", c.description, c.shell_line()),
+        Step::Run(c) => writeln!(
+            s,
+            "# {d}\nKF_STEP={}; {}",
+            q(&format!("run: {d}", d = c.description)),
+            c.shell_line(),
+            d = c.description
+        ),
         Step::Enable(unit) => writeln!(s, "systemctl enable -q {}", q(unit)),
         Step::Restart { unit, inputs, reload, when_changed, no_block, joins } => {
             let (u, i) = (q(unit), q(inputs));
@@ -191,6 +217,14 @@ fn render_step(s: &mut String, step: &Step) {
         Step::RecordManifest { path, json } => {
             writeln!(s, "kf_write {} 0600 root:root >/dev/null <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
         }
+        Step::Branch { test, then, otherwise } => {
+            let _ = writeln!(s, "if {test}; then");
+            then.iter().for_each(|step| render_step(s, step));
+            let _ = writeln!(s, "else");
+            otherwise.iter().for_each(|step| render_step(s, step));
+            writeln!(s, "fi")
+        }
+        Step::RecordOutcome(path) => writeln!(s, "trap 'kf_outcome {} $?' EXIT", q(path)),
     };
 }
 

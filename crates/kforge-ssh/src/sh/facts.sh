@@ -110,8 +110,31 @@ for u in "${KF_UNITS[@]}"; do
 done
 for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/}"; done
 [ -f "$KF_STATE/manifest.json" ] && echo "manifest $(base64 -w0 < "$KF_STATE/manifest.json")"
-ss -Hltn 2>/dev/null | awk '{n=split($4,a,":"); print "listen tcp/" a[n]}'
-ss -Hlun 2>/dev/null | awk '{n=split($4,a,":"); print "listen udp/" a[n]}'
+# How the bootstrap script last ended, and cloud-init's own verdict on its last boot.
+[ -f "$KF_STATE/bootstrap.outcome" ] && echo "bootstrap $(base64 -w0 < "$KF_STATE/bootstrap.outcome")"
+[ -f /run/cloud-init/result.json ] && echo "cloud-init $(base64 -w0 < /run/cloud-init/result.json)"
+# Listening sockets with who holds them: `listen tcp/PORT PROGRAM UNIT` (the unit from
+# the process's cgroup, `-` outside any), or `listen tcp/PORT` when ss names no process.
+kf_unit_of() { grep -o '[^/]*\.service' "/proc/$1/cgroup" 2>/dev/null | tail -n1; }
+for proto in tcp udp; do
+  if [ $proto = tcp ]; then flags=-Hltnp; else flags=-Hlunp; fi
+  ss $flags 2>/dev/null | while read -r _ _ _ local _ users; do
+    port=${local##*:}
+    if [[ $users =~ \(\(\"([^\"]+)\",pid=([0-9]+) ]]; then
+      u=$(kf_unit_of "${BASH_REMATCH[2]}"); echo "listen $proto/$port ${BASH_REMATCH[1]} ${u:--}"
+    else
+      echo "listen $proto/$port"
+    fi
+  done
+done
+# Kernel WireGuard sockets have no process: each interface names its port (and the
+# wg-quick unit that brought it up, when one runs).
+if command -v wg >/dev/null 2>&1; then
+  wg show all listen-port 2>/dev/null | while read -r iface port; do
+    u=-; systemctl is-active -q "wg-quick@$iface.service" 2>/dev/null && u="wg-quick@$iface.service"
+    echo "listen udp/$port wireguard:$iface $u"
+  done
+fi
 for c in "${KF_COMMANDS[@]}"; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || echo "missing $c"
 done

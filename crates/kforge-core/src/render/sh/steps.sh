@@ -4,13 +4,33 @@ set -euo pipefail
 umask 077
 KF_STATE=/var/lib/kforge
 
+# KF_STEP: what the script is doing now; KF_ERROR: why it stopped (kf_outcome).
+KF_STEP=start KF_ERROR=
 log() { echo "kforge: $*" >&2; }
-fail() { echo "kforge: error: $*" >&2; exit 1; }
+fail() { KF_ERROR=$*; echo "kforge: error: $*" >&2; exit 1; }
+
+# kf_outcome FILE STATUS (the bootstrap's EXIT trap): `ok TIME`, or `failed STEP
+# ERROR` (tab-separated), for kforge status and doctor to show which step failed.
+kf_outcome() {
+  mkdir -p "$(dirname "$1")"
+  if [ "$2" = 0 ]; then
+    printf 'ok\t%s\n' "$(date +%s)" > "$1"
+  else
+    printf 'failed\t%s\t%s\n' "$KF_STEP" "${KF_ERROR:-exit status $2}" | tr -d '\r' > "$1"
+  fi
+}
+
+# kf_wg_kernel: the kernel has a WireGuard module (else wg-quick runs boringtun-cli).
+kf_wg_kernel() {
+  if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; return 0; fi
+  return 1
+}
 
 # kf_write PATH MODE OWNER, base64 content on stdin: temp file beside the target,
 # fsync, rename. A crash leaves the old file or the new one, never half of either.
 kf_write() {
   local p=$1 d t
+  KF_STEP="write $p"
   d=$(dirname "$p"); mkdir -p "$d"; t="$d/.$(basename "$p").kforge-tmp-$$"
   base64 -d > "$t"; chmod "$2" "$t"; chown "$3" "$t"; sync "$t"; mv -f "$t" "$p"
   echo "KF written $p"
@@ -26,6 +46,7 @@ kf_write_once() {
 # kf_place_once STAGED DEST MODE OWNER: a handed-over file that a rendered tree or
 # user-data staged: put in place only where DEST is absent; the staged copy goes.
 kf_place_once() {
+  KF_STEP="place $2"
   if [ ! -e "$2" ]; then
     [ -f "$1" ] || fail "$2 is missing and no staged copy is at $1: run kforge apply (or render again)"
     mkdir -p "$(dirname "$2")"
@@ -56,7 +77,9 @@ kf_unchanged() {
 
 # kf_restart UNIT INPUTS: restart and wait (at most 2 minutes), or show why not.
 kf_restart() {
+  KF_STEP="start $1"
   if ! timeout 120 systemctl restart "$1"; then
+    KF_ERROR="$1 did not start: $(journalctl -u "$1" -n 1 --no-pager -o cat 2>/dev/null || true)"
     # The unit's own log lines name the cause (a failed exec, a cgroup errno, …).
     echo "kforge: $1 did not start:" >&2; journalctl -u "$1" -n 12 --no-pager -o cat >&2 || true; return 1
   fi
@@ -66,6 +89,7 @@ kf_restart() {
 # kf_restart_no_block UNIT INPUTS: an etcd member is "started" only with a quorum,
 # and the other members may boot minutes later: queue the restart, do not wait.
 kf_restart_no_block() {
+  KF_STEP="start $1"
   systemctl restart --no-block "$1"; kf_stamp "$1" "$2"; echo "KF restarted $1"
 }
 
@@ -75,6 +99,7 @@ kf_restart_no_block() {
 # what for, and succeed either way. systemd keeps it retrying (Restart=always).
 kf_restart_joining() {
   local waited=0 limit=${KF_JOIN_WAIT:-30}
+  KF_STEP="start $1"
   systemctl restart --no-block "$1"; kf_stamp "$1" "$2"; echo "KF restarted $1"
   until systemctl is-active -q "$1"; do
     if [ "$waited" -ge "$limit" ]; then
@@ -95,6 +120,7 @@ kf_reloaded() {
 # kf_fetch NAME URL SHA256 DEST MODE: download, verify, install atomically.
 kf_fetch() {
   local name=$1 url=$2 sum=$3 dest=$4 mode=$5 tmp
+  KF_STEP="fetch $name"
   if [ -f "$dest" ] && echo "$sum  $dest" | sha256sum -c --status; then return 0; fi
   mkdir -p "$(dirname "$dest")"
   tmp=$(mktemp "$dest.kforge-XXXXXX")
@@ -108,6 +134,7 @@ kf_fetch() {
 # kf_require NAME DEST SHA256|"" HINT: the binary must already be on the host.
 kf_require() {
   local name=$1 dest=$2 sum=$3 hint=$4
+  KF_STEP="check $name at $dest"
   [ -e "$dest" ] || fail "$dest ($name) is missing: $hint"
   if [ -n "$sum" ] && ! echo "$sum  $dest" | sha256sum -c --status; then
     fail "$dest ($name) does not match its sha256 $sum"
@@ -147,8 +174,12 @@ kf_record_digests() {
 # kf_need COMMAND PACKAGE: install PACKAGE when COMMAND is missing (apt hosts).
 kf_need() {
   PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1 && return 0
+  KF_STEP="install $2"
   command -v apt-get >/dev/null 2>&1 || fail "$1 is missing; install package $2"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+  # A fresh cloud image may have no package lists yet.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; } \
+    || fail "$1 is missing and apt-get could not install $2"
 }
 
 mkdir -p "$KF_STATE/pending"

@@ -1,0 +1,214 @@
+//! Day 2 for a cluster born from user-data: three hard-way machines boot from the
+//! user-data `kforge render` wrote for their nodes (cloud-init, NoCloud; the nodes'
+//! artifacts baked into their disks as a cluster image carries them) and converge with
+//! no SSH from kforge. Then the same file and engine keep them: `kforge apply` takes
+//! them over writing and restarting nothing, a change goes over SSH, a failed user-data
+//! shows in status and doctor and is finished by apply, a host set up from the rendered
+//! tree by a shell loop is adopted, and a foreign WireGuard unit on the mesh port is
+//! named by a dry run and handed over only when the operator says so.
+//!
+//! One lab for every check (each recorded, the group fails at the end with all).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::{Checks, Lab, totals};
+
+const VERSION: &str = "v1.37.2";
+const NODES: [&str; 3] = ["lab-1", "lab-2", "lab-3"];
+
+#[test]
+fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
+    let started = Instant::now();
+    let lab = Lab::start("hardway", &["--nodes", "3", "--all-public", "--user-data"]);
+    let booted = started.elapsed().as_secs_f64();
+    let mut checks = Checks::default();
+    checks.run("cloud-init ran the user-data to the end on every machine", || {
+        for node in NODES {
+            let (_, out) = lab.ssh_status(node, "cloud-init status --wait --long");
+            assert!(out.contains("status: done"), "{node}: {out}");
+            assert_eq!(lab.ssh(node, "cut -f1 /var/lib/kforge/bootstrap.outcome").trim(), "ok", "{node}");
+            let manifest = lab.ssh(node, "cat /var/lib/kforge/manifest.json");
+            assert!(manifest.contains("\"by\":\"bootstrap\""), "{node}: {manifest}");
+        }
+    });
+    checks.run("every node Ready from user-data alone, kforge status clean", || {
+        let mut status = String::new();
+        lab.wait_for(180, "kforge status to pass", || {
+            let out = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
+            status = out.stdout;
+            out.code == 0
+        });
+        eprintln!(
+            "bench: lab up --user-data {booted:.0} s, every node Ready and status clean {:.0} s after lab up began",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(status.contains(&format!("3 of 3 Ready, kubelet {VERSION}")), "{status}");
+        assert!(status.contains("3 nodes booted from their bootstrap"), "{status}");
+        assert!(status.contains("answers kubernetes.default.svc.cluster.local = 10.32.0.1"), "{status}");
+    });
+    checks.run("a pod on one node reaches a pod on another", || {
+        lab.ssh("lab-1", &format!("cat > /tmp/web.yaml <<'EOF'\n{}EOF", super::hardway::WEB));
+        lab.kubectl("lab-1", "apply -f /tmp/web.yaml");
+        lab.kubectl("lab-1", "rollout status deploy/web --timeout=120s");
+        let pods = super::hardway::web_pods(&lab);
+        assert!(pods.len() == 2 && pods[0].1 != pods[1].1, "{pods:?}");
+        let got = lab.kubectl("lab-1", &format!("exec {} -- wget -qO- http://{}:8080/", pods[0].0, pods[1].2));
+        assert_eq!(got.trim(), pods[1].0);
+    });
+    checks.run("apply takes the hosts over: nothing written, nothing restarted", || {
+        const UNITS: &str =
+            "systemctl show -p Id,InvocationID --value 'wg-quick@*' etcd kube-apiserver kubelet containerd kube-proxy";
+        let before: Vec<String> = NODES.iter().map(|n| lab.ssh(n, UNITS)).collect();
+        let t = Instant::now();
+        let report = lab.apply_json();
+        let takeover = t.elapsed().as_secs_f64();
+        assert_eq!(totals(&report), (0, 0), "{report}");
+        for h in report["hosts"].as_array().unwrap() {
+            assert_eq!(h["takeover"], "from-bootstrap", "{h}");
+            assert!(h["artifactsUploaded"].as_array().unwrap().is_empty(), "{h}");
+        }
+        for (node, before) in NODES.iter().zip(&before) {
+            assert_eq!(&lab.ssh(node, UNITS), before, "{node}: a unit was restarted");
+        }
+        let t = Instant::now();
+        let text = lab.apply(&[]).success().stdout;
+        eprintln!("bench: takeover apply {takeover:.1} s, the next (no-op) apply {:.1} s", t.elapsed().as_secs_f64());
+        assert!(text.contains("taken over") && text.contains("converged by its bootstrap"), "{text}");
+    });
+    checks.run("a changed label is applied over SSH", || {
+        lab.edit_cluster(|c| {
+            c.spec.nodes[1].labels.insert("tier".into(), "edge".into());
+        });
+        let report = lab.apply_json();
+        let lab2 = &report["hosts"][1];
+        assert_eq!(lab2["node"], "lab-2");
+        assert!(!lab2["filesChanged"].as_array().unwrap().is_empty(), "{lab2}");
+        lab.wait_for(60, "lab-2 labelled tier=edge", || {
+            lab.kubectl("lab-1", "get node lab-2 -o jsonpath={.metadata.labels.tier}").trim() == "edge"
+        });
+        assert!(lab.ssh("lab-2", "cat /var/lib/kforge/manifest.json").contains("\"by\":\"apply\""));
+    });
+    checks.run("a user-data with a wrong digest shows in status and doctor", || {
+        a_wrong_digest_in_user_data_is_named_by_status_and_doctor(&lab)
+    });
+    checks.run("hosts set up from the rendered tree by a shell loop are adopted", || {
+        a_host_set_up_by_a_shell_loop_is_adopted(&lab)
+    });
+    checks.run("a foreign wg-quick@wg0 on the mesh port is named, then handed over", || {
+        a_foreign_wireguard_unit_is_named_then_handed_over(&lab)
+    });
+    checks.finish();
+}
+
+/// Write `data` to `path` on `node` (over the lab's SSH).
+fn put(lab: &Lab, node: &str, path: &str, data: &[u8]) {
+    let cfg = lab.ctx.path("lab/ssh_config");
+    let mut child = Command::new("ssh")
+        .args(["-F", cfg.to_str().unwrap(), node, &format!("cat > {path}")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    assert!(child.wait().unwrap().success(), "writing {path} on {node}");
+}
+
+fn a_wrong_digest_in_user_data_is_named_by_status_and_doctor(lab: &Lab) {
+    // lab-3's user-data as rendered, with another digest for its kubelet: the machine
+    // boots it as a new instance (cloud-init clean, then a reboot).
+    let user_data = lab.ctx.read("lab/user-data/lab-3/user-data");
+    let line = user_data.lines().find(|l| l.trim_start().starts_with("kf_require kubelet ")).expect("kubelet is baked");
+    let digest = line.split_whitespace().nth(3).unwrap();
+    assert_eq!(digest.len(), 64, "{line}");
+    let wrong = user_data.replace(line, &line.replace(digest, &"0".repeat(64)));
+    put(lab, "lab-3", "/var/lib/cloud/seed/nocloud/user-data", wrong.as_bytes());
+    lab.ssh("lab-3", "cloud-init clean");
+    lab.ctx.kforge(&["lab", "restart", "lab-3"]).success();
+    let (ok, out) = lab.ssh_status("lab-3", "cloud-init status --wait --long");
+    assert!(!ok && out.contains("status: error"), "{out}");
+
+    let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    let line = status.stdout.lines().find(|l| l.trim_start().starts_with("bootstrap")).unwrap_or_default();
+    assert!(
+        line.contains("FAIL") && line.contains("lab-3: bootstrap failed at `check kubelet at /usr/local/bin/kubelet`"),
+        "{}",
+        status.stdout
+    );
+    assert!(line.contains("does not match its sha256 0000") && line.contains("cloud-init:"), "{line}");
+    let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]);
+    assert_ne!(doctor.code, 0);
+    assert!(
+        doctor.stdout.lines().any(|l| l.contains("bootstrap") && l.contains("lab-3") && l.contains("check kubelet")),
+        "{}",
+        doctor.stdout
+    );
+    // apply finishes the node over SSH: the bootstrap left on the host is the right
+    // one again, the failure is gone from status.
+    let report = lab.apply_json();
+    assert_eq!(report["hosts"][2]["converged"], true, "{report}");
+    lab.wait_for(120, "kforge status to pass after apply", || {
+        lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).code == 0
+    });
+}
+
+fn a_host_set_up_by_a_shell_loop_is_adopted(lab: &Lab) {
+    // lab-3 loses kforge's record of it (manifest, digests, unit stamps, bootstrap
+    // outcome); then a shell loop, as a person or another tool runs it, copies the
+    // rendered tree onto it and starts the units with systemctl.
+    lab.ctx.kforge(&["render", "-f", "lab/kforge.yaml", "--out", "tree"]).success();
+    lab.ssh(
+        "lab-3",
+        "rm -rf /var/lib/kforge/manifest.json /var/lib/kforge/hash-cache /var/lib/kforge/units /var/lib/kforge/bootstrap.outcome",
+    );
+    let tree = lab.ctx.path("tree/lab-3");
+    let tar = Command::new("tar").args(["-C", tree.to_str().unwrap(), "-c", "."]).output().unwrap();
+    assert!(tar.status.success());
+    put(lab, "lab-3", "/tmp/tree.tar", &tar.stdout);
+    lab.ssh(
+        "lab-3",
+        "tar -C / --no-same-owner -xf /tmp/tree.tar --exclude=./user-data && systemctl daemon-reload && \
+         for u in wg-quick@kforge0 kforge-firewall etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do systemctl enable -q --now $u; done",
+    );
+    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    assert!(dry.contains("lab-3: no changes\n  would be adopted"), "{dry}");
+    let report = lab.apply_json();
+    assert_eq!(totals(&report), (0, 0), "{report}");
+    assert_eq!(report["hosts"][2]["takeover"], "adopted", "{report}");
+    assert!(report["hosts"][0].get("takeover").is_none(), "lab-1 was kforge's already: {report}");
+    assert!(lab.ssh("lab-3", "cat /var/lib/kforge/manifest.json").contains("\"by\":\"apply\""), "recorded");
+    assert_eq!(totals(&lab.apply_json()), (0, 0));
+}
+
+fn a_foreign_wireguard_unit_is_named_then_handed_over(lab: &Lab) {
+    // Another tool's WireGuard on lab-2, on the mesh port kforge's interface needs.
+    lab.ssh(
+        "lab-2",
+        "systemctl stop wg-quick@kforge0 && umask 077 && printf '[Interface]\\nPrivateKey = %s\\nListenPort = 51820\\nAddress = 10.99.0.1/24\\n' \"$(wg genkey)\" > /etc/wireguard/wg0.conf && systemctl start wg-quick@wg0",
+    );
+    let dry = lab.apply(&["--dry-run"]);
+    assert_ne!(dry.code, 0, "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("lab-2: udp/51820 is held by") && dry.stdout.contains("wg-quick@wg0.service"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("--hand-over wg-quick@wg0.service"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("restart wg-quick@kforge0.service"), "the dry run shows the rest too: {}", dry.stdout);
+    assert_eq!(lab.ssh("lab-2", "systemctl is-active wg-quick@wg0").trim(), "active", "the dry run touched it");
+    let refused = lab.apply(&[]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("wg-quick@wg0.service"), "{}", refused.stderr);
+
+    let out = lab.apply(&["--hand-over", "wg-quick@wg0.service", "-o", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let lab2 = &report["hosts"][1];
+    assert!(lab2["handedOver"][0].as_str().unwrap().starts_with("stopped and disabled wg-quick@wg0.service"), "{lab2}");
+    let (_, wg0) = lab.ssh_status("lab-2", "systemctl is-active wg-quick@wg0; systemctl is-enabled wg-quick@wg0");
+    assert!(wg0.starts_with("inactive") && wg0.contains("disabled"), "{wg0}");
+    lab.wait_for(120, "kforge status to pass after the hand-over", || {
+        lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).code == 0
+    });
+}
