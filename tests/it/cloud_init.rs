@@ -111,7 +111,7 @@ fn user_data_over_a_size_limit_is_refused_and_fits_gzipped() {
         over.stderr
     );
     assert!(
-        over.stderr.contains("cp-1: user-data is 31.") && over.stderr.contains("but the limit is 16.0 KiB"),
+        over.stderr.contains("cp-1: user-data is ") && over.stderr.contains("KiB but the limit is 16.0 KiB"),
         "{}",
         over.stderr
     );

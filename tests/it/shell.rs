@@ -107,7 +107,8 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
             mode: 0o600,
             owner: "root:root".into(),
         },
-        Step::Write(file),
+        Step::Write(file.clone()),
+        Step::Ensure(file),
         Step::Remove { path: "/etc/systemd/system/old.service".into(), unit: Some("old.service".into()) },
         Step::DaemonReload,
         Step::Run(PlannedCommand {
@@ -146,7 +147,21 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
             ("/usr/local/bin/k3s".into(), "c".repeat(64)),
             ("/etc/kforge/example.conf".into(), "d".repeat(64)),
         ]),
-        Step::RecordManifest { path: "/var/lib/kforge/manifest.json".into(), json: "{\"files\":{}}".into() },
+        Step::RecordManifest {
+            path: "/var/lib/kforge/manifest.json".into(),
+            json: "{\"files\":{}}".into(),
+            unless_same: false,
+        },
+        Step::RecordOutcome("/var/lib/kforge/bootstrap.outcome".into()),
+        Step::Branch {
+            test: "kf_wg_kernel".into(),
+            then: vec![Step::Log("kernel WireGuard".into())],
+            otherwise: vec![Step::RecordManifest {
+                path: "/var/lib/kforge/manifest.json".into(),
+                json: "{\"files\":{},\"by\":\"bootstrap\"}".into(),
+                unless_same: true,
+            }],
+        },
     ];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("phase.sh");

@@ -256,13 +256,13 @@ fn preflight(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) -> Result<
     let mut problems = crate::preflight::check(&healthy, now, plan.mesh_port);
     for h in hosts.iter_mut().filter(|h| !h.failed) {
         for c in crate::preflight::conflicts(&h.plan, &h.facts, plan.mesh_port, &plan.mesh_interface) {
-            match c.holder.unit.as_ref().filter(|u| opts.hand_over.contains(u)) {
+            match c.unit_to_hand_over().filter(|u| opts.hand_over.iter().any(|h| h == u)).map(String::from) {
                 Some(unit) => {
                     let held = format!("it held {} for {}", c.socket, c.holder.program);
                     if opts.dry_run {
                         h.report.handed_over.push(format!("would stop and disable {unit} ({held})"));
-                    } else if !h.handing_over.iter().any(|(u, _)| u == unit) {
-                        h.handing_over.push((unit.clone(), held));
+                    } else if !h.handing_over.iter().any(|(u, _)| *u == unit) {
+                        h.handing_over.push((unit, held));
                     }
                 }
                 None => problems.push(c.to_string()),
@@ -1131,7 +1131,7 @@ mod tests {
         let mut runs = Vec::new();
         for s in steps {
             match s {
-                Step::Write(f) | Step::WriteOnce(f) => drop(files.insert(f.path.clone())),
+                Step::Write(f) | Step::WriteOnce(f) | Step::Ensure(f) => drop(files.insert(f.path.clone())),
                 Step::PlaceOnce { dest, .. } => drop(files.insert(dest.clone())),
                 Step::Run(c) => runs.push(format!("run {}", c.shell_line())),
                 Step::Enable(u) => runs.push(format!("enable {u}")),

@@ -80,10 +80,26 @@ pub struct Conflict {
     pub holder: Holder,
 }
 
+/// The units kforge reaches a host through: a program started from an SSH session
+/// (without logind) lives in their cgroup, and handing them over would cut kforge off.
+const NEVER_HANDED_OVER: [&str; 2] = ["ssh.service", "sshd.service"];
+
+impl Conflict {
+    /// The unit `--hand-over` may stop for this conflict.
+    pub fn unit_to_hand_over(&self) -> Option<&str> {
+        self.holder.unit.as_deref().filter(|u| !NEVER_HANDED_OVER.contains(u))
+    }
+}
+
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} is held by {}, which kforge does not run", self.node, self.socket, self.holder)?;
-        match &self.holder.unit {
+        match self.unit_to_hand_over() {
+            None if self.holder.unit.is_some() => write!(
+                f,
+                "\n  help: stop {} yourself (it runs in the SSH service kforge reaches the host through, which is never handed over)",
+                self.holder.program
+            ),
             Some(u) => write!(
                 f,
                 "\n  help: stop it yourself, or let kforge do it: kforge apply --hand-over {u} (stops and disables {u}, then converges)"

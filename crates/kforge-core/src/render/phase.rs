@@ -39,6 +39,8 @@ pub struct PhaseWork {
     /// Artifact checks and downloads (`Fetch`, `Require`, `ArchCheck`, `OnArch`).
     pub artifacts: Vec<Step>,
     pub writes: Vec<PlannedFile>,
+    /// Files written unless they hold exactly the plan already (the bootstrap's).
+    pub ensures: Vec<PlannedFile>,
     /// (path, the unit it installs when it is a unit file).
     pub removes: Vec<(String, Option<String>)>,
     pub daemon_reload: bool,
@@ -56,6 +58,7 @@ impl PhaseWork {
             && self.place_once.is_empty()
             && self.artifacts.is_empty()
             && self.writes.is_empty()
+            && self.ensures.is_empty()
             && self.removes.is_empty()
             && !self.daemon_reload
             && self.manifest_json.is_none()
@@ -81,12 +84,13 @@ impl PhaseWork {
             Some(_) => Step::WriteOnce(f),
             None => Step::Write(f),
         }));
+        steps.extend(self.ensures.iter().cloned().map(Step::Ensure));
         steps.extend(self.removes.iter().map(|(path, unit)| Step::Remove { path: path.clone(), unit: unit.clone() }));
         if self.daemon_reload {
             steps.push(Step::DaemonReload);
         }
         if let Some(json) = &self.manifest_json {
-            steps.push(Step::RecordManifest { path: MANIFEST.into(), json: json.clone() });
+            steps.push(Step::RecordManifest { path: MANIFEST.into(), json: json.clone(), unless_same: false });
         }
         steps.extend(self.commands.iter().cloned().map(Step::Run));
         steps.extend(self.enables.iter().cloned().map(Step::Enable));

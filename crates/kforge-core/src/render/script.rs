@@ -38,6 +38,7 @@ pub fn bootstrap_steps(plan: &Plan, node: &NodePlan) -> Vec<Step> {
     let record = |n: &NodePlan| Step::RecordManifest {
         path: MANIFEST.into(),
         json: Manifest::planned(plan, n, Delivery::Bootstrap).to_json(),
+        unless_same: true,
     };
     steps.push(match node.without_wireguard_module.as_deref() {
         Some(userspace) => {
@@ -80,7 +81,7 @@ fn phases_of(variant: &NodePlan, boot: &NodePlan) -> Vec<(Phase, Vec<Step>)> {
         .iter()
         .map(|phase| {
             let mut work = bootstrap_work(variant, phase, boot);
-            work.daemon_reload = (!phase.units.is_empty() || !work.writes.is_empty()) && !reloaded && has_units;
+            work.daemon_reload = (!phase.units.is_empty() || !work.ensures.is_empty()) && !reloaded && has_units;
             reloaded |= work.daemon_reload;
             let mut steps = vec![
                 Step::Comment(format!("--- phase: {} ---", phase.phase.name())),
@@ -100,7 +101,7 @@ fn bootstrap_work(node: &NodePlan, phase: &PhasePlan, boot: &NodePlan) -> PhaseW
         // rendered tree, put in place here only where absent.
         place_once: phase.files.iter().filter(|f| f.handed_over.is_some()).cloned().collect(),
         artifacts: artifact_steps(phase),
-        writes: phase.files.iter().filter(|f| !placed(&f.path)).cloned().collect(),
+        ensures: phase.files.iter().filter(|f| !placed(&f.path)).cloned().collect(),
         commands: phase.commands.clone(),
         enables: phase.units.iter().filter(|u| u.start && u.enable).map(|u| u.name.clone()).collect(),
         restarts: phase

@@ -71,6 +71,9 @@ pub enum Step {
     /// Write the file only where it is absent: a program owns it after its first
     /// start (`PlannedFile::handed_over`).
     WriteOnce(PlannedFile),
+    /// Write the file unless it already holds exactly this (the bootstrap's own
+    /// writes: a re-run writes nothing).
+    Ensure(PlannedFile),
     /// Install a staged handed-over file (`PlannedFile::placed_path`) where its path is
     /// absent, then drop the staged copy.
     PlaceOnce {
@@ -110,6 +113,9 @@ pub enum Step {
     RecordManifest {
         path: String,
         json: String,
+        /// Leave a record that lists the same files (the bootstrap: a re-run on a host
+        /// apply manages keeps apply's record).
+        unless_same: bool,
     },
     /// `then` where the shell test `test` holds, `otherwise` elsewhere: what the host
     /// decides at boot (a bootstrap cannot ask kforge about the host's kernel).
@@ -171,6 +177,15 @@ fn render_step(s: &mut String, step: &Step) {
         Step::Receive { dest, sha256, mode } => writeln!(s, "kf_receive {} {} {mode:o}", q(dest), q(sha256)),
         Step::Write(f) => write_file(s, "kf_write", f),
         Step::WriteOnce(f) => write_file(s, "kf_write_once", f),
+        Step::Ensure(f) => {
+            let _ = writeln!(s, "kf_ensure {} {:04o} {} {} <<'KFEOF'", q(&f.path), f.mode, q(&f.owner), f.sha256);
+            let encoded = STANDARD.encode(&*f.content);
+            for chunk in encoded.as_bytes().chunks(76) {
+                s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+                s.push('\n');
+            }
+            writeln!(s, "KFEOF")
+        }
         Step::PlaceOnce { staged, dest, mode, owner } => {
             writeln!(s, "kf_place_once {} {} {mode:04o} {}", q(staged), q(dest), q(owner))
         }
@@ -214,8 +229,11 @@ fn render_step(s: &mut String, step: &Step) {
             }
             writeln!(s, "KFEOF")
         }
-        Step::RecordManifest { path, json } => {
+        Step::RecordManifest { path, json, unless_same: false } => {
             writeln!(s, "kf_write {} 0600 root:root >/dev/null <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
+        }
+        Step::RecordManifest { path, json, unless_same: true } => {
+            writeln!(s, "kf_record_manifest {} <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
         }
         Step::Branch { test, then, otherwise } => {
             let _ = writeln!(s, "if {test}; then");

@@ -9,15 +9,33 @@ KF_STEP=start KF_ERROR=
 log() { echo "kforge: $*" >&2; }
 fail() { KF_ERROR=$*; echo "kforge: error: $*" >&2; exit 1; }
 
-# kf_outcome FILE STATUS (the bootstrap's EXIT trap): `ok TIME`, or `failed STEP
-# ERROR` (tab-separated), for kforge status and doctor to show which step failed.
+# kf_outcome FILE STATUS (the bootstrap's EXIT trap): `ok`, or `failed STEP ERROR`
+# (tab-separated), for kforge status and doctor to show which step failed. Written
+# only when it changes: a re-run on a converged host leaves it as it was.
 kf_outcome() {
+  local line
+  if [ "$2" = 0 ]; then line=ok; else line=$(printf 'failed\t%s\t%s' "$KF_STEP" "${KF_ERROR:-exit status $2}" | tr -d '\r\n'); fi
+  [ "$(cat "$1" 2>/dev/null)" = "$line" ] && return 0
   mkdir -p "$(dirname "$1")"
-  if [ "$2" = 0 ]; then
-    printf 'ok\t%s\n' "$(date +%s)" > "$1"
-  else
-    printf 'failed\t%s\t%s\n' "$KF_STEP" "${KF_ERROR:-exit status $2}" | tr -d '\r' > "$1"
-  fi
+  printf '%s\n' "$line" > "$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+# kf_ensure PATH MODE OWNER SHA256, base64 content on stdin: kf_write unless PATH
+# already holds exactly that (a re-run writes nothing).
+kf_ensure() {
+  if [ -f "$1" ] && echo "$4  $1" | sha256sum -c --status 2>/dev/null; then cat >/dev/null; return 0; fi
+  kf_write "$1" "$2" "$3"
+}
+
+# kf_record_manifest PATH, its JSON base64 on stdin (the bootstrap's record): written
+# unless the host's record lists the same files already, whoever wrote it (a re-run on
+# a host apply manages keeps apply's record).
+kf_record_manifest() {
+  local new old
+  new=$(base64 -d)
+  old=$(cat "$1" 2>/dev/null || true)
+  [ "${old/\"by\":\"apply\"/\"by\":\"bootstrap\"}" = "$new" ] && return 0
+  printf '%s' "$new" | base64 -w0 | kf_write "$1" 0600 root:root >/dev/null
 }
 
 # kf_wg_kernel: the kernel has a WireGuard module (else wg-quick runs boringtun-cli).
