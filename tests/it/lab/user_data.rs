@@ -58,8 +58,7 @@ fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
         assert_eq!(got.trim(), pods[1].0);
     });
     checks.run("apply takes the hosts over: nothing written, nothing restarted", || {
-        const UNITS: &str =
-            "systemctl show -p Id,InvocationID --value 'wg-quick@*' etcd kube-apiserver kubelet containerd kube-proxy";
+        const UNITS: &str = "systemctl show -p Id,InvocationID --value wg-quick@kforge0 kforge-firewall etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy";
         let before: Vec<String> = NODES.iter().map(|n| lab.ssh(n, UNITS)).collect();
         let t = Instant::now();
         let report = lab.apply_json();
@@ -85,6 +84,11 @@ fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
         let lab2 = &report["hosts"][1];
         assert_eq!(lab2["node"], "lab-2");
         assert!(!lab2["filesChanged"].as_array().unwrap().is_empty(), "{lab2}");
+        assert!(lab2["unitsRestarted"].as_array().unwrap().iter().any(|u| u == "kubelet.service"), "{lab2}");
+        assert!(lab.ssh("lab-2", "systemctl cat kubelet").contains("tier=edge"), "the kubelet runs with the label");
+        for h in report["hosts"].as_array().unwrap().iter().filter(|h| h["node"] != "lab-2") {
+            assert_eq!(h["filesChanged"], serde_json::json!([]), "only lab-2 changes: {h}");
+        }
         lab.wait_for(60, "lab-2 labelled tier=edge", || {
             lab.kubectl("lab-1", "get node lab-2 -o jsonpath={.metadata.labels.tier}").trim() == "edge"
         });
