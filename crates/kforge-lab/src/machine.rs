@@ -232,6 +232,8 @@ ssh_genkeytypes: []
 disable_root: false
 preserve_hostname: true
 manage_etc_hosts: false
+# The minimal image has no `locales` package for update-locale to configure.
+locale: false
 ";
 
 /// Seed a prepared (mounted, not yet booted) machine: NoCloud user-data and meta-data,

@@ -127,11 +127,16 @@ pub fn conflicts(plan: &NodePlan, f: &NodeFacts, mesh_port: u16, mesh_iface: &st
         if holders.iter().any(ours) {
             continue;
         }
-        out.extend(holders.iter().map(|h| Conflict {
-            node: plan.node.clone(),
-            socket: socket.clone(),
-            holder: h.clone(),
-        }));
+        // One conflict per unit: a userspace WireGuard shows as its process and as its
+        // interface, both in one unit.
+        let mut units_seen: Vec<&Option<String>> = Vec::new();
+        for h in holders {
+            if h.unit.is_some() && units_seen.contains(&&h.unit) {
+                continue;
+            }
+            units_seen.push(&h.unit);
+            out.push(Conflict { node: plan.node.clone(), socket: socket.clone(), holder: h.clone() });
+        }
     }
     out
 }
@@ -209,9 +214,15 @@ mod tests {
         let mut f = facts("w", "1111", 1000, "systemd");
         let hold = |program: &str, unit: Option<&str>| Holder { program: program.into(), unit: unit.map(String::from) };
         f.listening.insert("udp/51820".into());
-        f.holders.insert("udp/51820".into(), vec![hold("boringtun-cli", Some("wg-quick@wg0.service"))]);
+        f.holders.insert(
+            "udp/51820".into(),
+            vec![
+                hold("boringtun-cli", Some("wg-quick@wg0.service")),
+                hold("wireguard:wg0", Some("wg-quick@wg0.service")),
+            ],
+        );
         let found = conflicts(&w, &f, 51820, "kforge0");
-        assert_eq!(found.len(), 1);
+        assert_eq!(found.len(), 1, "one conflict per unit: {found:?}");
         assert_eq!(
             found[0].to_string(),
             "w: udp/51820 is held by boringtun-cli of wg-quick@wg0.service, which kforge does not run\n  help: stop it yourself, or let kforge do it: kforge apply --hand-over wg-quick@wg0.service (stops and disables wg-quick@wg0.service, then converges)"

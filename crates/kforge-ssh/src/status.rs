@@ -301,7 +301,11 @@ fn bootstrap_check(seen: &BTreeMap<String, HostSeen>) -> Option<Check> {
     Some(Check::from(
         "bootstrap",
         failed,
-        format!("{ran} node{} booted from their bootstrap", if ran == 1 { "" } else { "s" }),
+        format!(
+            "{ran} node{} ran {} bootstrap to the end",
+            if ran == 1 { "" } else { "s" },
+            if ran == 1 { "its" } else { "their" }
+        ),
         "; ",
     ))
 }
