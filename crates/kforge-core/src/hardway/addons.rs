@@ -82,13 +82,18 @@ pub fn plan(model: &Model<'_>, secrets: &crate::secrets::SecretsBundle, np: &mut
     }
 }
 
-const ROLES_FILE: &str = "/etc/kforge/node-roles";
-const ROLES_STAMP: &str = "/var/lib/kforge/roles.labeled";
+const LABELS_FILE: &str = "/etc/kforge/node-labels";
+/// The list as last applied: what the next change compares with (labels it dropped are
+/// taken off their Node).
+const LABELS_APPLIED: &str = "/var/lib/kforge/node-labels.applied";
 
-/// `kubectl get nodes` shows each node's roles (ROLES is `<none>` without them): the
-/// API is told, since a kubelet may not label itself under node-role.kubernetes.io
-/// (NodeRestriction). The list is a file, so a node joining or leaving changes this
-/// phase and the labels are applied again.
+/// Each Node's labels as the cluster file gives them, set through the API: the role
+/// labels (`kubectl get nodes` shows ROLES, `<none>` without them; a kubelet may not
+/// set node-role.kubernetes.io on itself under NodeRestriction), and each node's own
+/// `labels` — the kubelet's --node-labels reach a Node only when it registers, so a
+/// label changed on a running node would never arrive. The list is a file: a node
+/// joining or leaving, or a label changed, changes this phase and the list is applied
+/// again; a label the file no longer gives is taken off (a Node already gone is fine).
 fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, PlannedCommand)> {
     use crate::spec::Role;
     let mut lines = String::new();
@@ -97,22 +102,30 @@ fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, Planned
             lines.push_str(&format!("{} node-role.kubernetes.io/control-plane=\n", node.name));
         }
         lines.push_str(&format!("{} node-role.kubernetes.io/worker=\n", node.name));
+        for (k, v) in &node.labels {
+            lines.push_str(&format!("{} {k}={v}\n", node.name));
+        }
     }
     if lines.is_empty() {
         return None;
     }
-    let file = PlannedFile::new(ROLES_FILE, 0o644, lines).about(
-        "Each node with a kubelet and the role labels kforge gives its Node (one per line).",
-        "kforge's addons step: kubectl label node NODE LABEL",
-        vec![("labels".into(), "node-role.kubernetes.io/control-plane on controllers, /worker on workers: the ROLES column of kubectl get nodes".into())],
+    let file = PlannedFile::new(LABELS_FILE, 0o644, lines).about(
+        "Each node with a kubelet and the labels kforge gives its Node (one per line): its roles and the file's labels.",
+        "kforge's addons step: kubectl label node NODE LABEL (a label dropped from this list is removed)",
+        vec![
+            ("roles".into(), "node-role.kubernetes.io/control-plane on controllers, /worker on workers: the ROLES column of kubectl get nodes".into()),
+            ("labels".into(), "spec.nodes[].labels: set through the API, since the kubelet's --node-labels apply only when a Node registers".into()),
+        ],
     );
-    let digest = file.sha256.clone();
     let command = PlannedCommand {
-        description: "label each node with its roles (node-role.kubernetes.io/control-plane, /worker)".into(),
+        description: "label each node with its roles and the file's labels (and take off those the file dropped)"
+            .into(),
         run: format!(
-            "while read -r n label; do for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && break; sleep 2; done; {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; done < {ROLES_FILE} && echo {digest} > {ROLES_STAMP}"
+            "while read -r n label; do for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && break; sleep 2; done; {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; done < {LABELS_FILE} && \
+             {{ [ ! -f {LABELS_APPLIED} ] || cat {LABELS_APPLIED}; }} | while read -r n label; do k=${{label%%=*}}; awk -v n=\"$n\" -v k=\"$k\" '$1 == n && index($2, k \"=\") == 1 {{ f = 1 }} END {{ exit !f }}' {LABELS_FILE} || {kubectl} label node \"$n\" \"$k-\" >/dev/null 2>&1 || true; done && \
+             mkdir -p /var/lib/kforge && cp {LABELS_FILE} {LABELS_APPLIED}"
         ),
-        unless: Some(format!("[ \"$(cat {ROLES_STAMP} 2>/dev/null)\" = {digest} ]")),
+        unless: Some(format!("cmp -s {LABELS_FILE} {LABELS_APPLIED}")),
         recheck: None,
     };
     Some((file, command))
