@@ -116,6 +116,9 @@ pub enum Command {
     /// command that changes them. Each host's architecture picks its artifacts, and every
     /// binary must report spec.distribution.version before anything starts.
     /// Host keys are checked strictly. A second run with nothing changed touches nothing.
+    /// A host its bootstrap converged (user-data, a rendered tree) is taken over, and one
+    /// another tool set up exactly as planned is adopted: nothing written or restarted,
+    /// its manifest recorded (docs/cloud-init.md).
     Apply {
         #[command(flatten)]
         cluster: ClusterArgs,
