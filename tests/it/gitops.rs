@@ -110,6 +110,14 @@ fn flux_is_installed_then_waited_for_then_given_its_secrets_and_sync_objects() {
         "-n flux-system wait --for=condition=Available --timeout=600s deployment/source-controller deployment/kustomize-controller",
     );
     let objects = at("-f /etc/kforge/gitops/secrets.yaml -f /var/lib/kforge/gitops/sync.yaml");
+    // The example names no install: kforge's own is written, with Flux's published
+    // images by tag (and no digest kforge could not check).
+    let default = text("controller-0/var/lib/kforge/gitops/install-0.yaml");
+    assert_eq!(default, kforge_core::gitops::FLUX_DEFAULT_INSTALL);
+    for image in ["ghcr.io/fluxcd/source-controller:v1.9.3", "ghcr.io/fluxcd/kustomize-controller:v1.9.6"] {
+        assert!(default.contains(&format!("image: {image}\n")), "{image}");
+    }
+    assert!(!default.contains("kforge.lab") && !default.contains("@sha256:"));
     assert!(install < crds && crds < controllers && controllers < objects, "out of order");
     assert!(
         at("kubectl --kubeconfig /etc/kforge/admin.kubeconfig get --raw=/readyz") < install,
@@ -129,7 +137,7 @@ fn flux_is_installed_then_waited_for_then_given_its_secrets_and_sync_objects() {
 #[test]
 fn argo_cd_gets_the_same_deploy_key_and_pinned_host_keys_and_waits_for_its_statefulset() {
     let ctx = TestContext::with_example("hardway");
-    ctx.edit_spec("    engine: flux", "    engine: argocd");
+    ctx.edit_spec("    engine: flux", "    engine: argocd\n    install: [{path: ./argocd-install.yaml}]");
     let t = tree(&ctx.render("out"));
     let text = |p: &str| String::from_utf8(t[p].1.clone()).unwrap();
     let secrets = text("controller-0/etc/kforge/gitops/secrets.yaml");
@@ -162,4 +170,27 @@ fn argo_cd_gets_the_same_deploy_key_and_pinned_host_keys_and_waits_for_its_state
     let status = ctx.kforge(&["gitops", "status"]);
     assert_eq!(status.code, 1);
     assert!(status.stderr.contains("argocd app get kforge"), "{}", status.stderr);
+}
+
+/// The default Flux install is what `scripts/components` assembles from Flux's Go
+/// modules (built by scripts/test before the tests), with only the image names changed
+/// from the lab's archives to Flux's published images.
+#[test]
+fn the_default_flux_install_is_the_assembly_from_fluxs_modules() {
+    let assembled = kforge_lab::components_dir(kforge_lab::HARDWAY_VERSION).join("flux-install.yaml");
+    let text = std::fs::read_to_string(&assembled)
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/components v1.37.2 assembles it)", assembled.display()));
+    let vendored = kforge_core::gitops::FLUX_DEFAULT_INSTALL;
+    let body: String = vendored.lines().skip(3).map(|l| format!("{l}\n")).collect();
+    assert_eq!(body, text.replace("kforge.lab/fluxcd/", "ghcr.io/fluxcd/"), "run scripts/vendor-flux-install");
+}
+
+/// Argo CD has no default install: left out, the file is refused at its line.
+#[test]
+fn argo_cd_without_an_install_manifest_is_refused() {
+    let ctx = TestContext::with_example("hardway");
+    ctx.edit_spec("    engine: flux", "    engine: argocd");
+    let out = ctx.kforge(&["plan"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("Argo CD's install manifest is missing (only Flux has a default)"), "{}", out.stderr);
 }

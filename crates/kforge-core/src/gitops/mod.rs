@@ -47,6 +47,12 @@ pub struct EngineObjects {
     pub about: (String, Vec<(String, String)>),
 }
 
+/// The Flux install applied when the file names none (`spec.gitops.install` left out):
+/// Flux v2.9.5's source-controller v1.9.3 and kustomize-controller v1.9.6, assembled by
+/// `scripts/components` from their Go modules as Flux's `manifests/install` does, with
+/// Flux's published images by tag (`scripts/vendor-flux-install`; a test keeps it so).
+pub const FLUX_DEFAULT_INSTALL: &str = include_str!("flux-install.yaml");
+
 /// Add the engine's install, wait and sync steps to the initialising node's plan.
 /// `kubectl` is the command line that reaches the API as admin on that node.
 pub fn plan(gitops: &GitOps, keys: &GitOpsKeys, kubectl: &str, np: &mut NodePlan) {
@@ -58,13 +64,25 @@ pub fn plan(gitops: &GitOps, keys: &GitOpsKeys, kubectl: &str, np: &mut NodePlan
     let (name, ns) = (engine.name, engine.namespace);
     let controllers = gitops.controllers();
     let phase = np.phase(Phase::GitOps);
-    let installs: Vec<String> = (0..gitops.install.len()).map(|i| format!("{DIR}/install-{i}.yaml")).collect();
+    let mut installs: Vec<String> = (0..gitops.install.len()).map(|i| format!("{DIR}/install-{i}.yaml")).collect();
     for (i, (a, dest)) in gitops.install.iter().zip(&installs).enumerate() {
         // Manifests are text: one source for every architecture (validated).
         for mut artifact in PlannedArtifact::from_spec(&format!("{name} install manifest {i}"), dest, 0o644, a, None) {
             artifact.setting = format!("gitops.install[{i}]");
             phase.artifacts.push(artifact);
         }
+    }
+    if gitops.install.is_empty() && gitops.engine == GitOpsEngine::Flux {
+        let default = PlannedFile::new(format!("{DIR}/install-0.yaml"), 0o644, FLUX_DEFAULT_INSTALL).about(
+            "Flux's install manifest, kforge's default (spec.gitops.install left out).",
+            format!("kubectl apply --server-side (kforge), before {name}'s objects"),
+            vec![(
+                "images".into(),
+                "ghcr.io/fluxcd/source-controller:v1.9.3 and kustomize-controller:v1.9.6, by tag: kforge names no digest it could not check".into(),
+            )],
+        );
+        installs.push(default.path.clone());
+        phase.files.push(default);
     }
     let secrets = PlannedFile::secret(SECRETS, yaml_stream(&engine.secrets));
     let (what, fields) = engine.about;

@@ -100,7 +100,11 @@ pub struct GitOps {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_hosts: Vec<String>,
     /// The engine's install manifests, applied in order before anything else (on real
-    /// hosts the release's `install.yaml` by url + sha256; or a local path).
+    /// hosts the release's `install.yaml` by url + sha256; or a local path). Left out
+    /// with `engine: flux`: kforge's own, Flux v2.9.5's source-controller and
+    /// kustomize-controller naming Flux's published images by tag (no digest kforge
+    /// could not check). Argo CD has no default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub install: Vec<Artifact>,
     /// The engine's controllers that must be up before the repository's objects are
     /// created: Deployment names, or `statefulset/NAME`. Default: the engine's own

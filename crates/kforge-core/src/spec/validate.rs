@@ -666,10 +666,11 @@ fn gitops(c: &Cluster, out: &mut Vec<Diagnostic>) {
         };
         out.push(Diagnostic::error("spec.gitops.interval", format!("`{}` is not a duration", g.interval)).help(help));
     }
-    if g.install.is_empty() {
-        out.push(Diagnostic::error("spec.gitops.install", "the engine's install manifests are missing").help(
-            "e.g. - {url: https://github.com/fluxcd/flux2/releases/download/v2.9.5/install.yaml, sha256: <its digest>}",
-        ));
+    if g.install.is_empty() && g.engine == GitOpsEngine::Argocd {
+        out.push(
+            Diagnostic::error("spec.gitops.install", "Argo CD's install manifest is missing (only Flux has a default)")
+                .help("e.g. - {url: https://raw.githubusercontent.com/argoproj/argo-cd/v3.5.7/manifests/install.yaml, sha256: <its digest>}"),
+        );
     }
     for (i, a) in g.install.iter().enumerate() {
         let path = format!("spec.gitops.install[{i}]");
