@@ -6,7 +6,7 @@
 //! |---------------|--------------------------------------------------|------------------------------|
 //! | datastore     | this etcd member healthy, a leader, at the release | (embedded in the server)   |
 //! | control-plane | this API server `/readyz` ok, at the release     | this server's `/readyz` ok   |
-//! | controllers   | controller-manager and scheduler serving, their leader leases renewed | —       |
+//! | controllers   | controller-manager and scheduler serving, each lease renewed by a live leader of 3 s or more | — |
 //! | workers       | the Node Ready, its kubelet at the release (asked on a control-plane host) | same |
 //! | addons        | CoreDNS available                                | —                            |
 
@@ -48,20 +48,31 @@ pub fn api_server(kubectl: &str, version: &str) -> Gate {
     )
 }
 
-/// controller-manager and scheduler on this host serve (their secure ports accept),
-/// and both leader leases were renewed within 30 s (some controller leads each).
+/// controller-manager and scheduler on this host serve (their secure ports accept), and
+/// each leader lease belongs to a live leader that has led for 3 s or more: the lease
+/// is renewed during a 2.5 s look (a leader renews every 2 s) and its holder acquired it
+/// at least 3 s before that renewal (time to start its controllers).
+///
+/// A lease renewed "recently" is not enough: kube-controller-manager 1.36 and 1.37 keep
+/// their lease when they stop (releasing it on exit is the alpha feature gate
+/// `ControllerManagerReleaseLeaderElectionLockOnExit`, off by default), so after a
+/// restart of the leading one the lease still names the dead process for up to its 15 s
+/// duration and no controller runs. A drain started in that gap evicts a pod whose
+/// endpoints nobody removes: requests reach it after it stopped serving. Both times in
+/// a lease are the holder's own clock, so no clock is compared across hosts.
 pub fn controllers(kubectl: &str) -> Gate {
     let lease = |name: &str| {
-        format!(
-            "t=$({kubectl} -n kube-system get lease {name} -o jsonpath='{{.spec.renewTime}}' 2>/dev/null) && [ -n \"$t\" ] && [ $(( $(date +%s) - $(date -d \"$t\" +%s) )) -lt 30 ]"
-        )
+        format!("{kubectl} -n kube-system get lease {name} -o jsonpath='{{.spec.acquireTime}} {{.spec.renewTime}}'")
     };
     gate(
-        "controller-manager and scheduler serving, their leases renewed",
+        "controller-manager and scheduler serving, each lease renewed by a leader of 3 s or more",
         format!(
-            "timeout 2 bash -c '</dev/tcp/127.0.0.1/10257' && timeout 2 bash -c '</dev/tcp/127.0.0.1/10259' && {} && {}",
-            lease("kube-controller-manager"),
-            lease("kube-scheduler")
+            "led() {{ set -- $1 $2; [ $# = 3 ] && [ \"$1\" != \"$3\" ] && [ $(( $(date -d \"$3\" +%s) - $(date -d \"$2\" +%s) )) -ge 3 ]; }}; \
+             timeout 2 bash -c '</dev/tcp/127.0.0.1/10257' && timeout 2 bash -c '</dev/tcp/127.0.0.1/10259' && \
+             c=$({cm}) && s=$({sched}) && sleep 2.5 && \
+             led \"${{c#* }}\" \"$({cm})\" && led \"${{s#* }}\" \"$({sched})\"",
+            cm = lease("kube-controller-manager"),
+            sched = lease("kube-scheduler")
         ),
         false,
         120,

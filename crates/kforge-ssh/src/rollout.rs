@@ -17,14 +17,15 @@ use crate::ssh::{Host, shell_quote};
 /// Set on a Node while kforge has it cordoned for an apply.
 pub const CORDONED_BY_KFORGE: &str = "kforge.dev/cordoned-by-apply";
 
-/// Wait until `gate` passes on `host` (every 2 s, up to its timeout); the error names
-/// the gate and what its test last said.
+/// Wait until `gate` passes on `host` (tried every 2 s until its timeout, counted on the
+/// host's clock: a test may itself take seconds); the error names the gate and what its
+/// test last said.
 pub fn wait(host: &Host, gate: &Gate) -> Result<Duration, String> {
     let start = Instant::now();
-    let tries = gate.timeout_secs.div_ceil(2).max(1);
     // The test runs in a subshell: whatever it does (exit included) ends only the try.
     let script = format!(
-        "for _ in $(seq {tries}); do if ( {t} ) >/dev/null 2>&1; then echo 'KF gate passed'; exit 0; fi; sleep 2; done\n( {t} ) 2>&1 | tail -n 3; echo 'KF gate timed out'",
+        "end=$(( $(date +%s) + {secs} ))\nwhile :; do if ( {t} ) >/dev/null 2>&1; then echo 'KF gate passed'; exit 0; fi; [ $(date +%s) -lt $end ] || break; sleep 2; done\n( {t} ) 2>&1 | tail -n 3; echo 'KF gate timed out'",
+        secs = gate.timeout_secs,
         t = gate.test
     );
     let out = host.run_script(&format!("wait for {}", gate.description), &script).map_err(|e| e.to_string())?;

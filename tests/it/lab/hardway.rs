@@ -9,6 +9,8 @@
 //! rebooted, etcd wiped and restored) last.
 
 use super::{Capture, Checks, Lab, Stranger, assert_only_wireguard_and_ssh, contains, totals};
+use std::time::Instant;
+
 use crate::util::run;
 
 /// The workstation, as a namespace on the lab's internet that joins the mesh as the
@@ -98,6 +100,9 @@ fn the_hard_way_runs_for_real() {
     checks.run("a second apply changes nothing", || assert_eq!(totals(&lab.apply_json()), (0, 0)));
     checks.run("re-running the bootstrap changes nothing", || lab.rerunning_the_bootstrap_changes_nothing());
     checks.run("workers survive a stopped API server", || workers_survive_a_stopped_api_server(&lab));
+    checks.run("the controllers gate waits out a stopped leader's lease", || {
+        the_controllers_gate_waits_out_a_stopped_leaders_lease(&lab)
+    });
     checks.run("a rebooted worker comes back", || a_rebooted_worker_comes_back_without_apply(&lab));
     checks.run("1000 keys survive snapshot, wipe, restore", || a_thousand_keys_survive_snapshot_wipe_and_restore(&lab));
     super::nodes::a_worker_joins_is_reset_and_joins_again(&lab, &mut checks);
@@ -385,6 +390,38 @@ fn workers_survive_a_stopped_api_server(lab: &Lab) {
     lab.wait_for(60, "lab-1's API server back", || {
         lab.ssh_status("lab-1", "kubectl --kubeconfig /etc/kforge/admin.kubeconfig get --raw=/readyz").0
     });
+}
+
+/// The leading controller-manager stopped, as apply's restart of it does: it keeps its
+/// lease on exit, so for up to 15 s no controller runs while the lease still looks
+/// fresh. apply's controllers gate (the very test apply runs) must fail then — a drain
+/// started there loses requests, as the upgrade under load once did — and pass once
+/// another controller-manager has taken the lease over.
+fn the_controllers_gate_waits_out_a_stopped_leaders_lease(lab: &Lab) {
+    let gate = kforge_core::gates::controllers(&kforge_core::hardway::admin_kubectl());
+    let try_gate = |node: &str| lab.ssh_status(node, &format!("bash <<'KFGATE'\n{}\nKFGATE", gate.test));
+    let holder =
+        || lab.kubectl("lab-1", "-n kube-system get lease kube-controller-manager -o jsonpath={.spec.holderIdentity}");
+    lab.wait_for(60, "the controllers gate to pass before the stop", || try_gate("lab-1").0);
+    let before = holder();
+    // The identity is HOSTNAME_UUID.
+    let leader = before.split('_').next().unwrap().to_string();
+    assert!(["lab-1", "lab-2", "lab-3"].contains(&leader.as_str()), "lease holder {before}");
+    let other = if leader == "lab-1" { "lab-2" } else { "lab-1" };
+    lab.ssh(&leader, "systemctl stop kube-controller-manager");
+    let stopped = Instant::now();
+    let (passed, said) = try_gate(other);
+    let during = holder();
+    lab.ssh(&leader, "systemctl start kube-controller-manager");
+    assert!(!passed, "the gate passed with the leader stopped and its lease still held ({during}): {said}");
+    assert_eq!(during, before, "the lease named the stopped leader while the gate refused");
+    lab.wait_for(60, "the controllers gate to pass once another controller-manager leads", || try_gate(other).0);
+    let after = holder();
+    assert_ne!(after, before, "a new leader holds the lease");
+    eprintln!(
+        "controllers gate: passed again {} s after the leader stopped; lease now {after}",
+        stopped.elapsed().as_secs()
+    );
 }
 
 fn a_rebooted_worker_comes_back_without_apply(lab: &Lab) {
