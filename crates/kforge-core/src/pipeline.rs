@@ -272,7 +272,7 @@ fn plan_member(
     }
     mesh.files.push(PlannedFile::secret(&wg_path, render_wg_quick(model, me, Some(&key))).about(
         "The WireGuard mesh interface (wg-quick format), with this node's private key.",
-        format!("wg-quick@{iface}.service; changes are applied with `wg syncconf` (setconf on userspace WireGuard), tunnels stay up"),
+        format!("wg-quick@{iface}.service; changes are applied with `wg syncconf` (setconf on userspace WireGuard), tunnels stay up, and a new peer's networks get their routes"),
         mesh_why,
     ));
     mesh.files.push(
@@ -301,12 +301,24 @@ fn plan_member(
         enable: true,
         start: true,
         restart_on: wg_inputs,
-        // syncconf sets peers, not the interface: a changed spec.mesh.mtu is applied too.
+        // syncconf sets peers, not the interface: a changed spec.mesh.mtu is applied
+        // too, and so are routes. wg-quick routes each peer's AllowedIPs only when it
+        // brings the interface up, so a worker joining a running cluster got a peer
+        // but no route to its pod network on the hosts already there: their pods and
+        // the hosts themselves could not reach the new worker's pods (and on a host
+        // with a default route, those packets would leave by it). The loop adds what
+        // wg-quick would, skipping what a route on the interface already covers.
         reload_command: Some(format!(
-            "wg syncconf {iface} <(wg-quick strip {iface}) && ip link set dev {iface} mtu {}",
-            spec.mesh.mtu
+            "wg syncconf {iface} <(wg-quick strip {iface}) && ip link set dev {iface} mtu {} && {}",
+            spec.mesh.mtu,
+            each_unrouted_peer_network(iface, &format!("ip route add \"$n\" dev {iface}"))
         )),
-        recheck: None,
+        // A host left without such a route (by a kforge before this reload did it, or
+        // by hand) is repaired by the next apply: the reload adds it.
+        recheck: Some(UnitRecheck {
+            test: each_unrouted_peer_network(iface, "false"),
+            drift: format!("a peer's network has no route through {iface} (wg-quick adds them only at start)"),
+        }),
         joins: None,
     });
 
@@ -459,6 +471,15 @@ fn use_userspace_wireguard(np: &mut NodePlan, iface: &str, boringtun: Option<&st
         // but takes `wg setconf`: the whole peer set at once, the interface stays up.
         u.reload_command = u.reload_command.as_ref().map(|c| c.replacen("wg syncconf", "wg setconf", 1));
     }
+}
+
+/// `action` for each network a mesh peer may send from (its AllowedIPs) that no route
+/// through `iface` covers yet (`$n`, as wg-quick checks at start); fails when an action
+/// does.
+fn each_unrouted_peer_network(iface: &str, action: &str) -> String {
+    format!(
+        "( for n in $(wg show {iface} allowed-ips | cut -f2); do [ \"$n\" = '(none)' ] || [ -n \"$(ip route show dev {iface} match \"$n\")\" ] || {action} || exit 1; done )"
+    )
 }
 
 /// A node behind NAT is reachable only once it has sent each peer a packet (WireGuard

@@ -91,6 +91,14 @@ fn ready_with_a_pod(lab: &Lab) {
         let kubelet = lab.ssh_status(NEW, "journalctl -u kubelet -u containerd --no-pager -n 40").1;
         panic!("{said}\n{pod}\n{kubelet}");
     }
+    // Every host already in the cluster reaches the pod over the mesh: each must have
+    // a route to lab-4's pod network, which wg-quick adds only when it starts (the
+    // hosts already running reload their peers). Pods forward by the same routes.
+    let ip = lab.kubectl("lab-1", "get pod on-lab-4 -o jsonpath={.status.podIP}");
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        let (reached, said) = lab.ssh_status(n, &format!("ping -c 1 -W 2 {ip}; ip route get {ip}"));
+        assert!(reached, "{n} does not reach the pod on lab-4 ({ip}): {said}");
+    }
 }
 
 fn refusals(lab: &Lab) {
