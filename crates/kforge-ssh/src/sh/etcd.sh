@@ -54,13 +54,20 @@ kf_stop_members() {
 
 # kf_restore FILE DATA_DIR NAME INITIAL_CLUSTER TOKEN PEER_URL: this member's data
 # directory rebuilt from the snapshot; the old one is kept aside and named on stdout.
+#
+# The restored revision jumps ahead by 10^9 and is marked compacted (etcdutl). Without
+# that it goes back to the snapshot's, below what every running informer has seen
+# (scheduler, controller-manager, kubelets): each watches on from its newer revision,
+# so whatever is written until the revision passes it again is never delivered — a
+# pod created then stays Pending for good. Compacted, every such watch is refused as
+# too old and its client lists everything again.
 kf_restore() {
-  local tool=etcdctl kept data=$2
+  local tool=etcdctl kept data=$2 bump=()
   kf_etcd_env
-  command -v etcdutl >/dev/null && tool=etcdutl
+  command -v etcdutl >/dev/null && tool=etcdutl && bump=(--bump-revision 1000000000 --mark-compacted)
   rm -rf "$data.restoring"
   "$tool" snapshot restore "$1" --name "$3" --initial-cluster "$4" \
-    --initial-cluster-token "$5" --initial-advertise-peer-urls "$6" \
+    --initial-cluster-token "$5" --initial-advertise-peer-urls "$6" "${bump[@]}" \
     --data-dir "$data.restoring" >/dev/null 2>&1
   if [ -d "$data" ]; then
     kept=$data.before-restore-$(date +%Y%m%dT%H%M%S)
