@@ -103,13 +103,26 @@ impl Api<'_> {
                 self.kubectl
             ),
         )?;
-        // kubectl drain waits for the evicted pods to be gone (or its timeout); what is
-        // left on the node after it says whether it finished.
-        let said = self.run(
-            "drain",
-            &format!("drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={timeout_secs}s 2>&1 | tail -n 3"),
-        );
-        let left = self.unevicted(node)?;
+        // kubectl drain waits for the pods it evicted to be gone (or its timeout); what
+        // is left on the node after it says whether it finished. A pod can land on the
+        // node after the cordon: the scheduler acts on its own cache of the Nodes, which
+        // learns of the cordon a moment later. kubectl drain never saw such a pod, so
+        // the node is drained again for it (three rounds, within the same time).
+        let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+        let mut round = 1;
+        let (said, left) = loop {
+            let secs = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
+            let said = self.run(
+                "drain",
+                &format!("drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s 2>&1 | tail -n 3"),
+            );
+            let left = self.unevicted(node)?;
+            if said.is_err() || left.is_empty() || round == 3 || Instant::now() >= deadline {
+                break (said, left);
+            }
+            eprintln!("{node}: placed on it during the drain: {}; draining again", left.join(", "));
+            round += 1;
+        };
         if said.is_ok() && left.is_empty() {
             return Ok(());
         }
