@@ -621,8 +621,12 @@ impl StageRun<'_> {
                         format!("{} does not reach {node}'s etcd peer port over the mesh, so etcd was not asked to add it: {e}", from.node)
                     })
                 })?;
-                timed(h, &format!("etcd member add {node} --learner (on {})", from.node), &mut || {
-                    m::add_learner(from, &etcd.env_file, &node, &j.peer_url)
+                let what = format!(
+                    "etcd member add {node} --learner (on {}; asked again while etcd says \"unhealthy cluster\", up to 60 s)",
+                    from.node
+                );
+                timed(h, &what, &mut || {
+                    m::add_learner(from, &etcd.env_file, &node, &j.peer_url, std::time::Duration::from_secs(60))
                 })?;
             }
             let members =

@@ -215,15 +215,35 @@ pub fn join_env(members: &[Member], name: &str, peer_url: &str) -> Result<String
     Ok(format!("ETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=existing\n", cluster.join(",")))
 }
 
-/// Add `name` as a learner, from the member `host` runs.
-pub fn add_learner(host: &Host, env_file: &str, name: &str, peer_url: &str) -> Result<(), String> {
+/// Add `name` as a learner, from the member `host` runs. etcd refuses a member add
+/// ("unhealthy cluster") unless its leader has been connected, for the last 5 s, to
+/// enough voters to keep quorum with the new member counted (etcd 3.6's
+/// `isConnectedToQuorumAfterAddingNewMemberSince`) — so right after the previous
+/// joiner's promotion it may refuse; kforge asks again every second for up to `timeout`.
+pub fn add_learner(
+    host: &Host,
+    env_file: &str,
+    name: &str,
+    peer_url: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     let script = format!(
         "{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_add {} {} >/dev/null\n",
         shell_quote(env_file),
         shell_quote(name),
         shell_quote(peer_url)
     );
-    host.run_script("etcd member add --learner", &script).map(|_| ()).map_err(|e| e.to_string())
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let said = match host.run_script("etcd member add --learner", &script) {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
+        if !said.contains("etcdserver: unhealthy cluster") || std::time::Instant::now() >= deadline {
+            return Err(said);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 /// The member list a joiner starts with (`join_env`), written on the joiner `host`.
