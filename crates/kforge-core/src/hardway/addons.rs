@@ -94,6 +94,8 @@ const LABELS_APPLIED: &str = "/var/lib/kforge/node-labels.applied";
 /// label changed on a running node would never arrive. The list is a file: a node
 /// joining or leaving, or a label changed, changes this phase and the list is applied
 /// again; a label the file no longer gives is taken off (a Node already gone is fine).
+/// A Node that has not registered after 60 s (its kubelet failed, or its host did) does
+/// not stop the others: its lines stay out of the applied list, so the next apply labels it.
 fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, PlannedCommand)> {
     use crate::spec::Role;
     let mut lines = String::new();
@@ -121,9 +123,13 @@ fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, Planned
         description: "label each node with its roles and the file's labels (and take off those the file dropped)"
             .into(),
         run: format!(
-            "while read -r n label; do for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && break; sleep 2; done; {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; done < {LABELS_FILE} && \
+            "mkdir -p /var/lib/kforge && : > {LABELS_APPLIED}.new && missing=' ' && \
+             while read -r n label; do case \"$missing\" in *\" $n \"*) continue ;; esac; \
+             up=; for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && {{ up=1; break; }}; sleep 2; done; \
+             if [ -z \"$up\" ]; then missing=\"$missing$n \"; echo \"kforge: no Node $n after 60 s: its labels wait for the next apply\" >&2; continue; fi; \
+             {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; echo \"$n $label\" >> {LABELS_APPLIED}.new; done < {LABELS_FILE} && \
              {{ [ ! -f {LABELS_APPLIED} ] || cat {LABELS_APPLIED}; }} | while read -r n label; do k=${{label%%=*}}; awk -v n=\"$n\" -v k=\"$k\" '$1 == n && index($2, k \"=\") == 1 {{ f = 1 }} END {{ exit !f }}' {LABELS_FILE} || {kubectl} label node \"$n\" \"$k-\" >/dev/null 2>&1 || true; done && \
-             mkdir -p /var/lib/kforge && cp {LABELS_FILE} {LABELS_APPLIED}"
+             mv {LABELS_APPLIED}.new {LABELS_APPLIED}"
         ),
         unless: Some(format!("cmp -s {LABELS_FILE} {LABELS_APPLIED}")),
         recheck: None,
