@@ -13,8 +13,23 @@ use base64::engine::general_purpose::STANDARD;
 use super::shell_quote as q;
 use crate::plan::{PlannedCommand, PlannedFile};
 
-/// The functions every rendered script starts with.
+/// The functions every rendered script starts with, as documented in the source.
 pub const PRELUDE: &str = include_str!("sh/steps.sh");
+
+/// [`PRELUDE`] as scripts carry it: without its comment and blank lines. Every node's
+/// user-data carries a copy, and EC2 takes 16 KiB of user-data; the comments (about a
+/// third of the functions' bytes) stay in kforge's source, which one line names.
+fn compact_prelude() -> &'static str {
+    static COMPACT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut s = String::from("# kforge's step functions (commented in kforge's source: render/sh/steps.sh)\n");
+        for line in PRELUDE.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s
+    });
+    &COMPACT
+}
 /// Units restarted with pending changes are marked here first (apply).
 pub const PENDING_DIR: &str = "/var/lib/kforge/pending";
 
@@ -145,7 +160,7 @@ pub fn to_shell(header: &[String], steps: &[Step]) -> String {
     for line in header {
         let _ = writeln!(s, "# {line}");
     }
-    s.push_str(PRELUDE);
+    s.push_str(compact_prelude());
     for step in steps {
         render_step(&mut s, step);
     }
@@ -229,11 +244,12 @@ fn render_step(s: &mut String, step: &Step) {
             }
             writeln!(s, "KFEOF")
         }
-        Step::RecordManifest { path, json, unless_same: false } => {
-            writeln!(s, "kf_write {} 0600 root:root >/dev/null <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
-        }
-        Step::RecordManifest { path, json, unless_same: true } => {
-            writeln!(s, "kf_record_manifest {} <<'KFEOF'\n{}\nKFEOF", q(path), STANDARD.encode(json))
+        // Plain JSON, not base64: one line (serde escapes newlines), so the quoted
+        // heredoc cannot end early, and gzip folds the bootstrap's two variants together.
+        Step::RecordManifest { path, json, unless_same } => {
+            assert!(!json.contains('\n'), "a manifest is one line of JSON");
+            let when = if *unless_same { "unless-same" } else { "always" };
+            writeln!(s, "kf_record_manifest {} {when} <<'KFEOF'\n{json}\nKFEOF", q(path))
         }
         Step::Branch { test, then, otherwise } => {
             let _ = writeln!(s, "if {test}; then");

@@ -27,14 +27,17 @@ kf_ensure() {
   kf_write "$1" "$2" "$3"
 }
 
-# kf_record_manifest PATH, its JSON base64 on stdin (the bootstrap's record): written
-# unless the host's record lists the same files already, whoever wrote it (a re-run on
-# a host apply manages keeps apply's record).
+# kf_record_manifest PATH always|unless-same, its JSON (one line) on stdin. With
+# unless-same (the bootstrap's record) it is written unless the host's record lists
+# the same files already, whoever wrote it (a re-run on a host apply manages keeps
+# apply's record).
 kf_record_manifest() {
   local new old
-  new=$(base64 -d)
-  old=$(cat "$1" 2>/dev/null || true)
-  [ "${old/\"by\":\"apply\"/\"by\":\"bootstrap\"}" = "$new" ] && return 0
+  new=$(cat)
+  if [ "$2" = unless-same ]; then
+    old=$(cat "$1" 2>/dev/null || true)
+    [ "${old/\"by\":\"apply\"/\"by\":\"bootstrap\"}" = "$new" ] && return 0
+  fi
   printf '%s' "$new" | base64 -w0 | kf_write "$1" 0600 root:root >/dev/null
 }
 
