@@ -784,9 +784,20 @@ fn lab_down_all_removes_a_lab_whose_directory_is_gone() {
     let state = lab.state.clone();
     // The lab directory vanishes (its temp dir deleted, say): `down --all` still finds it.
     std::fs::remove_dir_all(lab.ctx.path("lab")).unwrap();
+    // `--all` removes every lab on this machine, this test's and any other: one left by
+    // an earlier run that was killed, say (every test's own lab is checked gone when
+    // the test ends). So this lab must be among those named, not the only one.
     let out = lab.ctx.kforge(&["lab", "down", "--all"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("removed 1 lab"), "{}", out.stdout);
+    let named = format!("lab {} ({})", state.id, state.dir.display());
+    assert!(out.stderr.contains(&named), "`lab down --all` did not name {named}:\n{}", out.stderr);
+    let others: Vec<&str> =
+        out.stderr.lines().filter(|l| l.starts_with("lab: lab ") && l.ends_with(')') && !l.contains(&named)).collect();
+    if !others.is_empty() {
+        eprintln!("`lab down --all` also removed labs that were already on this machine: {others:?}");
+    }
+    let removed = format!("removed {} lab", 1 + others.len());
+    assert!(out.stdout.contains(&removed), "{}\n{}", out.stdout, out.stderr);
     assert!(kforge_lab::leftovers(&state).is_empty(), "{:?}", kforge_lab::leftovers(&state));
 }
 
