@@ -18,6 +18,8 @@ pub struct Member {
     /// Empty for a member added but never started.
     pub name: String,
     pub peer_urls: Vec<String>,
+    /// Where it serves clients (the API servers' `--etcd-servers`); empty until started.
+    pub client_urls: Vec<String>,
     pub learner: bool,
     pub healthy: bool,
 }
@@ -77,6 +79,7 @@ pub fn parse(out: &str) -> Option<Vec<Member>> {
                 id: m.id,
                 name: m.name,
                 peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
                 learner: m.is_learner,
             })
             .collect(),
@@ -133,17 +136,33 @@ pub fn read(host: &Host, env_file: &str) -> Result<Option<Vec<Member>>, String> 
 /// removal until every member left has been connected to the leader for a few seconds
 /// ("unhealthy cluster", its strict reconfiguration check): right after a member came
 /// back, kforge asks again for up to 30 s rather than fail.
-pub fn remove(host: &Host, env_file: &str, m: &Member, force: bool) -> Result<(), String> {
-    let script = format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_remove {:x}\n", shell_quote(env_file), m.id);
+///
+/// Once removed, the member's etcd stops itself when it learns so; until it has, every
+/// API server still holds a connection to it, and a request sent on that connection as
+/// it closes fails ("rpc error: code = Unavailable desc = error reading from server:
+/// EOF": seen on the revocation kforge applies next). So the removal returns only once
+/// the member's client URLs accept no connection (up to 30 s; past that its host's
+/// reset stops it, and the step says so).
+pub fn remove(host: &Host, env_file: &str, m: &Member, force: bool) -> Result<Option<String>, String> {
+    let urls: Vec<String> = m.client_urls.iter().map(|u| shell_quote(u)).collect();
+    let script =
+        format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_remove {:x} {}\n", shell_quote(env_file), m.id, urls.join(" "));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let now = read(host, env_file)?.ok_or("etcd gave no member list (no quorum?)")?;
         if !now.iter().any(|x| x.id == m.id) {
-            return Ok(());
+            return Ok(None);
         }
         may_remove(&now, m.id, force).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
         match host.run_script("etcd member remove", &script) {
-            Ok(_) => return Ok(()),
+            Ok(out) if out.lines().any(|l| l.starts_with("still serving")) => {
+                return Ok(Some(format!(
+                    "etcd member {} was removed but its etcd still served 30 s later (at {}); its host's reset stops it",
+                    m.describe(),
+                    m.client_urls.join(",")
+                )));
+            }
+            Ok(_) => return Ok(None),
             Err(e) if e.to_string().contains("unhealthy cluster") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_secs(2));
             }
@@ -333,6 +352,7 @@ health [{"endpoint":"https://10.4.0.1:2379","health":true},{"endpoint":"https://
             id,
             name: name.into(),
             peer_urls: vec![format!("https://10.4.0.{ip}:2380")],
+            client_urls: vec![format!("https://10.4.0.{ip}:2379")],
             learner,
             healthy: true,
         };
@@ -358,5 +378,34 @@ health [{"endpoint":"https://10.4.0.1:2379","health":true},{"endpoint":"https://
         // Every planned controller a voter: nothing joins.
         let all = [m(11, "lab-1", 1, false), m(12, "lab-2", 2, false), m(13, "lab-3", 3, false)];
         assert!(super::joins(&all, &planned).is_empty());
+    }
+
+    /// `kf_member_remove`'s wait, against real sockets on loopback (etcdctl's own part
+    /// is the lab's: a controller leaves a running etcd there).
+    #[test]
+    fn a_removal_returns_once_the_removed_members_client_url_takes_no_connection() {
+        let run = |url: &str| {
+            let script = format!("{ETCD_SH}\netcdctl() {{ :; }}\nKF_ETCD_ENV=/dev/null\nkf_member_remove ff {url}\n");
+            let started = std::time::Instant::now();
+            let out = std::process::Command::new("bash").arg("-c").arg(script).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            (started.elapsed(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        // Still listening for 1.5 s after the removal (etcd stopping itself): waited out.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            drop(listener);
+        });
+        let (took, said) = run(&url);
+        closer.join().unwrap();
+        assert!(took >= std::time::Duration::from_millis(1400), "returned while the member still served: {took:?}");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+        assert!(!said.contains("still serving"), "{said}");
+        // Nothing listens (stopped already): no wait.
+        let (took, said) = run(&url);
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+        assert!(said.is_empty(), "{said}");
     }
 }

@@ -111,8 +111,9 @@ fn stale_members(
         let started = std::time::Instant::now();
         let mut report = RemovalReport { node: what.clone(), ..RemovalReport::default() };
         match crate::membership::remove(api.host, &etcd.env_file, m, false) {
-            Ok(()) => {
+            Ok(warning) => {
                 report.removed = true;
+                report.warnings.extend(warning);
                 report
                     .steps
                     .push(StepTime { step: format!("remove {what}"), seconds: started.elapsed().as_secs_f64() });
@@ -186,9 +187,12 @@ fn remove(
         })?;
     }
     if let (Some(api), Some(etcd), Some(m)) = (api, &plan.etcd, &member) {
+        let mut still_serving = None;
         timed(report, "remove its etcd member", &mut || {
-            crate::membership::remove(api.host, &etcd.env_file, m, opts.force_quorum_loss)
+            still_serving = crate::membership::remove(api.host, &etcd.env_file, m, opts.force_quorum_loss)?;
+            Ok(())
         })?;
+        report.warnings.extend(still_serving);
     }
     if let (Some(api), Some(manifest)) = (api, &r.revocation) {
         timed(report, "revoke its kubelet certificate in the API", &mut || {
@@ -237,6 +241,7 @@ mod tests {
             id,
             name: name.into(),
             peer_urls: vec![format!("https://10.4.0.{id}:2380")],
+            client_urls: vec![format!("https://10.4.0.{id}:2379")],
             learner: false,
             healthy,
         };

@@ -99,10 +99,23 @@ kf_membership() {
   echo "health $(timeout 15 etcdctl --command-timeout=3s endpoint health --cluster -w json 2>/dev/null | tr -d '\n' || true)"
 }
 
-# kf_member_remove ID (hex).
+# kf_member_remove ID (hex) [CLIENT-URL...]: remove the member, then wait (up to 30 s)
+# until its client URLs accept no connection: the removed etcd stops itself once it
+# learns it is gone, and a request an API server sends it meanwhile fails. Refused or
+# unanswered (its host down) both mean it serves no one; "still serving" if it does.
 kf_member_remove() {
   kf_etcd_env
   etcdctl --command-timeout=10s member remove "$1" >/dev/null
+  shift
+  local url hostport host port end=$(( $(date +%s) + 30 ))
+  for url in "$@"; do
+    hostport=${url#*://}; hostport=${hostport%%/*}
+    port=${hostport##*:}; host=${hostport%:*}; host=${host#[}; host=${host%]}
+    while timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; do
+      [ "$(date +%s)" -lt "$end" ] || { echo "still serving $url"; break; }
+      sleep 0.5
+    done
+  done
 }
 
 # kf_probe_peer IP PORT: whether this member reaches a joining controller's peer port
