@@ -455,6 +455,24 @@ pub enum LabExampleArg {
     Hardway,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabImageArg {
+    /// Debian 13 (trixie), current stable.
+    #[value(name = "debian-13")]
+    Debian13,
+    /// Debian 12 (bookworm).
+    #[value(name = "debian-12")]
+    Debian12,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabMirrorAction {
+    /// Stop serving (the address stays: "connection refused").
+    Stop,
+    /// Serve again.
+    Start,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
     /// Start Debian machines with systemd and sshd, on a private "internet" bridge.
@@ -492,7 +510,13 @@ pub enum LabCommand {
         /// Every machine gets a public address (no machine behind NAT).
         #[arg(long)]
         all_public: bool,
-        /// Debian mirror for debootstrap (default: this machine's apt sources).
+        /// The machines' image, as a provider hands it out: the base system, sshd,
+        /// cloud-init, ca-certificates, and nothing kforge needs (kforge installs that
+        /// from the lab's package mirror).
+        #[arg(long, value_enum, default_value = "debian-13")]
+        image: LabImageArg,
+        /// Debian mirror debootstrap and the lab's package mirror fetch from, once per
+        /// image (default: this machine's apt sources).
         #[arg(long, value_name = "URL")]
         mirror: Option<String>,
         /// Set the kernel-wide sysctls kubelets require (vm.overcommit_memory=1,
@@ -515,6 +539,24 @@ pub enum LabCommand {
         /// and `kforge apply` takes them over (docs/cloud-init.md).
         #[arg(long, conflicts_with = "forge")]
         user_data: bool,
+    },
+    /// Take the lab's package mirror away or bring it back, as a provider's mirror
+    /// outage: machines meet "connection refused" on its address.
+    Mirror {
+        #[arg(value_enum)]
+        action: LabMirrorAction,
+        #[arg(long, default_value = "lab")]
+        dir: PathBuf,
+    },
+    /// The lab's package mirror itself (started by `lab up` in the lab's network).
+    #[command(hide = true)]
+    ServeMirror {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        log: PathBuf,
     },
     /// Stop the machines and remove every namespace, interface, mount and file the lab made.
     Down {

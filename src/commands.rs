@@ -13,8 +13,8 @@ use kforge_core::{k3s, kubeconfig};
 use kforge_files::{AgeCredentials, SecretsStore};
 
 use crate::cli::{
-    CertsCommand, ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, SecretsCommand,
-    SshArgs,
+    CertsCommand, ClusterArgs, Command, EtcdCommand, Format, GitopsCommand, LabCommand, LabExampleArg, LabImageArg,
+    LabMirrorAction, SecretsCommand, SshArgs,
 };
 use crate::output;
 
@@ -476,7 +476,18 @@ fn fingerprint(known_hosts_line: &str) -> Option<String> {
 fn lab(cmd: LabCommand) -> Result<(), CliError> {
     let log = |line: &str| eprintln!("lab: {line}");
     match cmd {
-        LabCommand::Up { example, dir, nodes, behind_nat, all_public, mirror, host_sysctls, forge, user_data } => {
+        LabCommand::Up {
+            example,
+            dir,
+            nodes,
+            behind_nat,
+            all_public,
+            image,
+            mirror,
+            host_sysctls,
+            forge,
+            user_data,
+        } => {
             let example = match example {
                 LabExampleArg::K3s => kforge_lab::LabExample::K3s,
                 LabExampleArg::K3sHa => kforge_lab::LabExample::K3sHa,
@@ -489,16 +500,39 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
             };
             let seeder = |file: &Path| lab_seeds(file).map_err(|e| e.to_string());
             let user_data = user_data.then_some(&seeder as &kforge_lab::Seeder);
-            let opts =
-                kforge_lab::UpOptions { dir, nodes, behind_nat, mirror, example, host_sysctls, forge, user_data };
+            let image = match image {
+                LabImageArg::Debian13 => kforge_lab::Image::Debian13,
+                LabImageArg::Debian12 => kforge_lab::Image::Debian12,
+            };
+            let opts = kforge_lab::UpOptions {
+                dir,
+                nodes,
+                behind_nat,
+                mirror,
+                image,
+                example,
+                host_sysctls,
+                forge,
+                user_data,
+            };
             let state = kforge_lab::up(&opts, &log)?;
             let d = state.dir.display();
             println!(
-                "lab up: {} machines on {} (workstation {})",
+                "lab up: {} {} machines on {} (workstation {})",
                 state.machines.len(),
+                state.image,
                 state.subnet,
                 state.workstation_ip
             );
+            if let Some(m) = &state.mirror {
+                println!(
+                    "  mirror   {}   package mirror: http://{}{} (requests in {})",
+                    m.ip,
+                    m.ip,
+                    kforge_lab::mirror::PATH,
+                    m.log.display()
+                );
+            }
             for m in &state.machines {
                 let addr = m.public_ip.map_or(format!("behind NAT, ssh via {}", m.ssh_ip), |ip| ip.to_string());
                 let forge = if m.forge {
@@ -533,6 +567,19 @@ fn lab(cmd: LabCommand) -> Result<(), CliError> {
                 ),
             }
             println!("stop: kforge lab down --dir {d}");
+        }
+        LabCommand::Mirror { action, dir } => {
+            let m = kforge_lab::set_mirror(&dir, action == LabMirrorAction::Start)?;
+            match action {
+                LabMirrorAction::Start => {
+                    println!("lab mirror: serving at http://{}{}", m.ip, kforge_lab::mirror::PATH)
+                }
+                LabMirrorAction::Stop => println!("lab mirror: stopped (http://{} refuses connections)", m.ip),
+            }
+        }
+        LabCommand::ServeMirror { root, listen, log } => {
+            kforge_lab::mirror::serve(&root, listen, &log)
+                .map_err(|e| CliError::Other(format!("serving the lab's mirror on {listen}: {e}")))?;
         }
         LabCommand::Down { dir, all } => {
             if all {

@@ -79,6 +79,9 @@ pub fn plan_text(plan: &Plan) -> String {
         let _ = writeln!(o);
         let endpoint = node.endpoint.as_deref().unwrap_or("behind NAT");
         let _ = writeln!(o, "{}  {role}  mesh {}  endpoint {endpoint}", node.node, node.mesh_ip);
+        // Installed first, where missing (apply reads which in its facts).
+        let packages: Vec<&str> = node.packages.iter().map(|p| p.name()).collect();
+        let _ = writeln!(o, "  packages  {}  (installed where missing, before the phases)", packages.join(" "));
         for phase in &node.phases {
             let _ = writeln!(o, "  {}", phase.phase.name());
             for a in &phase.artifacts {
@@ -217,8 +220,11 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
     }
     if report.dry_run {
         for h in &report.hosts {
-            let changes =
-                h.files_added.len() + h.files_changed.len() + h.files_removed.len() + h.artifacts_uploaded.len();
+            let changes = h.files_added.len()
+                + h.files_changed.len()
+                + h.files_removed.len()
+                + h.artifacts_uploaded.len()
+                + h.packages_installed.len();
             let _ = writeln!(
                 o,
                 "{}: {}",
@@ -242,6 +248,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
                     ),
                 }
             );
+            if !h.packages_installed.is_empty() {
+                let _ = writeln!(o, "  + packages {}  (apt-get install)", h.packages_installed.join(" "));
+            }
             for f in &h.artifacts_uploaded {
                 let _ = writeln!(o, "  ^ {f}  (upload)");
             }
@@ -311,6 +320,9 @@ pub fn apply_summary(report: &kforge_ssh::ApplyReport) -> String {
         );
         if let Some(e) = &h.error {
             let _ = writeln!(o, "  {}: {e}", h.node);
+        }
+        if !h.packages_installed.is_empty() {
+            let _ = writeln!(o, "  {}: installed {}", h.node, h.packages_installed.join(", "));
         }
         for x in &h.handed_over {
             let _ = writeln!(o, "  {}: --hand-over: {x}", h.node);

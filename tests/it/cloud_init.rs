@@ -50,8 +50,32 @@ fn cloud_init_accepts_every_user_data_and_it_carries_the_exact_files() {
             // Packages are the bootstrap's job (only what is missing, as over SSH): a host
             // whose image has them boots without a package mirror.
             assert!(doc.get("packages").is_none() && doc.get("package_update").is_none(), "{doc}");
+            // The plan's package list, installed where missing before anything needs it:
+            // never by command name (Debian's nginx has no stream module).
             let script = std::fs::read_to_string(out.join(name).join("var/lib/kforge/bootstrap.sh")).unwrap();
-            assert!(script.contains("kf_need wg wireguard-tools") && script.contains("kf_need nft nftables"));
+            let installs: Vec<&str> = script.lines().filter(|l| l.starts_with("kf_install ")).collect();
+            assert_eq!(installs.len(), 1, "{example}/{name}: one install step:\n{installs:?}");
+            let listed: Vec<&str> = installs[0]
+                .split_whitespace()
+                .skip(1)
+                .map(|a| a.trim_matches('\'').split('=').next().unwrap())
+                .collect();
+            let packages: Vec<&str> =
+                node["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+            assert_eq!(listed, packages, "{example}/{name}");
+            assert!(packages.starts_with(&["wireguard-tools"]), "{example}/{name}: {packages:?}");
+            assert!(script.find("kf_install ") < script.find("--- phase: "), "{example}/{name}: installed first");
+            // Wherever a balancer loads nginx's stream module, its package is installed.
+            let balancer = planned.iter().any(|f| {
+                let on_disk = out.join(name).join(f["path"].as_str().unwrap().trim_start_matches('/'));
+                std::fs::read_to_string(on_disk)
+                    .is_ok_and(|t| t.contains("load_module /usr/lib/nginx/modules/ngx_stream_module.so"))
+            });
+            assert_eq!(
+                packages.contains(&"libnginx-mod-stream"),
+                balancer,
+                "{example}/{name}: a balancer runs here: {balancer}, packages {packages:?}"
+            );
         }
     }
 }

@@ -69,7 +69,7 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
     let steps = vec![
         Step::Comment("what follows".into()),
         Step::Log("node: phase mesh".into()),
-        Step::Need { command: "nft".into(), package: "nftables".into() },
+        Step::Install(vec![kforge_core::packages::Package::Nftables, kforge_core::packages::Package::NginxStream]),
         Step::Fetch {
             name: "k3s".into(),
             url: "https://example.invalid/k3s?x=1&y=2".into(),

@@ -9,6 +9,10 @@ use std::net::SocketAddrV4;
 use crate::plan::{PlannedFile, PlannedUnit};
 use crate::systemd::UnitFile;
 
+/// nginx's stream module where Debian's `libnginx-mod-stream` installs it (`nginx`
+/// neither depends on nor recommends that package: `packages::Package::NginxStream`).
+pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 /// nginx.conf of a balancer: `listen 127.0.0.1:PORT`, TCP passthrough to `backends`.
 pub fn nginx_stream_conf(title: &str, unit: &str, port: u16, backends: &[SocketAddrV4]) -> String {
     let upstreams: String =
@@ -17,7 +21,7 @@ pub fn nginx_stream_conf(title: &str, unit: &str, port: u16, backends: &[SocketA
         "# {title}. Managed by kforge.\n\
          # TCP passthrough: TLS is end to end between the client and an API server, so the\n\
          # certificates and client identities are untouched.\n\
-         load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         load_module {STREAM_MODULE};\n\
          pid /run/{pid}.pid;\n\
          error_log stderr;\n\
          worker_processes 1;\n\
@@ -69,6 +73,3 @@ pub fn planned_unit(name: &str, files: &[PlannedFile]) -> PlannedUnit {
         joins: None,
     }
 }
-
-/// The Debian/Ubuntu packages a balancer needs (nginx and its stream module).
-pub const PACKAGES: [&str; 2] = ["nginx", "libnginx-mod-stream"];

@@ -310,10 +310,6 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     if spec.artifacts.k3s.is_some() {
         restart_on.push(BINARY.into());
     }
-    if !balancer.is_empty() {
-        plan.packages.extend(crate::balancer::PACKAGES.map(String::from));
-        plan.required_commands.push("nginx".into());
-    }
     let p = plan.phase(phase);
     // The balancer first: K3s dials it as soon as it starts.
     if !balancer.is_empty() {

@@ -20,8 +20,6 @@ pub const FIREWALL_UNIT: &str = "kforge-firewall.service";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-kforge.conf";
 /// True when the kernel forwards IPv4, which pods and NAT relaying need.
 const FORWARDING_ON: &str = "[ \"$(sysctl -n net.ipv4.ip_forward)\" = 1 ]";
-/// What the host needs from its package manager (Debian/Ubuntu names).
-pub const HOST_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
 
 /// Bring a bundle (or a new one) up to date with the spec: identity material
 /// first, then the leaves whose requests depend on the model.
@@ -250,7 +248,6 @@ fn plan_member(
     let wg_path = format!("/etc/wireguard/{iface}.conf");
     let mut np =
         NodePlan::new(&node.name, node.role.clone(), me.mesh_ip.to_string(), node.endpoint.map(|e| e.to_string()));
-    np.packages = HOST_PACKAGES.iter().map(|s| s.to_string()).collect();
     np.arch = caps.arch.or(node.arch);
 
     let key = PrivateKey::parse(&secrets.wireguard[&node.name]).expect("bundle holds valid keys");
@@ -378,6 +375,7 @@ fn plan_member(
             recheck: None,
         });
     }
+    np.packages = packages_of(model, node, &np);
     if caps.userspace_wireguard {
         use_userspace_wireguard(&mut np, iface, caps.boringtun_upload.as_deref());
     } else {
@@ -387,6 +385,19 @@ fn plan_member(
         np.without_wireguard_module = Some(Box::new(userspace));
     }
     np
+}
+
+/// The OS packages this node's plan needs (`packages::for_node`), from what the plan
+/// runs: a local API balancer (nginx's stream module), and artifacts its bootstrap
+/// downloads by URL (curl).
+fn packages_of(model: &Model<'_>, node: &crate::spec::Node, np: &NodePlan) -> Vec<crate::packages::Package> {
+    let balancer = np.units().any(|u| u.name == hardway::API_BALANCER_UNIT || u.name == k3s::REGISTRATION_UNIT);
+    let fetches = np
+        .phases
+        .iter()
+        .flat_map(|p| &p.artifacts)
+        .any(|a| matches!(a.source, crate::plan::ArtifactSource::Url { .. }) && a.sha256.is_some());
+    crate::packages::for_node(model.spec, node, balancer, fetches)
 }
 
 fn notes(model: &Model<'_>) -> Vec<String> {

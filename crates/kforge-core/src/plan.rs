@@ -447,11 +447,9 @@ pub struct NodePlan {
     pub control_plane: bool,
     pub mesh_ip: String,
     pub endpoint: Option<String>,
-    /// OS packages the host needs (Debian/Ubuntu names).
-    pub packages: Vec<String>,
-    /// Commands preflight requires on the host (from those packages).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub required_commands: Vec<String>,
+    /// OS packages the host needs (Debian/Ubuntu names, `packages::for_node`): apply
+    /// installs those its facts find missing, the bootstrap those it finds missing.
+    pub packages: Vec<crate::packages::Package>,
     /// The host must have swap off (a kubelet refuses to run with it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub swap_forbidden: bool,
@@ -484,7 +482,6 @@ impl NodePlan {
             mesh_ip,
             endpoint,
             packages: Vec::new(),
-            required_commands: Vec::new(),
             swap_forbidden: false,
             requires_cgroup_v2: false,
             arch: None,

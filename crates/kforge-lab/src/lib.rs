@@ -20,8 +20,10 @@ pub mod host_sysctls;
 pub mod images;
 mod machine;
 pub use machine::MachineSeed;
+pub mod mirror;
 mod net;
 pub mod rootfs;
+pub use rootfs::Image;
 mod sh;
 
 use std::fs;
@@ -56,7 +58,11 @@ pub struct UpOptions<'a> {
     pub nodes: Option<usize>,
     /// Machines behind NAT; `None`: the example's default ([`LabExample::default_behind_nat`]).
     pub behind_nat: Option<Vec<String>>,
+    /// Where debootstrap and the lab's package mirror fetch from (default: this
+    /// workstation's apt sources).
     pub mirror: Option<String>,
+    /// The machines' image (what a provider hands out: nothing kforge needs).
+    pub image: Image,
     pub example: LabExample,
     /// Let the lab set the kernel-wide sysctls real kubelets require (see
     /// [`host_sysctls`]); the hardway lab refuses to start without it.
@@ -169,6 +175,12 @@ pub struct LabState {
     /// lab goes down).
     #[serde(default)]
     pub host_sysctls: bool,
+    /// The machines' image.
+    #[serde(default)]
+    pub image: Image,
+    /// The package mirror on the lab's internet.
+    #[serde(default)]
+    pub mirror: Option<mirror::MirrorState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,7 +310,7 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
             opts.dir.display()
         )));
     }
-    let image = rootfs::ensure(opts.mirror.as_deref(), log)?;
+    let image = rootfs::ensure(opts.image, opts.mirror.as_deref(), log)?;
     fs::create_dir_all(&opts.dir).map_err(|e| LabError::io(&opts.dir, e))?;
     let dir = fs::canonicalize(&opts.dir).map_err(|e| LabError::io(&opts.dir, e))?;
     let id = kforge_core::hashing::sha256_hex(dir.display().to_string().as_bytes())[..4].to_string();
@@ -313,6 +325,8 @@ pub fn up(opts: &UpOptions, log: &dyn Fn(&str)) -> Result<LabState, LabError> {
         host_veth: format!("kfl{id}"),
         machines: Vec::new(),
         host_sysctls: false,
+        image: opts.image,
+        mirror: None,
         id,
     };
     state.save()?;
@@ -373,7 +387,7 @@ fn inotify_instances_in_use() -> usize {
 /// Everything `up` creates after its state is saved (so a failure can be undone).
 fn prepare_and_build(
     state: &mut LabState,
-    image: &Path,
+    image: &rootfs::Cached,
     names: &[String],
     behind_nat: &[String],
     opts: &UpOptions,
@@ -420,7 +434,7 @@ fn prepare_and_build(
 
 fn build(
     state: &mut LabState,
-    image: &Path,
+    image: &rootfs::Cached,
     names: &[String],
     nat: &[String],
     example: LabExample,
@@ -436,6 +450,26 @@ fn build(
     let prefix = state.subnet.prefix_len();
     net::create_wan(&state.wan_ns, &state.host_veth, state.workstation_ip, prefix)?;
     fs::create_dir_all(dir.join("machines")).map_err(|e| LabError::io(&dir, e))?;
+    // The provider's package mirror, up before any machine boots (user-data installs
+    // packages at boot).
+    let mut m = mirror::MirrorState {
+        ip: net::host(state.subnet, mirror::HOST),
+        root: image.mirror.clone(),
+        log: dir.join("mirror.log"),
+        pid: None,
+    };
+    state.mirror = Some(m.clone());
+    state.save()?;
+    mirror::start(state, &mut m)?;
+    log(&format!(
+        "package mirror: http://{}{} ({} image, requests in {})",
+        m.ip,
+        mirror::PATH,
+        state.image,
+        m.log.display()
+    ));
+    state.mirror = Some(m);
+    state.save()?;
 
     let mut known_hosts = String::new();
     let mut forge_host_key = None;
@@ -472,7 +506,8 @@ fn build(
         let mdir = state.runtime.join(name);
         // Its own address as nameserver: nothing answers DNS there, and no query leaves
         // the machine (CoreDNS forwards outside names to the node's resolver).
-        let host_key = machine::prepare(image, &mdir, name, &authorized, state.machines[machine].ssh_ip)?;
+        let host_key =
+            machine::prepare(&image.root, &mdir, name, &authorized, state.machines[machine].ssh_ip, mirror_ip(state))?;
         known_hosts.push_str(&format!("{} {host_key}\n", state.machines[machine].ssh_ip));
         if state.machines[machine].forge {
             forge_host_key =
@@ -623,7 +658,7 @@ pub fn add(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<MachineState, L
             "`{name}`: a machine name is lowercase letters, digits and '-' (at most 20)"
         )));
     }
-    let image = rootfs::ensure(None, log)?;
+    let image = rootfs::ensure(state.image, None, log)?;
     let authorized = fs::read_to_string(state.dir.join("id_ed25519.pub")).map_err(|e| LabError::io(&state.dir, e))?;
     // The next free public address and port name after every machine the lab has had.
     let used: Vec<std::net::Ipv4Addr> = state.machines.iter().filter_map(|m| m.public_ip).collect();
@@ -638,7 +673,7 @@ pub fn add(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<MachineState, L
     state.save()?;
     net::attach(&state.wan_ns, &ns, &format!("m{i}"), public, state.subnet.prefix_len())?;
     let mdir = state.runtime.join(name);
-    let host_key = machine::prepare(&image, &mdir, name, &authorized, public)?;
+    let host_key = machine::prepare(&image.root, &mdir, name, &authorized, public, mirror_ip(&state))?;
     let known_hosts = state.dir.join("known_hosts");
     let mut known = fs::read_to_string(&known_hosts).map_err(|e| LabError::io(&known_hosts, e))?;
     known.push_str(&format!("{public} {host_key}\n"));
@@ -671,10 +706,10 @@ pub fn reinstall(dir: &Path, name: &str, log: &dyn Fn(&str)) -> Result<String, L
     machine::remove(&mdir);
     machine::remove_cgroups(&state.machines[i].cgroups);
     state.save()?;
-    let image = rootfs::ensure(None, log)?;
+    let image = rootfs::ensure(state.image, None, log)?;
     let authorized = fs::read_to_string(state.dir.join("id_ed25519.pub")).map_err(|e| LabError::io(&state.dir, e))?;
     let m = state.machines[i].clone();
-    let host_key = machine::prepare(&image, &mdir, name, &authorized, m.ssh_ip)?;
+    let host_key = machine::prepare(&image.root, &mdir, name, &authorized, m.ssh_ip, mirror_ip(&state))?;
     let log_path = state.dir.join("machines").join(format!("{name}.log"));
     let pid = machine::boot(&mdir, name, &m.ns, &m.cgroups, &log_path)?;
     state.machines[i].pid = Some(pid);
@@ -781,6 +816,9 @@ pub fn down_all(log: &dyn Fn(&str)) -> Result<usize, LabError> {
 pub(crate) const RUNTIME_ROOT: &str = "/var/lib/kforge-lab";
 
 fn down_state(state: &LabState, log: &dyn Fn(&str)) {
+    if let Some(m) = &state.mirror {
+        mirror::stop(&mut m.clone());
+    }
     for m in &state.machines {
         if let Some(pid) = m.pid {
             machine::stop(pid);
@@ -802,6 +840,28 @@ fn down_state(state: &LabState, log: &dyn Fn(&str)) {
     for f in ["lab.json", "ssh_config", "known_hosts", "id_ed25519", "id_ed25519.pub"] {
         let _ = fs::remove_file(state.dir.join(f));
     }
+}
+
+/// The address machines reach the lab's package mirror at (a lab from before the
+/// mirror has none: its machines keep whatever sources their image had).
+fn mirror_ip(state: &LabState) -> Option<Ipv4Addr> {
+    state.mirror.as_ref().map(|m| m.ip)
+}
+
+/// Take the lab's package mirror down (`false`) or bring it back (`true`), as a
+/// provider's mirror outage: machines meet "connection refused" on its address.
+pub fn set_mirror(dir: &Path, up: bool) -> Result<mirror::MirrorState, LabError> {
+    let mut state = LabState::load(dir)?;
+    let mut m = state.mirror.clone().ok_or_else(|| LabError::Setup("this lab has no package mirror".into()))?;
+    match (up, m.pid.is_some_and(mirror::is_running)) {
+        (true, false) => mirror::start(&state, &mut m)?,
+        (false, true) => mirror::stop(&mut m),
+        (false, false) => m.pid = None,
+        (true, true) => {}
+    }
+    state.mirror = Some(m.clone());
+    state.save()?;
+    Ok(m)
 }
 
 /// One line per machine: running, address, SSH reachable.
@@ -841,6 +901,9 @@ pub fn leftovers(state: &LabState) -> Vec<String> {
     }
     if net::ns_exists(&state.wan_ns) {
         v.push(format!("namespace {}", state.wan_ns));
+    }
+    if let Some(pid) = state.mirror.as_ref().and_then(|m| m.pid).filter(|p| mirror::is_running(*p)) {
+        v.push(format!("mirror process {pid}"));
     }
     if Path::new("/sys/class/net").join(&state.host_veth).exists() {
         v.push(format!("interface {}", state.host_veth));
@@ -894,6 +957,8 @@ mod tests {
             host_veth: "veth".into(),
             machines,
             host_sysctls: false,
+            image: Image::default(),
+            mirror: None,
         }
     }
 

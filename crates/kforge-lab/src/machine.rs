@@ -25,6 +25,7 @@ pub fn prepare(
     name: &str,
     authorized_key: &str,
     nameserver: std::net::Ipv4Addr,
+    mirror: Option<std::net::Ipv4Addr>,
 ) -> Result<String, LabError> {
     for sub in ["upper", "work", "root"] {
         fs::create_dir_all(dir.join(sub)).map_err(|e| LabError::io(dir, e))?;
@@ -51,6 +52,10 @@ pub fn prepare(
         &format!("# kforge lab: a lab address (nothing answers DNS there)\nnameserver {nameserver}\n"),
         0o644,
     )?;
+    // apt installs from the lab's mirror, as a VPS from its provider's.
+    if let Some(ip) = mirror {
+        write(crate::mirror::SOURCES_FILE, &crate::mirror::sources_line(ip), 0o644)?;
+    }
     write(MACHINE_INIT_PATH, MACHINE_INIT, 0o755)?;
     // No login on the console: getty's vhangup() of /dev/console at boot sends SIGHUP to
     // whoever holds it as controlling terminal — a kubelet that opened /dev/kmsg (linked

@@ -118,6 +118,7 @@ fn run(
             h.fail(format!("not started: removing {} failed, so this apply stopped before the stages", failed.node));
         }
     }
+    install_packages(&mut hosts, opts, progress);
     let snapshot = run_stages(&mut hosts, &plan, opts, progress);
     finish_hosts(&mut hosts, &plan, opts);
     drop(locks);
@@ -285,6 +286,38 @@ fn hand_over(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str
             match h.host.run_script(&format!("hand over {unit}"), &script) {
                 Ok(_) => h.report.handed_over.push(format!("stopped and disabled {unit} ({held})")),
                 Err(e) => return h.fail(format!("--hand-over {unit}: {e}")),
+            }
+        }
+    });
+}
+
+/// The plan's packages each host's facts found missing, in one `apt-get install` per
+/// host, before any phase needs them (the bootstrap's first step installs the same
+/// list). A host whose install fails drops out with apt's own words and nothing of the
+/// plan started; a host that lacks nothing runs no apt at all.
+fn install_packages(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
+    parallel(hosts, opts.parallel, |h| {
+        let missing = h.facts.missing_packages.clone();
+        if missing.is_empty() {
+            return;
+        }
+        h.report.packages_installed = missing.iter().map(|p| p.name().to_string()).collect();
+        let what = format!("install packages: {} (apt-get)", h.report.packages_installed.join(", "));
+        if opts.dry_run {
+            h.report.steps.push(StepTime { step: what, seconds: 0.0 });
+            return;
+        }
+        progress(
+            &h.host.node,
+            &format!("{what}, from the host's package sources (apt waits up to 5 min for its lock)"),
+        );
+        let started = Instant::now();
+        let script = to_shell(&["kforge apply: the plan's packages this host lacks".into()], &[Step::Install(missing)]);
+        match h.host.run_script("install packages", &script) {
+            Ok(_) => h.step(&what, started),
+            Err(e) => {
+                h.report.packages_installed.clear();
+                h.fail(format!("packages: {e}"));
             }
         }
     });

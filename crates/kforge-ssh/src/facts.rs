@@ -48,8 +48,10 @@ pub struct NodeFacts {
     pub listening: BTreeSet<String>,
     /// Leftover temp files of an interrupted apply.
     pub stale_temp_files: Vec<String>,
-    /// Of the plan's required commands, those the host lacks.
-    pub missing_commands: Vec<String>,
+    /// Of the plan's packages, those the host lacks (`Package::proof` not found).
+    pub missing_packages: Vec<kforge_core::packages::Package>,
+    /// The host has apt-get, to install them with.
+    pub apt: bool,
     /// The plan's recheck tests (`PlannedCommand::recheck`) that failed here: state
     /// outside kforge's files that was undone since the last apply.
     pub failed_rechecks: BTreeSet<String>,
@@ -172,7 +174,7 @@ pub fn gather_with(
         "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nKF_READ_ONLY={}\n{FACTS_SH}\necho {FACTS_END}\n{then}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
-        sh_array("KF_COMMANDS", &plan.required_commands),
+        sh_array("KF_PACKAGES", &plan.packages.iter().map(|p| p.install_arg()).collect::<Vec<_>>()),
         sh_array("KF_DIRS", &dirs),
         sh_array("KF_RECHECKS", &rechecks),
         sh_array("KF_RUNNING", &running(plan)),
@@ -211,6 +213,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 "wg_kernel" => f.wireguard_kernel = v == "yes",
                 "boringtun" => f.boringtun = v == "yes",
                 "firewall" => f.firewall_table = v == "yes",
+                "apt" => f.apt = v == "yes",
                 _ => {}
             }
             continue;
@@ -231,7 +234,11 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
             (Some("pending"), Some(name), None) => {
                 f.pending.insert(name.into());
             }
-            (Some("missing"), Some(name), None) => f.missing_commands.push(name.into()),
+            (Some("missing-package"), Some(name), None) => {
+                if let Some(p) = kforge_core::packages::Package::ALL.into_iter().find(|p| p.name() == name) {
+                    f.missing_packages.push(p);
+                }
+            }
             (Some("manifest"), Some(b64), None) => {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
@@ -352,7 +359,7 @@ mod tests {
     fn parses_a_facts_transcript() {
         let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
-            pending k3s.service\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
+            pending k3s.service\nmissing-package libnginx-mod-stream\napt=yes\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
         let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
@@ -363,6 +370,8 @@ mod tests {
         assert!(f.pending.contains("k3s.service"));
         assert!(f.listening.contains("udp/51820"));
         assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
+        assert_eq!(f.missing_packages, [kforge_core::packages::Package::NginxStream]);
+        assert!(f.apt);
         let r = f.running_versions("lab-1");
         assert_eq!(r.versions[&Component::Kubelet].to_string(), "1.36.3");
         assert_eq!(r.versions[&Component::Etcd].to_string(), "3.6.16");

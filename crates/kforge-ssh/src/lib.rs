@@ -111,6 +111,9 @@ pub struct HostReport {
     pub files_changed: Vec<String>,
     pub files_removed: Vec<String>,
     pub artifacts_uploaded: Vec<String>,
+    /// OS packages installed here (with `--dry-run`: to install), as the facts found
+    /// them missing (`packages::for_node`).
+    pub packages_installed: Vec<String>,
     pub units_restarted: Vec<String>,
     pub units_reloaded: Vec<String>,
     pub temp_files_cleaned: usize,

@@ -44,9 +44,16 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
                 "{node}: the host runs cgroup v1, which the kubelet refuses since Kubernetes 1.35: boot it with cgroup v2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line), or set spec.hardway.allowCgroupV1: true to run on v1 anyway (in maintenance upstream)"
             ));
         }
-        for c in &f.missing_commands {
-            problems
-                .push(format!("{node}: `{c}` is not installed; install it first (Debian/Ubuntu: apt-get install {c})"));
+        // Missing packages are apply's to install, with apt; without apt, the operator's.
+        if !f.apt && !f.missing_packages.is_empty() {
+            let names: Vec<&str> = f.missing_packages.iter().map(|p| p.name()).collect();
+            let why: Vec<String> =
+                f.missing_packages.iter().map(|p| format!("\n    {}: {}", p.name(), p.why())).collect();
+            problems.push(format!(
+                "{node}: lacks {} and has no apt-get to install them with; install them (or your distribution's equivalents) by hand, then apply again:{}",
+                names.join(", "),
+                why.concat()
+            ));
         }
         // A port kforge needs that no program of kforge's holds: either its holder is
         // known (a conflict: `conflicts`, which the operator may hand over) or, on a
@@ -169,21 +176,25 @@ mod tests {
     }
 
     #[test]
-    fn refuses_swap_on_a_worker_and_a_missing_command_by_name() {
+    fn refuses_swap_on_a_worker_and_missing_packages_only_where_there_is_no_apt() {
+        use kforge_core::packages::Package;
         let mut w = NodePlan::new("w", Roles::new(vec![Role::Controller, Role::Worker]), "10.4.0.1".into(), None);
         w.swap_forbidden = true;
         let mut f = facts("w", "1111", 1000, "systemd");
         f.swap_on = true;
-        f.missing_commands = vec!["nginx".into()];
+        f.missing_packages = vec![Package::Nginx, Package::NginxStream];
         assert_eq!(
             check(&[(&w, &f)], 1000, 51820),
             [
                 "w: swap is on and the kubelet refuses to run with it: `swapoff -a` and remove swap from /etc/fstab",
-                "w: `nginx` is not installed; install it first (Debian/Ubuntu: apt-get install nginx)",
+                "w: lacks nginx, libnginx-mod-stream and has no apt-get to install them with; install them (or your distribution's equivalents) by hand, then apply again:\n    nginx: nginx: the hard way's /healthz proxy on controllers, and kforge's local API balancers\n    libnginx-mod-stream: nginx's stream module (not in Debian's nginx package): the API balancer of hard-way workers and the registration balancer of K3s joiners",
             ]
         );
+        f.apt = true;
+        f.swap_on = false;
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "with apt, apply installs them");
         w.swap_forbidden = false;
-        f.missing_commands.clear();
+        f.missing_packages.clear();
         w.requires_cgroup_v2 = true;
         f.cgroup_version = 1;
         let refused = check(&[(&w, &f)], 1000, 51820);

@@ -84,26 +84,8 @@ pub fn controllers<'m>(model: &'m Model<'_>) -> Vec<&'m Member> {
     v
 }
 
-/// Commands preflight requires on the host before anything is written, for what
-/// kforge starts there (each is also the name of its Debian/Ubuntu package).
-pub fn required_commands(model: &Model<'_>, node: &Node) -> Vec<String> {
-    let mut v = Vec::new();
-    // nginx: the /healthz proxy on controllers, the API load balancer on workers.
-    v.push("nginx".to_string());
-    if node.role.has(Role::Worker) && !is_stand_in(model, Component::Kubelet) {
-        v.extend(["conntrack", "socat", "ipset"].map(String::from));
-    }
-    v
-}
-
 /// Add everything a hardway node runs to its plan.
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
-    np.required_commands = required_commands(model, node);
-    np.packages.extend(np.required_commands.iter().cloned());
-    if node.role.has(Role::Worker) {
-        // The API load balancer is nginx's stream module (a separate package on Debian).
-        np.packages.push("libnginx-mod-stream".into());
-    }
     np.swap_forbidden = node.role.has(Role::Worker) && !is_stand_in(model, Component::Kubelet);
     np.requires_cgroup_v2 = np.swap_forbidden && !model.spec.spec.hardway.allow_cgroup_v1;
     artifacts::plan(model, node, np);

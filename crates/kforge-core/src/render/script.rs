@@ -28,11 +28,9 @@ pub const PATH: &str = BOOTSTRAP_SCRIPT;
 pub fn bootstrap_steps(plan: &Plan, node: &NodePlan) -> Vec<Step> {
     let mut steps = vec![
         Step::RecordOutcome(BOOTSTRAP_OUTCOME.into()),
-        Step::Need { command: "wg".into(), package: "wireguard-tools".into() },
-        Step::Need { command: "nft".into(), package: "nftables".into() },
+        // The plan's package list, before anything needs it (apply installs the same).
+        Step::Install(node.packages.clone()),
     ];
-    // The commands kforge requires are named like their Debian/Ubuntu packages.
-    steps.extend(node.required_commands.iter().map(|c| Step::Need { command: c.clone(), package: c.clone() }));
     // The record first: every file is in place (write_files, the tree) before the
     // script runs, and a unit that takes its port marks the host as kforge's.
     let record = |n: &NodePlan| Step::RecordManifest {

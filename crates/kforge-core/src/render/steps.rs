@@ -39,11 +39,9 @@ pub enum Step {
     Comment(String),
     /// Progress on stderr.
     Log(String),
-    /// Install `package` when `command` is missing (apt hosts).
-    Need {
-        command: String,
-        package: String,
-    },
+    /// Install, in one `apt-get install`, those of the packages this host lacks (each
+    /// judged by its proof, `Package::proof`); the units they enable are left off.
+    Install(Vec<crate::packages::Package>),
     /// Download `url`, verify it against `sha256`, install it at `dest`.
     Fetch {
         name: String,
@@ -171,7 +169,10 @@ fn render_step(s: &mut String, step: &Step) {
     let _ = match step {
         Step::Comment(text) => writeln!(s, "\n# {text}"),
         Step::Log(text) => writeln!(s, "log {}", q(text)),
-        Step::Need { command, package } => writeln!(s, "kf_need {} {}", q(command), q(package)),
+        Step::Install(packages) => {
+            let args: Vec<String> = packages.iter().map(|p| q(&p.install_arg())).collect();
+            writeln!(s, "kf_install {}", args.join(" "))
+        }
         Step::Fetch { name, url, sha256, dest, mode } => {
             writeln!(s, "kf_fetch {} {} {} {} {mode:o}", q(name), q(url), q(sha256), q(dest))
         }

@@ -2,7 +2,8 @@
 # the digest cache (rewritten only when a digest changed). Inputs (arrays, set by kforge before this file):
 #   KF_PATHS     files whose sha256 the apply needs (planned files, artifacts)
 #   KF_UNITS     units whose state it needs
-#   KF_COMMANDS  commands the plan requires
+#   KF_PACKAGES  `NAME=PROOF` for each package the plan needs: reported missing when
+#                its proof (a command on PATH, or a path) is not on the host
 #   KF_DIRS      directories where an interrupted apply may have left temp files
 #   KF_RECHECKS  read-only tests of state outside kforge's files (an imported image,
 #                a kernel setting); each failing one is reported by its index
@@ -135,9 +136,14 @@ if command -v wg >/dev/null 2>&1; then
     echo "listen udp/$port wireguard:$iface $u"
   done
 fi
-for c in "${KF_COMMANDS[@]}"; do
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || echo "missing $c"
+for e in "${KF_PACKAGES[@]}"; do
+  p=${e#*=}
+  case $p in
+    /*) [ -e "$p" ] ;;
+    *) PATH="$PATH:/usr/sbin:/sbin" command -v "$p" >/dev/null 2>&1 ;;
+  esac || echo "missing-package ${e%%=*}"
 done
+if command -v apt-get >/dev/null 2>&1; then echo apt=yes; else echo apt=no; fi
 kf_temp_dirs=()
 for d in "${KF_DIRS[@]}"; do [ -d "$d" ] && kf_temp_dirs+=("$d"); done
 [ ${#kf_temp_dirs[@]} -eq 0 ] || find "${kf_temp_dirs[@]}" -maxdepth 1 -name '.*.kforge-tmp-*' -printf 'tmp %p\n'

@@ -192,15 +192,63 @@ kf_record_digests() {
   printf '%s' "$out" | sort -u > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
 }
 
-# kf_need COMMAND PACKAGE: install PACKAGE when COMMAND is missing (apt hosts).
-kf_need() {
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1 && return 0
-  KF_STEP="install $2"
-  command -v apt-get >/dev/null 2>&1 || fail "$1 is missing; install package $2"
-  # A fresh cloud image may have no package lists yet.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; } \
-    || fail "$1 is missing and apt-get could not install $2"
+# kf_has PROOF: a command on PATH (the sbin directories too), or an absolute path that exists.
+kf_has() {
+  case $1 in
+    /*) [ -e "$1" ] ;;
+    *) PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+# kf_apt ARGS…: apt-get, non-interactive, waiting up to 5 minutes for the dpkg lock (a
+# fresh cloud VM runs apt at its first boot); its output on stdout.
+kf_apt() {
+  DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" 2>&1
+}
+
+# The policy-rc.d that keeps services stopped while kforge installs packages (the
+# marker tells an interrupted run's leftover from the host's own).
+KF_POLICY=/usr/sbin/policy-rc.d
+KF_POLICY_MARK="# kforge: no service starts while kforge installs packages"
+
+# kf_install NAME=PROOF…: install, in one apt-get install, the packages whose PROOF
+# (a command, or a file) this host lacks; nothing when it lacks none. `apt-get update`
+# runs only when apt cannot find a package (a fresh image has no package lists). No
+# service starts while they install (Debian's nginx would serve port 80, or fail on
+# it), and a service a package enables is disabled again: kforge runs what it needs
+# under its own units. apt downloads every package before it unpacks one, so a mirror
+# that fails installs none of them; the error names the packages and apt's own words.
+kf_install() {
+  local missing=() e out upd status=0 why u ours=0
+  for e in "$@"; do kf_has "${e#*=}" || missing+=("${e%%=*}"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  KF_STEP="install ${missing[*]}"
+  command -v apt-get >/dev/null 2>&1 \
+    || fail "this host lacks ${missing[*]} and has no apt-get: install them (your distribution's equivalents) by hand, then run again"
+  log "installing ${missing[*]} (apt-get, from this host's package sources)"
+  if [ ! -e "$KF_POLICY" ] || grep -qxF "$KF_POLICY_MARK" "$KF_POLICY" 2>/dev/null; then
+    printf '#!/bin/sh\n%s\nexit 101\n' "$KF_POLICY_MARK" > "$KF_POLICY"; chmod 755 "$KF_POLICY"; ours=1
+  fi
+  out=$(kf_apt install --no-install-recommends "${missing[@]}") || status=$?
+  if [ "$status" != 0 ] && grep -qE 'Unable to locate package|has no installation candidate|404 +Not Found' <<<"$out"; then
+    log "apt cannot find ${missing[*]} in its package lists: apt-get update, then again"
+    upd=$(kf_apt update) || true
+    status=0; out=$(kf_apt install --no-install-recommends "${missing[@]}") || status=$?
+    out="$upd"$'\n'"$out"
+  fi
+  [ "$ours" = 0 ] || rm -f "$KF_POLICY"
+  if [ "$status" != 0 ]; then
+    why=$(grep -E '^(E|W): ' <<<"$out" | grep -v 'Some index files failed' | sort -u | head -n 6 | tr '\n' ' ') || true
+    fail "apt-get could not install ${missing[*]}: ${why:-exit status $status}"
+  fi
+  for u in $(dpkg -L "${missing[@]}" 2>/dev/null | grep -E '^(/usr)?/lib/systemd/system/[^/@]+\.service$' | xargs -r -n1 basename | sort -u); do
+    if systemctl is-enabled -q "$u" 2>/dev/null; then
+      systemctl disable --now -q "$u"
+      log "$u came with its package and was left off: kforge runs what it needs under its own units"
+    fi
+  done
+  echo "KF installed ${missing[*]}"
 }
 
 mkdir -p "$KF_STATE/pending"
