@@ -311,3 +311,44 @@ fn a_workstation_kubeconfig_on_loopback_is_named() {
     assert_eq!(doctor::local_kubeconfig("k", &good, "https://10.4.0.1:6443").unwrap().verdict, Verdict::Ok);
     assert!(doctor::local_kubeconfig("k", "not a kubeconfig", "").is_none());
 }
+
+#[test]
+fn a_mesh_that_is_down_is_named_on_its_node_with_the_units_complaint() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-1" {
+                v.units.insert("wg-quick@wg0.service".into(), "failed".into());
+                v.unit_logs.insert("wg-quick@wg0.service".into(), "RTNETLINK answers: Operation not supported".into());
+            }
+        }),
+    );
+    let down = d.iter().find(|d| d.check == "mesh" && d.verdict == Verdict::Fail).expect("the mesh is named");
+    assert_eq!(down.node.as_deref(), Some("worker-1"), "{down:?}");
+    assert!(
+        down.evidence.contains("the mesh is down here: wg-quick@wg0.service is failed: RTNETLINK answers"),
+        "{down:?}"
+    );
+    assert!(down.fix.contains("systemctl restart wg-quick@wg0.service"), "{down:?}");
+    // Healthy hosts: the mesh is not named.
+    let d = judge_hosts(&input(&f.plan), &views(&f.plan, |_, _| {}));
+    assert!(d.iter().all(|d| !(d.check == "mesh" && d.verdict != Verdict::Ok)), "{d:#?}");
+}
+
+#[test]
+fn a_kubelet_host_with_the_memory_cgroup_off_is_named_with_the_kernel_command_line_fix() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            // Raspberry Pi OS's default; controllers run no kubelet in this fixture.
+            if n == "worker-0" || n == "controller-0" {
+                v.memory_cgroup = Some(false);
+            }
+        }),
+    );
+    assert_eq!(failing(&d), [("memory-cgroup", Verdict::Fail, "worker-0".to_string())]);
+    let off = d.iter().find(|d| d.check == "memory-cgroup" && d.verdict == Verdict::Fail).unwrap();
+    assert!(off.fix.contains("cgroup_memory=1 cgroup_enable=memory") && off.fix.contains("cmdline.txt"), "{off:?}");
+}

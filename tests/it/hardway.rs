@@ -407,7 +407,9 @@ fn the_bootstrap_script_installs_what_the_node_needs_and_never_starts_a_stand_in
     let out = ctx.render("out");
     let script = std::fs::read_to_string(out.join("lab-1/var/lib/kforge/bootstrap.sh")).unwrap();
     run("bash", &["-n", out.join("lab-1/var/lib/kforge/bootstrap.sh").to_str().unwrap()]);
-    assert!(script.contains("need nginx nginx"), "controllers need nginx for /healthz");
+    let install = script.lines().find(|l| l.starts_with("kf_install ")).expect("the bootstrap installs packages");
+    assert!(install.contains(" nginx=nginx"), "controllers need nginx for /healthz: {install}");
+    assert!(install.contains(" iptables=iptables"), "workers need iptables for kube-proxy: {install}");
     // etcd waits for a quorum; other controllers may boot later: never block on it.
     assert!(script.contains("kf_restart_no_block etcd.service"), "{script}");
     for stand_in in ["kube-apiserver.service", "kubelet.service", "containerd.service"] {

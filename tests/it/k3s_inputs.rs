@@ -17,7 +17,6 @@ use crate::util::{TestContext, run, run_with_input};
 /// The Kubernetes versions whose kube-apiserver reads kforge's K3s files.
 const APISERVERS: [&str; 2] = ["v1.37.2", "v1.36.3"];
 const STAGED_TLS: &str = "var/lib/kforge/handover/var/lib/rancher/k3s/server/tls";
-const TLS: &str = "var/lib/rancher/k3s/server/tls";
 
 /// `scripts/components` puts each release's programs in bin-VERSION/ (v1.37.2 with its
 /// etcd and kubectl; v1.36.3 with `--cluster-only v1.36.3`).
@@ -126,7 +125,6 @@ fn mint(dir: &Path, name: &str, ca: (&Path, &Path), subject: &str, usage: &str, 
 /// K3s would make from it.
 struct K3sServer {
     _ctx: TestContext,
-    tls: PathBuf,
     staged: PathBuf,
     certs: PathBuf,
     encryption_config: Option<PathBuf>,
@@ -163,7 +161,6 @@ impl K3sServer {
         let certs = ctx.path("k3s-made");
         std::fs::create_dir_all(&certs).unwrap();
         K3sServer {
-            tls: node.join(TLS),
             staged: node.join(STAGED_TLS),
             certs,
             encryption_config: encryption.exists().then_some(encryption),
@@ -269,6 +266,15 @@ fn apiserver_args(k3s: &K3sServer, etcd: &Etcd, service_key: &Path, port: u16) -
     let proxy = k3s.mint("client-auth-proxy", "request-header-ca", "/CN=system:auth-proxy", "clientAuth", "");
     let kubelet_client =
         k3s.mint("client-kube-apiserver", "client-ca", "/O=system:masters/CN=system:apiserver", "clientAuth", "");
+    // K3s mints its API serving certificate from the server CA kforge placed (kforge
+    // writes none: K3s re-issues it in its own renewal window).
+    let serving = k3s.mint(
+        "serving-kube-apiserver",
+        "server-ca",
+        "/CN=kube-apiserver",
+        "serverAuth",
+        &format!("DNS:localhost,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:{}", k3s.mesh_ip),
+    );
     let cert_dir = k3s.certs.join(format!("temporary-certs-{port}"));
     let mut args: Vec<String> = vec![
         format!("--cert-dir={}", s(&cert_dir)),
@@ -286,8 +292,8 @@ fn apiserver_args(k3s: &K3sServer, etcd: &Etcd, service_key: &Path, port: u16) -
         format!("--etcd-certfile={}", s(&etcd.client.0)),
         format!("--etcd-keyfile={}", s(&etcd.client.1)),
         // kforge's files:
-        format!("--tls-cert-file={}", s(&k3s.tls.join("serving-kube-apiserver.crt"))),
-        format!("--tls-private-key-file={}", s(&k3s.tls.join("serving-kube-apiserver.key"))),
+        format!("--tls-cert-file={}", s(&serving.0)),
+        format!("--tls-private-key-file={}", s(&serving.1)),
         format!("--client-ca-file={}", s(&k3s.ca("client-ca").0)),
         format!("--requestheader-client-ca-file={}", s(&k3s.ca("request-header-ca").0)),
         "--requestheader-allowed-names=system:auth-proxy".into(),

@@ -168,3 +168,67 @@ fn every_kind_of_apply_step_renders_to_clean_shell() {
     std::fs::write(&path, to_shell(&["every step".into()], &steps)).unwrap();
     shellcheck(&[path]);
 }
+
+/// `kf_node_labels`, run by bash against a kubectl that records what it was asked (the
+/// Kubernetes side is the real API server's in the hard-way lab): every mark of the list
+/// set, and of the marks last applied exactly those the list dropped taken off — a
+/// label by its key, a taint by key and effect — an applied list from before taints
+/// were listed included.
+#[test]
+fn kf_node_labels_sets_the_list_and_takes_off_only_what_it_dropped() {
+    let ctx = TestContext::new();
+    let log = ctx.path("kubectl.log");
+    ctx.write("kubectl", &format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()));
+    std::fs::set_permissions(ctx.path("kubectl"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let list = ctx.path("node-labels");
+    let applied = ctx.path("state/node-labels.applied");
+    let run = |list_text: &str| -> Vec<String> {
+        ctx.write("node-labels", list_text);
+        let _ = std::fs::remove_file(&log);
+        // The step functions without their last line (which makes kforge's state
+        // directory on a host: not on this workstation).
+        let prelude = kforge_core::render::steps::PRELUDE.replace("mkdir -p \"$KF_STATE/pending\"\n", "");
+        let script = format!(
+            "{prelude}\nkf_node_labels '{} --kubeconfig x' {} {}\n",
+            ctx.path("kubectl").display(),
+            list.display(),
+            applied.display()
+        );
+        let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains(" get "))
+            .map(String::from)
+            .collect()
+    };
+    let first = "edge-1 label svccontroller.k3s.cattle.io/enablelb=true\nedge-1 label tier=edge\npi-1 taint dedicated=home:NoSchedule\n";
+    assert_eq!(
+        run(first),
+        [
+            "--kubeconfig x label node edge-1 svccontroller.k3s.cattle.io/enablelb=true --overwrite",
+            "--kubeconfig x label node edge-1 tier=edge --overwrite",
+            "--kubeconfig x taint node pi-1 dedicated=home:NoSchedule --overwrite",
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(&applied).unwrap(), first, "applied as listed");
+    // edge-1 stops publishing (its ServiceLB label goes), tier changes value (kept by
+    // key), the taint's effect changes (the old one goes).
+    let second = "edge-1 label tier=core\npi-1 taint dedicated=home:NoExecute\n";
+    let calls = run(second);
+    assert_eq!(
+        calls,
+        [
+            "--kubeconfig x label node edge-1 tier=core --overwrite",
+            "--kubeconfig x taint node pi-1 dedicated=home:NoExecute --overwrite",
+            "--kubeconfig x label node edge-1 svccontroller.k3s.cattle.io/enablelb-",
+            "--kubeconfig x taint node pi-1 dedicated:NoSchedule-",
+        ]
+    );
+    // The applied list of an earlier kforge (`NODE KEY=VALUE`, labels only).
+    std::fs::write(&applied, "edge-1 zone=a\nedge-1 tier=core\n").unwrap();
+    let calls = run(second);
+    assert!(calls.contains(&"--kubeconfig x label node edge-1 zone-".to_string()), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.contains("tier-")), "{calls:?}");
+}

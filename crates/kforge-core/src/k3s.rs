@@ -8,15 +8,13 @@
 //! * Join tokens pin the CA: `K10<sha256 of server-ca.crt>::server:<secret>`; agents
 //!   get a separate agent token (`::node:`) so an agent cannot join as a server.
 
-use std::net::IpAddr;
-
 use serde::Serialize;
 
 use crate::hashing::sha256_hex;
 use crate::model::{Member, Model};
 use crate::paths::unit_file;
 use crate::pki::Ca;
-use crate::pki::{CertRequest, Usage};
+use crate::pki::CertRequest;
 use crate::plan::{NodePlan, Phase, PlannedArtifact, PlannedFile, PlannedUnit};
 use crate::secrets::SecretsBundle;
 use crate::spec::Node;
@@ -34,65 +32,19 @@ pub const AGENT_TOKEN_FILE: &str = "/etc/kforge/k3s/agent-token";
 /// and (since v1.32.0+k3s1) whenever a file there is added or changed while it runs.
 pub const IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
 
-/// Bundle id of a server's API serving certificate.
-pub fn serving_cert_id(node: &str) -> String {
-    format!("apiserver/{node}")
-}
-
 pub const ADMIN_CERT_ID: &str = "admin";
 
-/// Leaves kforge issues for a k3s cluster: the admin client and each server's
-/// API serving certificate.
-pub fn cert_requests(model: &Model<'_>) -> Vec<CertRequest> {
-    let mut out = vec![CertRequest::admin(ADMIN_CERT_ID)];
-    for (member, node) in model.servers() {
-        out.push(CertRequest {
-            id: serving_cert_id(&node.name),
-            issuer: Ca::Server,
-            common_name: "kube-apiserver".into(),
-            organizations: vec![],
-            dns_names: api_dns_names(model, node),
-            ip_addresses: api_ip_addresses(model, member),
-            usage: Usage::Server,
-        });
-    }
-    out
+/// Leaves kforge issues for a k3s cluster: the admin client. Every other leaf K3s mints
+/// itself from kforge's CAs, the API serving certificate included: K3s re-issues it
+/// within its own renewal window, so one kforge wrote would be rewritten by every apply
+/// (a K3s restart each time) until both gave up (`SERVING_FILES`).
+pub fn cert_requests(_model: &Model<'_>) -> Vec<CertRequest> {
+    vec![CertRequest::admin(ADMIN_CERT_ID)]
 }
 
-/// Every name a client may use for this server's API.
-pub fn api_dns_names(model: &Model<'_>, node: &Node) -> Vec<String> {
-    let domain = &model.spec.spec.network.cluster_domain;
-    let mut v = vec![
-        node.name.clone(),
-        "kubernetes".into(),
-        "kubernetes.default".into(),
-        "kubernetes.default.svc".into(),
-        "kubernetes.default.svc.cluster".into(),
-        format!("kubernetes.default.svc.{domain}"),
-        "localhost".into(),
-    ];
-    v.dedup();
-    v
-}
-
-/// Every address a client may use for this server's API. Together with
-/// [`api_dns_names`] this covers every SAN K3s itself requires of
-/// `serving-kube-apiserver.crt` (tls-san, node name and IPs, 127.0.0.1, ::1,
-/// localhost, the service IP), so K3s keeps kforge's certificate instead of
-/// minting its own.
-pub fn api_ip_addresses(model: &Model<'_>, member: &Member) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = vec![IpAddr::V4(member.mesh_ip)];
-    if model.api_address != member.mesh_ip {
-        v.push(IpAddr::V4(model.api_address));
-    }
-    if let Some(ep) = member.endpoint {
-        v.push(ep.ip());
-    }
-    v.push(model.kubernetes_service_ip);
-    v.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    v.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
-    v
-}
+/// The API serving certificate and key a kforge before this one wrote on each server:
+/// K3s's own now, never removed from a host.
+const SERVING_FILES: [&str; 2] = ["serving-kube-apiserver.crt", "serving-kube-apiserver.key"];
 
 /// `K10<sha256(server-ca.crt)>::server:<secret>`: joiners verify the CA they reach.
 pub fn server_token(secrets: &SecretsBundle) -> String {
@@ -200,8 +152,17 @@ fn datastore_files(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<PlannedFil
     files
 }
 
-/// Add the node's k3s files, artifact and unit to its plan.
-pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, plan: &mut NodePlan) {
+/// Add the node's k3s files, artifact and unit to its plan. The first server founds the
+/// cluster (`cluster-init`) unless `join_running`: then it joins the cluster that runs,
+/// as every other server does.
+pub fn plan_node(
+    model: &Model<'_>,
+    secrets: &SecretsBundle,
+    me: &Member,
+    node: &Node,
+    join_running: bool,
+    plan: &mut NodePlan,
+) {
     let spec = &model.spec.spec;
     let arch = plan.arch;
     if let Some(a) = &spec.artifacts.k3s {
@@ -220,21 +181,24 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
     // Every K3s node runs containerd: each gets the image archives, in place before K3s
     // starts, so pods need no registry.
     for (i, img) in spec.images.iter().enumerate() {
-        plan.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::image(i, img, IMAGES_DIR));
+        plan.phase(Phase::Artifacts).artifacts.extend(PlannedArtifact::image(i, img, IMAGES_DIR, arch));
     }
 
+    // Every K3s node runs a kubelet (a stand-in runs none).
+    plan.requires_memory_cgroup = spec.artifacts.k3s.as_ref().is_none_or(|a| a.stand_in.is_none());
     let is_server = node.role.is_control_plane();
     let first = model.first_server();
-    let initialises = me.name == first.name;
+    let initialises = me.name == first.name && !join_running;
     let multi_server = model.servers().count() > 1;
-    let mut labels: Vec<String> = Vec::new();
-    if let Some(loc) = &node.location {
-        labels.push(format!("topology.kubernetes.io/zone={loc}"));
-    }
-    if servicelb_nodes(model).is_some_and(|nodes| nodes.contains(&node.name.as_str())) {
-        labels.push(format!("{SERVICELB_LABEL}=true"));
-    }
-    labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    // At registration (K3s's node-label and node-taint), and through the API on the
+    // first server (`node_labels`): K3s never takes a registration label off again.
+    let labels: Vec<String> = node_marks(model, node)
+        .into_iter()
+        .filter_map(|m| match m {
+            crate::node_labels::Mark::Label(l) => Some(l),
+            crate::node_labels::Mark::Taint(_) => None,
+        })
+        .collect();
 
     let mut cfg = K3sConfig {
         token_file: TOKEN_FILE.into(),
@@ -282,12 +246,10 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         // no server ever has them rewritten (K3s stops when a newer file on disk differs).
         let datastore = datastore_files(model, secrets);
         plan.released = datastore.iter().map(|f| f.path.clone()).collect();
+        plan.released.extend(SERVING_FILES.map(|f| format!("{TLS_DIR}/{f}")));
         if initialises {
             files.extend(datastore);
         }
-        let serving = secrets.certificate(&serving_cert_id(&node.name));
-        files.push(PlannedFile::new(format!("{TLS_DIR}/serving-kube-apiserver.crt"), 0o644, serving.cert.clone()));
-        files.push(PlannedFile::secret(format!("{TLS_DIR}/serving-kube-apiserver.key"), serving.key.clone()));
     } else {
         files.push(PlannedFile::secret(TOKEN_FILE, format!("{}\n", agent_token(secrets))));
     }
@@ -333,6 +295,48 @@ pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: 
         recheck: None,
         joins,
     });
+    if me.name == first.name
+        && !stand_in
+        && let Some((file, command)) = node_labels(model, &kubectl)
+    {
+        let addons = plan.phase(Phase::Addons);
+        addons.files.push(file);
+        addons.commands.push(command);
+    }
+}
+
+/// What kforge gives a K3s node's Node: its zone, the ServiceLB label where its
+/// firewall publishes ports, the file's labels and taints.
+fn node_marks(model: &Model<'_>, node: &Node) -> Vec<crate::node_labels::Mark> {
+    use crate::node_labels::Mark;
+    let mut marks = Vec::new();
+    if let Some(loc) = &node.location {
+        marks.push(Mark::Label(format!("topology.kubernetes.io/zone={loc}")));
+    }
+    if servicelb_nodes(model).is_some_and(|nodes| nodes.contains(&node.name.as_str())) {
+        marks.push(Mark::Label(format!("{SERVICELB_LABEL}=true")));
+    }
+    marks.extend(node.labels.iter().map(|(k, v)| Mark::Label(format!("{k}={v}"))));
+    marks.extend(node.taints.iter().map(|t| Mark::Taint(t.clone())));
+    marks
+}
+
+/// Every node's marks, kept on its Node through the API from the first server: K3s
+/// adds `node-label` values at every start but never removes one, and applies
+/// `node-taint` only at registration, so a node that stops publishing 80/443 would keep
+/// the ServiceLB label and get traffic its firewall drops.
+fn node_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, crate::plan::PlannedCommand)> {
+    let marks: Vec<(String, crate::node_labels::Mark)> =
+        model.nodes().flat_map(|(_, n)| node_marks(model, n).into_iter().map(|m| (n.name.clone(), m))).collect();
+    crate::node_labels::plan(
+        &marks,
+        kubectl,
+        vec![
+            ("zone".into(), "topology.kubernetes.io/zone from spec.nodes[].location".into()),
+            (SERVICELB_LABEL.into(), "on the nodes whose firewall publishes ports: ServiceLB runs only there".into()),
+            ("labels, taints".into(), "spec.nodes[].labels and .taints: K3s's node-label adds at every start but never removes, node-taint applies only at registration".into()),
+        ],
+    )
 }
 
 /// `k3s.service` on servers, `k3s-agent.service` on agents.
@@ -429,16 +433,19 @@ pub(crate) fn encryption_config(key_b64: &str) -> String {
     serde_json::to_string(&cfg).expect("encryption config serializes")
 }
 
-/// K3s's systemd unit (as its installer writes it), ordered after the mesh.
+/// K3s's systemd unit (as its installer writes it), ordered after the mesh. Ordered,
+/// not bound: `Requires=` would stop or restart K3s with every restart of the mesh (a
+/// peer added, a key rotated) and keep it down for good when the mesh failed at boot;
+/// K3s rides out a mesh that comes back, and `kforge doctor` names one that is down.
 fn render_unit(server: bool, mesh_interface: &str) -> String {
     let what = if server { "server" } else { "agent" };
+    let mesh = format!("wg-quick@{mesh_interface}.service");
     UnitFile::new(format!("Managed by kforge: K3s {what}, started once the mesh interface is up."))
         .section("Unit")
         .set("Description", format!("Lightweight Kubernetes ({what}, kforge)"))
         .set("Documentation", "https://k3s.io")
-        .set("Wants", "network-online.target")
-        .set("After", format!("network-online.target wg-quick@{mesh_interface}.service kforge-firewall.service"))
-        .set("Requires", format!("wg-quick@{mesh_interface}.service"))
+        .set("Wants", format!("network-online.target {mesh}"))
+        .set("After", format!("network-online.target {mesh} kforge-firewall.service"))
         .section("Service")
         .set("Type", "notify")
         .set("EnvironmentFile", "-/etc/default/%N")

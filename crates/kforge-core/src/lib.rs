@@ -21,6 +21,7 @@ pub mod lint;
 pub mod manifest;
 pub mod mesh;
 pub mod model;
+pub mod node_labels;
 pub mod packages;
 pub mod paths;
 pub mod pipeline;

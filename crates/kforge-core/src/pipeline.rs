@@ -54,6 +54,12 @@ pub struct HostCaps {
     pub boringtun_upload: Option<String>,
     /// The host's CPU architecture (from `uname -m`): picks each artifact's source.
     pub arch: Option<crate::spec::Arch>,
+    /// K3s: the server that would found the cluster joins the one that runs instead (its
+    /// own datastore is gone — a reinstalled host — while another server's runs): a
+    /// second `cluster-init` would found a second, empty etcd with the same CAs and
+    /// token, which agents accept (split brain). Decided by apply from what the hosts
+    /// run; a plan made without hosts founds.
+    pub k3s_join_running: bool,
 }
 
 /// Why the cluster file cannot serve node `name` on a host whose `uname -m` is
@@ -75,23 +81,50 @@ pub fn host_arch_problems(spec: &Cluster, name: &str, machine: &str) -> Vec<crat
             .help("correct the node's `arch` (or remove it: apply learns it from the host)"),
         );
     }
-    for (component, a) in spec.spec.artifacts.entries() {
-        if !component.runs_on(spec.spec.distribution.kind, &node.role) || a.is_universal() {
+    for (setting, what, a, runs_on) in sourced(spec) {
+        if !runs_on(node) || a.is_universal() {
             continue;
         }
         if arch.is_none_or(|arch| !a.serves(arch)) {
-            let key = component.key();
             let named = arch.map(|a| a.name()).unwrap_or(machine);
             out.push(
                 Diagnostic::error(
-                    format!("spec.artifacts.{key}"),
-                    format!("no {named} source for `{key}`, but the host of {name} is {machine} (uname -m)"),
+                    format!("spec.{setting}"),
+                    format!("no {named} source for {what}, but the host of {name} is {machine} (uname -m)"),
                 )
-                .help(format!("add `{named}: {{url: …, sha256: …}}` (or `path: …`) under spec.artifacts.{key}")),
+                .help(format!("add `{named}: {{url: …, sha256: …}}` (or `path: …`) under spec.{setting}")),
             );
         }
     }
     out
+}
+
+/// A node runs it (or receives it).
+pub type RunsOn<'c> = Box<dyn Fn(&crate::spec::Node) -> bool + 'c>;
+
+/// Everything the file names a source for, with its setting (`artifacts.k3s`,
+/// `images[0]`), how messages name it, and which nodes get it: the artifacts of the
+/// components a node runs, and the image archives (every K3s node; hard-way workers).
+pub fn sourced(spec: &Cluster) -> Vec<(String, String, crate::spec::Artifact, RunsOn<'_>)> {
+    let kind = spec.spec.distribution.kind;
+    let mut v: Vec<(String, String, crate::spec::Artifact, RunsOn<'_>)> = Vec::new();
+    for (component, a) in spec.spec.artifacts.entries() {
+        let key = component.key();
+        v.push((
+            format!("artifacts.{key}"),
+            format!("`{key}`"),
+            a.clone(),
+            Box::new(move |n| component.runs_on(kind, &n.role)),
+        ));
+    }
+    for (i, img) in spec.spec.images.iter().enumerate() {
+        let receives: RunsOn<'_> = match kind {
+            DistributionKind::K3s => Box::new(|_| true),
+            DistributionKind::Hardway => Box::new(|n| n.role.has(crate::spec::Role::Worker)),
+        };
+        v.push((format!("images[{i}]"), format!("image `{}`", img.name), img.artifact(), receives));
+    }
+    v
 }
 
 /// Every node's plan (hosts with default capabilities), plus access peers' mesh
@@ -351,7 +384,7 @@ fn plan_member(
         });
     }
     match spec.distribution.kind {
-        DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, &mut np),
+        DistributionKind::K3s => k3s::plan_node(model, secrets, me, node, caps.k3s_join_running, &mut np),
         DistributionKind::Hardway => hardway::plan_node(model, secrets, me, node, &mut np),
     }
     if let Some(gitops) = &spec.gitops

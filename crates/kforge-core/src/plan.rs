@@ -288,6 +288,19 @@ impl PlannedArtifact {
         a: &crate::spec::Artifact,
         arch: Option<crate::spec::Arch>,
     ) -> Vec<PlannedArtifact> {
+        PlannedArtifact::per_arch(name, &format!("artifacts.{name}"), dest, mode, a, arch)
+    }
+
+    /// One artifact per source of `a` a host of `arch` may take (every one when the
+    /// architecture is not known: the bootstrap picks on the host).
+    fn per_arch(
+        name: &str,
+        setting: &str,
+        dest: &str,
+        mode: u32,
+        a: &crate::spec::Artifact,
+        arch: Option<crate::spec::Arch>,
+    ) -> Vec<PlannedArtifact> {
         a.sources()
             .into_iter()
             .filter(|(for_arch, _)| for_arch.is_none() || arch.is_none() || *for_arch == arch)
@@ -300,24 +313,26 @@ impl PlannedArtifact {
                     ..crate::spec::Artifact::default()
                 };
                 let setting = match for_arch {
-                    Some(arch) => format!("artifacts.{name}.{arch}"),
-                    None => format!("artifacts.{name}"),
+                    Some(arch) => format!("{setting}.{arch}"),
+                    None => setting.to_string(),
                 };
                 PlannedArtifact { arch: for_arch, ..PlannedArtifact::configured(name, setting, dest, mode, &one) }
             })
             .collect()
     }
 
-    /// Image archive `images[index]`, uploaded into `dir` (0644) under its host file name.
-    pub fn image(index: usize, img: &crate::spec::ImageArchive, dir: &str) -> PlannedArtifact {
+    /// Image archive `images[index]`, uploaded into `dir` (0644) under its host file
+    /// name: the archive for the host's architecture, when the image names one per
+    /// architecture.
+    pub fn image(
+        index: usize,
+        img: &crate::spec::ImageArchive,
+        dir: &str,
+        arch: Option<crate::spec::Arch>,
+    ) -> Vec<PlannedArtifact> {
         let dest = format!("{dir}/{}", img.host_file());
-        PlannedArtifact::configured(
-            &format!("image {}", img.name),
-            format!("images[{index}]"),
-            &dest,
-            0o644,
-            &img.artifact(),
-        )
+        let name = format!("image {}", img.name);
+        PlannedArtifact::per_arch(&name, &format!("images[{index}]"), &dest, 0o644, &img.artifact(), arch)
     }
 
     fn configured(name: &str, setting: String, dest: &str, mode: u32, a: &crate::spec::Artifact) -> PlannedArtifact {
@@ -457,6 +472,10 @@ pub struct NodePlan {
     /// file allows it): preflight refuses a cgroup v1 host.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub requires_cgroup_v2: bool,
+    /// A kubelet runs here (K3s's, or the hard way's): it needs the kernel's memory
+    /// cgroup, which Raspberry Pi OS boots with switched off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requires_memory_cgroup: bool,
     /// The host's CPU architecture when known (the node's `arch`, or apply's facts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<crate::spec::Arch>,
@@ -484,6 +503,7 @@ impl NodePlan {
             packages: Vec::new(),
             swap_forbidden: false,
             requires_cgroup_v2: false,
+            requires_memory_cgroup: false,
             arch: None,
             released: Vec::new(),
             phases: Vec::new(),

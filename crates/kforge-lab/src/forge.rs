@@ -52,6 +52,8 @@ pub fn follow(cluster: &mut Cluster, forge: &Forge) {
             url: None,
             path: Some(format!("./images/{}.tar", img.controller)),
             sha256: None,
+            amd64: None,
+            arm64: None,
         });
     }
 }

@@ -141,6 +141,8 @@ pub struct HostView {
     pub running: kforge_core::upgrade::Running,
     /// The bootstrap (user-data) failed here and no apply converged it since (facts).
     pub bootstrap_failure: Option<String>,
+    /// The kernel's memory cgroup controller is on (facts; None: not reported).
+    pub memory_cgroup: Option<bool>,
 }
 
 impl HostView {
@@ -347,6 +349,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                         sent_at,
                         running: facts.running_versions(&np.node),
                         bootstrap_failure: facts.bootstrap_failure(),
+                        memory_cgroup: facts.memory_cgroup,
                         ..HostView::parse(&out)
                     },
                     Err(e) => HostView { error: Some(e.to_string()), ..HostView::default() },
@@ -424,6 +427,17 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
         "no swap on kubelet hosts",
     ));
     out.push(cgroups(input, &up));
+    out.extend(per_node(
+        "memory-cgroup",
+        &up,
+        |n, v| {
+            (n.requires_memory_cgroup && v.memory_cgroup == Some(false))
+                .then(|| "the memory cgroup controller is off (/proc/cgroups, cgroup.controllers)".to_string())
+        },
+        crate::preflight::MEMORY_CGROUP_OFF,
+        crate::preflight::MEMORY_CGROUP_FIX,
+        "the memory cgroup is on wherever a kubelet runs",
+    ));
     out.extend(per_node(
         "forwarding",
         &up,
@@ -585,6 +599,25 @@ fn mesh(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis
     let name_of =
         |ip: &str| input.members.iter().find(|m| m.mesh_ip == ip).map(|m| m.name.clone()).unwrap_or(ip.to_string());
     let mut out = Vec::new();
+    // A node whose mesh is down first: every pair with it fails for that one reason. Its
+    // K3s or kubelet keeps running (ordered after the mesh, never bound to it) and
+    // reaches its peers again once the mesh is back.
+    let unit = format!("wg-quick@{}.service", input.mesh_interface);
+    for (n, v) in up {
+        if let Some(state) = v.units.get(&unit).filter(|s| *s != "active") {
+            let why = v.unit_logs.get(&unit).filter(|l| !l.is_empty()).map(|l| format!(": {l}")).unwrap_or_default();
+            out.push(
+                Diagnosis::bad("mesh", Verdict::Fail, &n.node, format!("the mesh is down here: {unit} is {state}{why}"))
+                    .because(
+                        "every node-to-node byte rides the mesh: this node's kubelet, etcd, flannel and pods reach no peer until it is up",
+                        format!(
+                            "journalctl -u {unit} on {} says why; systemctl restart {unit} there, or kforge apply (which restarts it)",
+                            n.node
+                        ),
+                    ),
+            );
+        }
+    }
     let (mut pairs, mut oldest) = (0usize, 0i64);
     for (n, v) in up {
         for (ip, (small, df)) in &v.pings {

@@ -91,7 +91,7 @@ fn run(
     if hosts.iter().all(|h| h.failed) {
         return Ok(finish(&plan, opts, hosts));
     }
-    let checked = plan_for_capabilities(&mut hosts, opts, progress)
+    let checked = plan_for_capabilities(&mut hosts, &plan, opts, progress)
         .and_then(|()| check_versions(&mut hosts, opts))
         .and_then(|()| preflight(&mut hosts, &plan, opts));
     let refusals = match checked {
@@ -329,11 +329,13 @@ fn install_packages(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn 
 /// architecture) refuses the whole apply before anything is touched.
 fn plan_for_capabilities(
     hosts: &mut [HostRun],
+    plan: &Plan,
     opts: &ApplyOptions,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<(), ApplyError> {
     let boringtun = find_boringtun();
     let mut refusals = Vec::new();
+    let running_servers = k3s_running_servers(hosts);
     for h in hosts.iter_mut().filter(|h| !h.failed) {
         h.report.arch = h.facts.arch.clone();
         let mut caps = HostCaps { arch: Arch::from_uname(&h.facts.arch), ..HostCaps::default() };
@@ -353,12 +355,57 @@ fn plan_for_capabilities(
             };
             progress(&h.host.node, "no WireGuard kernel module: using userspace boringtun-cli");
         }
+        if h.plan.node == plan.init_server {
+            caps.k3s_join_running = match k3s_founder_joins(h, &running_servers, &caps, opts) {
+                Ok(joins) => joins,
+                Err(why) => {
+                    refusals.push(format!("{}: {why}", h.plan.node));
+                    continue;
+                }
+            };
+            if caps.k3s_join_running && !h.facts.k3s_datastore {
+                let what = format!(
+                    "joins the cluster {} run{} (its own datastore is gone): no second cluster-init",
+                    running_servers.join(", "),
+                    if running_servers.len() == 1 { "s" } else { "" }
+                );
+                progress(&h.host.node, &what);
+                h.report.steps.push(StepTime { step: what, seconds: 0.0 });
+            }
+        }
         match (opts.replan)(&h.plan.node, &h.facts.arch, &caps) {
             Ok(plan) => h.plan = plan,
             Err(why) => refusals.push(format!("{}: {why}", h.plan.node)),
         }
     }
     if refusals.is_empty() { Ok(()) } else { Err(ApplyError::Preflight(refusals.join("\n"))) }
+}
+
+/// The K3s servers that answered with a cluster of their own: a datastore on disk, or
+/// K3s running.
+fn k3s_running_servers(hosts: &[HostRun]) -> Vec<String> {
+    let runs =
+        |h: &&HostRun| h.facts.k3s_datastore || h.facts.unit_states.get("k3s.service").is_some_and(|s| s == "active");
+    hosts.iter().filter(|h| !h.failed && h.plan.control_plane).filter(runs).map(|h| h.plan.node.clone()).collect()
+}
+
+/// Whether the server that would found the cluster joins the running one instead: when
+/// its own datastore is gone and another server runs one (it was reinstalled), and —
+/// once it has a datastore again — as long as its K3s config is the joiner's, so it is
+/// never flipped back and restarted for nothing.
+fn k3s_founder_joins(
+    h: &HostRun,
+    running_servers: &[String],
+    caps: &HostCaps,
+    opts: &ApplyOptions,
+) -> Result<bool, String> {
+    if !h.facts.k3s_datastore {
+        return Ok(running_servers.iter().any(|n| *n != h.plan.node));
+    }
+    let joiner = (opts.replan)(&h.plan.node, &h.facts.arch, &HostCaps { k3s_join_running: true, ..caps.clone() })?;
+    let config = kforge_core::k3s::CONFIG;
+    let joiner_config = joiner.files().find(|f| f.path == config).map(|f| &f.sha256);
+    Ok(joiner_config.is_some() && h.facts.hashes.get(config) == joiner_config)
 }
 
 /// One apply at a time per host (a dry run only looks, so it takes no lock).
@@ -1290,6 +1337,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// K3s: the server that founded the cluster, reinstalled (its datastore gone) while
+    /// the others run, joins them; with a datastore it keeps the config it runs with
+    /// (founder or joiner: never flipped and restarted for nothing); a fleet where no
+    /// server runs is founded by it.
+    #[test]
+    fn a_reinstalled_first_k3s_server_joins_the_running_cluster_instead_of_founding_one() {
+        use kforge_core::pipeline::HostCaps;
+        let spec = kforge_core::spec::parse("kforge.yaml", kforge_core::spec::examples::HA).unwrap().cluster;
+        let now = time::OffsetDateTime::now_utc();
+        let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+        let model = kforge_core::model::Model::build(&spec, &secrets);
+        let plan = kforge_core::pipeline::build_plan(&model, &secrets);
+        let replan = |node: &str, _: &str, caps: &HostCaps| {
+            kforge_core::pipeline::plan_node(&model, &secrets, node, caps).ok_or_else(|| "no such node".to_string())
+        };
+        let check_versions = |_: &[kforge_core::upgrade::Running]| Ok(());
+        let opts = ApplyOptions {
+            targets: Vec::new(),
+            parallel: 1,
+            dry_run: true,
+            ssh_config: None,
+            base_dir: ".".into(),
+            cache_dir: "/nonexistent".into(),
+            replan: &replan,
+            check_versions: &check_versions,
+            snapshot: None,
+            force_quorum_loss: false,
+            hand_over: Vec::new(),
+        };
+        let config = |h: &HostRun| {
+            let f = h.plan.files().find(|f| f.path == kforge_core::k3s::CONFIG).unwrap();
+            (String::from_utf8_lossy(&f.content).to_string(), f.sha256.clone())
+        };
+        let planned = |datastores: [bool; 3], on_host: Option<&str>| -> (String, String, Vec<String>) {
+            let mut hosts = running(kforge_core::spec::examples::HA, &[]);
+            for h in hosts.iter_mut() {
+                h.facts.wireguard_kernel = true;
+                h.facts.arch = "x86_64".into();
+                h.facts.units.clear();
+                h.facts.unit_states.clear();
+            }
+            for (h, has) in hosts.iter_mut().zip(datastores) {
+                h.facts.k3s_datastore = has;
+            }
+            if let Some(sum) = on_host {
+                hosts[0].facts.hashes.insert(kforge_core::k3s::CONFIG.into(), sum.to_string());
+            }
+            plan_for_capabilities(&mut hosts, &plan, &opts, &|_, _| {}).unwrap();
+            let first = &hosts[0];
+            assert_eq!(first.plan.node, plan.init_server);
+            let (text, sum) = config(first);
+            (text, sum, first.report.steps.iter().map(|s| s.step.clone()).collect())
+        };
+        // A new fleet: server-1 founds.
+        let (founder, founder_sum, steps) = planned([false, false, false], None);
+        assert!(founder.contains("cluster-init: true") && !founder.contains("server:"), "{founder}");
+        assert!(steps.is_empty(), "{steps:?}");
+        // Reinstalled while server-2 and server-3 run: it joins through its balancer.
+        let (joiner, joiner_sum, steps) = planned([false, true, true], None);
+        assert!(!joiner.contains("cluster-init") && joiner.contains("server: https://127.0.0.1:6445"), "{joiner}");
+        assert_eq!(
+            steps,
+            ["joins the cluster server-2, server-3 run (its own datastore is gone): no second cluster-init"]
+        );
+        // Its datastore back, it keeps the config it runs with.
+        assert_eq!(planned([true, true, true], Some(&joiner_sum)).1, joiner_sum);
+        assert_eq!(planned([true, true, true], Some(&founder_sum)).1, founder_sum);
+        // The founder's own datastore there: never a joiner.
+        assert_eq!(planned([true, false, false], None).1, founder_sum);
     }
 
     /// The stage running `phase`.

@@ -20,6 +20,8 @@ pub struct NodeFacts {
     pub swap_on: bool,
     /// 2 on a unified (cgroup v2) host, 1 on cgroup v1, 0 when unknown.
     pub cgroup_version: u8,
+    /// The kernel's memory cgroup controller is on (None: not reported).
+    pub memory_cgroup: Option<bool>,
     pub wireguard_kernel: bool,
     pub boringtun: bool,
     /// Path → sha256 of the planned files and artifacts that exist on the host.
@@ -30,6 +32,8 @@ pub struct NodeFacts {
     pub unit_states: BTreeMap<String, String>,
     /// `table inet kforge` is loaded.
     pub firewall_table: bool,
+    /// This host holds a K3s server's datastore (it founded or joined a cluster).
+    pub k3s_datastore: bool,
     /// Peer mesh address → reached over the mesh (asked only with peers: status).
     pub reach: BTreeMap<String, bool>,
     /// Units whose inputs kforge changed but did not get to restart.
@@ -210,10 +214,12 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                         _ => 0,
                     }
                 }
+                "memory_cgroup" => f.memory_cgroup = Some(v == "yes"),
                 "wg_kernel" => f.wireguard_kernel = v == "yes",
                 "boringtun" => f.boringtun = v == "yes",
                 "firewall" => f.firewall_table = v == "yes",
                 "apt" => f.apt = v == "yes",
+                "k3s_datastore" => f.k3s_datastore = v == "yes",
                 _ => {}
             }
             continue;
@@ -357,13 +363,14 @@ mod tests {
 
     #[test]
     fn parses_a_facts_transcript() {
-        let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nwg_kernel=no\nboringtun=yes\n\
+        let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nmemory_cgroup=no\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
             pending k3s.service\nmissing-package libnginx-mod-stream\napt=yes\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
         let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
         assert_eq!(f.cgroup_version, 1);
+        assert_eq!(f.memory_cgroup, Some(false));
         assert_eq!(f.hashes["/etc/wireguard/kforge0.conf"], "0123");
         assert_eq!(f.units["k3s.service"], (true, true));
         assert_eq!(f.units["wg-quick@kforge0.service"], (false, false));

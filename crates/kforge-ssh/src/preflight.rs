@@ -8,6 +8,10 @@ use crate::facts::{Holder, NodeFacts};
 
 const MAX_SKEW_SECS: i64 = 30;
 
+/// A kubelet's host with the memory cgroup off (preflight and doctor say the same).
+pub const MEMORY_CGROUP_OFF: &str = "the kernel runs with the memory cgroup switched off (Raspberry Pi OS boots so): the kubelet cannot account or limit pods' memory, and K3s and the kubelet refuse to start";
+pub const MEMORY_CGROUP_FIX: &str = "add `cgroup_memory=1 cgroup_enable=memory` to the kernel command line (on Raspberry Pi OS: the one line of /boot/firmware/cmdline.txt, /boot/cmdline.txt before Debian 12) and reboot";
+
 /// Problems as "node: why" lines; empty when the fleet is fit.
 pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec<String> {
     let mut problems = Vec::new();
@@ -43,6 +47,9 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
             problems.push(format!(
                 "{node}: the host runs cgroup v1, which the kubelet refuses since Kubernetes 1.35: boot it with cgroup v2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line), or set spec.hardway.allowCgroupV1: true to run on v1 anyway (in maintenance upstream)"
             ));
+        }
+        if plan.requires_memory_cgroup && f.memory_cgroup == Some(false) {
+            problems.push(format!("{node}: {MEMORY_CGROUP_OFF}\n  help: {MEMORY_CGROUP_FIX}, then apply again"));
         }
         // Missing packages are apply's to install, with apt; without apt, the operator's.
         if !f.apt && !f.missing_packages.is_empty() {
@@ -205,6 +212,21 @@ mod tests {
         );
         f.cgroup_version = 2;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "cgroup v2 is what the kubelet wants");
+        // Raspberry Pi OS boots with the memory cgroup off: refused where a kubelet runs.
+        f.memory_cgroup = Some(false);
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "no kubelet here yet");
+        w.requires_memory_cgroup = true;
+        let refused = check(&[(&w, &f)], 1000, 51820);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with("w: the kernel runs with the memory cgroup switched off")
+                && refused[0].contains("cgroup_memory=1 cgroup_enable=memory")
+                && refused[0].contains("/boot/firmware/cmdline.txt"),
+            "{refused:?}"
+        );
+        f.memory_cgroup = Some(true);
+        assert!(check(&[(&w, &f)], 1000, 51820).is_empty());
+        w.requires_memory_cgroup = false;
         w.requires_cgroup_v2 = false;
         f.cgroup_version = 1;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "swap is fine where no kubelet runs");

@@ -84,9 +84,10 @@ fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
             assert!(lab.ssh(node, "cat /var/lib/kforge/manifest.json").contains("\"by\":\"apply\""), "{node}");
         }
     });
-    checks.run("a changed label is applied over SSH", || {
+    checks.run("a changed label and taint are applied over SSH, and taken off when dropped", || {
         lab.edit_cluster(|c| {
             c.spec.nodes[1].labels.insert("tier".into(), "edge".into());
+            c.spec.nodes[1].taints.push("dedicated=edge:PreferNoSchedule".into());
         });
         let report = lab.apply_json();
         let lab2 = &report["hosts"][1];
@@ -99,12 +100,18 @@ fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
         assert_eq!(report["hosts"][2]["filesChanged"], serde_json::json!([]), "{report}");
         let tier = || lab.kubectl("lab-1", "get node lab-2 -o jsonpath={.metadata.labels.tier}").trim().to_string();
         lab.wait_for(60, "lab-2 labelled tier=edge", || tier() == "edge");
-        // Dropped from the file, the label comes off the Node.
+        // The kubelet's --register-with-taints reaches only a Node that registers: the
+        // taint arrives through the API.
+        let taints = || lab.kubectl("lab-1", "get node lab-2 -o jsonpath={.spec.taints}");
+        lab.wait_for(60, "lab-2 tainted dedicated=edge", || taints().contains("\"key\":\"dedicated\""));
+        // Dropped from the file, the label and the taint come off the Node.
         lab.edit_cluster(|c| {
             c.spec.nodes[1].labels.remove("tier");
+            c.spec.nodes[1].taints.clear();
         });
         assert!(lab.apply_json()["hosts"].as_array().unwrap().iter().all(|h| h["converged"] == true));
         lab.wait_for(60, "the tier label gone from lab-2", || tier().is_empty());
+        lab.wait_for(60, "the taint gone from lab-2", || !taints().contains("dedicated"));
         assert!(lab.ssh("lab-2", "cat /var/lib/kforge/manifest.json").contains("\"by\":\"apply\""));
     });
     checks.run("a user-data with a wrong digest shows in status and doctor", || {

@@ -82,59 +82,34 @@ pub fn plan(model: &Model<'_>, secrets: &crate::secrets::SecretsBundle, np: &mut
     }
 }
 
-const LABELS_FILE: &str = "/etc/kforge/node-labels";
-/// The list as last applied: what the next change compares with (labels it dropped are
-/// taken off their Node).
-const LABELS_APPLIED: &str = "/var/lib/kforge/node-labels.applied";
-
-/// Each Node's labels as the cluster file gives them, set through the API: the role
-/// labels (`kubectl get nodes` shows ROLES, `<none>` without them; a kubelet may not
-/// set node-role.kubernetes.io on itself under NodeRestriction), and each node's own
-/// `labels` — the kubelet's --node-labels reach a Node only when it registers, so a
-/// label changed on a running node would never arrive. The list is a file: a node
-/// joining or leaving, or a label changed, changes this phase and the list is applied
-/// again; a label the file no longer gives is taken off (a Node already gone is fine).
-/// A Node that has not registered after 60 s (its kubelet failed, or its host did) does
-/// not stop the others: its lines stay out of the applied list, so the next apply labels it.
+/// Each worker's Node as the file describes it (`node_labels`): its roles
+/// (`kubectl get nodes` shows ROLES, `<none>` without them; a kubelet may not set
+/// node-role.kubernetes.io on itself under NodeRestriction), its labels and its taints.
 fn role_labels(model: &Model<'_>, kubectl: &str) -> Option<(PlannedFile, PlannedCommand)> {
+    use crate::node_labels::Mark;
     use crate::spec::Role;
-    let mut lines = String::new();
+    let mut marks = Vec::new();
     for (_, node) in model.nodes().filter(|(_, n)| n.role.has(Role::Worker)) {
+        let mut mark = |m: Mark| marks.push((node.name.clone(), m));
         if node.role.has(Role::Controller) {
-            lines.push_str(&format!("{} node-role.kubernetes.io/control-plane=\n", node.name));
+            mark(Mark::Label("node-role.kubernetes.io/control-plane=".into()));
         }
-        lines.push_str(&format!("{} node-role.kubernetes.io/worker=\n", node.name));
+        mark(Mark::Label("node-role.kubernetes.io/worker=".into()));
         for (k, v) in &node.labels {
-            lines.push_str(&format!("{} {k}={v}\n", node.name));
+            mark(Mark::Label(format!("{k}={v}")));
+        }
+        for t in &node.taints {
+            mark(Mark::Taint(t.clone()));
         }
     }
-    if lines.is_empty() {
-        return None;
-    }
-    let file = PlannedFile::new(LABELS_FILE, 0o644, lines).about(
-        "Each node with a kubelet and the labels kforge gives its Node (one per line): its roles and the file's labels.",
-        "kforge's addons step: kubectl label node NODE LABEL (a label dropped from this list is removed)",
+    crate::node_labels::plan(
+        &marks,
+        kubectl,
         vec![
             ("roles".into(), "node-role.kubernetes.io/control-plane on controllers, /worker on workers: the ROLES column of kubectl get nodes".into()),
-            ("labels".into(), "spec.nodes[].labels: set through the API, since the kubelet's --node-labels apply only when a Node registers".into()),
+            ("labels, taints".into(), "spec.nodes[].labels and .taints: set through the API, since the kubelet's --node-labels and --register-with-taints apply only when a Node registers".into()),
         ],
-    );
-    let command = PlannedCommand {
-        description: "label each node with its roles and the file's labels (and take off those the file dropped)"
-            .into(),
-        run: format!(
-            "mkdir -p /var/lib/kforge && : > {LABELS_APPLIED}.new && missing=' ' && \
-             while read -r n label; do case \"$missing\" in *\" $n \"*) continue ;; esac; \
-             up=; for _ in $(seq 30); do {kubectl} get node \"$n\" >/dev/null 2>&1 && {{ up=1; break; }}; sleep 2; done; \
-             if [ -z \"$up\" ]; then missing=\"$missing$n \"; echo \"kforge: no Node $n after 60 s: its labels wait for the next apply\" >&2; continue; fi; \
-             {kubectl} label node \"$n\" \"$label\" --overwrite >/dev/null || exit 1; echo \"$n $label\" >> {LABELS_APPLIED}.new; done < {LABELS_FILE} && \
-             {{ [ ! -f {LABELS_APPLIED} ] || cat {LABELS_APPLIED}; }} | while read -r n label; do k=${{label%%=*}}; awk -v n=\"$n\" -v k=\"$k\" '$1 == n && index($2, k \"=\") == 1 {{ f = 1 }} END {{ exit !f }}' {LABELS_FILE} || {kubectl} label node \"$n\" \"$k-\" >/dev/null 2>&1 || true; done && \
-             mv {LABELS_APPLIED}.new {LABELS_APPLIED}"
-        ),
-        unless: Some(format!("cmp -s {LABELS_FILE} {LABELS_APPLIED}")),
-        recheck: None,
-    };
-    Some((file, command))
+    )
 }
 
 /// The addon file that revokes removed nodes' certificates.

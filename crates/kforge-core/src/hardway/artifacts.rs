@@ -38,7 +38,8 @@ pub(super) fn plan(model: &Model<'_>, node: &Node, np: &mut NodePlan) {
     }
     if node.role.has(Role::Worker) {
         for (i, img) in model.spec.spec.images.iter().enumerate() {
-            np.phase(Phase::Artifacts).artifacts.push(PlannedArtifact::image(i, img, IMAGES_DIR));
+            let arch = np.arch;
+            np.phase(Phase::Artifacts).artifacts.extend(PlannedArtifact::image(i, img, IMAGES_DIR, arch));
         }
     }
 }

@@ -28,7 +28,7 @@ pub const FRONT_PROXY_CLIENT_ID: &str = "front-proxy-client";
 pub const ETCD_CLIENT_ID: &str = "etcd-client";
 
 pub fn apiserver_id(node: &str) -> String {
-    crate::k3s::serving_cert_id(node)
+    format!("apiserver/{node}")
 }
 pub fn kubelet_serving_id(node: &str) -> String {
     format!("kubelet/{node}")

@@ -88,6 +88,7 @@ pub fn controllers<'m>(model: &'m Model<'_>) -> Vec<&'m Member> {
 pub fn plan_node(model: &Model<'_>, secrets: &SecretsBundle, me: &Member, node: &Node, np: &mut NodePlan) {
     np.swap_forbidden = node.role.has(Role::Worker) && !is_stand_in(model, Component::Kubelet);
     np.requires_cgroup_v2 = np.swap_forbidden && !model.spec.spec.hardway.allow_cgroup_v1;
+    np.requires_memory_cgroup = np.swap_forbidden;
     artifacts::plan(model, node, np);
     if node.role.has(Role::Controller) {
         etcd::plan(model, secrets, me, np);

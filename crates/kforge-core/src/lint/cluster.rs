@@ -124,7 +124,7 @@ pub fn check(c: &Cluster, at: Source<'_>, today: Date) -> Vec<Finding> {
                         m.mtu
                     ))
                     .fix(format!(
-                        "raise the underlay or spec.mesh.mtu (budget: pods 1280 + VXLAN {VXLAN_OVERHEAD} + WireGuard {WIREGUARD_OVERHEAD} = {} on the underlay), or use flannelBackend: host-gw",
+                        "raise the underlay or spec.mesh.mtu (budget: pods 1280 + VXLAN {VXLAN_OVERHEAD} + WireGuard {WIREGUARD_OVERHEAD} = {} on the underlay); host-gw would save the VXLAN bytes but cannot cross WireGuard",
                         1280 + VXLAN_OVERHEAD + WIREGUARD_OVERHEAD
                     )),
             );

@@ -164,12 +164,26 @@ pub struct ImageArchive {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The archive for amd64 (x86_64) hosts: an image is built per architecture, and a
+    /// single-architecture pause image starts no pod on a Raspberry Pi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd64: Option<ArchSource>,
+    /// The archive for arm64 (aarch64) hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm64: Option<ArchSource>,
 }
 
 impl ImageArchive {
     /// As an artifact (same sources, same verification and cache).
     pub fn artifact(&self) -> Artifact {
-        Artifact { url: self.url.clone(), path: self.path.clone(), sha256: self.sha256.clone(), ..Artifact::default() }
+        Artifact {
+            url: self.url.clone(),
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
+            amd64: self.amd64.clone(),
+            arm64: self.arm64.clone(),
+            ..Artifact::default()
+        }
     }
 
     /// The archive's file name on the host: a digest of the reference keeps names unique

@@ -137,13 +137,24 @@ fn distribution(c: &Cluster, out: &mut Vec<Diagnostic>) {
         }
     }
     let backend = &c.spec.k3s.flannel_backend;
-    if !["vxlan", "host-gw", "none"].contains(&backend.as_str()) {
+    if backend == "host-gw" {
+        // host-gw routes each node's pod network via that node's mesh address, and
+        // WireGuard drops what is not in a peer's AllowedIPs: K3s hands each node its
+        // pod network when it registers, so kforge cannot list them there in advance.
+        out.push(
+            Diagnostic::error(
+                "spec.k3s.flannelBackend",
+                "flannel's host-gw cannot cross the mesh: it routes pod networks via mesh addresses, and WireGuard drops them (K3s assigns pod networks at registration, so no peer's AllowedIPs can list them)",
+            )
+            .help("use `vxlan`: its packets go between mesh addresses, so they ride the encrypted mesh (or `none` with your own CNI)"),
+        );
+    } else if !["vxlan", "none"].contains(&backend.as_str()) {
         out.push(
             Diagnostic::error(
                 "spec.k3s.flannelBackend",
                 format!("flannel backend `{backend}` is not supported inside the mesh"),
             )
-            .help("use `vxlan` (rides the encrypted mesh), `host-gw`, or `none` for your own CNI"),
+            .help("use `vxlan` (rides the encrypted mesh), or `none` for your own CNI"),
         );
     }
 }
@@ -779,29 +790,23 @@ fn source(path: &str, a: &ArchSource, out: &mut Vec<Diagnostic>) {
 /// Every node whose `arch` is given gets each artifact its roles need from a source for
 /// that architecture: refused at the artifact, naming the nodes.
 fn artifact_architectures(c: &Cluster, out: &mut Vec<Diagnostic>) {
-    for (component, a) in c.spec.artifacts.entries() {
+    for (setting, what, a, runs_on) in crate::pipeline::sourced(c) {
         for arch in Arch::ALL.into_iter().filter(|arch| !a.serves(*arch)) {
-            let nodes: Vec<&str> = c
-                .spec
-                .nodes
-                .iter()
-                .filter(|n| n.arch == Some(arch) && component.runs_on(c.spec.distribution.kind, &n.role))
-                .map(|n| n.name.as_str())
-                .collect();
+            let nodes: Vec<&str> =
+                c.spec.nodes.iter().filter(|n| n.arch == Some(arch) && runs_on(n)).map(|n| n.name.as_str()).collect();
             if nodes.is_empty() {
                 continue;
             }
-            let key = component.key();
             out.push(
                 Diagnostic::error(
-                    format!("spec.artifacts.{key}"),
+                    format!("spec.{setting}"),
                     format!(
-                        "no {arch} source for `{key}`, but {} {} {arch}",
+                        "no {arch} source for {what}, but {} {} {arch}",
                         nodes.join(", "),
                         if nodes.len() == 1 { "is" } else { "are" }
                     ),
                 )
-                .help(format!("add `{arch}: {{url: …, sha256: …}}` (or `path: …`) under spec.artifacts.{key}")),
+                .help(format!("add `{arch}: {{url: …, sha256: …}}` (or `path: …`) under spec.{setting}")),
             );
         }
     }

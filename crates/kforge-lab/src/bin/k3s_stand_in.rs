@@ -16,6 +16,9 @@ use std::time::Duration;
 
 const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 const TLS: &str = "/var/lib/rancher/k3s/server/tls";
+const DATASTORE: &str = "/var/lib/rancher/k3s/server/db";
+/// Seconds to wait before telling systemd it is ready (absent: none).
+const SLOW_START: &str = "/etc/kforge-lab/k3s-stand-in-slow-start";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +68,9 @@ fn run(role: &str) -> Result<(), String> {
             }
         }
         verified.push(if joining { "custom-cas=from-datastore" } else { "custom-cas=present" }.into());
+        // K3s keeps a server's datastore (embedded etcd) here once it founded or joined
+        // a cluster: what kforge reads to tell a running server from a reinstalled one.
+        std::fs::create_dir_all(DATASTORE).map_err(|e| format!("{DATASTORE}: {e}"))?;
         // Binding the mesh address proves the mesh interface is up before we start.
         let l = TcpListener::bind((node_ip.as_str(), 6443)).map_err(|e| format!("listen {node_ip}:6443: {e}"))?;
         verified.push(format!("listening={node_ip}:6443"));
@@ -90,6 +96,12 @@ fn run(role: &str) -> Result<(), String> {
     }
     std::fs::create_dir_all("/run/k3s-stand-in").map_err(|e| e.to_string())?;
     std::fs::write("/run/k3s-stand-in/status", verified.join("\n") + "\n").map_err(|e| e.to_string())?;
+    // A slow first start, as K3s's on a small host (importing images, founding etcd):
+    // the tests put seconds here to see a bootstrap wait instead of restarting it.
+    if let Some(secs) = std::fs::read_to_string(SLOW_START).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        eprintln!("k3s stand-in: starting slowly ({secs} s, {SLOW_START})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     notify_ready();
     match listener {
         Some(l) => {

@@ -28,9 +28,18 @@ echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "clock=$(date +%s)"
 echo "swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)"
 echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
+# The memory controller (Raspberry Pi OS boots with it off): listed by the unified
+# hierarchy's root, or enabled in /proc/cgroups on a v1 or hybrid host.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  if grep -qw memory /sys/fs/cgroup/cgroup.controllers; then echo memory_cgroup=yes; else echo memory_cgroup=no; fi
+else
+  awk '$1 == "memory" { print ($4 == 1 ? "memory_cgroup=yes" : "memory_cgroup=no") }' /proc/cgroups 2>/dev/null
+fi
 if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
 if command -v boringtun-cli >/dev/null 2>&1; then echo boringtun=yes; else echo boringtun=no; fi
 if nft list table inet kforge >/dev/null 2>&1; then echo firewall=yes; else echo firewall=no; fi
+# A K3s server's own datastore (embedded etcd or kine): it founded or joined a cluster.
+if [ -d /var/lib/rancher/k3s/server/db ]; then echo k3s_datastore=yes; else echo k3s_datastore=no; fi
 for ip in "${KF_PEERS[@]}"; do
   { if timeout 3 bash -c "echo > /dev/tcp/$ip/22" 2>/dev/null; then echo "reach $ip yes"; else echo "reach $ip no"; fi; } &
 done

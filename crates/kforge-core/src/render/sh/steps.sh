@@ -91,20 +91,50 @@ kf_stamp() {
   mkdir -p "$KF_STATE/units"; printf '%s\n' "$2" > "$KF_STATE/units/$1.inputs"
 }
 
-# kf_unchanged UNIT INPUTS: the unit is active and was last started with INPUTS.
+# kf_unchanged UNIT INPUTS: the unit runs with INPUTS: active, or still starting from
+# the restart that recorded them — waited for, never restarted in the middle.
 kf_unchanged() {
-  systemctl is-active -q "$1" && [ "$(cat "$KF_STATE/units/$1.inputs" 2>/dev/null)" = "$2" ]
+  [ "$(cat "$KF_STATE/units/$1.inputs" 2>/dev/null)" = "$2" ] || return 1
+  systemctl is-active -q "$1" && return 0
+  [ -n "$(systemctl list-jobs --no-legend "$1" 2>/dev/null)" ] || return 1
+  KF_STEP="start $1"
+  log "$1 is still starting with these inputs (an earlier run started it): waiting for it"
+  kf_wait_started "$1" || kf_start_failed "$1"
 }
 
-# kf_restart UNIT INPUTS: restart and wait (at most 2 minutes), or show why not.
+# kf_wait_started UNIT: wait while UNIT's start job runs (a K3s server's first start
+# imports images and founds etcd: minutes on a Raspberry Pi), a line every 30 s, at most
+# KF_START_WAIT seconds (default 600); then it must be active.
+kf_wait_started() {
+  local waited=0 limit=${KF_START_WAIT:-600}
+  while [ -n "$(systemctl list-jobs --no-legend "$1" 2>/dev/null)" ]; do
+    if [ "$waited" -ge "$limit" ]; then
+      KF_ERROR="$1 is still starting after $limit s; it goes on by itself: run this again to wait for it (systemctl status $1)"
+      return 1
+    fi
+    if [ "$waited" -gt 0 ] && [ $((waited % 30)) = 0 ]; then log "$1: still starting after $waited s (waiting up to $limit s)"; fi
+    sleep 1; waited=$((waited + 1))
+  done
+  systemctl is-active -q "$1"
+}
+
+# kf_start_failed UNIT: say why UNIT is not running (its own log lines name the cause:
+# a failed exec, a cgroup errno, …) and fail.
+kf_start_failed() {
+  [ -n "$KF_ERROR" ] || KF_ERROR="$1 did not start: $(journalctl -u "$1" -n 1 --no-pager -o cat 2>/dev/null || true)"
+  echo "kforge: $KF_ERROR" >&2; journalctl -u "$1" -n 12 --no-pager -o cat >&2 || true; return 1
+}
+
+# kf_restart UNIT INPUTS: restart and wait until it has started (kf_wait_started), or
+# say why not. The inputs are recorded once the restart is queued, so a run that stops
+# waiting, or is killed, leaves a unit that is starting to finish: the next run waits
+# for it (kf_unchanged) instead of restarting it half-way.
 kf_restart() {
   KF_STEP="start $1"
-  if ! timeout 120 systemctl restart "$1"; then
-    KF_ERROR="$1 did not start: $(journalctl -u "$1" -n 1 --no-pager -o cat 2>/dev/null || true)"
-    # The unit's own log lines name the cause (a failed exec, a cgroup errno, …).
-    echo "kforge: $1 did not start:" >&2; journalctl -u "$1" -n 12 --no-pager -o cat >&2 || true; return 1
-  fi
-  kf_stamp "$1" "$2"; echo "KF restarted $1"
+  systemctl restart --no-block "$1"
+  kf_stamp "$1" "$2"
+  kf_wait_started "$1" || { kf_start_failed "$1"; return 1; }
+  echo "KF restarted $1"
 }
 
 # kf_restart_no_block UNIT INPUTS: an etcd member is "started" only with a quorum,
@@ -190,6 +220,50 @@ kf_record_digests() {
     [ -f "$p" ] && out+="$h $(stat -c '%s:%.9Y:%i' "$p") $p"$'\n'
   done
   printf '%s' "$out" | sort -u > "$KF_STATE/hash-cache.tmp" && mv -f "$KF_STATE/hash-cache.tmp" "$KF_STATE/hash-cache"
+}
+
+# kf_node_labels KUBECTL LIST APPLIED: give each Node the labels and taints LIST names
+# (`NODE label KEY=VALUE`, `NODE taint KEY=VALUE:EFFECT`) through the API — a kubelet's
+# own ones apply only when its Node registers — and take off what APPLIED (the list as
+# last applied) has and LIST dropped. A Node not registered after 60 s does not stop the
+# others: its lines stay out of APPLIED, so the next run gives them.
+kf_node_labels() {
+  local list=$2 applied=$3 n kind v missing=' ' up kubectl
+  read -r -a kubectl <<< "$1"
+  KF_STEP="label and taint nodes"
+  mkdir -p "$(dirname "$applied")"; : > "$applied.new"
+  while read -r n kind v; do
+    case "$missing" in *" $n "*) continue ;; esac
+    up=
+    for _ in $(seq 30); do "${kubectl[@]}" get node "$n" >/dev/null 2>&1 && { up=1; break; }; sleep 2; done
+    if [ -z "$up" ]; then missing="$missing$n "; log "no Node $n after 60 s: its labels and taints wait for the next run"; continue; fi
+    "${kubectl[@]}" "$kind" node "$n" "$v" --overwrite >/dev/null || fail "kubectl $kind node $n $v failed"
+    echo "$n $kind $v" >> "$applied.new"
+  done < "$list"
+  if [ -f "$applied" ]; then
+    while read -r n kind v; do
+      # An applied list from before taints were listed: `NODE KEY=VALUE`.
+      case $kind in label | taint) ;; *) v=$kind kind=label ;; esac
+      kf_node_mark_listed "$list" "$n" "$kind" "$v" && continue
+      "${kubectl[@]}" "$kind" node "$n" "$(kf_node_mark_id "$kind" "$v")-" >/dev/null 2>&1 || true
+    done < "$applied"
+  fi
+  mv -f "$applied.new" "$applied"
+}
+
+# kf_node_mark_id label|taint VALUE: what names it (a label's key; a taint's KEY:EFFECT).
+kf_node_mark_id() {
+  if [ "$1" = taint ]; then echo "${2%%[=:]*}:${2##*:}"; else echo "${2%%=*}"; fi
+}
+
+# kf_node_mark_listed LIST NODE KIND VALUE: LIST still gives NODE a mark of that name.
+kf_node_mark_listed() {
+  local n kind v id
+  id=$(kf_node_mark_id "$3" "$4")
+  while read -r n kind v; do
+    [ "$n" = "$2" ] && [ "$kind" = "$3" ] && [ "$(kf_node_mark_id "$kind" "$v")" = "$id" ] && return 0
+  done < "$1"
+  return 1
 }
 
 # kf_has PROOF: a command on PATH (the sbin directories too), or an absolute path that exists.
