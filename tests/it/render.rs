@@ -351,7 +351,9 @@ fn k3s_node_labels_and_taints_are_kept_through_the_api_by_the_first_server() {
     assert!(file.contains("edge-1 taint edge=true:NoSchedule\n"), "{file}");
     assert!(!file.contains("cp-1 label svccontroller"), "cp-1 publishes nothing: {file}");
     assert!(
-        script.contains("kf_node_labels '/usr/local/bin/k3s kubectl' /etc/kforge/node-labels /var/lib/kforge/node-labels.applied"),
+        script.contains(
+            "kf_node_labels '/usr/local/bin/k3s kubectl' /etc/kforge/node-labels /var/lib/kforge/node-labels.applied"
+        ),
         "{script}"
     );
     assert!(script.find("kf_node_labels '") > script.find("--- phase: control-plane"), "after K3s starts");

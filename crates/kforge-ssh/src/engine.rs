@@ -297,7 +297,7 @@ fn hand_over(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str
 /// plan started; a host that lacks nothing runs no apt at all.
 fn install_packages(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&str, &str) + Sync)) {
     parallel(hosts, opts.parallel, |h| {
-        let missing = h.facts.missing_packages.clone();
+        let missing = h.facts.missing_packages(&h.plan);
         if missing.is_empty() {
             return;
         }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kforge_core::component::Component;
+use kforge_core::packages::Package;
 use kforge_core::plan::NodePlan;
 use kforge_core::upgrade::Running;
 
@@ -52,8 +53,9 @@ pub struct NodeFacts {
     pub listening: BTreeSet<String>,
     /// Leftover temp files of an interrupted apply.
     pub stale_temp_files: Vec<String>,
-    /// Of the plan's packages, those the host lacks (`Package::proof` not found).
-    pub missing_packages: Vec<kforge_core::packages::Package>,
+    /// Of every package kforge installs, those the host lacks (`Package::proof` not
+    /// found): asked of all, since the plan a host gets depends on its facts.
+    pub absent_packages: Vec<kforge_core::packages::Package>,
     /// The host has apt-get, to install them with.
     pub apt: bool,
     /// The plan's recheck tests (`PlannedCommand::recheck`) that failed here: state
@@ -67,6 +69,11 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
+    /// The packages `plan` needs that this host lacks.
+    pub fn missing_packages(&self, plan: &NodePlan) -> Vec<Package> {
+        plan.packages.iter().copied().filter(|p| self.absent_packages.contains(p)).collect()
+    }
+
     /// The node's bootstrap failed here (or cloud-init failed before it could run it)
     /// and no apply has finished the host since: the step that failed, its error and
     /// cloud-init's own.
@@ -120,6 +127,9 @@ pub(crate) fn watched_paths(plan: &NodePlan) -> Vec<String> {
     // Added after facts when the host turns out to need userspace WireGuard.
     v.push(kforge_core::pipeline::BORINGTUN_DEST.into());
     v.push(kforge_core::pipeline::WG_USERSPACE_DROPIN.into());
+    // Added when the K3s server that would found the cluster joins the running one.
+    v.push(kforge_core::k3s::REGISTRATION_CONF.into());
+    v.push(kforge_core::paths::unit_file(kforge_core::k3s::REGISTRATION_UNIT));
     // The host's own bootstrap script, left by every apply.
     v.push(kforge_core::paths::BOOTSTRAP_SCRIPT.into());
     v
@@ -134,8 +144,14 @@ fn rechecks(plan: &NodePlan) -> Vec<String> {
     commands.chain(units).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
+/// The plan's units, and those a plan for this host's facts may add (the registration
+/// balancer of a K3s server that joins instead of founding).
 fn units(plan: &NodePlan) -> Vec<String> {
-    plan.phases.iter().flat_map(|p| p.units.iter().map(|u| u.name.clone())).collect()
+    let mut v: Vec<String> = plan.phases.iter().flat_map(|p| p.units.iter().map(|u| u.name.clone())).collect();
+    if !v.iter().any(|u| u == kforge_core::k3s::REGISTRATION_UNIT) {
+        v.push(kforge_core::k3s::REGISTRATION_UNIT.into());
+    }
+    v
 }
 
 const FACTS_SH: &str = include_str!("sh/facts.sh");
@@ -178,7 +194,7 @@ pub fn gather_with(
         "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nKF_READ_ONLY={}\n{FACTS_SH}\necho {FACTS_END}\n{then}",
         sh_array("KF_PATHS", &paths),
         sh_array("KF_UNITS", &units(plan)),
-        sh_array("KF_PACKAGES", &plan.packages.iter().map(|p| p.install_arg()).collect::<Vec<_>>()),
+        sh_array("KF_PACKAGES", &Package::ALL.map(|p| p.install_arg())),
         sh_array("KF_DIRS", &dirs),
         sh_array("KF_RECHECKS", &rechecks),
         sh_array("KF_RUNNING", &running(plan)),
@@ -242,7 +258,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
             }
             (Some("missing-package"), Some(name), None) => {
                 if let Some(p) = kforge_core::packages::Package::ALL.into_iter().find(|p| p.name() == name) {
-                    f.missing_packages.push(p);
+                    f.absent_packages.push(p);
                 }
             }
             (Some("manifest"), Some(b64), None) => {
@@ -377,7 +393,7 @@ mod tests {
         assert!(f.pending.contains("k3s.service"));
         assert!(f.listening.contains("udp/51820"));
         assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
-        assert_eq!(f.missing_packages, [kforge_core::packages::Package::NginxStream]);
+        assert_eq!(f.absent_packages, [kforge_core::packages::Package::NginxStream]);
         assert!(f.apt);
         let r = f.running_versions("lab-1");
         assert_eq!(r.versions[&Component::Kubelet].to_string(), "1.36.3");

@@ -52,10 +52,10 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
             problems.push(format!("{node}: {MEMORY_CGROUP_OFF}\n  help: {MEMORY_CGROUP_FIX}, then apply again"));
         }
         // Missing packages are apply's to install, with apt; without apt, the operator's.
-        if !f.apt && !f.missing_packages.is_empty() {
-            let names: Vec<&str> = f.missing_packages.iter().map(|p| p.name()).collect();
-            let why: Vec<String> =
-                f.missing_packages.iter().map(|p| format!("\n    {}: {}", p.name(), p.why())).collect();
+        let missing = f.missing_packages(plan);
+        if !f.apt && !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|p| p.name()).collect();
+            let why: Vec<String> = missing.iter().map(|p| format!("\n    {}: {}", p.name(), p.why())).collect();
             problems.push(format!(
                 "{node}: lacks {} and has no apt-get to install them with; install them (or your distribution's equivalents) by hand, then apply again:{}",
                 names.join(", "),
@@ -189,7 +189,8 @@ mod tests {
         w.swap_forbidden = true;
         let mut f = facts("w", "1111", 1000, "systemd");
         f.swap_on = true;
-        f.missing_packages = vec![Package::Nginx, Package::NginxStream];
+        w.packages = vec![Package::WireguardTools, Package::Nginx, Package::NginxStream];
+        f.absent_packages = vec![Package::Nginx, Package::NginxStream, Package::Curl];
         assert_eq!(
             check(&[(&w, &f)], 1000, 51820),
             [
@@ -201,7 +202,7 @@ mod tests {
         f.swap_on = false;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "with apt, apply installs them");
         w.swap_forbidden = false;
-        f.missing_packages.clear();
+        f.absent_packages.clear();
         w.requires_cgroup_v2 = true;
         f.cgroup_version = 1;
         let refused = check(&[(&w, &f)], 1000, 51820);

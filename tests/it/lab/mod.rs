@@ -431,11 +431,75 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     });
 }
 
+/// Where a lab machine records the requests the lab's package mirror answered.
+fn mirror_requests(lab: &Lab) -> usize {
+    std::fs::read_to_string(lab.ctx.path("lab/mirror.log")).map(|l| l.lines().count()).unwrap_or(0)
+}
+
+/// The packages kforge installs, asked of dpkg on a machine: `dpkg -s` fails while any is
+/// missing (Debian's nginx and its stream module are two packages).
+const KFORGES_PACKAGES: &str = "dpkg -s nginx libnginx-mod-stream wireguard-tools nftables >/dev/null 2>&1";
+
+/// The K3s HA lab, one group: three servers on embedded etcd and an agent at home behind
+/// NAT, from bare Debian 13 machines (nothing kforge needs preinstalled; packages from
+/// the lab's mirror), then K3s's field defects on the stand-in: the mesh restarted under
+/// K3s, a slow first start, the founding server reinstalled.
 #[test]
-fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_every_node() {
+fn the_ha_lab_from_bare_machines_and_k3s_on_real_hosts() {
     // `--example k3s-ha` with no other option: the shape is the example's own.
     let lab = Lab::start("k3s-ha", &[]);
     lab.install_k3s_stand_in();
+    let mut checks = Checks::default();
+    checks.run("the machines are bare: none of kforge's packages, no route but the lab's", || {
+        for m in &lab.state.machines {
+            let (installed, _) = lab.ssh_status(&m.name, KFORGES_PACKAGES);
+            assert!(!installed, "{} has kforge's packages before any apply", m.name);
+            let routes = lab.ssh(&m.name, "ip route");
+            // Public machines have no default route; the one at home routes to its router only.
+            assert!(!routes.contains("default") || m.public_ip.is_none(), "{}: {routes}", m.name);
+        }
+    });
+    checks.run("three servers on embedded etcd and an agent behind NAT, every image on every node", || {
+        ha_lab_converges(&lab)
+    });
+    checks.run("joiners got nginx and its stream module from the mirror; nginx.service left off", || {
+        for node in ["lab-2", "lab-3", "lab-4"] {
+            let (ok, out) = lab.ssh_status(node, KFORGES_PACKAGES);
+            assert!(ok, "{node}: {out}");
+            let units = lab.ssh(node, "systemctl is-enabled nginx.service || true; systemctl is-active nginx.service || true; systemctl is-active kforge-k3s-registration.service");
+            assert_eq!(units.split_whitespace().collect::<Vec<_>>(), ["disabled", "inactive", "active"], "{node}");
+        }
+        // The founder has no balancer, so no nginx: only what its plan needs.
+        let (has_nginx, _) = lab.ssh_status("lab-1", "dpkg -s nginx >/dev/null 2>&1");
+        assert!(!has_nginx, "lab-1 needs no nginx");
+        assert!(lab.ssh_status("lab-1", "dpkg -s wireguard-tools nftables >/dev/null 2>&1").0);
+    });
+    checks.run("a second apply installs nothing and asks the mirror nothing", || {
+        let before = mirror_requests(&lab);
+        let again = lab.apply_json();
+        assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
+        for h in again["hosts"].as_array().unwrap() {
+            assert_eq!(h["packagesInstalled"], serde_json::json!([]), "{h}");
+        }
+        assert_eq!(mirror_requests(&lab), before, "apt ran during a second apply");
+    });
+    checks.run("the mesh restarted under K3s leaves K3s running (ordered after it, not bound to it)", || {
+        let id = || lab.ssh("lab-2", "systemctl show -p InvocationID --value k3s.service").trim().to_string();
+        let before = id();
+        lab.ssh("lab-2", "systemctl restart wg-quick@kforge0.service");
+        assert_eq!(id(), before, "restarting the mesh restarted K3s");
+        assert!(lab.ssh_status("lab-2", "systemctl is-active -q k3s.service").0);
+    });
+    checks.run("a slow first start is waited for, never restarted half-way by the bootstrap run again", || {
+        a_slow_first_start_is_waited_for(&lab)
+    });
+    checks.run("the founding server reinstalled joins the running cluster (no second cluster-init)", || {
+        the_founder_reinstalled_joins(&lab)
+    });
+    checks.finish();
+}
+
+fn ha_lab_converges(lab: &Lab) {
     let shape: Vec<_> = lab.state.machines.iter().map(|m| (m.name.as_str(), m.public_ip.is_some())).collect();
     assert_eq!(shape, [("lab-1", true), ("lab-2", true), ("lab-3", true), ("lab-4", false)], "lab-4 is at home");
     let file = kforge_core::spec::parse("lab/kforge.yaml", &lab.ctx.read("lab/kforge.yaml")).unwrap().cluster;
@@ -445,6 +509,8 @@ fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_e
     let report = lab.apply_json();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
+        let packages = h["packagesInstalled"].as_array().unwrap();
+        assert!(packages.iter().any(|p| p == "wireguard-tools"), "installed from the mirror: {h}");
     }
     // lab-1 initialises the embedded etcd with kforge's CAs; lab-2 and lab-3 join it over
     // the mesh with none placed on their disks (K3s takes them from the datastore) and
@@ -485,8 +551,55 @@ fn the_ha_lab_has_three_servers_an_agent_at_home_behind_nat_and_every_image_on_e
     let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]).success().stdout;
     assert!(status.contains("12 of 12 node pairs reach each other"), "{status}");
     assert!(status.contains("k3s-agent.service 1/1") && status.contains("k3s.service 3/3"), "{status}");
+}
+
+/// lab-1's K3s takes 20 s to be ready, as a real first start on a small host can: the
+/// bootstrap told to wait 5 s fails saying K3s is still starting; run again, it waits for
+/// that same start (the unit's InvocationID unchanged) instead of restarting it.
+fn a_slow_first_start_is_waited_for(lab: &Lab) {
+    let invocation = || lab.ssh("lab-1", "systemctl show -p InvocationID --value k3s.service").trim().to_string();
+    lab.ssh(
+        "lab-1",
+        "systemctl stop k3s.service && rm -f /var/lib/kforge/units/k3s.service.inputs && mkdir -p /etc/kforge-lab && echo 20 > /etc/kforge-lab/k3s-stand-in-slow-start",
+    );
+    let (ok, first) = lab.ssh_status("lab-1", "KF_START_WAIT=5 bash /var/lib/kforge/bootstrap.sh 2>&1");
+    assert!(!ok, "a 5 s wait for a 20 s start must fail: {first}");
+    assert!(first.contains("k3s.service is still starting after 5 s"), "{first}");
+    let starting = invocation();
+    assert_eq!(lab.ssh("lab-1", "systemctl is-active k3s.service || true").trim(), "activating");
+    let (ok, second) = lab.ssh_status("lab-1", "bash /var/lib/kforge/bootstrap.sh 2>&1");
+    lab.ssh("lab-1", "rm -f /etc/kforge-lab/k3s-stand-in-slow-start");
+    assert!(ok, "{second}");
+    assert!(second.contains("k3s.service is still starting with these inputs"), "{second}");
+    assert!(!second.contains("KF restarted k3s.service"), "restarted half-way: {second}");
+    assert_eq!(invocation(), starting, "the second run restarted K3s");
+    assert_eq!(lab.ssh("lab-1", "systemctl is-active k3s.service").trim(), "active");
+}
+
+/// lab-1 founded the cluster; reinstalled (empty disk, new host key) while lab-2 and
+/// lab-3 run, it must join them: a second `cluster-init` would found an empty etcd with
+/// the same CAs and token, which agents accept.
+fn the_founder_reinstalled_joins(lab: &Lab) {
+    let out = lab.ctx.kforge(&["lab", "reinstall", "lab-1", "--dir", "lab"]).success().stdout;
+    let new_key = out.lines().nth(1).unwrap().trim().to_string();
+    let known = lab.ctx.path("lab/known_hosts");
+    let ip = lab.public_ip("lab-1");
+    crate::util::run("ssh-keygen", &["-q", "-R", &ip, "-f", known.to_str().unwrap()]);
+    let mut text = std::fs::read_to_string(&known).unwrap();
+    text.push_str(&format!("{new_key}\n"));
+    std::fs::write(&known, text).unwrap();
+    let dry = lab.apply(&["--dry-run"]);
+    assert!(dry.stderr.contains("lab-1: joins the cluster lab-2, lab-3 run"), "{}", dry.stderr);
+    let report = lab.apply_json();
+    let lab1 = &report["hosts"][0];
+    assert_eq!(lab1["converged"], true, "{lab1}");
+    let config = lab.ssh("lab-1", "cat /etc/rancher/k3s/config.yaml");
+    assert!(!config.contains("cluster-init") && config.contains("server: https://127.0.0.1:6445"), "{config}");
+    let status = lab.ssh("lab-1", "cat /run/k3s-stand-in/status");
+    assert!(status.contains("custom-cas=from-datastore") && status.contains("joined=127.0.0.1:6445"), "{status}");
+    // Now a joiner with its datastore back: the next apply keeps it so.
     let again = lab.apply_json();
-    assert_eq!(totals(&again), (0, 0), "second apply changed something: {again}");
+    assert_eq!(totals(&again), (0, 0), "the rejoined server was flipped back: {again}");
 }
 
 #[test]
@@ -758,7 +871,7 @@ fn a_host_that_goes_down_mid_apply_fails_alone_and_reapply_finishes() {
 }
 
 #[test]
-fn preflight_refuses_a_cloned_machine_and_a_taken_port_and_touches_nothing() {
+fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
     let lab = Lab::up(2, &[]);
     let id = lab.ssh("lab-1", "cat /etc/machine-id");
     lab.ssh("lab-2", &format!("echo {} > /etc/machine-id", id.trim()));
@@ -775,6 +888,36 @@ fn preflight_refuses_a_cloned_machine_and_a_taken_port_and_touches_nothing() {
     for node in ["lab-1", "lab-2"] {
         let touched = lab.ssh(node, "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null | wc -l");
         assert_eq!(touched.trim(), "0", "{node} was touched");
+    }
+
+    // Fixed, but the provider's package mirror is down: apply fails at the install step,
+    // naming the packages and apt's own words, with no file of the plan written and no
+    // unit started on either host.
+    lab.ssh("lab-2", "kill $(cat /run/sshd-10250.pid); rm /etc/machine-id && systemd-machine-id-setup >/dev/null 2>&1");
+    lab.ctx.kforge(&["lab", "mirror", "stop", "--dir", "lab"]).success();
+    let out = lab.apply(&[]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    for node in ["lab-1", "lab-2"] {
+        assert!(
+            out.stdout.contains(&format!("{node}: packages: on {node}: `install packages` failed"))
+                && out
+                    .stdout
+                    .contains("apt-get could not install wireguard-tools nftables: E: Unable to locate package"),
+            "{}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("Failed to fetch http://"), "apt's own words: {}", out.stdout);
+        let started = lab.ssh(node, "systemctl list-units --all --no-legend 'wg-quick@*' 'kforge-*' 'k3s*' | wc -l");
+        assert_eq!(started.trim(), "0", "{node}: a unit of the plan exists");
+        let touched = lab.ssh(node, "ls /etc/wireguard /etc/rancher /usr/sbin/policy-rc.d 2>/dev/null | wc -l");
+        assert_eq!(touched.trim(), "0", "{node}: the plan's files or kforge's policy-rc.d are there");
+    }
+    // The mirror back: the same apply finishes the job.
+    lab.ctx.kforge(&["lab", "mirror", "start", "--dir", "lab"]).success();
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+        assert_eq!(h["packagesInstalled"], serde_json::json!(["wireguard-tools", "nftables"]), "{h}");
     }
 }
 

@@ -281,6 +281,11 @@ kf_apt() {
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" 2>&1
 }
 
+# kf_enabled_services: the enabled services, sorted, one per line.
+kf_enabled_services() {
+  { systemctl list-unit-files --type=service --state=enabled --no-legend 2>/dev/null || true; } | awk '{print $1}' | sort
+}
+
 # The policy-rc.d that keeps services stopped while kforge installs packages (the
 # marker tells an interrupted run's leftover from the host's own).
 KF_POLICY=/usr/sbin/policy-rc.d
@@ -294,13 +299,16 @@ KF_POLICY_MARK="# kforge: no service starts while kforge installs packages"
 # under its own units. apt downloads every package before it unpacks one, so a mirror
 # that fails installs none of them; the error names the packages and apt's own words.
 kf_install() {
-  local missing=() e out upd status=0 why u ours=0
+  local missing=() e out upd status=0 why u ours=0 enabled
   for e in "$@"; do kf_has "${e#*=}" || missing+=("${e%%=*}"); done
   [ ${#missing[@]} -gt 0 ] || return 0
   KF_STEP="install ${missing[*]}"
   command -v apt-get >/dev/null 2>&1 \
     || fail "this host lacks ${missing[*]} and has no apt-get: install them (your distribution's equivalents) by hand, then run again"
   log "installing ${missing[*]} (apt-get, from this host's package sources)"
+  # The services enabled before, to tell those the packages (or what they pulled in,
+  # nginx-common's nginx.service) enable.
+  enabled=$(kf_enabled_services)
   if [ ! -e "$KF_POLICY" ] || grep -qxF "$KF_POLICY_MARK" "$KF_POLICY" 2>/dev/null; then
     printf '#!/bin/sh\n%s\nexit 101\n' "$KF_POLICY_MARK" > "$KF_POLICY"; chmod 755 "$KF_POLICY"; ours=1
   fi
@@ -316,11 +324,9 @@ kf_install() {
     why=$(grep -E '^(E|W): ' <<<"$out" | grep -v 'Some index files failed' | sort -u | head -n 6 | tr '\n' ' ') || true
     fail "apt-get could not install ${missing[*]}: ${why:-exit status $status}"
   fi
-  for u in $(dpkg -L "${missing[@]}" 2>/dev/null | grep -E '^(/usr)?/lib/systemd/system/[^/@]+\.service$' | xargs -r -n1 basename | sort -u); do
-    if systemctl is-enabled -q "$u" 2>/dev/null; then
-      systemctl disable --now -q "$u"
-      log "$u came with its package and was left off: kforge runs what it needs under its own units"
-    fi
+  for u in $(comm -13 <(echo "$enabled") <(kf_enabled_services)); do
+    systemctl disable --now -q "$u"
+    log "$u came with the packages and was left off: kforge runs what it needs under its own units"
   done
   echo "KF installed ${missing[*]}"
 }
