@@ -477,8 +477,13 @@ pub enum LabMirrorAction {
 pub enum LabCommand {
     /// Start Debian machines with systemd and sshd, on a private "internet" bridge.
     ///
+    /// The machines are bare, as a provider hands a VPS out: the base system, sshd,
+    /// cloud-init, and nothing kforge needs. `kforge apply` installs that with apt from
+    /// the lab's package mirror, served on the lab's internet (requests in
+    /// DIR/mirror.log; `kforge lab mirror stop` for an outage).
+    ///
     /// Writes DIR/kforge.yaml (the lab example with these machines), DIR/ssh_config and
-    /// DIR/known_hosts (strict host keys). The root filesystem is built once with
+    /// DIR/known_hosts (strict host keys). Each image and its mirror are built once with
     /// debootstrap into /var/cache/kforge-lab (KFORGE_LAB_CACHE). Then:
     ///   kforge apply -f lab/kforge.yaml
     ///

@@ -67,14 +67,33 @@ const VERSION: &str = "v1.37.2";
 #[test]
 fn the_hard_way_runs_for_real() {
     let lab = Lab::up_example("hardway", 3, &[]);
+    // Bare machines, as a provider hands them out: none of what kforge needs is there.
+    for m in &lab.state.machines {
+        assert!(!lab.ssh_status(&m.name, super::KFORGES_PACKAGES).0, "{} has kforge's packages already", m.name);
+    }
     // Born at the previous minor, so the cluster every check below reads is one that
     // kforge upgraded under load (tests/it/lab/upgrade.rs).
     super::upgrade::set_release(&lab, super::upgrade::FROM);
     let report = lab.apply_json();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
+        let installed = h["packagesInstalled"].as_array().unwrap();
+        for p in ["wireguard-tools", "nftables", "nginx", "libnginx-mod-stream", "iptables", "conntrack"] {
+            assert!(installed.iter().any(|i| i == p), "{p} installed from the lab's mirror: {h}");
+        }
     }
     let mut checks = Checks::default();
+    checks.run("the API balancer on every worker serves (nginx's stream module from the mirror)", || {
+        for m in &lab.state.machines {
+            let readyz = lab.ssh(
+                &m.name,
+                "kubectl --kubeconfig /etc/kforge/admin.kubeconfig --server https://127.0.0.1:6445 get --raw /readyz",
+            );
+            assert_eq!(readyz.trim(), "ok", "{}", m.name);
+            let off = lab.ssh(&m.name, "systemctl is-enabled nginx.service || true");
+            assert_eq!(off.trim(), "disabled", "{}: Debian's nginx.service left off", m.name);
+        }
+    });
     super::upgrade::the_cluster_upgrades_under_load(&lab, &mut checks);
     let ws = Workstation::join(&lab);
 

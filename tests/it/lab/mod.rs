@@ -894,6 +894,11 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
     // naming the packages and apt's own words, with no file of the plan written and no
     // unit started on either host.
     lab.ssh("lab-2", "kill $(cat /run/sshd-10250.pid); rm /etc/machine-id && systemd-machine-id-setup >/dev/null 2>&1");
+    // What apply would install, per host: --dry-run and plan --observe say it first.
+    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    assert_eq!(dry.matches("  + packages wireguard-tools nftables  (apt-get install)\n").count(), 2, "{dry}");
+    let observed = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
+    assert!(observed.contains("lab-1      install packages: wireguard-tools, nftables (apt-get) → "), "{observed}");
     lab.ctx.kforge(&["lab", "mirror", "stop", "--dir", "lab"]).success();
     let out = lab.apply(&[]);
     assert_ne!(out.code, 0, "{}", out.stdout);

@@ -21,11 +21,22 @@ const NODES: [&str; 3] = ["lab-1", "lab-2", "lab-3"];
 #[test]
 fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
     let started = Instant::now();
-    let lab = Lab::start("hardway", &["--nodes", "3", "--all-public", "--user-data"]);
+    // Debian 12 here (the other groups run Debian 13): the bootstrap installs the plan's
+    // packages at boot from the lab's mirror, as on a provider's bookworm image.
+    let lab = Lab::start("hardway", &["--nodes", "3", "--all-public", "--user-data", "--image", "debian-12"]);
     let booted = started.elapsed().as_secs_f64();
     let mut checks = Checks::default();
     checks.run("cloud-init ran the user-data to the end on every machine", || {
         for node in NODES {
+            assert!(lab.ssh(node, "cat /etc/os-release").contains("VERSION_ID=\"12\""), "{node} runs Debian 12");
+            // Nothing of it was in the image: the bootstrap installed it from the mirror.
+            assert!(lab.ssh_status(node, super::KFORGES_PACKAGES).0, "{node}: the bootstrap installed the packages");
+            let machine = lab.state.machine(node).unwrap().public_ip.unwrap().to_string();
+            let log = std::fs::read_to_string(lab.ctx.path("lab/mirror.log")).unwrap();
+            assert!(
+                log.lines().any(|l| l.contains(&format!(" {machine} GET ")) && l.contains("libnginx-mod-stream_")),
+                "{node} fetched nginx's stream module from the mirror:\n{log}"
+            );
             let (_, out) = lab.ssh_status(node, "cloud-init status --wait --long");
             assert!(out.contains("status: done"), "{node}: {out}");
             assert_eq!(lab.ssh(node, "cut -f1 /var/lib/kforge/bootstrap.outcome").trim(), "ok", "{node}");

@@ -6,6 +6,12 @@
 set -euo pipefail
 lab_key=$1
 
+# A bare machine, as every lab machine: git comes from the lab's package mirror.
+if ! command -v git >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -q update >/dev/null && apt-get -q -y --no-install-recommends install git >/dev/null
+fi
+
 id git >/dev/null 2>&1 || useradd --system --home-dir /srv/git --create-home --shell /usr/bin/git-shell git
 install -d -o git -g git -m 0700 /srv/git/.ssh
 touch /srv/git/.ssh/authorized_keys
