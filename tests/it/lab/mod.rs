@@ -917,13 +917,20 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
         let touched = lab.ssh(node, "ls /etc/wireguard /etc/rancher /usr/sbin/policy-rc.d 2>/dev/null | wc -l");
         assert_eq!(touched.trim(), "0", "{node}: the plan's files or kforge's policy-rc.d are there");
     }
-    // The mirror back: the same apply finishes the job.
+    // The mirror back: the same apply finishes the job — on lab-1 even after an install
+    // killed half-way left dpkg's journal behind ("dpkg was interrupted": apt refuses
+    // everything until `dpkg --configure -a`). The journal entry is base-files' own
+    // status, so finishing it changes nothing else.
     lab.ctx.kforge(&["lab", "mirror", "start", "--dir", "lab"]).success();
+    lab.ssh("lab-1", "dpkg-query -s base-files > /var/lib/dpkg/updates/0000");
+    let (ok, why) = lab.ssh_status("lab-1", "apt-get -y install nftables 2>&1");
+    assert!(!ok && why.contains("dpkg was interrupted"), "the journal is what a killed install leaves: {why}");
     let report = lab.apply_json();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
         assert_eq!(h["packagesInstalled"], serde_json::json!(["wireguard-tools", "nftables"]), "{h}");
     }
+    assert_eq!(lab.ssh("lab-1", "ls /var/lib/dpkg/updates | wc -l").trim(), "0", "dpkg's journal finished");
 }
 
 #[test]

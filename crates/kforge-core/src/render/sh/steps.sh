@@ -313,6 +313,13 @@ kf_install() {
     printf '#!/bin/sh\n%s\nexit 101\n' "$KF_POLICY_MARK" > "$KF_POLICY"; chmod 755 "$KF_POLICY"; ours=1
   fi
   out=$(kf_apt install --no-install-recommends "${missing[@]}") || status=$?
+  # An install killed half-way (kforge killed, the host lost) leaves dpkg interrupted:
+  # finish configuring what was unpacked, then try again.
+  if [ "$status" != 0 ] && grep -q 'dpkg was interrupted' <<<"$out"; then
+    log "dpkg was interrupted by an earlier install: dpkg --configure -a, then again"
+    DEBIAN_FRONTEND=noninteractive dpkg --configure -a >/dev/null 2>&1 || true
+    status=0; out=$(kf_apt install --no-install-recommends "${missing[@]}") || status=$?
+  fi
   if [ "$status" != 0 ] && grep -qE 'Unable to locate package|has no installation candidate|404 +Not Found' <<<"$out"; then
     log "apt cannot find ${missing[*]} in its package lists: apt-get update, then again"
     upd=$(kf_apt update) || true
