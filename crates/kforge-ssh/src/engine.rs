@@ -384,8 +384,10 @@ fn plan_for_capabilities(
 /// The K3s servers that answered with a cluster of their own: a datastore on disk, or
 /// K3s running.
 fn k3s_running_servers(hosts: &[HostRun]) -> Vec<String> {
-    let runs =
-        |h: &&HostRun| h.facts.k3s_datastore || h.facts.unit_states.get("k3s.service").is_some_and(|s| s == "active");
+    let runs = |h: &&HostRun| {
+        h.facts.k3s_datastore
+            || h.facts.unit_states.get(kforge_core::k3s::unit_name(true)).is_some_and(|s| s == "active")
+    };
     hosts.iter().filter(|h| !h.failed && h.plan.control_plane).filter(runs).map(|h| h.plan.node.clone()).collect()
 }
 
