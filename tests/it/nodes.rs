@@ -162,3 +162,34 @@ fn k3s_removals_are_planned_too() {
     assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
     assert_eq!(std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap(), before, "the refusal wrote nothing");
 }
+
+/// A worker dropped from the file has its kubelet certificate revoked the moment its
+/// removal is recorded; put back before (or after) the removal is applied, it must not
+/// come back with that certificate — the API would refuse its kubelet for good while
+/// apply reported every host converged. It gets a new one, and the old stays refused.
+#[test]
+fn a_worker_put_back_after_its_revocation_gets_a_new_kubelet_certificate() {
+    let ctx = deployed_hardway();
+    let line = "    - {name: worker-1, role: worker, endpoint: 198.51.100.31, location: ams}\n";
+    let before = ctx.bundle();
+    let old = kforge_core::pki::credential_id(&before.certificates["kubelet-client/worker-1"].pair.cert).unwrap();
+    ctx.edit_spec(line, "");
+    let out = ctx.kforge(&["secrets", "update"]).success();
+    assert!(out.stderr.contains("1 revoked certificates"), "{}", out.stderr);
+    assert!(ctx.bundle().revoked.contains_key(&old));
+    // Back in the file.
+    ctx.edit_spec("  nodes:\n", &format!("  nodes:\n{line}"));
+    let out = ctx.kforge(&["secrets", "update"]).success();
+    assert!(out.stderr.contains("re-issued kubelet-client/worker-1"), "{}", out.stderr);
+    let after = ctx.bundle();
+    let new = kforge_core::pki::credential_id(&after.certificates["kubelet-client/worker-1"].pair.cert).unwrap();
+    assert_ne!(new, old);
+    assert!(after.revoked.contains_key(&old), "the old certificate stays refused");
+    assert!(!after.revoked.contains_key(&new));
+    // Nothing else was re-issued, and the next update changes nothing.
+    for (id, cert) in &before.certificates {
+        assert_eq!(id == "kubelet-client/worker-1", cert != &after.certificates[id], "{id}");
+    }
+    let again = ctx.kforge(&["secrets", "update"]).success();
+    assert!(!again.stderr.contains("re-issued"), "{}", again.stderr);
+}

@@ -104,6 +104,9 @@ enum Due {
     RequestChanged,
     /// Inside `pki.renewBeforeDays` of expiry.
     Expiring,
+    /// The cluster refuses it: revoked when its node left, and the node is back in the
+    /// file (the same certificate would be locked out for good).
+    Revoked,
 }
 
 /// What a reconcile changed, for the operator (names only, never values).
@@ -437,8 +440,10 @@ impl SecretsBundle {
         for req in requests {
             let ca_pair = self.cas.get(req.issuer.id()).expect("CAs are created before leaves");
             let wanted = req.fingerprint(ca_pair, pki.key_algorithm);
+            let revoked = |pem: &str| pki::credential_id(pem).is_some_and(|id| self.revoked.contains_key(&id));
             let why = match self.certificates.get(&req.id) {
                 None => Due::Missing,
+                Some(have) if revoked(&have.pair.cert) => Due::Revoked,
                 Some(have) if have.fingerprint != wanted => Due::RequestChanged,
                 Some(have) => match pki::not_after(&have.pair.cert) {
                     Some(expiry) if expiry > renew_after => continue,
@@ -467,7 +472,7 @@ impl SecretsBundle {
             self.certificates.insert(req.id.clone(), cert?);
             match why {
                 Due::Missing => report.created.push(Item::new(ItemKind::Certificate, req.id.clone())),
-                Due::RequestChanged | Due::Expiring => report.reissued.push(req.id.clone()),
+                Due::RequestChanged | Due::Expiring | Due::Revoked => report.reissued.push(req.id.clone()),
             }
         }
         let wanted: BTreeSet<&str> = requests.iter().map(|r| r.id.as_str()).collect();
