@@ -147,6 +147,13 @@ pub enum Command {
         /// names it, with its program and unit). Repeatable.
         #[arg(long, value_name = "UNIT")]
         hand_over: Vec<String>,
+        /// A host carrying another kforge cluster's record (a re-purposed machine:
+        /// /var/lib/kforge/manifest.json naming another cluster or node) becomes this
+        /// node: its record is replaced, and the files it lists are left where they are
+        /// (kforge never removes what another record lists). Without it such a host is
+        /// refused before anything is touched, and a dry run names it.
+        #[arg(long)]
+        replace_foreign_record: bool,
     },
     /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///

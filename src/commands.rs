@@ -75,8 +75,18 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Plan { cluster, observe: false, output, .. } => plan(&cluster, output),
         Command::Plan { cluster, observe: true, ssh_config, output } => plan_observed(&cluster, ssh_config, output),
         Command::Render { cluster, out, gzip, user_data_limit } => render_cmd(&cluster, &out, gzip, user_data_limit),
-        Command::Apply { cluster, dry_run, parallel, ssh_config, output, force_quorum_loss, hand_over } => {
-            let flags = ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over };
+        Command::Apply {
+            cluster,
+            dry_run,
+            parallel,
+            ssh_config,
+            output,
+            force_quorum_loss,
+            hand_over,
+            replace_foreign_record,
+        } => {
+            let flags =
+                ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over, replace_foreign_record };
             apply(&cluster, flags, output)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
@@ -302,7 +312,14 @@ fn plan(args: &ClusterArgs, format: Format) -> Result<(), CliError> {
 /// `plan --observe`: the plan as apply would run it on the hosts as they are now — an
 /// apply that touches nothing (facts, the upgrade rules, the stages in dry run).
 fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
-    let flags = ApplyFlags { dry_run: true, parallel: 10, ssh_config, force_quorum_loss: false, hand_over: Vec::new() };
+    let flags = ApplyFlags {
+        dry_run: true,
+        parallel: 10,
+        ssh_config,
+        force_quorum_loss: false,
+        hand_over: Vec::new(),
+        replace_foreign_record: false,
+    };
     let (_, report) = run_apply(args, flags)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
@@ -660,6 +677,7 @@ struct ApplyFlags {
     ssh_config: Option<std::path::PathBuf>,
     force_quorum_loss: bool,
     hand_over: Vec<String>,
+    replace_foreign_record: bool,
 }
 
 fn apply(args: &ClusterArgs, flags: ApplyFlags, format: Format) -> Result<(), CliError> {
@@ -689,7 +707,7 @@ fn apply(args: &ClusterArgs, flags: ApplyFlags, format: Format) -> Result<(), Cl
 
 /// The apply engine on this cluster file's hosts (`dry_run`: touching nothing).
 fn run_apply(args: &ClusterArgs, flags: ApplyFlags) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
-    let ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over } = flags;
+    let ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over, replace_foreign_record } = flags;
     // A removal kforge cannot do yet refuses the apply before anything is written.
     refuse_control_plane_removals(args)?;
     // A dry run (and plan --observe) writes nothing, the bundle included.
@@ -749,6 +767,7 @@ fn run_apply(args: &ClusterArgs, flags: ApplyFlags) -> Result<(Plan, kforge_ssh:
         snapshot: etcd_cluster.is_some().then_some(&take_snapshot as &kforge_ssh::Snapshot),
         force_quorum_loss,
         hand_over,
+        replace_foreign_record,
     };
     let progress = output::HostProgress::new(
         plan.nodes.iter().map(|n| n.node.as_str()).chain(plan.removals.iter().map(|r| r.node.as_str())),
@@ -842,6 +861,7 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
                 ssh_config,
                 force_quorum_loss: false,
                 hand_over: Vec::new(),
+                replace_foreign_record: false,
             };
             apply(&cluster, flags, Format::Text)
         }
@@ -1118,7 +1138,8 @@ fn reset(args: &ClusterArgs, names: &[String], all: bool, yes: bool, ssh: &SshAr
     let targets: Vec<kforge_ssh::Target> =
         targets.into_iter().filter(|t| chosen.iter().any(|n| n.name == t.node)).collect();
     let reports =
-        kforge_ssh::reset::reset(&targets, ssh_config, &cluster.spec.mesh.interface, !yes).map_err(CliError::Other)?;
+        kforge_ssh::reset::reset(&targets, ssh_config, &cluster.spec.mesh.interface, &cluster.metadata.name, !yes)
+            .map_err(CliError::Other)?;
     let mut failed = Vec::new();
     for r in &reports {
         println!("{}:", r.node);

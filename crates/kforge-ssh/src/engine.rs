@@ -256,6 +256,26 @@ fn preflight(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) -> Result<
         hosts.iter().filter(|h| !h.failed).map(|h| (&h.plan, &h.facts)).collect();
     let mut problems = crate::preflight::check(&healthy, now, plan.mesh_port);
     for h in hosts.iter_mut().filter(|h| !h.failed) {
+        if let Some(foreign) = foreign_record(h, &plan.cluster) {
+            if opts.replace_foreign_record {
+                // Nothing that record lists is kforge's to remove, nor its to record.
+                h.manifest.clear();
+                h.recorded.clear();
+                h.facts.manifest.clear();
+                h.facts.manifest_by = None;
+                h.report.steps.push(StepTime {
+                    step: format!(
+                        "--replace-foreign-record: {foreign}, replaced; the files it lists are left where they are"
+                    ),
+                    seconds: 0.0,
+                });
+            } else {
+                problems.push(format!(
+                    "{}: carries {foreign} (/var/lib/kforge/manifest.json): a re-purposed machine? kforge would take that record's files for its own and remove them\n  help: if this host is to be {} now: kforge apply --replace-foreign-record (the record is replaced; the files it lists are left where they are: check them yourself); or reset it with that cluster's kforge",
+                    h.plan.node, h.plan.node
+                ));
+            }
+        }
         for c in crate::preflight::conflicts(&h.plan, &h.facts, plan.mesh_port, &plan.mesh_interface) {
             match c.unit_to_hand_over().filter(|u| opts.hand_over.iter().any(|h| h == u)).map(String::from) {
                 Some(unit) => {
@@ -274,6 +294,20 @@ fn preflight(hosts: &mut [HostRun], plan: &Plan, opts: &ApplyOptions) -> Result<
         return Ok(problems);
     }
     Err(ApplyError::Preflight(problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")))
+}
+
+/// The record of another cluster (or of another node) this host carries, described:
+/// `None` when it has none or it is this node's.
+fn foreign_record(h: &HostRun, cluster: &str) -> Option<String> {
+    let (c, n) = h.facts.manifest_owner.as_ref()?;
+    let other_node = !n.is_empty() && *n != h.plan.node;
+    (c != cluster || other_node).then(|| {
+        format!(
+            "the record of kforge cluster `{c}`{}, {} files",
+            if n.is_empty() { String::new() } else { format!(", node `{n}`") },
+            h.facts.manifest.len()
+        )
+    })
 }
 
 /// Units the operator handed over (`--hand-over`) stop and are disabled before the
@@ -1369,6 +1403,7 @@ mod tests {
             snapshot: None,
             force_quorum_loss: false,
             hand_over: Vec::new(),
+            replace_foreign_record: false,
         };
         let config = |h: &HostRun| {
             let f = h.plan.files().find(|f| f.path == kforge_core::k3s::CONFIG).unwrap();

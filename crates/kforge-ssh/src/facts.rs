@@ -43,6 +43,9 @@ pub struct NodeFacts {
     pub manifest: BTreeMap<String, String>,
     /// Who recorded that manifest (None: the host has none).
     pub manifest_by: Option<kforge_core::manifest::Delivery>,
+    /// The cluster and node that manifest belongs to (the node empty in records from
+    /// before it was written).
+    pub manifest_owner: Option<(String, String)>,
     /// How the node's bootstrap script last ended, when it ran here.
     pub bootstrap: Option<BootstrapOutcome>,
     /// What cloud-init reported as errors of its last boot (`result.json`).
@@ -267,6 +270,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
                     f.manifest = m.files;
                     f.manifest_by = Some(m.by);
+                    f.manifest_owner = Some((m.cluster, m.node));
                 }
             }
             (Some("running"), Some(key), Some(line)) => {

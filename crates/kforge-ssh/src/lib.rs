@@ -81,6 +81,9 @@ pub struct ApplyOptions<'a> {
     /// Foreign units that hold what kforge needs (a port, the mesh port's WireGuard
     /// interface) and that the operator hands over: stopped and disabled, each said.
     pub hand_over: Vec<String>,
+    /// A host carrying another cluster's record becomes this node: the record is
+    /// replaced, the files it lists left alone (refused without it).
+    pub replace_foreign_record: bool,
 }
 
 /// See [`ApplyOptions::check_versions`].

@@ -207,7 +207,7 @@ fn remove(
     };
     progress(node, "reset the host");
     let started = std::time::Instant::now();
-    let reset = crate::reset::reset(&[target], opts.ssh_config.clone(), &plan.mesh_interface, false)?;
+    let reset = crate::reset::reset(&[target], opts.ssh_config.clone(), &plan.mesh_interface, &plan.cluster, false)?;
     match reset.into_iter().next().and_then(|h| h.error) {
         None => report.steps.push(StepTime { step: "reset the host".into(), seconds: started.elapsed().as_secs_f64() }),
         Some(e) => report.warnings.push(format!(

@@ -22,14 +22,22 @@ pub struct HostReset {
 }
 
 /// Reset each target (`preview`: only say what would be done), all at once.
+/// Only files a record of `cluster` lists are removed: a record of another cluster (a
+/// re-purposed machine) may list its owner's files.
 pub fn reset(
     targets: &[Target],
     ssh_config: Option<std::path::PathBuf>,
     mesh_interface: &str,
+    cluster: &str,
     preview: bool,
 ) -> Result<Vec<HostReset>, String> {
     let control = ControlDir::create()?;
-    let script = format!("{RESET_SH}\nkf_reset {mesh_interface} {}\n", if preview { "preview" } else { "do" });
+    let script = format!(
+        "{RESET_SH}\nkf_reset {} {} {}\n",
+        crate::ssh::shell_quote(mesh_interface),
+        if preview { "preview" } else { "do" },
+        crate::ssh::shell_quote(cluster)
+    );
     let hosts: Vec<Host> = targets.iter().map(|t| Host::of(t, ssh_config.clone(), control.path())).collect();
     let out = std::thread::scope(|s| {
         let runs: Vec<_> = hosts

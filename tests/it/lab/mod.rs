@@ -877,6 +877,21 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
     lab.ssh("lab-2", &format!("echo {} > /etc/machine-id", id.trim()));
     // Something else already serves the kubelet's port.
     lab.ssh("lab-2", "/usr/sbin/sshd -p 10250 -o PidFile=/run/sshd-10250.pid");
+    // A re-purposed machine: another kforge cluster's record, listing its owner's file.
+    lab.ssh(
+        "lab-2",
+        r#"mkdir -p /var/lib/kforge && echo mine > /root/precious && printf '%s' '{"cluster":"other-cluster","node":"old-box","files":{"/root/precious":"00"},"by":"apply"}' > /var/lib/kforge/manifest.json"#,
+    );
+    let dry = lab.apply(&["--dry-run"]);
+    assert_ne!(dry.code, 0, "a dry run names what a real apply refuses, and exits non-zero");
+    assert!(
+        dry.stdout.contains("lab-2: carries the record of kforge cluster `other-cluster`, node `old-box`, 1 files"),
+        "{}",
+        dry.stdout
+    );
+    // reset would not take that record's files either.
+    let preview = lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", "lab-2"]).success().stdout;
+    assert!(preview.contains("kept the 1 files listed by the record of cluster other-cluster"), "{preview}");
     let out = lab.apply(&[]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("preflight refused to continue; nothing was changed"), "{}", out.stderr);
@@ -885,22 +900,24 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
     // the SSH service kforge reaches the host through is never offered for hand-over.
     assert!(out.stderr.contains("lab-2: tcp/10250 is held by sshd"), "{}", out.stderr);
     assert!(!out.stderr.contains("--hand-over ssh"), "{}", out.stderr);
-    for node in ["lab-1", "lab-2"] {
-        let touched = lab.ssh(node, "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null | wc -l");
-        assert_eq!(touched.trim(), "0", "{node} was touched");
-    }
+    assert!(out.stderr.contains("lab-2: carries the record of kforge cluster `other-cluster`"), "{}", out.stderr);
+    assert!(out.stderr.contains("kforge apply --replace-foreign-record"), "{}", out.stderr);
+    let touched = lab.ssh("lab-1", "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null | wc -l");
+    assert_eq!(touched.trim(), "0", "lab-1 was touched");
+    let touched = lab.ssh("lab-2", "find /etc/wireguard /etc/kforge /var/lib/kforge -mindepth 1 2>/dev/null || true");
+    assert_eq!(touched.trim(), "/var/lib/kforge/manifest.json", "lab-2 was touched");
 
     // Fixed, but the provider's package mirror is down: apply fails at the install step,
     // naming the packages and apt's own words, with no file of the plan written and no
     // unit started on either host.
     lab.ssh("lab-2", "kill $(cat /run/sshd-10250.pid); rm /etc/machine-id && systemd-machine-id-setup >/dev/null 2>&1");
     // What apply would install, per host: --dry-run and plan --observe say it first.
-    let dry = lab.apply(&["--dry-run"]).success().stdout;
+    let dry = lab.apply(&["--dry-run", "--replace-foreign-record"]).success().stdout;
     assert_eq!(dry.matches("  + packages wireguard-tools nftables  (apt-get install)\n").count(), 2, "{dry}");
     let observed = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
     assert!(observed.contains("lab-1      install packages: wireguard-tools, nftables (apt-get) → "), "{observed}");
     lab.ctx.kforge(&["lab", "mirror", "stop", "--dir", "lab"]).success();
-    let out = lab.apply(&[]);
+    let out = lab.apply(&["--replace-foreign-record"]);
     assert_ne!(out.code, 0, "{}", out.stdout);
     for node in ["lab-1", "lab-2"] {
         assert!(
@@ -917,7 +934,8 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
         let touched = lab.ssh(node, "ls /etc/wireguard /etc/rancher /usr/sbin/policy-rc.d 2>/dev/null | wc -l");
         assert_eq!(touched.trim(), "0", "{node}: the plan's files or kforge's policy-rc.d are there");
     }
-    // The mirror back: the same apply finishes the job — on lab-1 even after an install
+    // The mirror back: the same apply — taking lab-2 over from the other cluster's record
+    // without removing what that record lists — finishes the job, on lab-1 even after an install
     // killed half-way left dpkg's journal behind ("dpkg was interrupted": apt refuses
     // everything until `dpkg --configure -a`). The journal entry is base-files' own
     // status, so finishing it changes nothing else.
@@ -925,12 +943,16 @@ fn preflight_and_a_mirror_outage_refuse_before_anything_is_started() {
     lab.ssh("lab-1", "dpkg-query -s base-files > /var/lib/dpkg/updates/0000");
     let (ok, why) = lab.ssh_status("lab-1", "apt-get -y install nftables 2>&1");
     assert!(!ok && why.contains("dpkg was interrupted"), "the journal is what a killed install leaves: {why}");
-    let report = lab.apply_json();
+    let out = lab.apply(&["--replace-foreign-record", "-o", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
         assert_eq!(h["packagesInstalled"], serde_json::json!(["wireguard-tools", "nftables"]), "{h}");
     }
     assert_eq!(lab.ssh("lab-1", "ls /var/lib/dpkg/updates | wc -l").trim(), "0", "dpkg's journal finished");
+    assert_eq!(lab.ssh("lab-2", "cat /root/precious").trim(), "mine", "the other record's file is left alone");
+    assert!(lab.ssh("lab-2", "cat /var/lib/kforge/manifest.json").contains("\"cluster\":\"lab\""));
 }
 
 #[test]

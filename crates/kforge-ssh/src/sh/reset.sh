@@ -17,7 +17,7 @@ KF_RESET_DIRS=(/var/lib/kubelet /var/lib/containerd /run/containerd /var/lib/cni
   /etc/kforge /opt/kforge /var/lib/kforge /var/lib/etcd /var/lib/etcd.before-restore-* /etc/etcd)
 
 kf_reset() {
-  local iface=$1 mode=$2 manifest=/var/lib/kforge/manifest.json
+  local iface=$1 mode=$2 cluster=$3 manifest=/var/lib/kforge/manifest.json owner
   local -a files units mounts
   kf_act() {
     local what=$1
@@ -27,6 +27,13 @@ kf_reset() {
     echo "did $what"
   }
   mapfile -t files < <(grep -o '"/[^"]*":' "$manifest" 2>/dev/null | sed 's/^"//; s/":$//')
+  # Another cluster's record (a re-purposed machine) may list its owner's files: none of
+  # them is kforge's to remove here.
+  owner=$(grep -o '"cluster":"[^"]*"' "$manifest" 2>/dev/null | head -n1 | cut -d'"' -f4)
+  if [ -n "$owner" ] && [ "$owner" != "$cluster" ]; then
+    echo "kept the ${#files[@]} files listed by the record of cluster $owner (not this cluster's: remove them yourself if they are kforge's)"
+    files=()
+  fi
   units=("${KF_RESET_FIRST_UNITS[@]}")
   for f in "${files[@]}"; do
     case $f in /etc/systemd/system/*.service) units+=("${f##*/}") ;; esac
