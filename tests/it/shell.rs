@@ -232,3 +232,38 @@ fn kf_node_labels_sets_the_list_and_takes_off_only_what_it_dropped() {
     assert!(calls.contains(&"--kubeconfig x label node edge-1 zone-".to_string()), "{calls:?}");
     assert!(!calls.iter().any(|c| c.contains("tier-")), "{calls:?}");
 }
+
+/// An apply that would restart a running control plane takes an etcd snapshot first. Of
+/// a member that is stopped (nothing listens) or hung (it accepts and never answers),
+/// etcdctl's snapshot waited for good — an apply printed "etcd snapshot first" and
+/// nothing more for 14 minutes. `kf_snapshot_save` asks the member first and gives up
+/// in seconds, saying why, so the apply tries the next member or stops with a reason.
+#[test]
+fn a_snapshot_of_a_member_that_does_not_answer_fails_in_seconds_saying_why() {
+    let etcdctl = kforge_lab::components_dir(kforge_lab::HARDWAY_VERSION).join("etcdctl");
+    assert!(etcdctl.exists(), "{} missing: scripts/components builds it", etcdctl.display());
+    let ctx = TestContext::new();
+    let run = || {
+        let script = format!(
+            "{}\nKF_ETCD_ENV=/dev/null\nexport PATH={}:$PATH\nkf_snapshot_save {}\n",
+            kforge_ssh::etcd::ETCD_SH,
+            etcdctl.parent().unwrap().display(),
+            ctx.path("snap.db").display()
+        );
+        let started = std::time::Instant::now();
+        let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
+        (out.status.success(), started.elapsed(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Stopped: nothing on the member's client port (this workstation runs no etcd).
+    assert!(std::net::TcpStream::connect("127.0.0.1:2379").is_err(), "an etcd runs on this workstation");
+    let (ok, took, said) = run();
+    assert!(!ok && took < std::time::Duration::from_secs(25), "{took:?}: {said}");
+    assert!(said.contains("the etcd member here does not answer, so it takes no snapshot"), "{said}");
+    // Hung: the port accepts connections and never says a word.
+    let hung = std::net::TcpListener::bind("127.0.0.1:2379").unwrap();
+    let (ok, took, said) = run();
+    drop(hung);
+    assert!(!ok && took < std::time::Duration::from_secs(25), "{took:?}: {said}");
+    assert!(said.contains("does not answer"), "{said}");
+    assert!(!ctx.path("snap.db").exists());
+}

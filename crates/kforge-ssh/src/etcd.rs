@@ -21,7 +21,8 @@ use crate::ssh::{ControlDir, Host, SshError, shell_quote};
 const REMOTE_SNAPSHOT: &str = "/var/lib/kforge/etcd-snapshot.db";
 const REMOTE_RESTORE: &str = "/var/lib/kforge/etcd-restore.db";
 /// The helpers, kept as shell (shellcheck runs on the file in CI).
-const ETCD_SH: &str = include_str!("sh/etcd.sh");
+/// kforge's etcd helpers (`sh/etcd.sh`), one function per call.
+pub const ETCD_SH: &str = include_str!("sh/etcd.sh");
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {

@@ -23,11 +23,22 @@ kf_etcd_health() {
   etcdctl endpoint health --cluster 2>&1
 }
 
-# kf_snapshot_save FILE: a snapshot of the local member, its status and its sha256.
+# kf_snapshot_save FILE: a snapshot of the local member, its status and its sha256. A
+# member that does not answer is refused at once — etcdctl's snapshot of a stopped member
+# waits for it for good — and the save itself is bounded (KF_SNAPSHOT_WAIT s, 300).
 kf_snapshot_save() {
+  local why wait=${KF_SNAPSHOT_WAIT:-300}
   kf_etcd_env
   mkdir -p "$(dirname "$1")"; rm -f "$1"
-  ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 etcdctl snapshot save "$1" >/dev/null
+  if ! why=$(ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 timeout 20 etcdctl endpoint health --dial-timeout=3s --command-timeout=5s 2>&1); then
+    echo "kforge: the etcd member here does not answer, so it takes no snapshot: $(tail -n1 <<<"$why")" >&2
+    return 1
+  fi
+  if ! ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 timeout "$wait" etcdctl snapshot save --dial-timeout=3s "$1" >/dev/null; then
+    rm -f "$1"
+    echo "kforge: etcdctl snapshot save failed or did not finish within $wait s" >&2
+    return 1
+  fi
   chmod 600 "$1"
   kf_snapshot_status "$1"
   sha256sum "$1" | cut -d' ' -f1
