@@ -154,6 +154,19 @@ pub enum Command {
         /// refused before anything is touched, and a dry run names it.
         #[arg(long)]
         replace_foreign_record: bool,
+        /// A drain may delete pods' emptyDir data (their controllers start new pods,
+        /// empty). Without it, a drain that would is refused before any cordon, naming
+        /// the pods and volumes (a dry run names them too).
+        #[arg(long)]
+        delete_emptydir_data: bool,
+        /// A drain may delete pods no controller runs: they are gone for good. Without it,
+        /// such a pod on a node to drain is refused before any cordon, named.
+        #[arg(long)]
+        delete_bare_pods: bool,
+        /// Refuse at once, naming the holder, when another kforge works on this cluster
+        /// (its lock, FILE.lock beside the cluster file) instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print the admin kubeconfig (server = the API's mesh address, CA embedded).
     ///
@@ -359,6 +372,9 @@ pub enum SecretsCommand {
     Update {
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Refuse at once when another kforge works on this cluster, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -393,6 +409,9 @@ pub enum CertsCommand {
         /// OpenSSH config to use for the apply.
         #[arg(long, value_name = "FILE")]
         ssh_config: Option<PathBuf>,
+        /// Refuse at once when another kforge works on this cluster, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 

@@ -84,9 +84,23 @@ pub fn run(command: Command) -> Result<(), CliError> {
             force_quorum_loss,
             hand_over,
             replace_foreign_record,
+            delete_emptydir_data,
+            delete_bare_pods,
+            no_wait,
         } => {
-            let flags =
-                ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over, replace_foreign_record };
+            // A dry run writes nothing, the bundle included: it takes no lock.
+            let _lock = (!dry_run).then(|| cluster_lock(&cluster, "kforge apply", no_wait)).transpose()?;
+            let drain =
+                kforge_ssh::rollout::DrainLosses { emptydir_data: delete_emptydir_data, bare_pods: delete_bare_pods };
+            let flags = ApplyFlags {
+                dry_run,
+                parallel,
+                ssh_config,
+                force_quorum_loss,
+                hand_over,
+                replace_foreign_record,
+                drain,
+            };
             apply(&cluster, flags, output)
         }
         Command::Kubeconfig { cluster, out } => kubeconfig_cmd(&cluster, out.as_deref()),
@@ -102,7 +116,8 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Reset { cluster, nodes, all, yes, ssh } => reset(&cluster, &nodes, all, yes, &ssh),
         Command::Explain { cluster, node, path } => explain(&cluster, node.as_deref(), path.as_deref()),
         Command::Certs(cmd) => certs(cmd),
-        Command::Secrets(SecretsCommand::Update { cluster }) => {
+        Command::Secrets(SecretsCommand::Update { cluster, no_wait }) => {
+            let _lock = cluster_lock(&cluster, "kforge secrets update", no_wait)?;
             let spec = load_spec(&cluster.file)?;
             let store = SecretsStore::beside(&cluster.file, AgeCredentials::from_env(cluster.age_identity.clone()))?;
             if !reconcile_and_save(&spec, &store)?.1 {
@@ -202,6 +217,18 @@ impl Session {
             ))),
         }
     }
+}
+
+/// The lock of a command that writes the bundle: held from before its first read of
+/// the bundle to after its last save (one operator at a time per cluster file).
+fn cluster_lock(args: &ClusterArgs, command: &str, no_wait: bool) -> Result<kforge_files::lock::ClusterLock, CliError> {
+    let wait = if no_wait {
+        kforge_files::lock::Wait::No
+    } else {
+        kforge_files::lock::Wait::Up(kforge_files::lock::DEFAULT_WAIT)
+    };
+    kforge_files::lock::ClusterLock::acquire(&args.file, command, wait, &|line| eprintln!("{line}"))
+        .map_err(CliError::Other)
 }
 
 fn load_spec(file: &Path) -> Result<LoadedSpec, CliError> {
@@ -319,6 +346,7 @@ fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, for
         force_quorum_loss: false,
         hand_over: Vec::new(),
         replace_foreign_record: false,
+        drain: kforge_ssh::rollout::DrainLosses::default(),
     };
     let (_, report) = run_apply(args, flags)?;
     match format {
@@ -678,6 +706,7 @@ struct ApplyFlags {
     force_quorum_loss: bool,
     hand_over: Vec<String>,
     replace_foreign_record: bool,
+    drain: kforge_ssh::rollout::DrainLosses,
 }
 
 fn apply(args: &ClusterArgs, flags: ApplyFlags, format: Format) -> Result<(), CliError> {
@@ -707,7 +736,8 @@ fn apply(args: &ClusterArgs, flags: ApplyFlags, format: Format) -> Result<(), Cl
 
 /// The apply engine on this cluster file's hosts (`dry_run`: touching nothing).
 fn run_apply(args: &ClusterArgs, flags: ApplyFlags) -> Result<(Plan, kforge_ssh::ApplyReport), CliError> {
-    let ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over, replace_foreign_record } = flags;
+    let ApplyFlags { dry_run, parallel, ssh_config, force_quorum_loss, hand_over, replace_foreign_record, drain } =
+        flags;
     // A removal kforge cannot do yet refuses the apply before anything is written.
     refuse_control_plane_removals(args)?;
     // A dry run (and plan --observe) writes nothing, the bundle included.
@@ -768,6 +798,7 @@ fn run_apply(args: &ClusterArgs, flags: ApplyFlags) -> Result<(Plan, kforge_ssh:
         force_quorum_loss,
         hand_over,
         replace_foreign_record,
+        drain,
     };
     let progress = output::HostProgress::new(
         plan.nodes.iter().map(|n| n.node.as_str()).chain(plan.removals.iter().map(|r| r.node.as_str())),
@@ -827,7 +858,9 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
             let session = Session::open(&cluster, Bundle::ReadOnly)?;
             crate::certs::check(&session.secrets, i64::from(session.spec.cluster.spec.pki.renew_before_days), output)
         }
-        CertsCommand::Renew { cluster, names, no_apply, ssh_config } => {
+        CertsCommand::Renew { cluster, names, no_apply, ssh_config, no_wait } => {
+            // Held through the apply that delivers the certificates, too.
+            let _lock = cluster_lock(&cluster, "kforge certs renew", no_wait)?;
             let spec = load_spec(&cluster.file)?;
             let store = SecretsStore::beside(&cluster.file, AgeCredentials::from_env(cluster.age_identity.clone()))?;
             let Some(mut bundle) = store.load(&spec.cluster.metadata.name)? else {
@@ -862,6 +895,7 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
                 force_quorum_loss: false,
                 hand_over: Vec::new(),
                 replace_foreign_record: false,
+                drain: kforge_ssh::rollout::DrainLosses::default(),
             };
             apply(&cluster, flags, Format::Text)
         }

@@ -8,8 +8,10 @@
 //!   path exists, never a read from a FIFO).
 //! * [`tree`]: `render --out DIR`, the plan as a directory tree swapped in whole.
 //! * [`atomic`]: temp file, fsync, rename, fsync the directory.
+//! * [`lock`]: one operator at a time per cluster file (the commands that write the bundle).
 
 pub mod atomic;
+pub mod lock;
 pub mod secrets_store;
 pub mod tree;
 

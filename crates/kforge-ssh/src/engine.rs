@@ -87,6 +87,8 @@ fn run(
         return Err(ApplyError::Preflight(refused.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")));
     }
     let mut hosts = connect(&plan, opts, control_dir)?;
+    // Each host's lock before its facts: what another apply changes meanwhile is read.
+    let locks = lock(&mut hosts, opts);
     gather_facts(&mut hosts, opts, progress);
     if hosts.iter().all(|h| h.failed) {
         return Ok(finish(&plan, opts, hosts));
@@ -101,7 +103,6 @@ fn run(
             return Err(e);
         }
     };
-    let locks = lock(&mut hosts, opts);
     hand_over(&mut hosts, opts, progress);
     // Nodes the file no longer names leave first, while the mesh still reaches them; a
     // removal that fails stops the apply there (the node stays recorded: the next apply
@@ -814,20 +815,29 @@ impl StageRun<'_> {
         let drain_of =
             |h: &HostRun| drained && (disrupts(h, phases, Some(&DRAINED_FOR)) || leftover.contains(&h.plan.node));
         let to_drain: Vec<String> = queue.iter().filter(|h| drain_of(h)).map(|h| h.plan.node.clone()).collect();
-        if !to_drain.is_empty() && !self.opts.dry_run {
+        if !to_drain.is_empty() {
             let refusal = match self.api() {
+                None if self.opts.dry_run => None,
                 None => Some("no control-plane host answers, so nothing can be drained".to_string()),
-                Some(api) => match api.drain_preflight(&to_drain, self.plan.workers_at_once) {
+                Some(api) => match api.drain_preflight(&to_drain, self.plan.workers_at_once, self.opts.drain) {
                     Ok(found) if found.is_empty() => None,
                     Ok(found) => Some(found.join("\n")),
                     Err(e) => Some(format!("could not read what a drain would wait on: {e}")),
                 },
             };
+            // A dry run reads the same and says what the real apply would refuse.
             if let Some(why) = refusal {
                 for h in queue.iter_mut() {
-                    h.fail(format!("drain preflight: {why}"));
+                    if self.opts.dry_run {
+                        let step = format!("drain preflight would refuse: {}", why.replace('\n', "\n    "));
+                        h.report.steps.push(StepTime { step, seconds: 0.0 });
+                    } else {
+                        h.fail(format!("drain preflight: {why}"));
+                    }
                 }
-                return;
+                if !self.opts.dry_run {
+                    return;
+                }
             }
         }
         let at_once = if drained { self.plan.workers_at_once } else { 1 };
@@ -851,17 +861,28 @@ impl StageRun<'_> {
         let node = h.plan.node.clone();
         if drain && self.opts.dry_run {
             h.report.steps.push(StepTime { step: "cordon and drain (dry run: not done)".into(), seconds: 0.0 });
-        } else if drain && let Some(api) = self.api() {
+        }
+        // A node the operator cordoned stays cordoned: drained, never uncordoned.
+        let mut cordoned_by_hand = false;
+        if drain
+            && !self.opts.dry_run
+            && let Some(api) = self.api()
+        {
             (self.progress)(&node, &format!("cordon and drain (up to {} s)", self.plan.drain_timeout_secs));
             let started = Instant::now();
-            if let Err(e) = api.drain(&node, self.plan.drain_timeout_secs) {
-                return h.fail(e);
+            match api.drain(&node, self.plan.drain_timeout_secs, self.opts.drain) {
+                Ok(rollout::Cordon::ByKforge) => h.step("cordon and drain", started),
+                Ok(rollout::Cordon::ByHand) => {
+                    cordoned_by_hand = true;
+                    h.step("drain (cordoned by hand: it stays cordoned)", started);
+                }
+                Err(e) => return h.fail(e),
             }
-            h.step("cordon and drain", started);
         }
         self.on(h, drain);
         if drain
             && !self.opts.dry_run
+            && !cordoned_by_hand
             && let Some(api) = self.api()
         {
             if h.failed {
@@ -1404,6 +1425,7 @@ mod tests {
             force_quorum_loss: false,
             hand_over: Vec::new(),
             replace_foreign_record: false,
+            drain: crate::rollout::DrainLosses::default(),
         };
         let config = |h: &HostRun| {
             let f = h.plan.files().find(|f| f.path == kforge_core::k3s::CONFIG).unwrap();

@@ -84,6 +84,9 @@ pub struct ApplyOptions<'a> {
     /// A host carrying another cluster's record becomes this node: the record is
     /// replaced, the files it lists left alone (refused without it).
     pub replace_foreign_record: bool,
+    /// What a drain may lose, as the operator accepted it (refused before any cordon
+    /// otherwise): emptyDir data, pods no controller runs.
+    pub drain: rollout::DrainLosses,
 }
 
 /// See [`ApplyOptions::check_versions`].

@@ -1,4 +1,4 @@
-//! One apply at a time per host: `flock` on /var/lib/kforge/apply.lock, held by an SSH
+//! One apply at a time per host: `flock` on /run/kforge/apply.lock, held by an SSH
 //! session as a *lease*. kforge writes a heartbeat line every 10 s; the holder exits
 //! (releasing the lock) at end-of-file — kforge exited or was killed — or after 30 s
 //! without a heartbeat — the connection died, as when a host's network drops
@@ -33,7 +33,7 @@ impl HostLock {
         if line.trim() != "KF locked" {
             drop(stdin);
             let detail = match child.wait().ok().and_then(|s| s.code()) {
-                Some(75) => "another kforge apply holds /var/lib/kforge/apply.lock (waited 45 s)".to_string(),
+                Some(75) => "another kforge apply holds /run/kforge/apply.lock (waited 45 s)".to_string(),
                 Some(255) => {
                     return Err(SshError::Connect { host: host.node.clone(), detail: "connection failed".into() });
                 }

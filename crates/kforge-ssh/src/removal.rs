@@ -178,12 +178,12 @@ fn remove(
         ));
     }
     if let (Some(api), Some(true)) = (api, ready) {
-        let blocked = api.drain_preflight(std::slice::from_ref(node), 1)?;
+        let blocked = api.drain_preflight(std::slice::from_ref(node), 1, opts.drain)?;
         if !blocked.is_empty() {
             return Err(format!("drain preflight: {}", blocked.join("\n")));
         }
         timed(report, &format!("cordon and drain (up to {} s)", plan.drain_timeout_secs), &mut || {
-            api.drain(node, plan.drain_timeout_secs)
+            api.drain(node, plan.drain_timeout_secs, opts.drain).map(|_| ())
         })?;
     }
     if let (Some(api), Some(etcd), Some(m)) = (api, &plan.etcd, &member) {

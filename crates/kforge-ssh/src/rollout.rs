@@ -17,6 +17,15 @@ use crate::ssh::{Host, shell_quote};
 /// Set on a Node while kforge has it cordoned for an apply.
 pub const CORDONED_BY_KFORGE: &str = "kforge.dev/cordoned-by-apply";
 
+/// Who holds a drained node's cordon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cordon {
+    /// kforge cordoned it for this turn, and uncordons it after.
+    ByKforge,
+    /// The operator had cordoned it: it stays cordoned.
+    ByHand,
+}
+
 /// Wait until `gate` passes on `host` (tried every 2 s until its timeout, counted on the
 /// host's clock: a test may itself take seconds); the error names the gate and what its
 /// test last said.
@@ -93,16 +102,36 @@ impl Api<'_> {
     }
 
     /// Mark, cordon and drain `node`; a drain that fails or runs out of time
-    /// uncordons the node again, and the error says so.
-    pub fn drain(&self, node: &str, timeout_secs: u64) -> Result<(), String> {
+    /// uncordons the node again, and the error says so. A node the operator cordoned
+    /// (unschedulable, without kforge's mark) is drained as it is and left cordoned:
+    /// kforge never uncordons a node it did not cordon. `losses` is what the operator
+    /// accepted the drain to lose (the preflight refused anything else).
+    pub fn drain(&self, node: &str, timeout_secs: u64, losses: DrainLosses) -> Result<Cordon, String> {
         let n = shell_quote(node);
-        self.run(
-            "cordon",
+        let state = self.run(
+            "read the Node's cordon",
             &format!(
-                "annotate node {n} {CORDONED_BY_KFORGE}=true --overwrite >/dev/null && {} cordon {n} >/dev/null",
-                self.kubectl
+                "get node {n} -o jsonpath='{{.spec.unschedulable}} {{.metadata.annotations.{}}}'",
+                CORDONED_BY_KFORGE.replace('.', "\\.")
             ),
         )?;
+        let by_hand = matches!(state.split_whitespace().collect::<Vec<_>>().as_slice(), ["true"]);
+        if !by_hand {
+            self.run(
+                "cordon",
+                &format!(
+                    "annotate node {n} {CORDONED_BY_KFORGE}=true --overwrite >/dev/null && {} cordon {n} >/dev/null",
+                    self.kubectl
+                ),
+            )?;
+        }
+        let mut flags = String::from("--ignore-daemonsets");
+        if losses.emptydir_data {
+            flags.push_str(" --delete-emptydir-data");
+        }
+        if losses.bare_pods {
+            flags.push_str(" --force");
+        }
         // kubectl drain waits for the pods it evicted to be gone (or its timeout); what
         // is left on the node after it says whether it finished. A pod can land on the
         // node after the cordon: the scheduler acts on its own cache of the Nodes, which
@@ -112,10 +141,7 @@ impl Api<'_> {
         let mut round = 1;
         let (said, left) = loop {
             let secs = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
-            let said = self.run(
-                "drain",
-                &format!("drain {n} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s 2>&1 | tail -n 3"),
-            );
+            let said = self.run("drain", &format!("drain {n} {flags} --timeout={secs}s 2>&1 | tail -n 3"));
             let left = self.unevicted(node)?;
             if said.is_err() || left.is_empty() || round == 3 || Instant::now() >= deadline {
                 break (said, left);
@@ -124,16 +150,19 @@ impl Api<'_> {
             round += 1;
         };
         if said.is_ok() && left.is_empty() {
-            return Ok(());
+            return Ok(if by_hand { Cordon::ByHand } else { Cordon::ByKforge });
         }
-        self.uncordon(node)?;
+        if !by_hand {
+            self.uncordon(node)?;
+        }
         let said = match said {
             Ok(text) => text.lines().last().unwrap_or_default().to_string(),
             Err(e) => e,
         };
         Err(format!(
-            "draining {node} did not finish within {timeout_secs} s (still there: {}; kubectl said: {said}); {node} was uncordoned",
-            left.join(", ")
+            "draining {node} did not finish within {timeout_secs} s (still there: {}; kubectl said: {said}); {node} {}",
+            left.join(", "),
+            if by_hand { "stays cordoned, as you left it" } else { "was uncordoned" }
         ))
     }
 
@@ -164,8 +193,14 @@ impl Api<'_> {
 
     /// Before the first cordon: every PodDisruptionBudget that would keep a drain of
     /// `nodes` waiting forever (no disruption allowed now, and a pod it guards on one of
-    /// them), and whether the pods of `at_once` drained nodes would have somewhere to go.
-    pub fn drain_preflight(&self, nodes: &[String], at_once: usize) -> Result<Vec<String>, String> {
+    /// them), whether the pods of `at_once` drained nodes would have somewhere to go, and
+    /// what a drain would lose that the operator did not accept (`allowed`).
+    pub fn drain_preflight(
+        &self,
+        nodes: &[String],
+        at_once: usize,
+        allowed: DrainLosses,
+    ) -> Result<Vec<String>, String> {
         let pdbs = self.run("list PodDisruptionBudgets", "get pdb -A -o json")?;
         let pdbs: Vec<Pdb> = serde_json::from_str::<List<Pdb>>(&pdbs).map_err(|e| format!("pdbs: {e}"))?.items;
         let pods = self.pods()?;
@@ -173,8 +208,59 @@ impl Api<'_> {
             "list nodes",
             "get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.unschedulable} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}'",
         )?;
-        Ok(drain_blockers(nodes, at_once, &pdbs, &pods, &all_nodes))
+        let mut found = drain_blockers(nodes, at_once, &pdbs, &pods, &all_nodes);
+        found.extend(drain_losses(nodes, &pods, allowed));
+        Ok(found)
     }
+}
+
+/// What a drain may lose, as the operator accepted it (`apply --delete-emptydir-data`,
+/// `--delete-bare-pods`): kubectl's own choices, made before anything is cordoned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainLosses {
+    /// The data of pods' emptyDir volumes (gone with the pod; its controller's new pod
+    /// starts empty).
+    pub emptydir_data: bool,
+    /// Pods no controller runs: deleted, never recreated anywhere.
+    pub bare_pods: bool,
+}
+
+/// The pods a drain of `nodes` would lose for good, unless accepted: pods without a
+/// controller, and emptyDir data. Named before any cordon, with the flag that accepts it.
+fn drain_losses(nodes: &[String], pods: &[Pod], allowed: DrainLosses) -> Vec<String> {
+    let moving: Vec<&Pod> =
+        pods.iter().filter(|p| p.spec.node_name.as_ref().is_some_and(|n| nodes.contains(n)) && p.evictable()).collect();
+    let name = |p: &Pod| {
+        format!("{}/{} on {}", p.metadata.namespace, p.metadata.name, p.spec.node_name.as_deref().unwrap_or("?"))
+    };
+    let mut out = Vec::new();
+    let bare: Vec<String> = moving.iter().filter(|p| p.metadata.owner_references.is_empty()).map(|p| name(p)).collect();
+    if !bare.is_empty() && !allowed.bare_pods {
+        out.push(format!(
+            "{} run{} under no controller: a drain deletes {} for good (nothing recreates {})\n  help: delete {} or run {} under a Deployment (or another controller), or accept it: kforge apply --delete-bare-pods; nothing was cordoned",
+            bare.join(", "),
+            if bare.len() == 1 { "s" } else { "" },
+            if bare.len() == 1 { "it" } else { "them" },
+            if bare.len() == 1 { "it" } else { "them" },
+            if bare.len() == 1 { "it" } else { "them" },
+            if bare.len() == 1 { "it" } else { "them" },
+        ));
+    }
+    let emptydir: Vec<String> = moving
+        .iter()
+        .filter_map(|p| {
+            let vols: Vec<&str> =
+                p.spec.volumes.iter().filter(|v| v.empty_dir.is_some()).map(|v| v.name.as_str()).collect();
+            (!vols.is_empty()).then(|| format!("{} ({})", name(p), vols.join(", ")))
+        })
+        .collect();
+    if !emptydir.is_empty() && !allowed.emptydir_data {
+        out.push(format!(
+            "a drain would delete the emptyDir data of {}: the pods' controllers start new ones, empty\n  help: accept it: kforge apply --delete-emptydir-data; nothing was cordoned",
+            emptydir.join(", ")
+        ));
+    }
+    out
 }
 
 /// The refusals of [`Api::drain_preflight`], from what the API listed.
@@ -255,6 +341,14 @@ struct Pod {
 #[serde(default, rename_all = "camelCase")]
 struct PodSpec {
     node_name: Option<String>,
+    volumes: Vec<Volume>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Volume {
+    name: String,
+    empty_dir: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -338,8 +432,8 @@ mod tests {
     fn pods() -> Vec<Pod> {
         serde_json::from_str::<List<Pod>>(
             r#"{"items": [
-              {"metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}},
-              {"metadata": {"name": "web-2", "namespace": "default", "labels": {"app": "web"}}, "spec": {"nodeName": "lab-2"}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}, "ownerReferences": [{"kind": "ReplicaSet"}]}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "web-2", "namespace": "default", "labels": {"app": "web"}, "ownerReferences": [{"kind": "ReplicaSet"}]}, "spec": {"nodeName": "lab-2"}, "status": {"phase": "Running"}},
               {"metadata": {"name": "agent", "namespace": "kube-system", "ownerReferences": [{"kind": "DaemonSet"}]}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}}
             ]}"#,
         )
@@ -380,6 +474,47 @@ mod tests {
             "{found:?}"
         );
         assert!(drain_blockers(&both, 1, &[], &pods(), NODES).is_empty());
+    }
+
+    /// A pod with no controller (kubectl drain refuses it without --force, then deletes
+    /// it for good) and emptyDir data (deleted with its pod) are named before any
+    /// cordon, with the flag that accepts each; DaemonSet and finished pods are not moved.
+    #[test]
+    fn what_a_drain_would_lose_is_named_before_any_cordon() {
+        let pods = serde_json::from_str::<List<Pod>>(
+            r#"{"items": [
+              {"metadata": {"name": "bare", "namespace": "default"}, "spec": {"nodeName": "lab-2"}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "cache-1", "namespace": "web", "ownerReferences": [{"kind": "ReplicaSet"}]},
+               "spec": {"nodeName": "lab-2", "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "c"}}]}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "done", "namespace": "default"}, "spec": {"nodeName": "lab-2"}, "status": {"phase": "Succeeded"}},
+              {"metadata": {"name": "agent", "namespace": "kube-system", "ownerReferences": [{"kind": "DaemonSet"}]},
+               "spec": {"nodeName": "lab-2", "volumes": [{"name": "run", "emptyDir": {}}]}, "status": {"phase": "Running"}},
+              {"metadata": {"name": "elsewhere", "namespace": "default"}, "spec": {"nodeName": "lab-1"}, "status": {"phase": "Running"}}
+            ]}"#,
+        )
+        .unwrap()
+        .items;
+        let lab2 = ["lab-2".to_string()];
+        let found = drain_losses(&lab2, &pods, DrainLosses::default());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("default/bare on lab-2 runs under no controller: a drain deletes it for good"),
+            "{}",
+            found[0]
+        );
+        assert!(found[0].contains("kforge apply --delete-bare-pods"), "{}", found[0]);
+        assert!(
+            found[1].starts_with("a drain would delete the emptyDir data of web/cache-1 on lab-2 (tmp)"),
+            "{}",
+            found[1]
+        );
+        assert!(found[1].contains("kforge apply --delete-emptydir-data"), "{}", found[1]);
+        let accepted = DrainLosses { emptydir_data: true, bare_pods: true };
+        assert!(drain_losses(&lab2, &pods, accepted).is_empty());
+        assert!(
+            drain_losses(&["lab-1".to_string()], &pods, DrainLosses { bare_pods: true, ..DrainLosses::default() })
+                .is_empty()
+        );
     }
 
     #[test]

@@ -117,6 +117,9 @@ fn the_hard_way_runs_for_real() {
         super::doctor::kforge_certs_renew_serves_the_new_certificate_and_restarts_nothing_else(&lab, &ws)
     });
     checks.run("a second apply changes nothing", || assert_eq!(totals(&lab.apply_json()), (0, 0)));
+    checks.run("a bare pod is named before any cordon; a node cordoned by hand stays cordoned", || {
+        a_bare_pod_is_named_and_a_hand_cordon_kept(&lab)
+    });
     checks.run("re-running the bootstrap changes nothing", || lab.rerunning_the_bootstrap_changes_nothing());
     checks.run("workers survive a stopped API server", || workers_survive_a_stopped_api_server(&lab));
     checks.run("the controllers gate waits out a stopped leader's lease", || {
@@ -387,6 +390,47 @@ fn lease_renewed(lab: &Lab, via: &str, node: &str) -> String {
         via,
         &format!("kubectl --kubeconfig /etc/kforge/admin.kubeconfig --server=https://127.0.0.1:6445 -n kube-node-lease get lease {node} -o jsonpath={{.spec.renewTime}}"),
     )
+}
+
+/// lab-3 cordoned by hand, with a pod no controller runs on it; a label changed on
+/// lab-3 restarts its kubelet, so apply drains it. The bare pod is named before any
+/// cordon (a dry run names it too); accepted with `--delete-bare-pods`, the drain goes,
+/// the kubelet restarts, and lab-3 stays cordoned as the operator left it.
+fn a_bare_pod_is_named_and_a_hand_cordon_kept(lab: &Lab) {
+    lab.kubectl("lab-1", "cordon lab-3");
+    lab.ssh(
+        "lab-1",
+        "kubectl --kubeconfig /etc/kforge/admin.kubeconfig apply -f - <<'EOF'\napiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: default}\nspec:\n  nodeName: lab-3\n  containers: [{name: c, image: kforge.lab/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}]\nEOF",
+    );
+    lab.edit_cluster(|c| {
+        c.spec.nodes[2].labels.insert("kept".into(), "cordoned".into());
+    });
+    let dry = lab.apply(&["--dry-run"]).stdout;
+    assert!(dry.contains("drain preflight would refuse: default/bare on lab-3 runs under no controller"), "{dry}");
+    let refused = lab.apply(&[]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(refused.stdout.contains("kforge apply --delete-bare-pods; nothing was cordoned"), "{}", refused.stdout);
+    assert!(lab.kubectl("lab-1", "get pod bare -o name").contains("pod/bare"), "the refusal deleted the pod");
+    let report = lab.apply(&["--delete-bare-pods", "-o", "json"]);
+    assert_eq!(report.code, 0, "{}\n{}", report.stdout, report.stderr);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let lab3 = &report["hosts"][2];
+    assert!(lab3["unitsRestarted"].as_array().unwrap().iter().any(|u| u == "kubelet.service"), "{lab3}");
+    let steps: Vec<&str> = lab3["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert!(steps.contains(&"drain (cordoned by hand: it stays cordoned)"), "{steps:?}");
+    assert!(!steps.contains(&"uncordon"), "{steps:?}");
+    let node = lab.kubectl(
+        "lab-1",
+        "get node lab-3 -o jsonpath='{.spec.unschedulable} {.metadata.annotations.kforge\\.dev/cordoned-by-apply}'",
+    );
+    assert_eq!(node.trim(), "true", "still cordoned by hand, no kforge mark");
+    assert!(lab.kubectl("lab-1", "get pod bare --ignore-not-found -o name").trim().is_empty());
+    // Back as it was: uncordoned by hand, label dropped.
+    lab.kubectl("lab-1", "uncordon lab-3");
+    lab.edit_cluster(|c| {
+        c.spec.nodes[2].labels.remove("kept");
+    });
+    assert!(lab.apply_json()["hosts"].as_array().unwrap().iter().all(|h| h["converged"] == true));
 }
 
 fn workers_survive_a_stopped_api_server(lab: &Lab) {

@@ -1050,9 +1050,28 @@ fn a_downloaded_artifact_is_verified_cached_by_sha256_and_uploaded_once() {
 }
 
 #[test]
-fn turning_the_firewall_off_stops_its_unit_and_removes_its_files() {
+fn two_applies_at_once_then_the_firewall_turned_off() {
     let lab = Lab::up(2, &[]);
-    lab.apply(&[]).success();
+    // Two operators start the first apply together (no secrets bundle yet): one waits
+    // for the other's lock beside the cluster file, then finds everything done. One PKI,
+    // one set of WireGuard keys: the second writes and restarts nothing.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| lab.apply(&["-o", "json"]));
+        let b = s.spawn(|| lab.apply(&["-o", "json"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.code == 0 && b.code == 0, "{}\n{}\n{}\n{}", a.stdout, a.stderr, b.stdout, b.stderr);
+    let (waited, first) = if a.stderr.contains("waiting for ") { (&a, &b) } else { (&b, &a) };
+    assert!(waited.stderr.contains("kforge.yaml.lock (held by `kforge apply` (pid "), "{}", waited.stderr);
+    assert!(!first.stderr.contains("waiting for "), "{}", first.stderr);
+    let second: serde_json::Value = serde_json::from_str(&waited.stdout).unwrap();
+    assert_eq!(totals(&second), (0, 0), "the second apply found another PKI: {second}");
+    let bundle: kforge_core::secrets::SecretsBundle =
+        serde_saphyr::from_str(&lab.ctx.read("lab/kforge.secrets.yaml")).unwrap();
+    let key = kforge_core::wireguard::PrivateKey::parse(&bundle.wireguard["lab-1"]).unwrap().public_key();
+    let key = key.as_base64();
+    assert!(lab.ssh("lab-2", "wg show kforge0 peers").contains(key), "lab-2's peer lab-1 has the bundle's key");
+    assert!(lab.ssh("lab-1", "nft list tables").contains("table inet kforge"));
     assert!(lab.ssh("lab-1", "nft list tables").contains("table inet kforge"));
     lab.edit_cluster(|c| c.spec.firewall.enabled = false);
     let dry = lab.apply(&["--dry-run"]).success().stdout;

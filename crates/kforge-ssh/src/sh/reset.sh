@@ -14,7 +14,7 @@ KF_RESET_FIRST_UNITS=(kubelet.service kube-proxy.service k3s-agent.service k3s.s
 # a member restarted on old data would try to rejoin as the member it was.
 KF_RESET_DIRS=(/var/lib/kubelet /var/lib/containerd /run/containerd /var/lib/cni /etc/cni/net.d /opt/cni
   /var/log/pods /var/log/containers /var/lib/rancher /etc/rancher /run/k3s /run/flannel
-  /etc/kforge /opt/kforge /var/lib/kforge /var/lib/etcd /var/lib/etcd.before-restore-* /etc/etcd)
+  /etc/kforge /opt/kforge /var/lib/kforge /run/kforge /var/lib/etcd /var/lib/etcd.before-restore-* /etc/etcd)
 
 kf_reset() {
   local iface=$1 mode=$2 cluster=$3 manifest=/var/lib/kforge/manifest.json owner
