@@ -524,13 +524,16 @@ fn etcd_joins(
 ) -> Option<(Host, Vec<crate::membership::Join>)> {
     let etcd = plan.etcd.as_ref()?;
     let runs = |h: &HostRun| h.facts.unit_states.get(ETCD_UNIT).is_some_and(|s| s == "active");
-    let from = hosts.iter().find(|h| !h.failed && h.plan.control_plane && runs(h))?.host.clone();
+    let Some(from) = hosts.iter().find(|h| !h.failed && h.plan.control_plane && runs(h)).map(|h| h.host.clone()) else {
+        refuse_to_found_beside(hosts);
+        return None;
+    };
     progress(&from.node, "read etcd's members (does the file add a controller?)");
     let members = match crate::membership::read(&from, &etcd.env_file) {
         Ok(Some(m)) => m,
         _ => {
             for h in hosts.iter_mut().filter(|h| !h.failed && h.plan.control_plane && !runs(h)) {
-                if !etcd_has_data(&h.host) {
+                if !h.facts.etcd_data {
                     h.fail(format!(
                         "etcd runs on {} but lists no members (no quorum?): {}'s etcd has never started, and cannot tell whether to found a cluster or join this one, so it was not started; bring etcd's quorum back (kforge doctor), then apply again",
                         from.node, h.plan.node
@@ -545,6 +548,39 @@ fn etcd_joins(
         h.joining = joins.iter().any(|j| j.node == h.plan.node);
     }
     Some((from, joins))
+}
+
+/// No controller's etcd answers, so nothing can be asked whether a cluster runs. A new
+/// cluster is founded only when none can exist: every controller answered and none holds
+/// etcd data. Otherwise — a controller that did not answer (down, its lock held by
+/// another apply) may run the cluster, or one holds data while its etcd is down (a
+/// crash loop) — a controller whose etcd never ran is not started: with the planned
+/// member list, `initial-cluster-state=new`, the newcomers would be a majority of their
+/// own and found a second cluster beside the first. Controllers with data start as
+/// before (their restart may be what brings quorum back).
+fn refuse_to_found_beside(hosts: &mut [HostRun]) {
+    let silent: Vec<String> =
+        hosts.iter().filter(|h| h.failed && h.plan.control_plane).map(|h| h.plan.node.clone()).collect();
+    let holding: Vec<String> = hosts
+        .iter()
+        .filter(|h| !h.failed && h.plan.control_plane && h.facts.etcd_data)
+        .map(|h| h.plan.node.clone())
+        .collect();
+    if silent.is_empty() && holding.is_empty() {
+        return;
+    }
+    let why = match (silent.is_empty(), holding.is_empty()) {
+        (false, _) => format!("{} did not answer, and its etcd may be the cluster's", silent.join(", ")),
+        (true, _) if holding.len() == 1 => format!("{} holds etcd data but its etcd does not run", holding[0]),
+        (true, _) => format!("{} hold etcd data but none of their etcd runs", holding.join(", ")),
+    };
+    for h in hosts.iter_mut().filter(|h| !h.failed && h.plan.control_plane && !h.facts.etcd_data) {
+        h.fail(format!(
+            "not started: {why}; {}'s etcd has never run and cannot tell whether to found a cluster or join that one (founding would make a second cluster beside it)\n  help: bring {} back (kforge doctor), then apply again",
+            h.plan.node,
+            if silent.is_empty() { holding.join(", ") } else { silent.join(", ") }
+        ));
+    }
 }
 
 const ETCD_UNIT: &str = "etcd.service";
@@ -1467,6 +1503,52 @@ mod tests {
         assert_eq!(planned([true, true, true], Some(&founder_sum)).1, founder_sum);
         // The founder's own datastore there: never a joiner.
         assert_eq!(planned([true, false, false], None).1, founder_sum);
+    }
+
+    /// Two controllers added while the only one's etcd cannot be asked (its host did not
+    /// answer, its lock was held, or its etcd is down with its data there): the newcomers
+    /// are not started — with the planned member list they would be a majority of their
+    /// own and found a second cluster. With every controller answering and no etcd data
+    /// anywhere, the cluster is new, and founded.
+    #[test]
+    fn no_second_etcd_cluster_is_founded_beside_one_that_cannot_be_asked() {
+        let spec = kforge_core::spec::parse("kforge.yaml", HARDWAY).unwrap().cluster;
+        let now = time::OffsetDateTime::now_utc();
+        let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+        let plan = kforge_core::pipeline::build_plan(&kforge_core::model::Model::build(&spec, &secrets), &secrets);
+        let fresh = || {
+            let mut hosts = running(HARDWAY, &[]);
+            for h in hosts.iter_mut() {
+                h.facts.unit_states.clear();
+            }
+            hosts
+        };
+        let refused = |hosts: &[HostRun]| -> Vec<(String, String)> {
+            hosts.iter().filter(|h| h.failed).map(|h| (h.plan.node.clone(), h.report.error.clone().unwrap())).collect()
+        };
+        // controller-0 ran the cluster; its lock was held by another apply.
+        let mut hosts = fresh();
+        hosts[0].facts.etcd_data = true;
+        hosts[0].fail("lock: another kforge apply holds /run/kforge/apply.lock (waited 45 s)");
+        assert!(etcd_joins(&mut hosts, &plan, &|_, _| {}).is_none());
+        let out = refused(&hosts);
+        assert_eq!(
+            out.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["controller-0", "controller-1", "controller-2"]
+        );
+        assert!(out[1].1.starts_with("not started: controller-0 did not answer, and its etcd may be the cluster's; controller-1's etcd has never run"), "{}", out[1].1);
+        assert!(hosts.iter().filter(|h| !h.plan.control_plane).all(|h| !h.failed), "workers are the worker stage's");
+        // controller-0 answers, its etcd crash-looping with its data there.
+        let mut hosts = fresh();
+        hosts[0].facts.etcd_data = true;
+        assert!(etcd_joins(&mut hosts, &plan, &|_, _| {}).is_none());
+        let out = refused(&hosts);
+        assert_eq!(out.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["controller-1", "controller-2"]);
+        assert!(out[0].1.contains("controller-0 holds etcd data but its etcd does not run"), "{}", out[0].1);
+        // A new cluster: every controller answers, none holds data: all start, founding it.
+        let mut hosts = fresh();
+        assert!(etcd_joins(&mut hosts, &plan, &|_, _| {}).is_none());
+        assert!(refused(&hosts).is_empty());
     }
 
     /// The stage running `phase`.

@@ -35,6 +35,8 @@ pub struct NodeFacts {
     pub firewall_table: bool,
     /// This host holds a K3s server's datastore (it founded or joined a cluster).
     pub k3s_datastore: bool,
+    /// This host holds etcd member data (`/var/lib/etcd/member`): its etcd ran here.
+    pub etcd_data: bool,
     /// Peer mesh address → reached over the mesh (asked only with peers: status).
     pub reach: BTreeMap<String, bool>,
     /// Units whose inputs kforge changed but did not get to restart.
@@ -239,6 +241,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 "firewall" => f.firewall_table = v == "yes",
                 "apt" => f.apt = v == "yes",
                 "k3s_datastore" => f.k3s_datastore = v == "yes",
+                "etcd_data" => f.etcd_data = v == "yes",
                 _ => {}
             }
             continue;

@@ -38,6 +38,8 @@ fi
 if ip link add kforge-probe type wireguard 2>/dev/null; then ip link del kforge-probe; echo wg_kernel=yes; else echo wg_kernel=no; fi
 if command -v boringtun-cli >/dev/null 2>&1; then echo boringtun=yes; else echo boringtun=no; fi
 if nft list table inet kforge >/dev/null 2>&1; then echo firewall=yes; else echo firewall=no; fi
+# A hard-way controller's etcd member data: its etcd has run here (founded or joined).
+if [ -d /var/lib/etcd/member ]; then echo etcd_data=yes; else echo etcd_data=no; fi
 # A K3s server's own datastore (embedded etcd or kine): it founded or joined a cluster.
 if [ -d /var/lib/rancher/k3s/server/db ]; then echo k3s_datastore=yes; else echo k3s_datastore=no; fi
 for ip in "${KF_PEERS[@]}"; do
