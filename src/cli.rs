@@ -211,7 +211,8 @@ pub enum Command {
     /// loaded; each certificate file on a host must be the one the bundle issued; every
     /// unit kforge starts must be active; hardway: etcd must answer
     /// `endpoint health --cluster` over mTLS. Components installed as stand-ins are
-    /// listed by name as not running. Exit 0 only when every check passes.
+    /// listed by name as not running. A check a host did not answer for is unknown, never ok.
+    /// Exit: 0 all ok, 2 a check failed or is unknown (1 is a warning: doctor's rule too).
     Status(RemoteCheckArgs),
     /// Diagnose the running cluster, read-only: each check ok / warn / fail, with the
     /// evidence, the cause and the fix.
@@ -227,7 +228,8 @@ pub enum Command {
     /// leases, Pending pods with the scheduler's reason, CoreDNS answering.
     /// Nothing is written on any host.
     ///
-    /// Exit: 0 all ok, 2 something failed, 3 warnings only, 1 doctor could not run.
+    /// A check a host did not answer for is unknown, never ok. Exit: 0 all ok, 1 warnings
+    /// only, 2 a check failed or is unknown (status follows the same rule).
     Doctor(RemoteCheckArgs),
     /// Take off hosts everything kforge installed, so a normal apply can add them again.
     ///

@@ -1061,25 +1061,29 @@ fn status(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
     // Nodes the file dropped that apply has not removed yet: the cluster is not the file.
     if !plan.removals.is_empty() {
         let names: Vec<&str> = plan.removals.iter().map(|r| r.node.as_str()).collect();
-        report.checks.push(kforge_ssh::status::Check {
-            name: "removals".into(),
-            ok: false,
-            detail: format!(
+        report.checks.push(kforge_ssh::status::Check::new(
+            "removals",
+            false,
+            format!(
                 "{} dropped from the file but still in the cluster: kforge apply removes {} (kforge plan shows the steps)",
                 names.join(", "),
                 if names.len() == 1 { "it" } else { "them" }
             ),
-        });
+        ));
     }
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::status_text(&report)),
     }
-    if report.healthy() { Ok(()) } else { Err(CliError::Other("some checks failed (see above)".into())) }
+    // One rule for status and doctor: 0 all ok, 1 a warning, 2 a failure or unknown.
+    match report.worst().exit_code() {
+        0 => Ok(()),
+        code => Err(CliError::Findings(code)),
+    }
 }
 
 fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliError> {
-    use kforge_ssh::doctor::{DoctorInput, MeshMember, Verdict};
+    use kforge_ssh::doctor::{DoctorInput, MeshMember};
     let session = Session::open(args, Bundle::ReadOnly)?;
     let model = session.model();
     let plan = build_plan(&model, &session.secrets);
@@ -1130,10 +1134,9 @@ fn doctor(args: &ClusterArgs, ssh: &SshArgs, format: Format) -> Result<(), CliEr
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serializes")),
         Format::Text => print!("{}", output::doctor_text(&report)),
     }
-    match report.worst() {
-        Verdict::Fail => Err(CliError::Findings(2)),
-        Verdict::Warn => Err(CliError::Findings(3)),
-        Verdict::Ok => Ok(()),
+    match report.worst().exit_code() {
+        0 => Ok(()),
+        code => Err(CliError::Findings(code)),
     }
 }
 

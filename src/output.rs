@@ -484,7 +484,7 @@ pub fn status_text(r: &kforge_ssh::status::StatusReport) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "cluster {} ({})", r.cluster, r.distribution);
     for c in &r.checks {
-        let _ = writeln!(o, "  {:<13} {:<5} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+        let _ = writeln!(o, "  {:<13} {:<7} {}", c.name, c.verdict.label(), c.detail);
     }
     // Stand-ins grouped by why the real program is not there; never counted as working.
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -617,23 +617,22 @@ pub fn doctor_text(r: &kforge_ssh::doctor::DoctorReport) -> String {
     let mut out = format!("cluster {}\n", r.cluster);
     for d in &r.diagnoses {
         let label = match d.verdict {
-            Verdict::Ok => "ok  ",
             Verdict::Warn => "WARN",
-            Verdict::Fail => "FAIL",
+            v => v.label(),
         };
         let node = d.node.as_deref().filter(|n| !n.is_empty()).map(|n| format!("{n}: ")).unwrap_or_default();
-        out.push_str(&format!("  {label} {:<18} {node}{}\n", d.check, d.evidence));
+        out.push_str(&format!("  {label:<7} {:<18} {node}{}\n", d.check, d.evidence));
         if !d.cause.is_empty() {
-            out.push_str(&format!("       {:<18} cause: {}\n", "", d.cause));
+            out.push_str(&format!("          {:<18} cause: {}\n", "", d.cause));
         }
         if !d.fix.is_empty() {
-            out.push_str(&format!("       {:<18} fix:   {}\n", "", d.fix));
+            out.push_str(&format!("          {:<18} fix:   {}\n", "", d.fix));
         }
     }
     let count = |v: Verdict| r.diagnoses.iter().filter(|d| d.verdict == v).count();
-    let (warnings, failures) = (count(Verdict::Warn), count(Verdict::Fail));
+    let (warnings, failures, unknown) = (count(Verdict::Warn), count(Verdict::Fail), count(Verdict::Unknown));
     out.push_str(&format!(
-        "{} ok, {warnings} warning{}, {failures} failure{} in {:.1} s\n",
+        "{} ok, {warnings} warning{}, {failures} failure{}, {unknown} unknown (a host did not answer) in {:.1} s\n",
         count(Verdict::Ok),
         plural(warnings),
         plural(failures),

@@ -352,3 +352,43 @@ fn a_kubelet_host_with_the_memory_cgroup_off_is_named_with_the_kernel_command_li
     let off = d.iter().find(|d| d.check == "memory-cgroup" && d.verdict == Verdict::Fail).unwrap();
     assert!(off.fix.contains("cgroup_memory=1 cgroup_enable=memory") && off.fix.contains("cmdline.txt"), "{off:?}");
 }
+
+/// No verdict without evidence: with hosts that do not answer, what holds on the others
+/// is unknown for them — never ok — and with none answering every host check is unknown.
+/// `kforge status` and `kforge doctor` on a cluster whose hosts all refuse SSH exit 2,
+/// and no line of either says ok.
+#[test]
+fn checks_whose_hosts_did_not_answer_are_unknown_never_ok() {
+    let f = fixture();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-1" {
+                *v = HostView {
+                    error: Some("cannot reach worker-1 over SSH: connection refused".into()),
+                    ..HostView::default()
+                };
+            }
+        }),
+    );
+    assert!(d.iter().all(|d| d.verdict != Verdict::Ok), "{d:#?}");
+    let swap = d.iter().find(|d| d.check == "swap").unwrap();
+    assert_eq!(swap.verdict, Verdict::Unknown);
+    assert!(swap.evidence.ends_with("unknown for worker-1 (did not answer)"), "{swap:?}");
+    assert_eq!(failing(&d).iter().filter(|(c, v, _)| *c == "ssh" && *v == Verdict::Fail).count(), 1);
+
+    // Every host refuses SSH: both commands exit 2, and say no ok.
+    let ctx = TestContext::with_example("hardway");
+    ctx.write("ssh_config", "Host *\n  HostName 127.0.0.1\n  Port 1\n");
+    let status = ctx.kforge(&["status"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    let lines: Vec<&str> = status.stdout.lines().skip(1).filter(|l| l.starts_with("  ")).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| !l[15..].starts_with("ok ")), "{}", status.stdout);
+    assert!(status.stdout.contains("firewall      unknown"), "{}", status.stdout);
+    let doctor = ctx.kforge(&["doctor", "-o", "json"]);
+    assert_eq!(doctor.code, 2, "{}", doctor.stdout);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let verdicts: Vec<&str> =
+        report["diagnoses"].as_array().unwrap().iter().map(|d| d["verdict"].as_str().unwrap()).collect();
+    assert!(!verdicts.contains(&"ok") && verdicts.contains(&"unknown"), "{verdicts:?}");
+}

@@ -19,13 +19,7 @@ use time::OffsetDateTime;
 use crate::Target;
 use crate::ssh::{ControlDir, Host, shell_quote};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Ok,
-    Warn,
-    Fail,
-}
+pub use crate::verdict::Verdict;
 
 /// One check's answer; `node` is set when it is about one node (or a pair, `a → b`).
 #[derive(Debug, Clone, Serialize)]
@@ -398,13 +392,18 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
         plan.nodes.iter().filter_map(|n| views.get(&n.node).filter(|v| v.error.is_none()).map(|v| (n, v))).collect();
     let mut unreachable = Vec::new();
     for n in &plan.nodes {
-        if let Some(e) = views.get(&n.node).and_then(|v| v.error.as_ref()) {
-            unreachable.push(Diagnosis::bad("ssh", Verdict::Fail, &n.node, e.clone()).because(
+        let error = match views.get(&n.node) {
+            Some(v) => v.error.clone(),
+            None => Some("no SSH target: set ssh.host or endpoint in the cluster file".to_string()),
+        };
+        if let Some(e) = error {
+            unreachable.push(Diagnosis::bad("ssh", Verdict::Fail, &n.node, e).because(
                 "kforge cannot reach the host over SSH, so nothing else about it is known",
                 "check the host is up and `ssh` to it works with the same ssh_config",
             ));
         }
     }
+    let silent: Vec<String> = unreachable.iter().filter_map(|d| d.node.clone()).collect();
     if unreachable.is_empty() {
         out.push(Diagnosis::ok("ssh", format!("{} of {} hosts answer", up.len(), plan.nodes.len())));
     }
@@ -486,6 +485,13 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
             format!("K3s: flannel-iface: {} (kforge's config sets it; run kforge apply)", input.mesh_interface),
             "flannel's VXLAN rides the mesh",
         ));
+    }
+    // What holds on the hosts that answered is not known for the others: never ok.
+    if !silent.is_empty() {
+        for d in out.iter_mut().filter(|d| d.verdict == Verdict::Ok && d.check != "ssh") {
+            d.verdict = Verdict::Unknown;
+            d.evidence = format!("{}; {}", d.evidence, crate::verdict::unknown_for(&silent));
+        }
     }
     out
 }
@@ -966,7 +972,7 @@ fn etcd(input: &DoctorInput<'_>, controllers: &[Host]) -> Vec<Diagnosis> {
     let Some(out) =
         controllers.iter().find_map(|h| h.run_script("doctor etcd", &call("kf_doctor_etcd", &[urls.join(" ")])).ok())
     else {
-        return vec![Diagnosis::bad("etcd", Verdict::Fail, "", "no controller answered over SSH")];
+        return vec![Diagnosis::bad("etcd", Verdict::Unknown, "", "no controller answered over SSH")];
     };
     judge_etcd(&input.etcd_endpoints, &out)
 }
@@ -1087,7 +1093,7 @@ const PENDING_SECONDS: i64 = 30;
 fn api(controllers: &[Host]) -> Vec<Diagnosis> {
     let Some(out) = controllers.iter().find_map(|h| h.run_script("doctor api", &call("kf_doctor_api", &[])).ok())
     else {
-        return vec![Diagnosis::bad("api", Verdict::Fail, "", "no controller answered over SSH")];
+        return vec![Diagnosis::bad("api", Verdict::Unknown, "", "no controller answered over SSH")];
     };
     judge_api(&out)
 }
@@ -1186,6 +1192,6 @@ fn coredns(dns: &str, domain: &str, workers: &[Host]) -> Diagnosis {
             "pods cannot resolve Services: CoreDNS is down, looping, or unreachable through kube-proxy",
             "kubectl -n kube-system logs deploy/coredns (a \"Loop ... detected\" line means a loopback resolver on a node: see resolv.conf)",
         ),
-        None => Diagnosis::bad("coredns", Verdict::Fail, "", "no worker answered over SSH"),
+        None => Diagnosis::bad("coredns", Verdict::Unknown, "", "no worker answered over SSH"),
     }
 }

@@ -30,6 +30,7 @@ pub mod reset;
 pub mod rollout;
 pub mod ssh;
 pub mod status;
+pub mod verdict;
 
 use std::path::PathBuf;
 

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use kforge_core::plan::Plan;
 use serde::Serialize;
 
+pub use crate::verdict::Verdict;
+
 use crate::Target;
 use crate::ssh::{ControlDir, Host, shell_quote};
 
@@ -18,7 +20,7 @@ use crate::ssh::{ControlDir, Host, shell_quote};
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: String,
-    pub ok: bool,
+    pub verdict: Verdict,
     pub detail: String,
 }
 
@@ -33,8 +35,9 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    pub fn healthy(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+    /// The worst verdict: what the exit code follows (`Verdict::exit_code`).
+    pub fn worst(&self) -> Verdict {
+        self.checks.iter().map(|c| c.verdict).max().unwrap_or(Verdict::Ok)
     }
 }
 
@@ -130,9 +133,19 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
             let answer =
                 controllers.iter().find_map(|h| crate::gitops::status(h, &g.namespace, &g.name, &g.controllers).ok());
             checks.push(match answer {
-                Some(s) => Check { name: "gitops".into(), ok: s.healthy(), detail: s.summary() },
-                None => Check { name: "gitops".into(), ok: false, detail: "no controller answered over SSH".into() },
+                Some(s) => Check::new("gitops", s.healthy(), s.summary()),
+                None => Check::unknown("gitops", "no controller answered over SSH"),
             });
+        }
+    }
+    let silent: Vec<String> =
+        plan.nodes.iter().filter(|n| !seen.get(&n.node).is_some_and(|h| h.reachable)).map(|n| n.node.clone()).collect();
+    if !silent.is_empty() {
+        for c in
+            checks.iter_mut().filter(|c| c.verdict == Verdict::Ok && READ_FROM_EVERY_HOST.contains(&c.name.as_str()))
+        {
+            c.verdict = Verdict::Unknown;
+            c.detail = format!("{}; {}", c.detail, crate::verdict::unknown_for(&silent));
         }
     }
     let mut not_running = input.stand_ins.clone();
@@ -141,15 +154,26 @@ pub fn status(input: &StatusInput<'_>) -> Result<StatusReport, String> {
 }
 
 impl Check {
+    /// Ok or failed, as `ok` says.
+    pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+        Check { name: name.into(), verdict: if ok { Verdict::Ok } else { Verdict::Fail }, detail: detail.into() }
+    }
+
+    /// No host that could answer it did.
+    fn unknown(name: &str, detail: &str) -> Check {
+        Check { name: name.into(), verdict: Verdict::Unknown, detail: detail.into() }
+    }
+
     /// `ok` with `detail` when nothing is wrong; else failed, naming what is.
     fn from(name: &str, problems: Vec<String>, detail: String, joiner: &str) -> Check {
-        Check {
-            name: name.into(),
-            ok: problems.is_empty(),
-            detail: if problems.is_empty() { detail } else { problems.join(joiner) },
-        }
+        let ok = problems.is_empty();
+        Check::new(name, ok, if ok { detail } else { problems.join(joiner) })
     }
 }
+
+/// The checks that read every host: what they found on the hosts that answered is not
+/// known for the others, so an ok becomes unknown when some did not answer.
+const READ_FROM_EVERY_HOST: [&str; 6] = ["mesh", "firewall", "certificates", "bootstrap", "services", "versions"];
 
 /// Each host's view, in one SSH round trip per host (in parallel): the facts apply
 /// reads (one reader of host state), asked to reach every other node over the mesh too.
@@ -229,16 +253,15 @@ fn mesh_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>) -> Check {
             }
         }
     }
-    let all_answer = plan.nodes.iter().all(|n| seen.get(&n.node).is_some_and(|h| h.reachable));
-    Check {
-        name: "mesh".into(),
-        ok: broken.is_empty() && all_answer,
-        detail: if broken.is_empty() {
+    Check::new(
+        "mesh",
+        broken.is_empty(),
+        if broken.is_empty() {
             format!("{pairs} of {pairs} node pairs reach each other over the mesh (TCP to sshd on the mesh address)")
         } else {
             format!("no route over the mesh: {}", broken.join(", "))
         },
-    }
+    )
 }
 
 /// `table inet kforge` loaded wherever the plan has a firewall (None: no firewall).
@@ -252,17 +275,19 @@ fn firewall_check(plan: &Plan, seen: &BTreeMap<String, HostSeen>) -> Option<Chec
     if fw_nodes.is_empty() {
         return None;
     }
+    // Of the hosts that answered: a silent one's table is unknown, not missing.
+    let answered: Vec<&str> = fw_nodes.iter().copied().filter(|n| seen.get(*n).is_some_and(|h| h.reachable)).collect();
     let missing: Vec<&str> =
-        fw_nodes.iter().copied().filter(|n| !seen.get(*n).is_some_and(|h| h.firewall_table)).collect();
-    Some(Check {
-        name: "firewall".into(),
-        ok: missing.is_empty(),
-        detail: if missing.is_empty() {
-            format!("table inet kforge loaded (default-deny) on {} of {}", fw_nodes.len(), fw_nodes.len())
+        answered.iter().copied().filter(|n| !seen.get(*n).is_some_and(|h| h.firewall_table)).collect();
+    Some(Check::new(
+        "firewall",
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("table inet kforge loaded (default-deny) on {} of {}", answered.len(), fw_nodes.len())
         } else {
             format!("table inet kforge missing on {}", missing.join(", "))
         },
-    })
+    ))
 }
 
 /// The certificate files on the hosts are exactly the bundle's.
@@ -327,15 +352,15 @@ fn services_check(seen: &BTreeMap<String, HostSeen>) -> Check {
         .filter(|(_, (_, b))| !b.is_empty())
         .map(|(u, (_, b))| format!("{u} ({})", b.join(", ")))
         .collect();
-    Check {
-        name: "services".into(),
-        ok: bad.is_empty(),
-        detail: if bad.is_empty() {
+    Check::new(
+        "services",
+        bad.is_empty(),
+        if bad.is_empty() {
             by_unit.iter().map(|(u, (n, _))| format!("{u} {n}/{n}")).collect::<Vec<_>>().join(", ") + " active"
         } else {
             format!("not active: {}", bad.join("; "))
         },
-    }
+    )
 }
 
 /// One release of each component everywhere (an interrupted upgrade, a host changed by
@@ -371,9 +396,11 @@ fn etcd_check(plan: &Plan, health: &Result<String, String>) -> Check {
                 ),
             )
         }
+        // Its controllers did not answer: nothing is known of etcd's health.
+        Err(e) if e.starts_with("cannot reach ") => return Check::unknown("etcd", e),
         Err(e) => (false, e.clone()),
     };
-    Check { name: "etcd".into(), ok, detail }
+    Check::new("etcd", ok, detail)
 }
 
 /// The K3s binary on the hosts is kforge's stand-in (it says so in its --version).
@@ -409,19 +436,19 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
     let script = probe_call("kf_kubernetes_status", &[]);
     let answer = controllers.iter().find_map(|h| h.run_script("kubernetes status", &script).ok());
     let Some(out) = answer else {
-        checks.push(Check { name: "api".into(), ok: false, detail: "no controller answered over SSH".into() });
+        checks.push(Check::unknown("api", "no controller answered over SSH"));
         return checks;
     };
     let readyz = out.lines().find_map(|l| l.strip_prefix("readyz ")).unwrap_or("").trim().to_string();
-    checks.push(Check {
-        name: "api".into(),
-        ok: readyz == "ok",
-        detail: if readyz == "ok" {
+    checks.push(Check::new(
+        "api",
+        readyz == "ok",
+        if readyz == "ok" {
             "/readyz ok (kube-apiserver, asked with the admin kubeconfig on a controller)".into()
         } else {
             format!("/readyz: {readyz}")
         },
-    });
+    ));
     let mut registered: BTreeMap<String, (String, bool)> = BTreeMap::new();
     // A node under pressure is Ready but tainted NoSchedule: new pods wait forever.
     let mut pressure: Vec<String> = Vec::new();
@@ -448,27 +475,21 @@ fn kubernetes_checks(plan: &Plan, probe: &KubernetesProbe, controllers: &[Host],
         }
     }
     problems.extend(pressure);
-    checks.push(Check {
-        name: "nodes".into(),
-        ok: problems.is_empty() && readyz == "ok",
-        detail: if problems.is_empty() {
+    checks.push(Check::new(
+        "nodes",
+        problems.is_empty() && readyz == "ok",
+        if problems.is_empty() {
             format!("{} of {} Ready, kubelet {}", workers.len(), workers.len(), probe.kubernetes_version)
         } else {
             problems.join("; ")
         },
-    });
+    ));
     let name = format!("kubernetes.default.svc.{}", probe.cluster_domain);
     let dns = dns_answer(&dns_query_script(&probe.cluster_dns, &name), worker_hosts);
     checks.push(match dns {
-        Some(Ok(addr)) => Check {
-            name: "dns".into(),
-            ok: true,
-            detail: format!("CoreDNS at {} answers {name} = {addr}", probe.cluster_dns),
-        },
-        Some(Err(e)) => {
-            Check { name: "dns".into(), ok: false, detail: format!("{name} at {}: {e}", probe.cluster_dns) }
-        }
-        None => Check { name: "dns".into(), ok: false, detail: "no worker answered over SSH".into() },
+        Some(Ok(addr)) => Check::new("dns", true, format!("CoreDNS at {} answers {name} = {addr}", probe.cluster_dns)),
+        Some(Err(e)) => Check::new("dns", false, format!("{name} at {}: {e}", probe.cluster_dns)),
+        None => Check::unknown("dns", "no worker answered over SSH"),
     });
     checks
 }

@@ -161,7 +161,7 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
     assert!(status.contains("source         ok    fetched main@sha1:"), "{status}");
     assert!(status.contains("kustomization  ok    applied main@sha1:"), "{status}");
     let whole = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
-    assert!(whole.stdout.contains("gitops        ok    source fetched main@sha1:"), "{}", whole.stdout);
+    assert!(whole.stdout.contains("gitops        ok      source fetched main@sha1:"), "{}", whole.stdout);
 
     // A push reaches the cluster within the interval (20 s), without kforge.
     lab.ctx.write(&format!("fleet/{APP}"), &app("bonjour"));
@@ -264,7 +264,7 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
     let refused = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
     assert_eq!(refused.code, 1);
     assert!(
-        refused.stdout.contains("gitops        FAIL  source not Ready:") && refused.stdout.contains("key mismatch"),
+        refused.stdout.contains("gitops        FAIL    source not Ready:") && refused.stdout.contains("key mismatch"),
         "{}",
         refused.stdout
     );

@@ -311,8 +311,8 @@ fn apply_converges_the_lab_and_a_second_apply_touches_nothing() {
     // Stop one node's firewall and status says so, exits non-zero, names the node.
     lab.ssh("lab-2", "nft delete table inet kforge");
     let broken = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
-    assert_eq!(broken.code, 1, "{}", broken.stdout);
-    assert!(broken.stdout.contains("firewall      FAIL  table inet kforge missing on lab-2"), "{}", broken.stdout);
+    assert_eq!(broken.code, 2, "a failed check: exit 2\n{}", broken.stdout);
+    assert!(broken.stdout.contains("firewall      FAIL    table inet kforge missing on lab-2"), "{}", broken.stdout);
     lab.ssh("lab-2", "systemctl restart kforge-firewall.service");
 
     // A second apply writes zero files and restarts zero units, and leaves kforge's own

@@ -191,7 +191,7 @@ fn mixed_by_hand(lab: &Lab) {
         status.stdout
     );
     let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]).stdout;
-    assert!(doctor.lines().any(|l| l.contains("WARN versions") && l.contains(&mixed)), "{doctor}");
+    assert!(doctor.lines().any(|l| l.contains("WARN    versions") && l.contains(&mixed)), "{doctor}");
 }
 
 /// The file asks for `version`; apply refuses with `why` at the version's line and
@@ -425,7 +425,7 @@ fn everything_moved(lab: &Lab) {
         assert!(status.stdout.contains(&format!("{c} {v}")), "{c}: {}", status.stdout);
     }
     let doctor = lab.ctx.kforge(&["doctor", "-f", "lab/kforge.yaml"]).stdout;
-    assert!(doctor.contains("ok   versions"), "{doctor}");
+    assert!(doctor.contains("ok      versions"), "{doctor}");
     assert!(!doctor.contains("FAIL"), "{doctor}");
     // The old release stays beside the new one, for a patch rollback.
     lab.ssh(
