@@ -262,7 +262,7 @@ fn one_apply_ends_with_flux_following_the_lab_forge() {
         s.code == 1 && s.stdout.contains("key mismatch")
     });
     let refused = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
-    assert_eq!(refused.code, 1);
+    assert_eq!(refused.code, 2, "a failed check: exit 2\n{}", refused.stdout);
     assert!(
         refused.stdout.contains("gitops        FAIL    source not Ready:") && refused.stdout.contains("key mismatch"),
         "{}",
