@@ -1168,17 +1168,10 @@ fn decide(
         }
     }
     script.daemon_reload = script.writes.iter().any(|f| f.kind == FileKind::SystemdUnit);
-    // Guarded commands (sysctl, unpacking, addons) run when this phase changed anything;
-    // otherwise only those whose recheck failed in the facts (an imported image deleted,
-    // forwarding switched off): kforge repairs that drift though no file of it changed.
     let mut repairs = Vec::new();
-    if phase_changed || !script.writes.is_empty() {
-        script.commands = pp.commands.clone();
-    } else {
-        let drifted = |c: &&PlannedCommand| c.recheck.as_ref().is_some_and(|t| h.facts.failed_rechecks.contains(t));
-        script.commands = pp.commands.iter().filter(drifted).cloned().collect();
-        repairs = script.commands.iter().map(|c| c.description.clone()).collect();
-    }
+    // A unit restarting because what it runs changed (now, or in a run that died before
+    // the restart): the phase's commands put the new release in place first.
+    let mut moves = false;
     for u in pp.units.iter().filter(|u| u.start) {
         let (active, enabled) = h.facts.units.get(&u.name).copied().unwrap_or((false, false));
         let inputs_changed = u.restart_on.iter().any(|p| changed_paths.contains(p));
@@ -1187,6 +1180,7 @@ fn decide(
         if u.enable && !enabled {
             script.enables.push(u.name.clone());
         }
+        moves |= inputs_changed || pending;
         if inputs_changed || pending || !active || drift.is_some() {
             // A reload keeps a running unit's connections (wg syncconf, nft -f) — unless
             // the unit definition itself changed.
@@ -1201,6 +1195,17 @@ fn decide(
             }
             script.restarts.push(remote_script::restart(&u.name, h.plan.unit_inputs(u), reload));
         }
+    }
+    // Guarded commands (sysctl, a release put in place, addons) run when this phase
+    // changed anything or one of its units moves; otherwise only those whose recheck
+    // failed in the facts (an imported image deleted, forwarding switched off): kforge
+    // repairs that drift though no file of it changed.
+    if phase_changed || !script.writes.is_empty() || moves {
+        script.commands = pp.commands.clone();
+    } else {
+        let drifted = |c: &&PlannedCommand| c.recheck.as_ref().is_some_and(|t| h.facts.failed_rechecks.contains(t));
+        script.commands = pp.commands.iter().filter(drifted).cloned().collect();
+        repairs.splice(0..0, script.commands.iter().map(|c| c.description.clone()));
     }
     // A handed-over file is not kforge's once written: never recorded, never removed.
     for f in pp.files.iter().filter(|f| f.handed_over.is_none()) {
@@ -1617,7 +1622,7 @@ mod tests {
         let workers_ = node_where(|p| p.phases.iter().any(|ph| ph.phase == Phase::Workers && !ph.units.is_empty()));
         assert!(!controllers_.is_empty() && !workers_.is_empty(), "the example has both");
 
-        for runtime in ["containerd", "runc"] {
+        for runtime in ["containerd", "runc", "cni-plugins"] {
             let hosts = running(HARDWAY, &[runtime]);
             assert_eq!(takes(&hosts, &workers, Some(&DRAINED_FOR)), workers_, "a new {runtime} drains every worker");
             for stage in [&datastore, &control, &controllers] {

@@ -80,8 +80,12 @@ fn runtime(model: &Model<'_>, me: &Member, node: &Node) -> (Vec<PlannedFile>, Ve
     let containerd_restart: Vec<String> = vec!["/etc/containerd/config.toml".into(), containerd_file.path.clone()];
     runtime_files.push(containerd_file);
     let mut containerd_unit = unit(model, Component::Containerd, containerd_restart, &[Component::Runc]);
-    if model.spec.spec.artifacts.runc.is_some() {
-        containerd_unit.restart_on.push(Component::Runc.install().dest.into());
+    // runc and the CNI plugins have no unit of their own: they go live in the worker's
+    // drained turn, with containerd's restart (artifacts::goes_live_in).
+    for c in [Component::Runc, Component::CniPlugins] {
+        if let Some(a) = model.spec.spec.artifacts.get(c) {
+            containerd_unit.restart_on.push(artifacts::upload_path(model, c, a));
+        }
     }
 
     let balancer_files = vec![
