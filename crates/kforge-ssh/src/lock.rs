@@ -35,7 +35,11 @@ impl HostLock {
             let detail = match child.wait().ok().and_then(|s| s.code()) {
                 Some(75) => "another kforge apply holds /run/kforge/apply.lock (waited 45 s)".to_string(),
                 Some(255) => {
-                    return Err(SshError::Connect { host: host.node.clone(), detail: "connection failed".into() });
+                    let mut said = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut said);
+                    }
+                    return Err(host.connect_error(&said));
                 }
                 other => format!("could not take the apply lock (exit {other:?})"),
             };

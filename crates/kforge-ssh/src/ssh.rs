@@ -47,6 +47,11 @@ impl Host {
 
     fn command(&self) -> Command {
         let mut c = Command::new("ssh");
+        if crate::faults::is_cut(&self.node) {
+            // A lost host, as the fault matrix makes one: no connection, not even over
+            // the shared one (ssh takes the first value given for an option).
+            c.args(["-o", "ProxyCommand=false", "-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+        }
         if let Some(cfg) = &self.ssh_config {
             c.arg("-F").arg(cfg);
         }
@@ -126,19 +131,26 @@ impl Host {
         match status.code() {
             Some(0) => Ok(out),
             // ssh itself failed (connection, authentication, host key).
-            Some(255) => {
-                let mut detail = last_lines(&err);
-                if err.contains("IDENTIFICATION HAS CHANGED") || err.contains("Host key verification failed") {
-                    detail.push_str(&format!(
-                        "\n  help: {node}'s SSH host key is not the one your known_hosts pins. If you reinstalled or replaced the machine, check its new key out of band (the provider's console), replace the old line (ssh-keygen -R {target}, with -f FILE for another known_hosts), add the new one, and apply again: kforge re-joins it (docs/nodes.md, \"Replacing a node\"). If you did not, stop: something else answers at its address",
-                        node = self.node,
-                        target = self.target
-                    ));
-                }
-                Err(SshError::Connect { host: self.node.clone(), detail })
-            }
+            Some(255) => Err(self.connect_error(&err)),
             _ => Err(SshError::Remote { host: self.node.clone(), what: what.into(), detail: last_lines(&err) }),
         }
+    }
+
+    /// What ssh said when it could not connect (its exit 255): its last lines, and the way
+    /// out when the host key is not the pinned one.
+    pub(crate) fn connect_error(&self, stderr: &str) -> SshError {
+        let mut detail = last_lines(stderr);
+        if detail.trim().is_empty() {
+            detail = "connection failed".into();
+        }
+        if stderr.contains("IDENTIFICATION HAS CHANGED") || stderr.contains("Host key verification failed") {
+            detail.push_str(&format!(
+                "\n  help: {node}'s SSH host key is not the one your known_hosts pins. If you reinstalled or replaced the machine, check its new key out of band (the provider's console), replace the old line (ssh-keygen -R {target}, with -f FILE for another known_hosts), add the new one, and apply again: kforge re-joins it (docs/nodes.md, \"Replacing a node\"). If you did not, stop: something else answers at its address",
+                node = self.node,
+                target = self.target
+            ));
+        }
+        SshError::Connect { host: self.node.clone(), detail }
     }
 
     /// Close the ControlMaster.

@@ -17,6 +17,7 @@ use kforge_lab::LabState;
 use crate::util::{Output, TestContext, run};
 
 mod doctor;
+mod faults;
 mod gitops;
 mod hardway;
 mod nodes;
@@ -62,6 +63,11 @@ impl Checks {
         );
     }
 }
+
+/// No command a test runs on a machine waits longer than this: a wait the command
+/// itself left unbounded (a pod deletion whose kubelet is gone) fails the check
+/// instead of hanging the whole group until CI's own limit.
+const SSH_BOUND: &str = "600";
 
 struct Lab {
     ctx: TestContext,
@@ -144,7 +150,7 @@ impl Lab {
     /// Run a shell command on a machine over the lab's SSH config.
     fn ssh(&self, node: &str, cmd: &str) -> String {
         let cfg = self.ctx.path("lab/ssh_config");
-        run("ssh", &["-F", cfg.to_str().unwrap(), node, cmd])
+        run("timeout", &[SSH_BOUND, "ssh", "-F", cfg.to_str().unwrap(), node, cmd])
     }
 
     /// Run, on every machine, the bootstrap script apply left there (the same script
@@ -184,7 +190,10 @@ impl Lab {
     /// Run on a machine; (exit status ok, stdout + stderr) instead of panicking.
     fn ssh_status(&self, node: &str, cmd: &str) -> (bool, String) {
         let cfg = self.ctx.path("lab/ssh_config");
-        let out = std::process::Command::new("ssh").args(["-F", cfg.to_str().unwrap(), node, cmd]).output().unwrap();
+        let out = std::process::Command::new("timeout")
+            .args([SSH_BOUND, "ssh", "-F", cfg.to_str().unwrap(), node, cmd])
+            .output()
+            .unwrap();
         (
             out.status.success(),
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),

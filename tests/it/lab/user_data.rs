@@ -37,7 +37,7 @@ fn the_hard_way_boots_from_user_data_and_apply_takes_it_over() {
                 log.lines().any(|l| l.contains(&format!(" {machine} GET ")) && l.contains("libnginx-mod-stream_")),
                 "{node} fetched nginx's stream module from the mirror:\n{log}"
             );
-            let (_, out) = lab.ssh_status(node, "cloud-init status --wait --long");
+            let (_, out) = lab.ssh_status(node, "timeout 300 cloud-init status --wait --long");
             assert!(out.contains("status: done"), "{node}: {out}");
             assert_eq!(lab.ssh(node, "cut -f1 /var/lib/kforge/bootstrap.outcome").trim(), "ok", "{node}");
             let manifest = lab.ssh(node, "cat /var/lib/kforge/manifest.json");
@@ -163,7 +163,7 @@ fn a_wrong_digest_in_user_data_is_named_by_status_and_doctor(lab: &Lab) {
     put(lab, "lab-3", "/var/lib/cloud/seed/nocloud/user-data", wrong.as_bytes());
     lab.ssh("lab-3", "cloud-init clean");
     lab.ctx.kforge(&["lab", "restart", "lab-3"]).success();
-    let (ok, out) = lab.ssh_status("lab-3", "cloud-init status --wait --long");
+    let (ok, out) = lab.ssh_status("lab-3", "timeout 300 cloud-init status --wait --long");
     assert!(!ok && out.contains("status: error"), "{out}");
 
     let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
