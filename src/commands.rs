@@ -178,6 +178,7 @@ impl Session {
                 if secrets.record_deployed(&spec.cluster) {
                     store.save(&secrets)?;
                 }
+                kforge_ssh::faults::at("bundle-saved");
                 (secrets.clone(), None, Some(secrets))
             }
             Bundle::ReadOnly => {
@@ -245,6 +246,7 @@ fn reconcile_and_save(spec: &LoadedSpec, store: &SecretsStore) -> Result<(Secret
     let existing = store.load(&spec.cluster.metadata.name)?;
     let now = time::OffsetDateTime::now_utc();
     let (bundle, report) = reconcile_secrets(&spec.cluster, existing.clone(), now)?;
+    kforge_ssh::faults::at("bundle-read");
     let changed = existing.as_ref() != Some(&bundle);
     if changed {
         store.save(&bundle)?;

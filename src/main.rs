@@ -16,6 +16,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Armed only in a build with the `failpoints` feature (the fault matrix's).
+    let _failpoints = kforge_ssh::faults::setup();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(commands::CliError::Findings(code)) => ExitCode::from(code),

@@ -51,8 +51,14 @@ impl TestContext {
     }
 
     pub fn kforge(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kforge"));
-        cmd.args(args).current_dir(self.dir.path());
+        self.kforge_from(Path::new(env!("CARGO_BIN_EXE_kforge")), args, &[])
+    }
+
+    /// `kforge` from another build of it (the fault matrix's, with failpoints), with
+    /// extra environment.
+    pub fn kforge_from(&self, binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(binary);
+        cmd.args(args).current_dir(self.dir.path()).envs(env.iter().copied());
         for var in ["KFORGE_AGE_IDENTITY", "KFORGE_AGE_PASSPHRASE"] {
             cmd.env_remove(var);
         }

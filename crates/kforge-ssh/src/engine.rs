@@ -104,6 +104,7 @@ fn run(
         }
     };
     hand_over(&mut hosts, opts, progress);
+    crate::faults::at("hand-over");
     // Nodes the file no longer names leave first, while the mesh still reaches them; a
     // removal that fails stops the apply there (the node stays recorded: the next apply
     // tries again), so no host drops a peer whose node is still half in the cluster.
@@ -118,9 +119,17 @@ fn run(
         for h in hosts.iter_mut().filter(|h| !h.failed) {
             h.fail(format!("not started: removing {} failed, so this apply stopped before the stages", failed.node));
         }
+    } else if let Some(forced) = removals.iter().find(|r| r.quorum_lost) {
+        for h in hosts.iter_mut().filter(|h| !h.failed) {
+            h.fail(format!(
+                "not started: etcd has no quorum since {} left (--force-quorum-loss); bring the members that are down back, then run kforge apply again",
+                forced.node
+            ));
+        }
     }
     install_packages(&mut hosts, opts, progress);
     let snapshot = run_stages(&mut hosts, &plan, opts, progress);
+    crate::faults::at("finish");
     finish_hosts(&mut hosts, &plan, opts);
     drop(locks);
     let mut report = finish(&plan, opts, hosts);
@@ -475,6 +484,7 @@ fn run_stages(
     let store = Mutex::new(ArtifactStore::default());
     let mut snapshot = None;
     for stage in stages() {
+        crate::faults::at("stage-start");
         // Agents join a control plane; without a healthy one they would only wait.
         if stage.phases.contains(&Phase::Workers) && hosts.iter().any(|h| h.failed && h.plan.control_plane) {
             for h in hosts.iter_mut().filter(|h| !h.failed && !h.plan.control_plane) {
@@ -687,6 +697,7 @@ impl StageRun<'_> {
                 Ok(false) => {}
                 Ok(true) => h.step(phase.name(), started),
             }
+            crate::faults::at("turn-restarted");
             if let Err(e) = before_gate(h) {
                 return h.fail(format!("phase {}: {e}", phase.name()));
             }
@@ -707,6 +718,7 @@ impl StageRun<'_> {
                 Ok(_) => h.step(&format!("gate: {}", gate.description), started),
                 Err(e) => return h.fail(format!("phase {}: {e}", phase.name())),
             }
+            crate::faults::at("turn-gated");
         }
     }
 
@@ -781,6 +793,7 @@ impl StageRun<'_> {
                 timed(h, &what, &mut || {
                     m::add_learner(from, &etcd.env_file, &node, &j.peer_url, std::time::Duration::from_secs(60))
                 })?;
+                crate::faults::at("etcd-member-added");
             }
             let members =
                 m::read(from, &etcd.env_file)?.ok_or("etcd gave no member list after the add (no quorum?)")?;
@@ -801,9 +814,11 @@ impl StageRun<'_> {
         let (from, env_file, join_env) = (from.clone(), etcd.env_file.clone(), etcd.join_env.clone());
         // Gated even when nothing changed here: a learner an earlier apply started votes now.
         self.on_then(h, true, &mut |h: &mut HostRun| {
+            crate::faults::at("etcd-joiner-started");
             timed(h, "promote to voter (waits until it has caught up, up to 120 s)", &mut || {
                 m::promote(&from, &env_file, id, std::time::Duration::from_secs(120))
             })?;
+            crate::faults::at("etcd-promoted");
             // It votes: its data directory is what it starts from now.
             h.host
                 .run_script("remove the join's member list", &format!("rm -f {}", crate::ssh::shell_quote(&join_env)))
@@ -914,6 +929,7 @@ impl StageRun<'_> {
                 }
                 Err(e) => return h.fail(e),
             }
+            crate::faults::at("turn-drained");
         }
         self.on(h, drain);
         if drain
@@ -930,8 +946,9 @@ impl StageRun<'_> {
             let started = Instant::now();
             match api.uncordon(&node) {
                 Ok(()) => h.step("uncordon", started),
-                Err(e) => h.fail(format!("uncordon: {e}")),
+                Err(e) => return h.fail(format!("uncordon: {e}")),
             }
+            crate::faults::at("turn-uncordoned");
         }
     }
 }

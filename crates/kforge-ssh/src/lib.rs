@@ -20,6 +20,7 @@ mod engine;
 pub use artifacts::find_boringtun;
 pub mod etcd;
 pub mod facts;
+pub mod faults;
 pub mod gitops;
 mod lock;
 pub mod membership;

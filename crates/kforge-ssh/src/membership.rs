@@ -143,7 +143,7 @@ pub fn read(host: &Host, env_file: &str) -> Result<Option<Vec<Member>>, String> 
 /// EOF": seen on the revocation kforge applies next). So the removal returns only once
 /// the member's client URLs accept no connection (up to 30 s; past that its host's
 /// reset stops it, and the step says so).
-pub fn remove(host: &Host, env_file: &str, m: &Member, force: bool) -> Result<Option<String>, String> {
+pub fn remove(host: &Host, env_file: &str, m: &Member) -> Result<Option<String>, String> {
     let urls: Vec<String> = m.client_urls.iter().map(|u| shell_quote(u)).collect();
     let script =
         format!("{ETCD_SH}\nKF_ETCD_ENV={}\nkf_member_remove {:x} {}\n", shell_quote(env_file), m.id, urls.join(" "));
@@ -153,7 +153,7 @@ pub fn remove(host: &Host, env_file: &str, m: &Member, force: bool) -> Result<Op
         if !now.iter().any(|x| x.id == m.id) {
             return Ok(None);
         }
-        may_remove(&now, m.id, force).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
+        quorum_without(&now, &[m.id]).map_err(|why| format!("etcd member {} not removed: {why}", m.describe()))?;
         match host.run_script("etcd member remove", &script) {
             Ok(out) if out.lines().any(|l| l.starts_with("still serving")) => {
                 return Ok(Some(format!(

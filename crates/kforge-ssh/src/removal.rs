@@ -13,6 +13,7 @@ use crate::{ApplyOptions, StepTime, Target};
 
 /// One removal's outcome.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RemovalReport {
     pub node: String,
     /// Done, in order; the apply then makes the bundle forget the node.
@@ -24,6 +25,10 @@ pub struct RemovalReport {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Removed with `--force-quorum-loss` while the members left lacked quorum: etcd
+    /// serves nothing now, so the apply stops after this removal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_lost: bool,
 }
 
 /// Refusals, before any host is touched: a K3s server cannot be removed by kforge.
@@ -47,6 +52,8 @@ pub fn remove_nodes(
                 r.steps.iter().map(|s| StepTime { step: format!("{s} (dry run: not done)"), seconds: 0.0 }).collect();
         } else if out.iter().any(|o: &RemovalReport| o.error.is_some()) {
             report.error = Some("not started: an earlier removal failed".into());
+        } else if let Some(forced) = out.iter().find(|o: &&RemovalReport| o.quorum_lost) {
+            report.error = Some(format!("not started: etcd has no quorum since {} left (forced)", forced.node));
         } else {
             if let Err(e) = remove(plan, r, api.as_ref(), opts, progress, &mut report) {
                 report.error = Some(e);
@@ -56,7 +63,7 @@ pub fn remove_nodes(
         }
         out.push(report);
     }
-    if out.iter().all(|r| r.error.is_none()) {
+    if out.iter().all(|r| r.error.is_none() && !r.quorum_lost) {
         out.extend(stale_members(plan, api.as_ref(), opts.dry_run, progress));
     }
     out
@@ -110,7 +117,7 @@ fn stale_members(
         progress(&api.host.node, &format!("remove {what}"));
         let started = std::time::Instant::now();
         let mut report = RemovalReport { node: what.clone(), ..RemovalReport::default() };
-        match crate::membership::remove(api.host, &etcd.env_file, m, false) {
+        match crate::membership::remove(api.host, &etcd.env_file, m) {
             Ok(warning) => {
                 report.removed = true;
                 report.warnings.extend(warning);
@@ -147,6 +154,11 @@ fn remove(
     };
     // A controller's etcd member: quorum checked before anything is touched (a removal
     // that would stop etcd is refused with the node still serving, not half-drained).
+    // Forced past that check, the member cannot be removed at all (etcd's strict
+    // reconfiguration check refuses a removal the rest could not agree on): it stays in
+    // the list, its etcd stopped by the host's reset, and a later apply removes it as a
+    // stale member once enough members answer.
+    let mut forced = None;
     let member = match (api, &plan.etcd, &r.etcd_peer_url) {
         (Some(api), Some(etcd), Some(peer)) => {
             let members = crate::membership::read(api.host, &etcd.env_file)?
@@ -159,7 +171,7 @@ fn remove(
                         m.describe()
                     )
                 })?;
-                report.warnings.extend(allowed);
+                forced = allowed;
             }
             m
         }
@@ -185,19 +197,33 @@ fn remove(
         timed(report, &format!("cordon and drain (up to {} s)", plan.drain_timeout_secs), &mut || {
             api.drain(node, plan.drain_timeout_secs, opts.drain).map(|_| ())
         })?;
+        crate::faults::at("removal-drained");
     }
-    if let (Some(api), Some(etcd), Some(m)) = (api, &plan.etcd, &member) {
-        let mut still_serving = None;
-        timed(report, "remove its etcd member", &mut || {
-            still_serving = crate::membership::remove(api.host, &etcd.env_file, m, opts.force_quorum_loss)?;
-            Ok(())
-        })?;
-        report.warnings.extend(still_serving);
+    match (api, &plan.etcd, &member, &forced) {
+        (Some(api), Some(etcd), Some(m), None) => {
+            let mut still_serving = None;
+            timed(report, "remove its etcd member", &mut || {
+                still_serving = crate::membership::remove(api.host, &etcd.env_file, m)?;
+                Ok(())
+            })?;
+            report.warnings.extend(still_serving);
+            crate::faults::at("removal-member-removed");
+        }
+        (Some(_), Some(_), Some(m), Some(why)) => {
+            report.warnings.push(format!(
+                "{why}. etcd member {} stays in the member list (etcd refuses to remove a member the rest cannot agree on); its etcd stops with its host's reset. Bring the members that are down back, then run kforge apply: it removes the member and finishes",
+                m.describe()
+            ));
+            report.steps.push(StepTime { step: "leave its etcd member in the list (forced)".into(), seconds: 0.0 });
+            report.quorum_lost = true;
+        }
+        _ => {}
     }
     if let (Some(api), Some(manifest)) = (api, &r.revocation) {
         timed(report, "revoke its kubelet certificate in the API", &mut || {
             api.apply_manifest("revoke certificates", manifest)
         })?;
+        crate::faults::at("removal-revoked");
     }
     let target = Target {
         node: node.clone(),
@@ -205,18 +231,33 @@ fn remove(
         user: r.ssh.user.clone(),
         port: r.ssh.port,
     };
+    // Forced, the API answers only until this member's etcd stops: its Node goes first.
+    let delete_node = |report: &mut RemovalReport| match (api, registered) {
+        (Some(api), true) => {
+            timed(report, &format!("delete Node {node}"), &mut || api.delete_node(node))?;
+            crate::faults::at("removal-node-deleted");
+            Ok::<(), String>(())
+        }
+        _ => Ok(()),
+    };
+    if forced.is_some() {
+        delete_node(report)?;
+    }
     progress(node, "reset the host");
     let started = std::time::Instant::now();
     let reset = crate::reset::reset(&[target], opts.ssh_config.clone(), &plan.mesh_interface, &plan.cluster, false)?;
     match reset.into_iter().next().and_then(|h| h.error) {
-        None => report.steps.push(StepTime { step: "reset the host".into(), seconds: started.elapsed().as_secs_f64() }),
+        None => {
+            report.steps.push(StepTime { step: "reset the host".into(), seconds: started.elapsed().as_secs_f64() });
+            crate::faults::at("removal-reset");
+        }
         Some(e) => report.warnings.push(format!(
             "{node}'s host was NOT reset ({e}): what kforge installed there still runs, cut off from the cluster (mesh peer removed everywhere{}); reset it when it answers: kforge reset is for nodes in the file, so wipe it by hand or reinstall it",
             if r.revocation.is_some() { ", its certificate revoked" } else { "" }
         )),
     }
-    if let (Some(api), true) = (api, registered) {
-        timed(report, &format!("delete Node {node}"), &mut || api.delete_node(node))?;
+    if forced.is_none() {
+        delete_node(report)?;
     }
     Ok(())
 }

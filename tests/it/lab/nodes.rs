@@ -13,6 +13,7 @@ const NEW: &str = "lab-4";
 
 pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Checks) {
     checks.run("a machine added to the lab joins the running cluster as a worker", || joins(lab));
+    super::faults::a_worker_leaves_and_joins_under_faults(lab, checks);
     checks.run("reset refuses a controller alone and an unknown name, touching nothing", || refusals(lab));
     checks.run("reset previews, then takes off everything kforge installed, SSH untouched", || reset(lab));
     checks.run("apply adds the reset worker back: one Node, Ready", || joins_again(lab));
@@ -26,6 +27,9 @@ pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Ch
     });
     checks.run("controllers grow 1 → 3, one learner at a time, a workload answering throughout", || {
         controllers_grow(lab)
+    });
+    checks.run("a controller forced out while another's etcd is down: its member waits for quorum, then goes", || {
+        forced_out(lab)
     });
 }
 
@@ -70,14 +74,14 @@ fn joins(lab: &Lab) {
 }
 
 /// lab-4 Ready at the lab's release, running a pod placed on it.
-fn ready_with_a_pod(lab: &Lab) {
+pub(super) fn ready_with_a_pod(lab: &Lab) {
     lab.wait_for(90, "lab-4 Ready", || {
         lab.kubectl("lab-1", "get node lab-4 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'").trim()
             == "True"
     });
     let version = lab.kubectl("lab-1", "get node lab-4 -o jsonpath='{.status.nodeInfo.kubeletVersion}'");
     assert_eq!(version.trim(), kforge_lab::HARDWAY_VERSION);
-    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true");
+    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true --timeout=60s");
     lab.kubectl(
         "lab-1",
         "run on-lab-4 --image=kforge.lab/busybox:1 --image-pull-policy=Never --restart=Never --overrides='{\"spec\":{\"nodeName\":\"lab-4\"}}' -- sleep 3600",
@@ -166,7 +170,7 @@ fn joins_again(lab: &Lab) {
 /// host drops its mesh peer and firewall entries; the bundle forgets it. Then its old
 /// certificate, still valid by date, is refused by the real API.
 fn removed(lab: &Lab) {
-    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true");
+    lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true --timeout=60s");
     // One replica, placed on lab-4 (the others cordoned by hand while it is scheduled:
     // a preferred affinity alone loses to other scores now and then): the drain must
     // move it.
@@ -183,7 +187,7 @@ fn removed(lab: &Lab) {
             break;
         }
         eprintln!("leaves-lab-4 was placed on {} before the scheduler saw the cordon: placing it again", on().trim());
-        lab.kubectl("lab-1", "delete pods -l app=leaves-lab-4 --wait=true");
+        lab.kubectl("lab-1", "delete pods -l app=leaves-lab-4 --wait=true --timeout=60s");
         lab.kubectl("lab-1", "rollout status deploy/leaves-lab-4 --timeout=60s");
     }
     lab.kubectl("lab-1", &format!("uncordon {others}"));
@@ -300,7 +304,7 @@ spec:
 "#;
 
 /// lab-4's address (the lab's state as it is now: the test added the machine).
-fn public_ip(lab: &Lab) -> String {
+pub(super) fn public_ip(lab: &Lab) -> String {
     kforge_lab::LabState::load(&lab.ctx.path("lab")).unwrap().machine(NEW).unwrap().public_ip.unwrap().to_string()
 }
 
@@ -511,4 +515,45 @@ fn controllers_grow(lab: &Lab) {
     }
     assert_eq!(lab.kubectl("lab-2", "get --raw /readyz").trim(), "ok");
     client.judge(lab);
+}
+
+/// `--force-quorum-loss`, as an operator taking a controller out with another one down
+/// would use it: lab-2's etcd stopped, lab-3 dropped from the file. etcd refuses to
+/// remove a member the rest cannot agree on, so the member stays in the list: lab-3 is
+/// drained, revoked and its Node deleted while the API still answers, then reset (its
+/// etcd stops: no quorum now, said so, the apply stops there). The last check of the
+/// group: the lab goes down with etcd in that state. (With lab-2 back, the next apply
+/// removes the member as a stale one — the path "a stale etcd member made by hand"
+/// walks — which this sequence does not run yet.)
+fn forced_out(lab: &Lab) {
+    lab.ssh("lab-2", "systemctl stop etcd");
+    lab.edit_cluster(|c| c.spec.nodes.retain(|n| n.name != "lab-3"));
+    let out = lab.apply(&["--force-quorum-loss", "-o", "json"]);
+    assert_ne!(out.code, 0, "etcd has no quorum after the forced removal: {}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let removal =
+        report["removals"].as_array().unwrap().iter().find(|r| r["node"] == "lab-3").expect("lab-3's removal");
+    assert_eq!(
+        (&removal["removed"], &removal["quorumLost"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{removal}"
+    );
+    let steps: Vec<&str> = removal["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert!(steps[0].starts_with("cordon and drain"), "{steps:?}");
+    assert_eq!(
+        steps[1..],
+        [
+            "leave its etcd member in the list (forced)",
+            "revoke its kubelet certificate in the API",
+            "delete Node lab-3",
+            "reset the host"
+        ]
+    );
+    let warned = removal["warnings"].to_string();
+    assert!(warned.contains("FORCED (--force-quorum-loss)") && warned.contains("stays in the member list"), "{warned}");
+    for h in report["hosts"].as_array().unwrap() {
+        assert!(h["error"].to_string().contains("etcd has no quorum since lab-3 left"), "{h}");
+    }
+    let (running, said) = lab.ssh_status("lab-3", "systemctl is-active etcd || ls -d /var/lib/etcd");
+    assert!(!running, "lab-3 was reset, its etcd stopped and its data gone: {said}");
 }
