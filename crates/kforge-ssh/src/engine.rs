@@ -227,7 +227,9 @@ fn gather_facts(hosts: &mut [HostRun], opts: &ApplyOptions, progress: &(dyn Fn(&
         progress(&h.host.node, "facts");
         let mine: BTreeMap<String, String> =
             known.iter().filter(|((n, _), _)| *n == h.plan.node).map(|((_, id), l)| (id.clone(), l.clone())).collect();
-        match facts::gather(&h.host, &h.plan, &mine) {
+        // A dry run (and plan --observe) writes nothing on a host, not even its caches.
+        let cache = if opts.dry_run { facts::Cache::Leave } else { facts::Cache::Update };
+        match facts::gather(&h.host, &h.plan, &mine, cache) {
             Ok(f) => {
                 h.manifest = f.manifest.clone();
                 h.recorded = f.manifest.clone();
@@ -485,12 +487,7 @@ fn run_stages(
     let mut snapshot = None;
     for stage in stages() {
         crate::faults::at("stage-start");
-        // Agents join a control plane; without a healthy one they would only wait.
-        if stage.phases.contains(&Phase::Workers) && hosts.iter().any(|h| h.failed && h.plan.control_plane) {
-            for h in hosts.iter_mut().filter(|h| !h.failed && !h.plan.control_plane) {
-                h.fail("skipped: a server failed, so there is no healthy control plane to join");
-            }
-        }
+        hold_back_after_a_control_plane_failure(hosts, &stage);
         let mut joins = None;
         if stage.phases.contains(&Phase::Datastore) {
             joins = etcd_joins(hosts, plan, progress);
@@ -511,6 +508,28 @@ fn run_stages(
     }
     store.lock().unwrap().save();
     snapshot
+}
+
+/// Once a control-plane host failed, what runs after the API servers stays where it is
+/// on every host: a controller-manager, scheduler or kubelet may never be newer than an
+/// API server, and the failed host's may be the old release still (its gate failed, or
+/// its turn never came), while a controller+worker host that moved on would start them
+/// at the new one. Agents would only wait for a control plane to join anyway.
+fn hold_back_after_a_control_plane_failure(hosts: &mut [HostRun], stage: &Stage) {
+    if !stage.phases.iter().any(|p| matches!(p, Phase::Controllers | Phase::Workers)) {
+        return;
+    }
+    let Some(failed) = hosts.iter().find(|h| h.failed && h.plan.control_plane).map(|h| h.plan.node.clone()) else {
+        return;
+    };
+    for h in hosts.iter_mut().filter(|h| !h.failed) {
+        let runs_here = h.plan.phases.iter().any(|p| stage.phases.contains(&p.phase) && !p.units.is_empty());
+        if runs_here {
+            h.fail(format!(
+                "not started: {failed} (control plane) failed, so no controller or kubelet moves here (none may be newer than an API server); fix {failed} and run kforge apply again"
+            ));
+        }
+    }
 }
 
 /// The control-plane host kubectl runs on as the cluster admin (cordon, drain, gates
@@ -774,9 +793,11 @@ impl StageRun<'_> {
         let ip = j.peer_url.trim_start_matches("https://").trim_end_matches(":2380").to_string();
         let prepared = (|| {
             if etcd_has_data(&h.host) && j.joining == Joining::Add {
+                // `kforge reset` refuses a controller alone (its member may count for
+                // quorum): the ways out are the directory moved aside, or a removal.
                 return Err(format!(
-                    "{node} has etcd data from an earlier membership ({}): a joining member starts empty; kforge reset {node} (or move the directory aside), then apply again",
-                    kforge_core::hardway::ETCD_DATA_DIR
+                    "{node} has etcd data from an earlier membership ({dir}): a joining member starts empty\n  help: if that data is of no use, move it aside on {node} (mv {dir} {dir}.before-join) and apply again; or drop {node} from the file and apply (its removal resets the host), then add it back",
+                    dir = kforge_core::hardway::ETCD_DATA_DIR
                 ));
             }
             if j.joining == Joining::Add {
@@ -1600,6 +1621,32 @@ mod tests {
                 assert!(gate.test.contains("v1.36.4+k3s1 True"), "{gate:?}");
             }
         }
+    }
+
+    /// An API server's gate failed on lab-2 mid-upgrade: lab-1 (controller+worker, its
+    /// API server moved already) must not start a kubelet or controller-manager of the
+    /// new release beside lab-2's old API server; the pure workers wait too.
+    #[test]
+    fn nothing_after_the_api_servers_moves_once_a_control_plane_host_failed() {
+        let stage_of = |p: Phase| stages().into_iter().find(|s| s.phases.contains(&p)).unwrap();
+        let mut hosts = running(HARDWAY, &[]);
+        let first_controller = hosts.iter().position(|h| h.plan.control_plane).unwrap();
+        hosts[first_controller].fail("phase control-plane: gate: /readyz did not answer within 120 s");
+        hold_back_after_a_control_plane_failure(&mut hosts, &stage_of(Phase::ControlPlane));
+        assert_eq!(hosts.iter().filter(|h| h.failed).count(), 1, "the API servers' own stage is not held back");
+        hold_back_after_a_control_plane_failure(&mut hosts, &stage_of(Phase::Controllers));
+        hold_back_after_a_control_plane_failure(&mut hosts, &stage_of(Phase::Workers));
+        for h in &hosts {
+            assert!(h.failed, "{} went on", h.plan.node);
+        }
+        let other = hosts
+            .iter()
+            .find(|h| h.plan.control_plane && h.report.error.as_deref().is_some_and(|e| e.starts_with("not started")));
+        assert!(
+            other.is_some(),
+            "a controller+worker host is held back: {:?}",
+            hosts.iter().map(|h| &h.report.error).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -163,8 +163,13 @@ const FACTS_SH: &str = include_str!("sh/facts.sh");
 
 /// The one reader of a host's state, for apply, status, doctor and the upgrade rules;
 /// `peers`: mesh addresses to reach over the mesh (status), none for apply.
-pub fn gather(host: &Host, plan: &NodePlan, known: &BTreeMap<String, String>) -> Result<NodeFacts, SshError> {
-    gather_with(host, plan, &[], known, Cache::Update, "").map(|(f, _)| f)
+pub fn gather(
+    host: &Host,
+    plan: &NodePlan,
+    known: &BTreeMap<String, String>,
+    cache: Cache,
+) -> Result<NodeFacts, SshError> {
+    gather_with(host, plan, &[], known, cache, "").map(|(f, _)| f)
 }
 
 /// Whether the facts may refresh the host's caches (digests, running releases): apply

@@ -1,6 +1,7 @@
-//! The fault matrix on the hard-way lab: a worker (lab-4) leaves and joins again, each
-//! apply stopped at one of its step boundaries — kforge killed there as `kill -9` would,
-//! or the departing host's SSH cut — then a plain apply finishes it. After every round:
+//! The fault matrix, on a hard-way lab of its own: a worker (lab-4) leaves and joins
+//! again, each apply stopped at one of its step boundaries — kforge killed there as
+//! `kill -9` would, or the departing host's SSH cut — then a plain apply finishes it.
+//! After every round:
 //! - the plain apply converged every host;
 //! - one etcd cluster ID on every member, every member healthy, and etcd answered every
 //!   second of the round (asked from lab-1);
@@ -73,26 +74,18 @@ const JOIN: &[Fault] = &[
     Fault::kill("finish", 0),
 ];
 
-/// The rounds this run takes: all of them (`KFORGE_FAULTS=all`) or the one a seed
-/// picks (`KFORGE_FAULT_SEED`, or `KFORGE_FAULTS=seed` for the clock's), said in the
-/// log. scripts/faults sets them; the hard-way group in CI does not run the matrix yet
-/// (docs/nodes.md says why).
+/// The rounds this run takes: all of them (`KFORGE_FAULTS=all`, scripts/faults) or the
+/// one a seed picks (`KFORGE_FAULT_SEED`, else the clock's), said in the log.
 fn rounds() -> Vec<usize> {
     let all = LEAVE.len().max(JOIN.len());
-    let asked = std::env::var("KFORGE_FAULTS").unwrap_or_default();
-    if asked == "all" {
+    if std::env::var("KFORGE_FAULTS").is_ok_and(|v| v == "all") {
         eprintln!("fault matrix: all {all} rounds ({} leave and {} join boundaries)", LEAVE.len(), JOIN.len());
         return (0..all).collect();
     }
-    let seed: Option<u64> = std::env::var("KFORGE_FAULT_SEED").ok().and_then(|s| s.parse().ok());
-    let seed = match (seed, asked.as_str()) {
-        (Some(seed), _) => seed,
-        (None, "seed") => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
-        _ => {
-            eprintln!("fault matrix: not asked for (scripts/faults runs it)");
-            return Vec::new();
-        }
-    };
+    let seed: u64 = std::env::var("KFORGE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
     let round = (seed % all as u64) as usize;
     eprintln!(
         "fault matrix: seed {seed} → round {round} of {all} (re-run it: KFORGE_FAULT_SEED={seed}; every round: scripts/faults)"
@@ -113,19 +106,29 @@ fn failpoints_binary() -> PathBuf {
     path
 }
 
-pub(super) fn a_worker_leaves_and_joins_under_faults(lab: &Lab, checks: &mut Checks) {
-    let rounds = rounds();
-    if rounds.is_empty() {
-        return;
-    }
+#[test]
+fn a_worker_leaves_and_joins_stopped_at_each_step() {
     let binary = failpoints_binary();
+    let lab = Lab::up_example("hardway", 3, &[]);
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    super::upgrade::deploy_workload(&lab);
+    let mut checks = Checks::default();
+    checks.run("lab-4 joins the running cluster as a worker", || super::nodes::joins(&lab));
+    under_faults(&lab, &binary, &mut checks);
+    checks.finish();
+}
+
+fn under_faults(lab: &Lab, binary: &std::path::Path, checks: &mut Checks) {
     lab.kubectl("lab-1", &format!("cordon {BY_HAND}"));
     // A pod no controller runs makes every drain of lab-4 refuse (as it should).
     lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true --timeout=60s");
-    for i in rounds {
+    for i in rounds() {
         let (leave, join) = (LEAVE[i % LEAVE.len()], JOIN[i % JOIN.len()]);
         checks.run(&format!("fault round {i}: {NODE} leaves, {} at {}", leave.action, leave.failpoints()), || {
-            round(lab, &binary, leave, |c| c.spec.nodes.retain(|n| n.name != NODE))
+            round(lab, binary, leave, |c| c.spec.nodes.retain(|n| n.name != NODE))
         });
         checks.run(&format!("fault round {i}: {NODE} joins, {} at {}", join.action, join.failpoints()), || {
             let node = lab4(lab);
@@ -136,7 +139,7 @@ pub(super) fn a_worker_leaves_and_joins_under_faults(lab: &Lab, checks: &mut Che
                 lab.ctx.kforge(&["reset", "-f", "lab/kforge.yaml", NODE, "--yes"]).success();
                 lab.edit_cluster(|c| c.spec.nodes.retain(|n| n.name != NODE));
             }
-            round(lab, &binary, join, |c| c.spec.nodes.push(node));
+            round(lab, binary, join, |c| c.spec.nodes.push(node));
             super::nodes::ready_with_a_pod(lab);
             lab.kubectl("lab-1", "delete pod on-lab-4 --ignore-not-found --wait=true --timeout=60s");
         });

@@ -13,7 +13,6 @@ const NEW: &str = "lab-4";
 
 pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Checks) {
     checks.run("a machine added to the lab joins the running cluster as a worker", || joins(lab));
-    super::faults::a_worker_leaves_and_joins_under_faults(lab, checks);
     checks.run("reset refuses a controller alone and an unknown name, touching nothing", || refusals(lab));
     checks.run("reset previews, then takes off everything kforge installed, SSH untouched", || reset(lab));
     checks.run("apply adds the reset worker back: one Node, Ready", || joins_again(lab));
@@ -33,7 +32,7 @@ pub(super) fn a_worker_joins_is_reset_and_joins_again(lab: &Lab, checks: &mut Ch
     });
 }
 
-fn joins(lab: &Lab) {
+pub(super) fn joins(lab: &Lab) {
     lab.ctx.kforge(&["lab", "add", NEW, "--dir", "lab"]).success();
     let ip = public_ip(lab);
     lab.edit_cluster(|c| {

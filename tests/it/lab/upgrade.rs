@@ -180,7 +180,13 @@ fn mixed_by_hand(lab: &Lab) {
         "sed -i 's|^ExecStart=.*/kube-proxy |ExecStart=/usr/local/bin/kube-proxy-by-hand |' /etc/systemd/system/kube-proxy.service && systemctl daemon-reload && systemctl restart kube-proxy",
     );
     let mixed = format!("kube-proxy versions are mixed: {} on lab-1, lab-2; {} on lab-3", &FROM[1..], &TO[1..]);
+    // A unit file changed by hand: the host's digest cache is stale now, and reading it
+    // (plan --observe, a dry run) must leave it so — they write nothing on a host.
+    let cache = || lab.ssh("lab-3", "sha256sum /var/lib/kforge/hash-cache");
+    let was = cache();
     let plan = lab.ctx.kforge(&["plan", "--observe", "-f", "lab/kforge.yaml"]).success().stdout;
+    let dry = lab.apply(&["--dry-run"]);
+    assert_eq!(cache(), was, "plan --observe or apply --dry-run rewrote lab-3's digest cache: {}", dry.stderr);
     assert!(plan.contains(&format!("versions: {mixed}")), "{plan}");
     assert!(plan.contains(&format!("kube-proxy {}", &TO[1..])), "{plan}");
     let status = lab.ctx.kforge(&["status", "-f", "lab/kforge.yaml"]);
