@@ -54,6 +54,14 @@ pub fn remove_nodes(
             report.error = Some("not started: an earlier removal failed".into());
         } else if let Some(forced) = out.iter().find(|o: &&RemovalReport| o.quorum_lost) {
             report.error = Some(format!("not started: etcd has no quorum since {} left (forced)", forced.node));
+        } else if api.is_none() && plan.kubectl.is_some() {
+            // Without the API nothing of the cluster's side can be done: no drain, no
+            // quorum check or member removal, no revocation, no Node deleted. Resetting
+            // the host alone and forgetting the node would leave all of that behind.
+            report.error = Some(format!(
+                "not started: no control-plane host answered, so {} cannot be drained, its certificate revoked or its etcd member removed; nothing was touched\n  help: bring a control-plane host back (kforge status names them), then apply again",
+                r.node
+            ));
         } else {
             if let Err(e) = remove(plan, r, api.as_ref(), opts, progress, &mut report) {
                 report.error = Some(e);
@@ -266,6 +274,50 @@ fn remove(
 mod tests {
     use super::*;
     use crate::membership::Member;
+
+    /// A worker dropped from the file while no controller answered (their locks held by
+    /// another apply, or down): it used to be reset and forgotten with no drain, no
+    /// member check, no revocation and its Node left. Now nothing is touched and the node
+    /// stays recorded for the next apply.
+    #[test]
+    fn without_a_control_plane_nothing_is_removed() {
+        let mut spec = kforge_core::spec::parse("kforge.yaml", kforge_core::spec::examples::HARDWAY).unwrap().cluster;
+        let now = time::OffsetDateTime::now_utc();
+        let (mut secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+        secrets.record_deployed(&spec);
+        let worker = spec.spec.nodes.iter().find(|n| !n.role.is_control_plane()).unwrap().name.clone();
+        spec.spec.nodes.retain(|n| n.name != worker);
+        let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, Some(secrets), now).unwrap();
+        let model = kforge_core::model::Model::build(&spec, &secrets);
+        let plan = kforge_core::pipeline::build_plan(&model, &secrets);
+        assert_eq!(plan.removals.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), [worker.as_str()]);
+        let replan = |_: &str, _: &str, _: &kforge_core::pipeline::HostCaps| Err("unused".to_string());
+        let check_versions = |_: &[kforge_core::upgrade::Running]| Ok(());
+        let opts = ApplyOptions {
+            targets: Vec::new(),
+            parallel: 1,
+            dry_run: false,
+            ssh_config: None,
+            base_dir: ".".into(),
+            cache_dir: "/nonexistent".into(),
+            replan: &replan,
+            check_versions: &check_versions,
+            snapshot: None,
+            force_quorum_loss: false,
+            hand_over: Vec::new(),
+            replace_foreign_record: false,
+            drain: crate::rollout::DrainLosses::default(),
+        };
+        let touched = std::sync::Mutex::new(Vec::new());
+        let report = remove_nodes(&plan, None, &opts, &|node: &str, step: &str| {
+            touched.lock().unwrap().push(format!("{node}: {step}"))
+        });
+        assert_eq!(report.len(), 1);
+        assert!(!report[0].removed, "{:?}", report[0]);
+        let error = report[0].error.as_deref().unwrap_or_default();
+        assert!(error.starts_with("not started: no control-plane host answered"), "{error}");
+        assert_eq!(touched.into_inner().unwrap(), Vec::<String>::new(), "no step was taken");
+    }
 
     #[test]
     fn a_controller_whose_member_is_down_leaves_before_one_that_answers() {
