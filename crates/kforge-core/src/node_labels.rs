@@ -51,7 +51,9 @@ pub fn plan(
         description: "label and taint each Node as the file says (and take off what it dropped)".into(),
         run: format!("kf_node_labels {} {LIST} {APPLIED}", crate::render::shell_quote(kubectl)),
         unless: Some(format!("cmp -s {LIST} {APPLIED}")),
-        recheck: None,
+        // A Node that registered after the last run (its lines kept out of APPLIED):
+        // every apply asks, so a run with nothing else to do still gives it its marks.
+        recheck: Some(format!("cmp -s {LIST} {APPLIED}")),
     };
     Some((file, command))
 }

@@ -1649,6 +1649,31 @@ mod tests {
         );
     }
 
+    /// A Node that registered after its labels were given (the labelling step waits
+    /// 60 s, then leaves its lines for the next run): the next apply, with nothing else
+    /// to change, gives them. Its step used to run only when its phase changed.
+    #[test]
+    fn labels_kept_for_a_late_node_are_given_by_the_next_apply() {
+        let mut hosts = running(HARDWAY, &[]);
+        let (h, pp, command) = hosts
+            .iter_mut()
+            .find_map(|h| {
+                let pp =
+                    h.plan.phases.iter().find(|p| p.commands.iter().any(|c| c.run.starts_with("kf_node_labels")))?;
+                let c = pp.commands.iter().find(|c| c.run.starts_with("kf_node_labels"))?.clone();
+                let pp = pp.clone();
+                Some((h, pp, c))
+            })
+            .expect("a host labels the Nodes");
+        let test = command.recheck.clone().expect("the labelling step is asked about at every apply");
+        let (idle, _) = decide(h, &pp, false, &mut BTreeSet::new());
+        assert!(!idle.commands.iter().any(|c| c.run == command.run), "nothing to do while the lists agree");
+        h.facts.failed_rechecks.insert(test);
+        let (late, repairs) = decide(h, &pp, false, &mut BTreeSet::new());
+        assert!(late.commands.iter().any(|c| c.run == command.run), "{:?}", late.commands);
+        assert!(repairs.iter().any(|r| r.starts_with("label and taint each Node")), "{repairs:?}");
+    }
+
     #[test]
     fn nothing_takes_a_turn_when_nothing_running_changes() {
         for h in running(HOMELAB, &[]).into_iter().chain(running(HARDWAY, &[])) {
