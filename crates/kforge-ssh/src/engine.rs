@@ -103,8 +103,6 @@ fn run(
             return Err(e);
         }
     };
-    hand_over(&mut hosts, opts, progress);
-    crate::faults::at("hand-over");
     // Nodes the file no longer names leave first, while the mesh still reaches them; a
     // removal that fails stops the apply there (the node stays recorded: the next apply
     // tries again), so no host drops a peer whose node is still half in the cluster.
@@ -127,6 +125,11 @@ fn run(
             ));
         }
     }
+    // Foreign units are stopped only once the removals went through: a removal that
+    // failed stops the apply, and a unit stopped before it would stay stopped with no
+    // kforge mesh or service in its place.
+    hand_over(&mut hosts, opts, progress);
+    crate::faults::at("hand-over");
     install_packages(&mut hosts, opts, progress);
     let snapshot = run_stages(&mut hosts, &plan, opts, progress);
     crate::faults::at("finish");

@@ -22,12 +22,12 @@ pub struct Point {
 pub const POINTS: &[Point] = &[
     Point { name: "bundle-read", after: "the secrets bundle was read and reconciled, before it is saved" },
     Point { name: "bundle-saved", after: "the reconciled bundle was saved, before any host is contacted" },
-    Point { name: "hand-over", after: "foreign units were handed over (stopped), before removals" },
     Point { name: "removal-drained", after: "a departing node was cordoned and drained" },
     Point { name: "removal-member-removed", after: "a departing controller's etcd member was removed" },
     Point { name: "removal-revoked", after: "a departing node's kubelet certificate was revoked in the API" },
     Point { name: "removal-reset", after: "a departing node's host was reset" },
     Point { name: "removal-node-deleted", after: "a departing node's Node was deleted" },
+    Point { name: "hand-over", after: "the removals went through and foreign units were handed over (stopped)" },
     Point { name: "stage-start", after: "a stage is about to start (each stage is a hit)" },
     Point { name: "turn-drained", after: "a node was cordoned and drained for its turn, before its phases" },
     Point { name: "turn-restarted", after: "a phase of a host changed files and restarted units, before its gate" },
