@@ -358,6 +358,37 @@ fn plan_observed(args: &ClusterArgs, ssh_config: Option<std::path::PathBuf>, for
     Ok(())
 }
 
+/// A controller the file adds to a running etcd joins it as a learner, which only apply
+/// can do: it asks the running members, adds the newcomer, starts it with the list they
+/// answer and promotes it. A bootstrap (user-data, a rendered tree) cannot ask anyone: it
+/// starts etcd with the planned member list as a new cluster, and newcomers that are a
+/// majority of that list found a second cluster beside the running one. So no tree is
+/// rendered while the bundle's record says controllers run and a planned one never ran.
+fn refuse_controllers_joining_a_running_etcd(session: &Session) -> Result<(), CliError> {
+    let spec = &session.spec.cluster.spec;
+    if spec.distribution.kind != spec::DistributionKind::Hardway {
+        return Ok(()); // a K3s server joins through `server:`, from its own bootstrap
+    }
+    let controllers = spec.nodes.iter().filter(|n| n.role.is_control_plane());
+    let (running, joining): (Vec<_>, Vec<_>) =
+        controllers.partition(|n| session.secrets.deployed.get(&n.name).is_some_and(|d| d.role.is_control_plane()));
+    if running.is_empty() || joining.is_empty() {
+        return Ok(());
+    }
+    let names = |v: &[&spec::Node]| v.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
+    Err(CliError::Other(format!(
+        "{} would join the running etcd of {} as {}: a bootstrap cannot (it would start a new cluster with the planned members, a second one beside the first); nothing was written\n  help: boot {} as {} plain host{} and run kforge apply, which adds {} as etcd learner{} one at a time (docs/nodes.md, \"Adding a controller\"); render again once it runs",
+        names(&joining),
+        names(&running),
+        if joining.len() == 1 { "a new member" } else { "new members" },
+        if joining.len() == 1 { "it" } else { "them" },
+        if joining.len() == 1 { "a" } else { "" },
+        if joining.len() == 1 { "" } else { "s" },
+        if joining.len() == 1 { "it" } else { "them" },
+        if joining.len() == 1 { "" } else { "s" },
+    )))
+}
+
 fn render_cmd(args: &ClusterArgs, out: &Path, gzip: bool, limit: Option<usize>) -> Result<(), CliError> {
     let session = Session::open(args, Bundle::ReadOnly)?;
     // The tree carries keys and certificates: they must be the bundle's own. (A
@@ -368,6 +399,7 @@ fn render_cmd(args: &ClusterArgs, out: &Path, gzip: bool, limit: Option<usize>) 
         saved.revoked = now.revoked.clone();
         &saved == now
     })?;
+    refuse_controllers_joining_a_running_etcd(&session)?;
     let plan: Plan = build_plan(&session.model(), &session.secrets);
     let sizes: Vec<_> = plan
         .nodes

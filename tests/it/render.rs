@@ -364,3 +364,31 @@ fn k3s_node_labels_and_taints_are_kept_through_the_api_by_the_first_server() {
     assert!(!file.contains("svccontroller"), "{file}");
     assert!(file.contains("edge-1 taint edge=true:NoSchedule\n"), "{file}");
 }
+
+/// A controller added to a running hard-way cluster joins etcd as a learner, which only
+/// apply can do: rendered for user-data, its bootstrap would start a new cluster with
+/// the planned members. With controller-0 recorded as running and controller-1 and -2
+/// never deployed, render refuses and writes nothing; once they run, it renders.
+#[test]
+fn no_bootstrap_for_a_controller_that_would_join_a_running_etcd() {
+    let ctx = TestContext::with_example("hardway");
+    ctx.render("out");
+    let mut bundle = ctx.bundle();
+    let spec = kforge_core::spec::parse("kforge.yaml", &ctx.read("kforge.yaml")).unwrap().cluster;
+    bundle.record_deployed(&spec);
+    let all = bundle.deployed.clone();
+    bundle.deployed.retain(|n, _| n == "controller-0" || n.starts_with("worker"));
+    ctx.write("kforge.secrets.yaml", &serde_saphyr::to_string(&bundle).unwrap());
+    let out = ctx.kforge(&["render", "--out", "joining"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("controller-1, controller-2 would join the running etcd of controller-0 as new members"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("kforge apply, which adds them as etcd learners"), "{}", out.stderr);
+    assert!(!ctx.path("joining").exists(), "nothing was written");
+    bundle.deployed = all;
+    ctx.write("kforge.secrets.yaml", &serde_saphyr::to_string(&bundle).unwrap());
+    ctx.kforge(&["render", "--out", "joining"]).success();
+}
