@@ -14,9 +14,9 @@
 //! Killing kforge at any point leaves old-or-new files and a mark; the next apply
 //! finishes the job. A host that fails drops out; the others go on; exit is non-zero.
 
+mod apply;
 mod artifacts;
 pub mod doctor;
-mod engine;
 pub use artifacts::find_boringtun;
 pub mod etcd;
 pub mod facts;
@@ -37,7 +37,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use engine::apply;
+pub use apply::apply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
