@@ -41,6 +41,8 @@ pub struct NodeFacts {
     pub reach: BTreeMap<String, bool>,
     /// Units whose inputs kforge changed but did not get to restart.
     pub pending: BTreeSet<String>,
+    /// Of those, the units a reload finishes (the run that died would have reloaded them).
+    pub pending_reload: BTreeSet<String>,
     /// What kforge wrote before: path → sha256.
     pub manifest: BTreeMap<String, String>,
     /// Who recorded that manifest (None: the host has none).
@@ -264,8 +266,12 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 f.units.insert(name.into(), (state == "active", enabled));
                 f.unit_states.insert(name.into(), state.into());
             }
-            (Some("pending"), Some(name), None) => {
+            (Some("pending"), Some(name), kind) => {
                 f.pending.insert(name.into());
+                // An empty mark (a kforge before marks said which) is a restart.
+                if kind.map(str::trim) == Some("reload") {
+                    f.pending_reload.insert(name.into());
+                }
             }
             (Some("missing-package"), Some(name), None) => {
                 if let Some(p) = kforge_core::packages::Package::ALL.into_iter().find(|p| p.name() == name) {
@@ -393,7 +399,7 @@ mod tests {
     fn parses_a_facts_transcript() {
         let out = "os=debian 12\narch=x86_64\ninit=systemd\nhostname=lab-1\nmachine_id=abc\nclock=1700000000\nswap=0\ncgroup_fs=tmpfs\nmemory_cgroup=no\nwg_kernel=no\nboringtun=yes\n\
             file 0123 /etc/wireguard/kforge0.conf\nunit k3s.service active enabled\nunit wg-quick@kforge0.service inactive disabled\n\
-            pending k3s.service\nmissing-package libnginx-mod-stream\napt=yes\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
+            pending k3s.service\npending wg-quick@kforge0.service reload\nmissing-package libnginx-mod-stream\napt=yes\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
         let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
         assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
@@ -403,6 +409,10 @@ mod tests {
         assert_eq!(f.units["k3s.service"], (true, true));
         assert_eq!(f.units["wg-quick@kforge0.service"], (false, false));
         assert!(f.pending.contains("k3s.service"));
+        assert!(!f.pending_reload.contains("k3s.service"), "an empty mark is a restart");
+        assert!(
+            f.pending.contains("wg-quick@kforge0.service") && f.pending_reload.contains("wg-quick@kforge0.service")
+        );
         assert!(f.listening.contains("udp/51820"));
         assert_eq!(f.stale_temp_files, ["/etc/.x.kforge-tmp-12"]);
         assert_eq!(f.absent_packages, [kforge_core::packages::Package::NginxStream]);

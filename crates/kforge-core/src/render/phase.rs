@@ -71,7 +71,10 @@ impl PhaseWork {
     pub fn steps(&self) -> Vec<Step> {
         let mut steps: Vec<Step> = self.clean_temp_files.iter().cloned().map(Step::CleanTemp).collect();
         if self.pending_marks {
-            steps.extend(self.restarts.iter().map(|r| Step::MarkPending(r.unit.clone())));
+            steps.extend(self.restarts.iter().map(|r| match r.reload {
+                Some(_) => Step::MarkPendingReload(r.unit.clone()),
+                None => Step::MarkPending(r.unit.clone()),
+            }));
         }
         steps.extend(self.place_once.iter().map(|f| Step::PlaceOnce {
             staged: f.placed_path(),

@@ -73,6 +73,11 @@ pub enum Step {
     CleanTemp(String),
     /// The unit's inputs are about to change: restart it even if this run dies.
     MarkPending(String),
+    /// The same, for a unit whose reload applies every change it is about to get (`wg
+    /// syncconf`, `nft -f`; its unit definition unchanged): a run after this one died
+    /// reloads it rather than restart it (a restart of the mesh drops its routes). A
+    /// restart mark already there stays one.
+    MarkPendingReload(String),
     /// Take an artifact from stdin, verify it, install it at `dest` (apply's upload).
     Receive {
         dest: String,
@@ -189,7 +194,11 @@ fn render_step(s: &mut String, step: &Step) {
             write!(s, "kf_arch_is {} && {inner}", q(arch))
         }
         Step::CleanTemp(path) => writeln!(s, "rm -f {p}; echo {m}", p = q(path), m = q(&format!("KF cleaned {path}"))),
-        Step::MarkPending(unit) => writeln!(s, "touch {}", q(&format!("{PENDING_DIR}/{unit}"))),
+        Step::MarkPending(unit) => writeln!(s, "echo restart > {}", q(&format!("{PENDING_DIR}/{unit}"))),
+        Step::MarkPendingReload(unit) => {
+            let mark = q(&format!("{PENDING_DIR}/{unit}"));
+            writeln!(s, "[ -e {mark} ] || echo reload > {mark}")
+        }
         Step::Receive { dest, sha256, mode } => writeln!(s, "kf_receive {} {} {mode:o}", q(dest), q(sha256)),
         Step::Write(f) => write_file(s, "kf_write", f),
         Step::WriteOnce(f) => write_file(s, "kf_write_once", f),

@@ -141,7 +141,10 @@ pub(super) fn decide(
             let unit_def_changed = h.plan.files().any(|f| {
                 f.kind == FileKind::SystemdUnit && u.restart_on.contains(&f.path) && changed_paths.contains(&f.path)
             });
-            let reload = u.reload_command.clone().filter(|_| active && !pending && !unit_def_changed);
+            // A restart left pending by a run that died is a reload when that run would
+            // have reloaded (its mark says so): the mesh keeps its routes.
+            let finishes_by_reload = !pending || h.facts.pending_reload.contains(&u.name);
+            let reload = u.reload_command.clone().filter(|_| active && finishes_by_reload && !unit_def_changed);
             // Only drift brings this unit here: the restart (or reload) is a repair.
             if let Some(r) = drift.filter(|_| !inputs_changed && !pending && active) {
                 let how = if reload.is_some() { "reload" } else { "restart" };

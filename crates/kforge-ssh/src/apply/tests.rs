@@ -380,6 +380,31 @@ fn labels_kept_for_a_late_node_are_given_by_the_next_apply() {
     assert!(repairs.iter().any(|r| r.starts_with("label and taint each Node")), "{repairs:?}");
 }
 
+/// A worker's removal killed right after the first host reloaded its mesh: the other
+/// hosts' mesh restarts stayed pending, and the next apply restarted wg-quick there —
+/// down and up, every route through the mesh gone for a second (the fault matrix's
+/// client saw "Network is unreachable"). The run that died would have reloaded it, and
+/// its mark says so: the next apply reloads too. A mark that says restart (a binary
+/// changed, a unit definition) is still a restart.
+#[test]
+fn a_restart_left_pending_is_a_reload_when_the_run_that_died_would_have_reloaded() {
+    let mut hosts = running(HARDWAY, &[]);
+    let h = &mut hosts[0];
+    let pp = h.plan.phases.iter().find(|p| p.phase == Phase::Mesh).unwrap().clone();
+    let wg = pp.units.iter().find(|u| u.name.starts_with("wg-quick@")).unwrap().name.clone();
+    h.facts.pending.insert(wg.clone());
+    h.facts.pending_reload.insert(wg.clone());
+    let (work, _) = decide(h, &pp, false, &mut BTreeSet::new());
+    let r = work.restarts.iter().find(|r| r.unit == wg).expect("the pending mesh unit is finished");
+    assert!(r.reload.is_some(), "a reload, as the run that died would have done");
+    // Its marks say so again, for a run that dies now.
+    let steps = work.steps();
+    assert!(steps.iter().any(|s| matches!(s, Step::MarkPendingReload(u) if *u == wg)), "{steps:?}");
+    h.facts.pending_reload.clear();
+    let (work, _) = decide(h, &pp, false, &mut BTreeSet::new());
+    assert!(work.restarts.iter().find(|r| r.unit == wg).unwrap().reload.is_none(), "a restart mark restarts");
+}
+
 #[test]
 fn nothing_takes_a_turn_when_nothing_running_changes() {
     for h in running(HOMELAB, &[]).into_iter().chain(running(HARDWAY, &[])) {

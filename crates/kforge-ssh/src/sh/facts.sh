@@ -120,7 +120,8 @@ done
 for u in "${KF_UNITS[@]}"; do
   echo "unit $u ${kf_active[$u]:-unknown} ${kf_enabled[$u]:-}"
 done
-for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/}"; done
+# A pending restart, and whether a reload finishes it (the mark says `reload`).
+for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/} $(head -n 1 "$f")"; done
 [ -f "$KF_STATE/manifest.json" ] && echo "manifest $(base64 -w0 < "$KF_STATE/manifest.json")"
 # How the bootstrap script last ended, and cloud-init's own verdict on its last boot.
 [ -f "$KF_STATE/bootstrap.outcome" ] && echo "bootstrap $(base64 -w0 < "$KF_STATE/bootstrap.outcome")"
