@@ -75,7 +75,7 @@ const JOIN: &[Fault] = &[
 ];
 
 /// The rounds this run takes: all of them (`KFORGE_FAULTS=all`, scripts/faults) or the
-/// one a seed picks (`KFORGE_FAULT_SEED`, else the clock's), said in the log.
+/// one a seed picks (`KFORGE_FAULT_SEED`, else the clock's: CI's), said in the log.
 fn rounds() -> Vec<usize> {
     let all = LEAVE.len().max(JOIN.len());
     if std::env::var("KFORGE_FAULTS").is_ok_and(|v| v == "all") {
