@@ -92,6 +92,28 @@ pub struct ApplyOptions<'a> {
 }
 
 /// See [`ApplyOptions::check_versions`].
+#[cfg(test)]
+impl<'a> ApplyOptions<'a> {
+    /// A real apply's options with nothing asked for: no hosts, no flags, no snapshot.
+    pub(crate) fn for_tests(replan: &'a Replan<'a>, check_versions: &'a CheckVersions<'a>) -> ApplyOptions<'a> {
+        ApplyOptions {
+            targets: Vec::new(),
+            parallel: 1,
+            dry_run: false,
+            ssh_config: None,
+            base_dir: ".".into(),
+            cache_dir: "/nonexistent".into(),
+            replan,
+            check_versions,
+            snapshot: None,
+            force_quorum_loss: false,
+            hand_over: Vec::new(),
+            replace_foreign_record: false,
+            drain: rollout::DrainLosses::default(),
+        }
+    }
+}
+
 pub type CheckVersions<'a> = dyn Fn(&[kforge_core::upgrade::Running]) -> Result<(), String> + Sync + 'a;
 
 /// See [`ApplyOptions::snapshot`].

@@ -293,21 +293,7 @@ mod tests {
         assert_eq!(plan.removals.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), [worker.as_str()]);
         let replan = |_: &str, _: &str, _: &kforge_core::pipeline::HostCaps| Err("unused".to_string());
         let check_versions = |_: &[kforge_core::upgrade::Running]| Ok(());
-        let opts = ApplyOptions {
-            targets: Vec::new(),
-            parallel: 1,
-            dry_run: false,
-            ssh_config: None,
-            base_dir: ".".into(),
-            cache_dir: "/nonexistent".into(),
-            replan: &replan,
-            check_versions: &check_versions,
-            snapshot: None,
-            force_quorum_loss: false,
-            hand_over: Vec::new(),
-            replace_foreign_record: false,
-            drain: crate::rollout::DrainLosses::default(),
-        };
+        let opts = ApplyOptions::for_tests(&replan, &check_versions);
         let touched = std::sync::Mutex::new(Vec::new());
         let report = remove_nodes(&plan, None, &opts, &|node: &str, step: &str| {
             touched.lock().unwrap().push(format!("{node}: {step}"))

@@ -72,6 +72,25 @@ struct HostRun {
 }
 
 impl HostRun {
+    /// A host of `plan` about to be asked for its facts: nothing known, nothing done.
+    fn new(host: Host, plan: &Plan, np: &NodePlan) -> HostRun {
+        HostRun {
+            host,
+            cluster: plan.cluster.clone(),
+            releases: plan.releases.clone(),
+            plan: np.clone(),
+            boot: np.clone(),
+            facts: NodeFacts::default(),
+            report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
+            manifest: BTreeMap::new(),
+            recorded: BTreeMap::new(),
+            changed_paths: BTreeSet::new(),
+            failed: false,
+            joining: false,
+            handing_over: Vec::new(),
+        }
+    }
+
     /// Record a step that did something, with the time since `started`.
     fn step(&mut self, what: &str, started: Instant) {
         self.report.steps.push(StepTime { step: what.into(), seconds: started.elapsed().as_secs_f64() });

@@ -48,21 +48,7 @@ pub(super) fn connect(
                 opts.targets.iter().find(|t| t.node == np.node).ok_or_else(|| {
                     ApplyError::Setup(format!("{}: no SSH target (set ssh.host or endpoint)", np.node))
                 })?;
-            Ok(HostRun {
-                host: Host::of(t, opts.ssh_config.clone(), control_dir),
-                cluster: plan.cluster.clone(),
-                releases: plan.releases.clone(),
-                plan: np.clone(),
-                boot: np.clone(),
-                facts: NodeFacts::default(),
-                report: HostReport { node: np.node.clone(), converged: true, ..HostReport::default() },
-                manifest: BTreeMap::new(),
-                recorded: BTreeMap::new(),
-                changed_paths: BTreeSet::new(),
-                failed: false,
-                joining: false,
-                handing_over: Vec::new(),
-            })
+            Ok(HostRun::new(Host::of(t, opts.ssh_config.clone(), control_dir), plan, np))
         })
         .collect()
 }

@@ -31,21 +31,7 @@ fn running(example: &str, uploaded: &[&str]) -> Vec<HostRun> {
                 .filter(|a| uploaded.contains(&a.name.as_str()))
                 .map(|a| a.dest.clone())
                 .collect();
-            HostRun {
-                host: Host::of(&target, None, control),
-                cluster: plan.cluster.clone(),
-                releases: plan.releases.clone(),
-                plan: np.clone(),
-                boot: np.clone(),
-                facts,
-                report: HostReport::default(),
-                manifest: BTreeMap::new(),
-                recorded: BTreeMap::new(),
-                changed_paths,
-                failed: false,
-                joining: false,
-                handing_over: Vec::new(),
-            }
+            HostRun { facts, changed_paths, ..HostRun::new(Host::of(&target, None, control), &plan, np) }
         })
         .collect()
 }
@@ -76,21 +62,7 @@ fn acts(phase: Phase, steps: &[Step], out: &mut Vec<(Phase, Vec<String>)>) {
 fn apply_on_bare_host(plan: &Plan, np: &NodePlan) -> Run {
     let control = std::path::Path::new("/nonexistent");
     let target = crate::Target { node: np.node.clone(), host: "h".into(), user: "root".into(), port: 22 };
-    let mut h = HostRun {
-        host: Host::of(&target, None, control),
-        cluster: plan.cluster.clone(),
-        releases: plan.releases.clone(),
-        plan: np.clone(),
-        boot: np.clone(),
-        facts: NodeFacts::default(),
-        report: HostReport::default(),
-        manifest: BTreeMap::new(),
-        recorded: BTreeMap::new(),
-        changed_paths: BTreeSet::new(),
-        failed: false,
-        joining: false,
-        handing_over: Vec::new(),
-    };
+    let mut h = HostRun::new(Host::of(&target, None, control), plan, np);
     let mut out = Vec::new();
     let mut changed = BTreeSet::new();
     for pp in &np.phases {
@@ -201,21 +173,7 @@ fn a_reinstalled_first_k3s_server_joins_the_running_cluster_instead_of_founding_
         kforge_core::pipeline::plan_node(&model, &secrets, node, caps).ok_or_else(|| "no such node".to_string())
     };
     let check_versions = |_: &[kforge_core::upgrade::Running]| Ok(());
-    let opts = ApplyOptions {
-        targets: Vec::new(),
-        parallel: 1,
-        dry_run: true,
-        ssh_config: None,
-        base_dir: ".".into(),
-        cache_dir: "/nonexistent".into(),
-        replan: &replan,
-        check_versions: &check_versions,
-        snapshot: None,
-        force_quorum_loss: false,
-        hand_over: Vec::new(),
-        replace_foreign_record: false,
-        drain: crate::rollout::DrainLosses::default(),
-    };
+    let opts = ApplyOptions { dry_run: true, ..ApplyOptions::for_tests(&replan, &check_versions) };
     let config = |h: &HostRun| {
         let f = h.plan.files().find(|f| f.path == kforge_core::k3s::CONFIG).unwrap();
         (String::from_utf8_lossy(&f.content).to_string(), f.sha256.clone())
