@@ -129,11 +129,18 @@ for f in "$KF_STATE"/pending/*; do [ -e "$f" ] && echo "pending ${f##*/} $(head 
 # Listening sockets with who holds them: `listen tcp/PORT PROGRAM UNIT` (the unit from
 # the process's cgroup, `-` outside any), or `listen tcp/PORT` when ss names no process.
 kf_unit_of() { grep -o '[^/]*\.service' "/proc/$1/cgroup" 2>/dev/null | tail -n1; }
+# A process that exited since ss listed it (gone, or a zombie: no cgroup left to name
+# its unit) was restarting, not holding the port outside systemd.
+kf_alive() {
+  local s
+  s=$(sed -n 's/.*) \(.\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
+  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+}
 for proto in tcp udp; do
   if [ $proto = tcp ]; then flags=-Hltnp; else flags=-Hlunp; fi
   ss $flags 2>/dev/null | while read -r _ _ _ local _ users; do
     port=${local##*:}
-    if [[ $users =~ \(\(\"([^\"]+)\",pid=([0-9]+) ]]; then
+    if [[ $users =~ \(\(\"([^\"]+)\",pid=([0-9]+) ]] && kf_alive "${BASH_REMATCH[2]}"; then
       u=$(kf_unit_of "${BASH_REMATCH[2]}"); echo "listen $proto/$port ${BASH_REMATCH[1]} ${u:--}"
     else
       echo "listen $proto/$port"
