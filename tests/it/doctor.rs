@@ -44,12 +44,20 @@ fn input(plan: &kforge_core::plan::Plan) -> DoctorInput<'_> {
 /// The image archive the fixture's workers have imported.
 const IMAGE: &str = "kforge.lab/busybox:1";
 
-/// What a healthy host answers: its plan's certificates, units active, cgroup v2,
-/// imported images pinned on workers.
+/// What a healthy host answers: its facts (cgroup v2, no swap, its own identity, every
+/// planned file as planned, every unit active) and the doctor's probes (its plan's
+/// certificates, the firewall loaded, imported images pinned on workers).
 fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
-    let mut out =
-        format!("time {clock}\nswap 0\ncgroup cgroup2fs\nsysctl ip_forward 1\nsysctl bridge-nf-call-iptables 1\n");
-    out += &format!("machine-id id-{0}\nhostname {0}\nfirewall loaded\n", np.node);
+    let facts = kforge_ssh::facts::NodeFacts {
+        hostname: np.node.clone(),
+        machine_id: format!("id-{}", np.node),
+        cgroup_version: 2,
+        memory_cgroup: Some(true),
+        hashes: np.files().map(|f| (f.path.clone(), f.sha256.clone())).collect(),
+        unit_states: np.units().map(|u| (u.name.clone(), "active".to_string())).collect(),
+        ..Default::default()
+    };
+    let mut out = format!("time {clock}\nsysctl ip_forward 1\nsysctl bridge-nf-call-iptables 1\nfirewall loaded\n");
     if let Some(f) = np.files().find(|f| f.path == kforge_core::pipeline::FIREWALL_FILE) {
         for (chain, n) in kforge_core::firewall::rules_per_chain(&String::from_utf8_lossy(&f.content)) {
             out += &format!("firewall-rules {chain} {n}\n");
@@ -64,17 +72,11 @@ fn healthy(np: &kforge_core::plan::NodePlan, clock: f64) -> HostView {
             base64::engine::general_purpose::STANDARD.encode(&*f.content)
         );
     }
-    for f in np.files() {
-        out += &format!("file {} {}\n", f.path, f.sha256);
-    }
-    for u in np.units().filter(|u| u.start) {
-        out += &format!("unit {} active\n", u.name);
-    }
     if np.roles.runs_workloads() {
         out += &format!("image {IMAGE} pinned\n");
     }
     out += "resolv 1.1.1.1\n";
-    HostView { sent_at: clock, ..HostView::parse(&out) }
+    HostView { sent_at: clock, ..HostView::parse(facts, &out) }
 }
 
 fn views(plan: &kforge_core::plan::Plan, change: impl Fn(&str, &mut HostView)) -> BTreeMap<String, HostView> {
@@ -164,7 +166,7 @@ fn swap_on_a_worker_fails_and_names_it() {
         &input(&f.plan),
         &views(&f.plan, |n, v| {
             if n == "worker-0" {
-                v.swap = 1
+                v.facts.swap_devices = 1
             }
         }),
     );
@@ -180,8 +182,8 @@ fn cloned_machine_ids_and_cgroup_v1_are_found() {
         &input(&f.plan),
         &views(&f.plan, |n, v| {
             if n.starts_with("worker") {
-                v.machine_id = "cloned".into();
-                v.cgroup = "tmpfs".into();
+                v.facts.machine_id = "cloned".into();
+                v.facts.cgroup_version = 1;
             }
         }),
     );
@@ -195,7 +197,7 @@ fn cloned_machine_ids_and_cgroup_v1_are_found() {
         &allowed,
         &views(&f.plan, |n, v| {
             if n.starts_with("worker") {
-                v.cgroup = "tmpfs".into()
+                v.facts.cgroup_version = 1
             }
         }),
     );
@@ -319,7 +321,7 @@ fn a_mesh_that_is_down_is_named_on_its_node_with_the_units_complaint() {
         &input(&f.plan),
         &views(&f.plan, |n, v| {
             if n == "worker-1" {
-                v.units.insert("wg-quick@wg0.service".into(), "failed".into());
+                v.facts.unit_states.insert("wg-quick@wg0.service".into(), "failed".into());
                 v.unit_logs.insert("wg-quick@wg0.service".into(), "RTNETLINK answers: Operation not supported".into());
             }
         }),
@@ -344,7 +346,7 @@ fn a_kubelet_host_with_the_memory_cgroup_off_is_named_with_the_kernel_command_li
         &views(&f.plan, |n, v| {
             // Raspberry Pi OS's default; controllers run no kubelet in this fixture.
             if n == "worker-0" || n == "controller-0" {
-                v.memory_cgroup = Some(false);
+                v.facts.memory_cgroup = Some(false);
             }
         }),
     );
@@ -391,4 +393,35 @@ fn checks_whose_hosts_did_not_answer_are_unknown_never_ok() {
     let verdicts: Vec<&str> =
         report["diagnoses"].as_array().unwrap().iter().map(|d| d["verdict"].as_str().unwrap()).collect();
     assert!(!verdicts.contains(&"ok") && verdicts.contains(&"unknown"), "{verdicts:?}");
+}
+
+/// Files and units are judged from the host's facts (the reader apply acts on): a planned
+/// file the facts do not find is missing, one with another digest changed by hand, a
+/// unit kforge starts that is not active is named with its state.
+#[test]
+fn files_and_units_are_judged_from_the_facts() {
+    let f = fixture();
+    let worker = f.plan.nodes.iter().find(|n| n.node == "worker-0").unwrap();
+    let mut files = worker.files().map(|f| f.path.clone());
+    let (gone, edited) = (files.next().unwrap(), files.next().unwrap());
+    let unit = worker.units().find(|u| u.start).unwrap().name.clone();
+    let d = judge_hosts(
+        &input(&f.plan),
+        &views(&f.plan, |n, v| {
+            if n == "worker-0" {
+                v.facts.hashes.remove(&gone);
+                v.facts.hashes.insert(edited.clone(), "0".repeat(64));
+                v.facts.unit_states.insert(unit.clone(), "inactive".into());
+            }
+        }),
+    );
+    let said = |verdict: Verdict| {
+        d.iter()
+            .find(|d| d.check == "files" && d.verdict == verdict)
+            .map(|d| (d.node.clone().unwrap_or_default(), d.evidence.clone()))
+    };
+    assert_eq!(said(Verdict::Fail), Some(("worker-0".into(), format!("missing: {gone}"))), "{d:#?}");
+    assert_eq!(said(Verdict::Warn), Some(("worker-0".into(), format!("changed since kforge wrote them: {edited}"))));
+    let down = d.iter().find(|d| d.check == "services" && d.verdict == Verdict::Fail).expect("the unit is named");
+    assert_eq!(down.evidence, format!("{unit} is inactive"), "{down:?}");
 }

@@ -105,11 +105,10 @@ pub struct HostView {
     pub time: f64,
     /// Local wall clock when the probe was sent (for clock skew between hosts).
     pub sent_at: f64,
-    pub swap: u32,
-    pub cgroup: String,
+    /// What the one reader of host state says (swap, cgroups, identity, units, file
+    /// digests, running releases, a failed bootstrap): the same facts apply acts on.
+    pub facts: crate::facts::NodeFacts,
     pub sysctls: BTreeMap<String, String>,
-    pub machine_id: String,
-    pub hostname: String,
     pub handshakes: BTreeMap<String, i64>,
     /// Peer mesh IP → (small ping ok, full-MTU don't-fragment ping ok).
     pub pings: BTreeMap<String, (bool, bool)>,
@@ -121,38 +120,26 @@ pub struct HostView {
     /// Path → (sha256, notAfter).
     pub certs: BTreeMap<String, (String, Option<OffsetDateTime>)>,
     pub resolvers: Vec<String>,
-    pub units: BTreeMap<String, String>,
     /// Unit → its last complaint in the journal (only for units not active).
     pub unit_logs: BTreeMap<String, String>,
-    /// Planned file → its sha256 on the host, or `missing`.
-    pub files: BTreeMap<String, String>,
     pub vxlan_dev: Option<String>,
     /// Imported image → pinned | unpinned | missing (empty: not asked, or containerd silent).
     pub images: BTreeMap<String, String>,
     /// The underlay interface and its MTU.
     pub underlay: Option<(String, u32)>,
-    /// What each running program reports (from the facts).
-    pub running: kforge_core::upgrade::Running,
-    /// The bootstrap (user-data) failed here and no apply converged it since (facts).
-    pub bootstrap_failure: Option<String>,
-    /// The kernel's memory cgroup controller is on (facts; None: not reported).
-    pub memory_cgroup: Option<bool>,
 }
 
 impl HostView {
-    pub fn parse(out: &str) -> HostView {
-        let mut h = HostView::default();
+    /// The doctor's own probes (`kf_doctor_host`), beside the host's facts.
+    pub fn parse(facts: crate::facts::NodeFacts, out: &str) -> HostView {
+        let mut h = HostView { facts, ..HostView::default() };
         for line in out.lines() {
             let w: Vec<&str> = line.split_whitespace().collect();
             match w.as_slice() {
                 ["time", t] => h.time = t.parse().unwrap_or(0.0),
-                ["swap", n] => h.swap = n.parse().unwrap_or(0),
-                ["cgroup", fs] => h.cgroup = fs.to_string(),
                 ["sysctl", k, v] => {
                     h.sysctls.insert(k.to_string(), v.to_string());
                 }
-                ["machine-id", id] => h.machine_id = id.to_string(),
-                ["hostname", n] => h.hostname = n.to_string(),
                 ["handshake", key, at] => {
                     h.handshakes.insert(key.to_string(), at.parse().unwrap_or(0));
                 }
@@ -177,15 +164,9 @@ impl HostView {
                     h.certs.insert(path.to_string(), (sum.to_string(), None));
                 }
                 ["resolv", rest @ ..] => h.resolvers = rest.iter().map(|s| s.to_string()).collect(),
-                ["unit", u, state] => {
-                    h.units.insert(u.to_string(), state.to_string());
-                }
                 ["unitlog", u, ..] => {
                     let text = line.splitn(3, ' ').nth(2).unwrap_or("").trim();
                     h.unit_logs.insert(u.to_string(), log_message(text).chars().take(300).collect());
-                }
-                ["file", path, sum] => {
-                    h.files.insert(path.to_string(), sum.to_string());
                 }
                 ["vxlan", dev] => h.vxlan_dev = Some(dev.to_string()),
                 ["image", name, state] => {
@@ -315,6 +296,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     .collect();
                 let certs: Vec<&str> =
                     np.files().filter(|f| f.path.ends_with(".crt")).map(|f| f.path.as_str()).collect();
+                // Their states come with the facts; the probe reads the journal of those down.
                 let units: Vec<&str> = np.units().filter(|u| u.start).map(|u| u.name.as_str()).collect();
                 let args = [
                     input.mesh_interface.clone(),
@@ -324,7 +306,6 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     certs.join(" "),
                     units.join(" "),
                     np.endpoint.clone().unwrap_or_default(),
-                    np.files().map(|f| f.path.as_str()).collect::<Vec<_>>().join(" "),
                     if np.roles.runs_workloads() { input.images.join(" ") } else { String::new() },
                 ];
                 let sent_at = now();
@@ -339,13 +320,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Result<DoctorReport, String> {
                     crate::facts::Cache::Leave,
                     &probes,
                 ) {
-                    Ok((facts, out)) => HostView {
-                        sent_at,
-                        running: facts.running_versions(&np.node),
-                        bootstrap_failure: facts.bootstrap_failure(),
-                        memory_cgroup: facts.memory_cgroup,
-                        ..HostView::parse(&out)
-                    },
+                    Ok((facts, out)) => HostView { sent_at, ..HostView::parse(facts, &out) },
                     Err(e) => HostView { error: Some(e.to_string()), ..HostView::default() },
                 };
                 host.close();
@@ -411,7 +386,7 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
     out.extend(per_node(
         "bootstrap",
         &up,
-        |_, v| v.bootstrap_failure.clone(),
+        |_, v| v.facts.bootstrap_failure(),
         "the node's user-data (or rendered tree) ran its bootstrap script, which stopped at this step: the node is half set up",
         "fix the cause (the cluster file, or what the host lacks), then kforge apply finishes the node over SSH; or boot it again with new user-data",
         "no failed bootstrap",
@@ -420,7 +395,10 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
     out.extend(per_node(
         "swap",
         &up,
-        |n, v| (n.swap_forbidden && v.swap > 0).then(|| format!("{} swap device(s) active in /proc/swaps", v.swap)),
+        |n, v| {
+            (n.swap_forbidden && v.facts.swap_on())
+                .then(|| format!("{} swap device(s) active in /proc/swaps", v.facts.swap_devices))
+        },
         "the kubelet refuses to start with swap on (failSwapOn) unless configured for it",
         "swapoff -a, and remove the swap entry from /etc/fstab (or the swap unit)",
         "no swap on kubelet hosts",
@@ -430,7 +408,7 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
         "memory-cgroup",
         &up,
         |n, v| {
-            (n.requires_memory_cgroup && v.memory_cgroup == Some(false))
+            (n.requires_memory_cgroup && v.facts.memory_cgroup == Some(false))
                 .then(|| "the memory cgroup controller is off (/proc/cgroups, cgroup.controllers)".to_string())
         },
         crate::preflight::MEMORY_CGROUP_OFF,
@@ -499,7 +477,8 @@ pub fn judge_hosts(input: &DoctorInput<'_>, views: &BTreeMap<String, HostView>) 
 /// One release of each component on every node: mixed releases are an upgrade that
 /// stopped half-way or a host changed by hand.
 fn versions(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
-    let running: Vec<kforge_core::upgrade::Running> = up.iter().map(|(_, v)| v.running.clone()).collect();
+    let running: Vec<kforge_core::upgrade::Running> =
+        up.iter().map(|(n, v)| v.facts.running_versions(&n.node)).collect();
     let mixed = kforge_core::upgrade::mixed(&running);
     if mixed.is_empty() {
         return Diagnosis::ok("versions", "every node runs one release of each component");
@@ -563,7 +542,7 @@ fn clock(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
 fn cgroups(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Diagnosis {
     let v1: Vec<&str> = up
         .iter()
-        .filter(|(n, v)| n.roles.runs_workloads() && v.cgroup != "cgroup2fs")
+        .filter(|(n, v)| n.roles.runs_workloads() && v.facts.cgroup_version != 2)
         .map(|(n, _)| n.node.as_str())
         .collect();
     if v1.is_empty() || !input.hardway_api {
@@ -580,8 +559,8 @@ fn identity(up: &[(&NodePlan, &HostView)]) -> Diagnosis {
     let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (n, v) in up {
-        by_id.entry(v.machine_id.as_str()).or_default().push(&n.node);
-        by_name.entry(v.hostname.as_str()).or_default().push(&n.node);
+        by_id.entry(v.facts.machine_id.as_str()).or_default().push(&n.node);
+        by_name.entry(v.facts.hostname.as_str()).or_default().push(&n.node);
     }
     let dup: Vec<String> = by_id
         .iter()
@@ -610,7 +589,7 @@ fn mesh(input: &DoctorInput<'_>, up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis
     // reaches its peers again once the mesh is back.
     let unit = format!("wg-quick@{}.service", input.mesh_interface);
     for (n, v) in up {
-        if let Some(state) = v.units.get(&unit).filter(|s| *s != "active") {
+        if let Some(state) = v.facts.unit_states.get(&unit).filter(|s| *s != "active") {
             let why = v.unit_logs.get(&unit).filter(|l| !l.is_empty()).map(|l| format!(": {l}")).unwrap_or_default();
             out.push(
                 Diagnosis::bad("mesh", Verdict::Fail, &n.node, format!("the mesh is down here: {unit} is {state}{why}"))
@@ -883,9 +862,9 @@ fn files(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
         let (mut missing, mut changed) = (Vec::new(), Vec::new());
         for f in n.files() {
             count += 1;
-            match v.files.get(&f.path).map(String::as_str) {
-                Some("missing") => missing.push(f.path.as_str()),
-                Some(sum) if sum != f.sha256 => changed.push(f.path.as_str()),
+            match v.facts.hashes.get(&f.path) {
+                None => missing.push(f.path.as_str()),
+                Some(sum) if *sum != f.sha256 => changed.push(f.path.as_str()),
                 _ => {}
             }
         }
@@ -946,8 +925,9 @@ fn services(up: &[(&NodePlan, &HostView)]) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let mut count = 0;
     for (n, v) in up {
-        for (u, state) in &v.units {
+        for u in n.units().filter(|u| u.start).map(|u| &u.name) {
             count += 1;
+            let state = v.facts.unit_states.get(u).map_or("unknown", String::as_str);
             if state != "active" {
                 let why = v.unit_logs.get(u).filter(|l| !l.is_empty()).map(|l| format!(": {l}")).unwrap_or_default();
                 out.push(Diagnosis::bad("services", Verdict::Fail, &n.node, format!("{u} is {state}{why}")).because(

@@ -18,7 +18,8 @@ pub struct NodeFacts {
     pub machine_id: String,
     /// Host clock, seconds since the epoch.
     pub clock: i64,
-    pub swap_on: bool,
+    /// Swap devices active (/proc/swaps).
+    pub swap_devices: u32,
     /// 2 on a unified (cgroup v2) host, 1 on cgroup v1, 0 when unknown.
     pub cgroup_version: u8,
     /// The kernel's memory cgroup controller is on (None: not reported).
@@ -96,6 +97,10 @@ impl NodeFacts {
             what.push_str(&format!(" (cloud-init: {})", self.cloud_init_errors.join("; ")));
         }
         Some(what)
+    }
+
+    pub fn swap_on(&self) -> bool {
+        self.swap_devices > 0
     }
 
     /// The releases running on this host, as the upgrade rules read them.
@@ -233,7 +238,7 @@ fn parse(out: &str, rechecks: &[String]) -> NodeFacts {
                 "hostname" => f.hostname = v.into(),
                 "machine_id" => f.machine_id = v.into(),
                 "clock" => f.clock = v.parse().unwrap_or(0),
-                "swap" => f.swap_on = v.trim().parse::<u32>().unwrap_or(0) > 0,
+                "swap" => f.swap_devices = v.trim().parse::<u32>().unwrap_or(0),
                 // cgroup2fs: the unified hierarchy; tmpfs holding v1 controllers otherwise.
                 "cgroup_fs" => {
                     f.cgroup_version = match v.trim() {
@@ -402,7 +407,7 @@ mod tests {
             pending k3s.service\npending wg-quick@kforge0.service reload\nmissing-package libnginx-mod-stream\napt=yes\nrunning kubelet Kubernetes v1.36.3\nrunning etcd etcd Version: 3.6.16\nlisten tcp/22\nlisten udp/51820\ntmp /etc/.x.kforge-tmp-12\nrecheck-failed 1\nrecheck-failed 7\n";
         let f = parse(out, &["test a".into(), "test b".into()]);
         assert_eq!(f.hostname, "lab-1");
-        assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on);
+        assert!(!f.wireguard_kernel && f.boringtun && !f.swap_on());
         assert_eq!(f.cgroup_version, 1);
         assert_eq!(f.memory_cgroup, Some(false));
         assert_eq!(f.hashes["/etc/wireguard/kforge0.conf"], "0123");

@@ -38,7 +38,7 @@ pub fn check(hosts: &[(&NodePlan, &NodeFacts)], now: i64, mesh_port: u16) -> Vec
                 "{node}: clock is {skew} s off this workstation's; enable NTP (timedatectl set-ntp true)"
             ));
         }
-        if plan.swap_forbidden && f.swap_on {
+        if plan.swap_forbidden && f.swap_on() {
             problems.push(format!(
                 "{node}: swap is on and the kubelet refuses to run with it: `swapoff -a` and remove swap from /etc/fstab"
             ));
@@ -188,7 +188,7 @@ mod tests {
         let mut w = NodePlan::new("w", Roles::new(vec![Role::Controller, Role::Worker]), "10.4.0.1".into(), None);
         w.swap_forbidden = true;
         let mut f = facts("w", "1111", 1000, "systemd");
-        f.swap_on = true;
+        f.swap_devices = 1;
         w.packages = vec![Package::WireguardTools, Package::Nginx, Package::NginxStream];
         f.absent_packages = vec![Package::Nginx, Package::NginxStream, Package::Curl];
         assert_eq!(
@@ -199,7 +199,7 @@ mod tests {
             ]
         );
         f.apt = true;
-        f.swap_on = false;
+        f.swap_devices = 0;
         assert!(check(&[(&w, &f)], 1000, 51820).is_empty(), "with apt, apply installs them");
         w.swap_forbidden = false;
         f.absent_packages.clear();

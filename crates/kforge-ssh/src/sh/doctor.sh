@@ -3,23 +3,20 @@
 
 KF_KUBECTL=(/usr/local/bin/kubectl --kubeconfig /etc/kforge/admin.kubeconfig --request-timeout=10s)
 
-# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT "FILE…" "IMAGE…": this
-# host's clock, swap, cgroups, forwarding sysctls, identity, mesh handshakes,
-# don't-fragment pings at the mesh MTU, required ports over the mesh, the loaded
-# firewall, certificates on disk, resolv.conf, flannel's VXLAN device, imported images.
-# Probes run in parallel; each prints its lines. KF_LOADED_RULES (set by kforge) is the
-# pipeline that counts the loaded table's rules per chain.
+# kf_doctor_host IFACE MTU "PEER_IP…" "IP:PORT…" "CERT…" "UNIT…" ENDPOINT "IMAGE…": what
+# the facts (sent in the same round trip) do not read: this host's clock to the
+# sub-second, forwarding sysctls, mesh handshakes, don't-fragment pings at the mesh MTU,
+# required ports over the mesh, the loaded firewall's rules, certificates on disk,
+# resolv.conf, flannel's VXLAN device, imported images, and the journal of each unit
+# that is down. Probes run in parallel; each prints its lines. KF_LOADED_RULES (set by
+# kforge) is the pipeline that counts the loaded table's rules per chain.
 kf_doctor_host() {
-  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} files=${8:-} images=${9:-}
+  local iface=$1 mtu=$2 peers=$3 ports=$4 certs=$5 units=$6 endpoint=${7:-} images=${8:-}
   local ip p f u i dir dev state known pinned
   dir=$(mktemp -d)
   echo "time $(date +%s.%N)"
-  echo "swap $(($(wc -l < /proc/swaps) - 1))"
-  echo "cgroup $(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
   echo "sysctl ip_forward $(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo missing)"
   echo "sysctl bridge-nf-call-iptables $(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo missing)"
-  echo "machine-id $(cat /etc/machine-id 2>/dev/null)"
-  echo "hostname $(hostname)"
   # The underlay: the interface holding the public endpoint, else the default route's.
   dev=$(ip -o addr show 2>/dev/null | awk -v a="$endpoint" '$4 ~ "^"a"/" {print $2; exit}')
   [ -n "$dev" ] || dev=$(ip -o route show default 2>/dev/null | awk '{for (i=1;i<NF;i++) if ($i=="dev") {print $(i+1); exit}}')
@@ -63,9 +60,6 @@ kf_doctor_host() {
   if ip -d link show flannel.1 >/dev/null 2>&1; then
     echo "vxlan $(ip -d link show flannel.1 | grep -o 'dev [^ ]*' | head -1 | cut -d' ' -f2)"
   fi
-  for f in $files; do
-    if [ -f "$f" ]; then echo "file $f $(sha256sum "$f" | cut -d' ' -f1)"; else echo "file $f missing"; fi
-  done
   # Images kforge imported (no registry serves them): still in containerd, and pinned so
   # the kubelet's image garbage collection leaves them alone. Nothing when containerd
   # does not answer (the services check says why).
@@ -79,10 +73,10 @@ kf_doctor_host() {
     done
   fi
   for u in $units; do
-    state=$(systemctl is-active "$u" 2>/dev/null | head -1)
-    echo "unit $u $state"
-    # Why a unit is down: its last complaint in the journal.
-    case $state in failed|activating) echo "unitlog $u $(journalctl -u "$u" -n 50 --no-pager -o cat 2>/dev/null | grep -v "^$u: " | grep -iE 'error|fail|no such|invalid|refus' | tail -1)" ;; esac
+    # Why a unit is down: its last complaint in the journal (its state is in the facts).
+    case $(systemctl is-active "$u" 2>/dev/null | head -1) in
+      failed|activating) echo "unitlog $u $(journalctl -u "$u" -n 50 --no-pager -o cat 2>/dev/null | grep -v "^$u: " | grep -iE 'error|fail|no such|invalid|refus' | tail -1)" ;;
+    esac
   done
   wait
   cat "$dir"/* 2>/dev/null
