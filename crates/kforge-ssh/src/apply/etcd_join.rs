@@ -1,7 +1,72 @@
-//! A controller the file adds joins the running etcd as a learner, after the stage's
+//! etcd around the stage that starts it: the snapshot before the control plane restarts;
+//! a controller the file adds joins the running etcd as a learner, after the stage's
 //! other hosts; and no second cluster is founded beside one that cannot be asked.
 
 use super::*;
+
+/// What the stage loop does around each stage for etcd (nothing, but for the stage that
+/// starts it): before it, read whether the file adds controllers to a running etcd, and
+/// take the snapshot that comes before the control plane restarts or etcd grows; after
+/// the stage's other hosts, the joins. The loop calls it for every stage, naming none.
+pub(super) struct EtcdStage {
+    joins: Option<(Host, Vec<crate::membership::Join>)>,
+    /// Where the snapshot taken before this stage was saved.
+    pub(super) snapshot: Option<String>,
+}
+
+impl EtcdStage {
+    pub(super) fn before(
+        hosts: &mut [HostRun],
+        plan: &Plan,
+        stage: &Stage,
+        opts: &ApplyOptions,
+        progress: &(dyn Fn(&str, &str) + Sync),
+    ) -> EtcdStage {
+        if !stage.phases.contains(&Phase::Datastore) {
+            return EtcdStage { joins: None, snapshot: None };
+        }
+        let joins = etcd_joins(hosts, plan, progress);
+        let grows = joins.as_ref().is_some_and(|(_, j)| !j.is_empty());
+        let snapshot = snapshot_before_control_plane(hosts, opts, progress, grows);
+        EtcdStage { joins, snapshot }
+    }
+
+    pub(super) fn after(self, run: &StageRun, hosts: &mut [HostRun]) {
+        if let (Some((from, joins)), Some(etcd)) = (self.joins, &run.plan.etcd) {
+            run.joins(hosts, &from, &joins, etcd);
+        }
+    }
+}
+
+/// Before the first controller restarts, or etcd's membership grows, in an apply that
+/// changes a running control plane: an etcd snapshot on the workstation. Without one
+/// nothing of the control plane moves (every host stops here, nothing restarted).
+pub(super) fn snapshot_before_control_plane(
+    hosts: &mut [HostRun],
+    opts: &ApplyOptions,
+    progress: &(dyn Fn(&str, &str) + Sync),
+    grows: bool,
+) -> Option<String> {
+    let control = [Phase::Datastore, Phase::ControlPlane, Phase::Controllers];
+    let take = opts.snapshot.filter(|_| !opts.dry_run)?;
+    let first = hosts.iter().find(|h| !h.failed && (disrupts(h, &control, None) || (grows && h.plan.control_plane)))?;
+    let why = if grows { "etcd gains a member" } else { "the control plane runs and will restart" };
+    progress(&first.host.node, &format!("{why}: etcd snapshot first"));
+    match take() {
+        Ok(path) => {
+            progress(&first.host.node, &format!("etcd snapshot saved to {path}"));
+            Some(path)
+        }
+        Err(e) => {
+            for h in hosts.iter_mut().filter(|h| !h.failed) {
+                h.fail(format!(
+                    "the etcd snapshot before restarting the control plane failed, so nothing of it was restarted: {e}"
+                ));
+            }
+            None
+        }
+    }
+}
 
 /// The controllers the file adds to a running etcd, and the member that adds them:
 /// etcd is asked on a controller where it runs. None when no controller's etcd runs
@@ -118,18 +183,13 @@ impl StageRun<'_> {
     pub(super) fn join(&self, h: &mut HostRun, from: &Host, j: &crate::membership::Join, etcd: &EtcdMembership) {
         use crate::membership::{self as m, Joining};
         let node = h.plan.node.clone();
+        let says = JoinSays::new(j, from, &node);
         if self.opts.dry_run {
             let steps = match j.joining {
-                Joining::Add => vec![
-                    format!("probe {} from {} over the mesh", j.peer_url, from.node),
-                    format!("etcd member add {node} --learner (on {})", from.node),
-                ],
+                Joining::Add => vec![says.probe.clone(), says.add.clone()],
                 Joining::Resume { id } => vec![format!("resume learner {id:x} an earlier apply added")],
             };
-            for step in steps.into_iter().chain([
-                "start etcd with the member list etcd answers".to_string(),
-                "promote to voter once caught up".to_string(),
-            ]) {
+            for step in steps.into_iter().chain([JoinSays::START.to_string(), says.promote.clone()]) {
                 h.report.steps.push(StepTime { step: format!("{step} (dry run: not done)"), seconds: 0.0 });
             }
             return self.on(h, false);
@@ -150,18 +210,13 @@ impl StageRun<'_> {
                 ));
             }
             if j.joining == Joining::Add {
-                let what = format!("probe {} from {} over the mesh", j.peer_url, from.node);
-                timed(h, &what, &mut || {
+                timed(h, &says.probe, &mut || {
                     m::probe_peer(from, &ip).map(|_| ()).map_err(|e| {
                         format!("{} does not reach {node}'s etcd peer port over the mesh, so etcd was not asked to add it: {e}", from.node)
                     })
                 })?;
-                let what = format!(
-                    "etcd member add {node} --learner (on {}; asked again while etcd says \"unhealthy cluster\", up to 60 s)",
-                    from.node
-                );
-                timed(h, &what, &mut || {
-                    m::add_learner(from, &etcd.env_file, &node, &j.peer_url, std::time::Duration::from_secs(60))
+                timed(h, &says.add, &mut || {
+                    m::add_learner(from, &etcd.env_file, &node, &j.peer_url, JoinSays::ADD_RETRIES)
                 })?;
                 crate::faults::at("etcd-member-added");
             }
@@ -185,9 +240,7 @@ impl StageRun<'_> {
         // Gated even when nothing changed here: a learner an earlier apply started votes now.
         self.on_then(h, true, &mut |h: &mut HostRun| {
             crate::faults::at("etcd-joiner-started");
-            timed(h, "promote to voter (waits until it has caught up, up to 120 s)", &mut || {
-                m::promote(&from, &env_file, id, std::time::Duration::from_secs(120))
-            })?;
+            timed(h, &says.promote, &mut || m::promote(&from, &env_file, id, JoinSays::PROMOTE_WAIT))?;
             crate::faults::at("etcd-promoted");
             // It votes: its data directory is what it starts from now.
             h.host
@@ -195,5 +248,34 @@ impl StageRun<'_> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
+    }
+}
+
+/// A join's steps in the words its progress lines, its report and its dry run all use,
+/// beside the bounds the words name.
+struct JoinSays {
+    probe: String,
+    add: String,
+    promote: String,
+}
+
+impl JoinSays {
+    const ADD_RETRIES: std::time::Duration = std::time::Duration::from_secs(60);
+    const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+    const START: &'static str = "start etcd with the member list etcd answers";
+
+    fn new(j: &crate::membership::Join, from: &Host, node: &str) -> JoinSays {
+        JoinSays {
+            probe: format!("probe {} from {} over the mesh", j.peer_url, from.node),
+            add: format!(
+                "etcd member add {node} --learner (on {}; asked again while etcd says \"unhealthy cluster\", up to {} s)",
+                from.node,
+                Self::ADD_RETRIES.as_secs()
+            ),
+            promote: format!(
+                "promote to voter (waits until it has caught up, up to {} s)",
+                Self::PROMOTE_WAIT.as_secs()
+            ),
+        }
     }
 }

@@ -22,12 +22,8 @@ pub(super) fn run_stages(
     for stage in stages() {
         crate::faults::at("stage-start");
         hold_back_after_a_control_plane_failure(hosts, &stage);
-        let mut joins = None;
-        if stage.phases.contains(&Phase::Datastore) {
-            joins = etcd_joins(hosts, plan, progress);
-            let grows = joins.as_ref().is_some_and(|(_, j)| !j.is_empty());
-            snapshot = snapshot_before_control_plane(hosts, opts, progress, grows);
-        }
+        let etcd = EtcdStage::before(hosts, plan, &stage, opts, progress);
+        snapshot = snapshot.or(etcd.snapshot.clone());
         let run = StageRun { stage: &stage, plan, opts, store: &store, progress, api: api_host(hosts, plan) };
         match stage.turns {
             Turns::Together => {
@@ -36,9 +32,7 @@ pub(super) fn run_stages(
             }
             Turns::OneAtATime | Turns::Drained => run.in_turns(hosts),
         }
-        if let (Some((from, joins)), Some(etcd)) = (joins, &plan.etcd) {
-            run.joins(hosts, &from, &joins, etcd);
-        }
+        etcd.after(&run, hosts);
     }
     store.lock().unwrap().save();
     snapshot
@@ -72,36 +66,6 @@ pub(super) fn api_host(hosts: &[HostRun], plan: &Plan) -> Option<(Host, String)>
     let kubectl = plan.kubectl.clone()?;
     let h = hosts.iter().find(|h| !h.failed && h.plan.control_plane)?;
     Some((h.host.clone(), kubectl))
-}
-
-/// Before the first controller restarts, or etcd's membership grows, in an apply that
-/// changes a running control plane: an etcd snapshot on the workstation. Without one
-/// nothing of the control plane moves (every host stops here, nothing restarted).
-pub(super) fn snapshot_before_control_plane(
-    hosts: &mut [HostRun],
-    opts: &ApplyOptions,
-    progress: &(dyn Fn(&str, &str) + Sync),
-    grows: bool,
-) -> Option<String> {
-    let control = [Phase::Datastore, Phase::ControlPlane, Phase::Controllers];
-    let take = opts.snapshot.filter(|_| !opts.dry_run)?;
-    let first = hosts.iter().find(|h| !h.failed && (disrupts(h, &control, None) || (grows && h.plan.control_plane)))?;
-    let why = if grows { "etcd gains a member" } else { "the control plane runs and will restart" };
-    progress(&first.host.node, &format!("{why}: etcd snapshot first"));
-    match take() {
-        Ok(path) => {
-            progress(&first.host.node, &format!("etcd snapshot saved to {path}"));
-            Some(path)
-        }
-        Err(e) => {
-            for h in hosts.iter_mut().filter(|h| !h.failed) {
-                h.fail(format!(
-                    "the etcd snapshot before restarting the control plane failed, so nothing of it was restarted: {e}"
-                ));
-            }
-            None
-        }
-    }
 }
 
 /// Whether the stage's phases would restart a unit that runs now on this host (a file
