@@ -206,35 +206,31 @@ fn removals(model: &Model<'_>, secrets: &SecretsBundle) -> Vec<crate::plan::Remo
                 .filter(|(_, r)| &r.node == name)
                 .map(|(id, _)| id.as_str())
                 .collect();
+            use crate::plan::RemovalStep as Step;
+            // The order apply goes in (docs/nodes.md): drained while its kubelet still
+            // runs, its member out while quorum is checked, its certificate revoked before
+            // the reset, its Node deleted last so no kubelet registers it again.
             let mut steps = Vec::new();
             if roles.runs_workloads() {
-                steps.push("cordon and drain (its PodDisruptionBudgets respected)".to_string());
-            }
-            if hardway && !revoked.is_empty() {
-                steps.push(format!(
-                    "revoke its kubelet certificate in the API ({}: ValidatingAdmissionPolicy kforge-revoked-credentials)",
-                    revoked.iter().map(|id| &id[..id.len().min(23)]).collect::<Vec<_>>().join(", ")
-                ));
-            } else if roles.runs_workloads() {
-                steps.push("its kubelet certificate is K3s's own: K3s cannot revoke it (its Node is deleted)".to_string());
+                steps.push(Step::Drain);
             }
             if let Some(peer) = &etcd_peer_url {
-                steps.push(format!(
-                    "remove its etcd member ({peer}), refused if the members left would lose quorum"
-                ));
+                steps.push(Step::RemoveMember { peer_url: peer.clone() });
             }
-            let host = deployed.ssh.host.clone().unwrap_or_default();
-            steps.push(format!("reset the host over SSH ({}@{host}): everything kforge installed goes (as kforge reset)", deployed.ssh.user));
-            if roles.runs_workloads() {
-                steps.push(format!("delete Node {name}"));
+            if hardway && !revoked.is_empty() {
+                steps.push(Step::Revoke { ids: revoked.iter().map(|id| id.to_string()).collect() });
+            } else if roles.runs_workloads() {
+                steps.push(Step::CannotRevoke);
             }
-            steps.push(if roles.is_control_plane() {
-                "every other host drops its mesh peer, firewall entries and API server from the balancer (the stages below)"
-                    .to_string()
-            } else {
-                "every other host drops its mesh peer and firewall entries (the stages below)".to_string()
+            steps.push(Step::Reset {
+                user: deployed.ssh.user.clone(),
+                host: deployed.ssh.host.clone().unwrap_or_default(),
             });
-            steps.push("the secrets bundle forgets its keys, mesh address and certificates".to_string());
+            if roles.runs_workloads() {
+                steps.push(Step::DeleteNode { node: name.clone() });
+            }
+            steps.push(Step::OthersDropIt { control_plane: roles.is_control_plane() });
+            steps.push(Step::BundleForgets);
             crate::plan::RemovalPlan {
                 node: name.clone(),
                 roles: roles.clone(),

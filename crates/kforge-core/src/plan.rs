@@ -616,8 +616,9 @@ pub struct RemovalPlan {
     /// Why apply refuses this removal, if it does (nothing is touched then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-    /// What apply does, in order.
-    pub steps: Vec<String>,
+    /// What apply does, in order: the executor walks these same values.
+    #[serde(serialize_with = "removal_steps_text")]
+    pub steps: Vec<RemovalStep>,
     /// Applied before the Node is deleted, so a kubelet still running there can never
     /// register it again: the revocation addon (hard way).
     #[serde(skip)]
@@ -626,6 +627,84 @@ pub struct RemovalPlan {
     /// reset, when the members left keep quorum.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_peer_url: Option<String>,
+}
+
+/// One step of a node's removal. `plan` lists them (`says` and `detail`), the dry run,
+/// the progress lines and the report say `says`, and the executor
+/// (kforge-ssh's removal.rs) walks them in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemovalStep {
+    /// A node that runs workloads: cordoned and drained, its budgets respected.
+    Drain,
+    /// A hard-way controller: its etcd member removed, refused if quorum would be lost.
+    RemoveMember { peer_url: String },
+    /// Hard way: its kubelet certificates (their ids) revoked in the API.
+    Revoke { ids: Vec<String> },
+    /// K3s: its kubelet certificate is K3s's own (said; nothing runs).
+    CannotRevoke,
+    /// Everything kforge installed taken off the host, over SSH (as `kforge reset`).
+    Reset { user: String, host: String },
+    /// Its Node deleted, after the reset (a kubelet still running could register it again).
+    DeleteNode { node: String },
+    /// The stages below: every other host drops its mesh peer, firewall entries (and API
+    /// server from the balancer).
+    OthersDropIt { control_plane: bool },
+    /// At the end: the secrets bundle forgets it.
+    BundleForgets,
+}
+
+impl RemovalStep {
+    /// The step in a few words: progress lines, the report, the dry run.
+    pub fn says(&self) -> String {
+        match self {
+            RemovalStep::Drain => "cordon and drain".into(),
+            RemovalStep::RemoveMember { .. } => "remove its etcd member".into(),
+            RemovalStep::Revoke { .. } => "revoke its kubelet certificate in the API".into(),
+            RemovalStep::CannotRevoke => {
+                "its kubelet certificate is K3s's own: K3s cannot revoke it (its Node is deleted)".into()
+            }
+            RemovalStep::Reset { .. } => "reset the host".into(),
+            RemovalStep::DeleteNode { node } => format!("delete Node {node}"),
+            RemovalStep::OthersDropIt { control_plane: true } => {
+                "every other host drops its mesh peer, firewall entries and API server from the balancer (the stages below)".into()
+            }
+            RemovalStep::OthersDropIt { control_plane: false } => {
+                "every other host drops its mesh peer and firewall entries (the stages below)".into()
+            }
+            RemovalStep::BundleForgets => "the secrets bundle forgets its keys, mesh address and certificates".into(),
+        }
+    }
+
+    /// What `plan` adds after `says`: which member, which certificates, which host.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            RemovalStep::Drain => Some("(its PodDisruptionBudgets respected)".into()),
+            RemovalStep::RemoveMember { peer_url } => {
+                Some(format!("({peer_url}), refused if the members left would lose quorum"))
+            }
+            RemovalStep::Revoke { ids } => Some(format!(
+                "({}: ValidatingAdmissionPolicy kforge-revoked-credentials)",
+                ids.iter().map(|id| &id[..id.len().min(23)]).collect::<Vec<_>>().join(", ")
+            )),
+            RemovalStep::Reset { user, host } => {
+                Some(format!("over SSH ({user}@{host}): everything kforge installed goes (as kforge reset)"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RemovalStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail() {
+            Some(detail) => write!(f, "{} {detail}", self.says()),
+            None => f.write_str(&self.says()),
+        }
+    }
+}
+
+fn removal_steps_text<S: serde::Serializer>(steps: &[RemovalStep], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(steps.iter().map(|step| step.to_string()))
 }
 
 fn roles_text<S: serde::Serializer>(roles: &Roles, s: S) -> Result<S::Ok, S::Error> {

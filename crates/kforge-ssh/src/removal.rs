@@ -5,7 +5,7 @@
 //! and its Node deleted (in that order, so a kubelet still running there can never
 //! register the Node again).
 
-use kforge_core::plan::{Plan, RemovalPlan};
+use kforge_core::plan::{Plan, RemovalPlan, RemovalStep};
 use serde::Serialize;
 
 use crate::rollout::Api;
@@ -48,8 +48,11 @@ pub fn remove_nodes(
     for r in in_removal_order(plan, api.as_ref()) {
         let mut report = RemovalReport { node: r.node.clone(), ..RemovalReport::default() };
         if opts.dry_run {
-            report.steps =
-                r.steps.iter().map(|s| StepTime { step: format!("{s} (dry run: not done)"), seconds: 0.0 }).collect();
+            report.steps = r
+                .steps
+                .iter()
+                .map(|s| StepTime { step: format!("{} (dry run: not done)", s.says()), seconds: 0.0 })
+                .collect();
         } else if out.iter().any(|o: &RemovalReport| o.error.is_some()) {
             report.error = Some("not started: an earlier removal failed".into());
         } else if let Some(forced) = out.iter().find(|o: &&RemovalReport| o.quorum_lost) {
@@ -153,13 +156,19 @@ fn remove(
     report: &mut RemovalReport,
 ) -> Result<(), String> {
     let node = &r.node;
-    let timed = |report: &mut RemovalReport, step: &str, f: &mut dyn FnMut() -> Result<(), String>| {
-        progress(node, step);
-        let started = std::time::Instant::now();
-        f()?;
-        report.steps.push(StepTime { step: step.into(), seconds: started.elapsed().as_secs_f64() });
-        Ok::<(), String>(())
-    };
+    // A step done and timed: its progress line (with its bound, if it waits), then the
+    // report's line, both in the plan's words.
+    let timed =
+        |report: &mut RemovalReport, step: &str, bound: Option<u64>, f: &mut dyn FnMut() -> Result<(), String>| {
+            match bound {
+                Some(secs) => progress(node, &format!("{step} (up to {secs} s)")),
+                None => progress(node, step),
+            }
+            let started = std::time::Instant::now();
+            f()?;
+            report.steps.push(StepTime { step: step.into(), seconds: started.elapsed().as_secs_f64() });
+            Ok::<(), String>(())
+        };
     // A controller's etcd member: quorum checked before anything is touched (a removal
     // that would stop etcd is refused with the node still serving, not half-drained).
     // Forced past that check, the member cannot be removed at all (etcd's strict
@@ -197,75 +206,96 @@ fn remove(
             "{node} is not Ready: not drained (nothing there answers); its pods are deleted with its Node and replaced elsewhere by their controllers"
         ));
     }
-    if let (Some(api), Some(true)) = (api, ready) {
-        let blocked = api.drain_preflight(std::slice::from_ref(node), 1, opts.drain)?;
-        if !blocked.is_empty() {
-            return Err(format!("drain preflight: {}", blocked.join("\n")));
-        }
-        timed(report, &format!("cordon and drain (up to {} s)", plan.drain_timeout_secs), &mut || {
-            api.drain(node, plan.drain_timeout_secs, opts.drain).map(|_| ())
-        })?;
-        crate::faults::at("removal-drained");
-    }
-    match (api, &plan.etcd, &member, &forced) {
-        (Some(api), Some(etcd), Some(m), None) => {
-            let mut still_serving = None;
-            timed(report, "remove its etcd member", &mut || {
-                still_serving = crate::membership::remove(api.host, &etcd.env_file, m)?;
-                Ok(())
-            })?;
-            report.warnings.extend(still_serving);
-            crate::faults::at("removal-member-removed");
-        }
-        (Some(_), Some(_), Some(m), Some(why)) => {
-            report.warnings.push(format!(
-                "{why}. etcd member {} stays in the member list (etcd refuses to remove a member the rest cannot agree on); its etcd stops with its host's reset. Bring the members that are down back, then run kforge apply: it removes the member and finishes",
-                m.describe()
-            ));
-            report.steps.push(StepTime { step: "leave its etcd member in the list (forced)".into(), seconds: 0.0 });
-            report.quorum_lost = true;
-        }
-        _ => {}
-    }
-    if let (Some(api), Some(manifest)) = (api, &r.revocation) {
-        timed(report, "revoke its kubelet certificate in the API", &mut || {
-            api.apply_manifest("revoke certificates", manifest)
-        })?;
-        crate::faults::at("removal-revoked");
-    }
-    let target = Target {
-        node: node.clone(),
-        host: r.ssh.host.clone().unwrap_or_default(),
-        user: r.ssh.user.clone(),
-        port: r.ssh.port,
-    };
-    // Forced, the API answers only until this member's etcd stops: its Node goes first.
-    let delete_node = |report: &mut RemovalReport| match (api, registered) {
+    // Forced, the API answers only until this member's etcd stops: its Node goes before
+    // the reset rather than after it.
+    let delete_node = |report: &mut RemovalReport, step: &RemovalStep| match (api, registered) {
         (Some(api), true) => {
-            timed(report, &format!("delete Node {node}"), &mut || api.delete_node(node))?;
+            timed(report, &step.says(), None, &mut || api.delete_node(node))?;
             crate::faults::at("removal-node-deleted");
             Ok::<(), String>(())
         }
         _ => Ok(()),
     };
-    if forced.is_some() {
-        delete_node(report)?;
-    }
-    progress(node, "reset the host");
-    let started = std::time::Instant::now();
-    let reset = crate::reset::reset(&[target], opts.ssh_config.clone(), &plan.mesh_interface, &plan.cluster, false)?;
-    match reset.into_iter().next().and_then(|h| h.error) {
-        None => {
-            report.steps.push(StepTime { step: "reset the host".into(), seconds: started.elapsed().as_secs_f64() });
-            crate::faults::at("removal-reset");
+    // The plan's steps, in its order: what `plan` and the dry run showed is what runs.
+    for step in &r.steps {
+        match step {
+            RemovalStep::Drain => {
+                let (Some(api), Some(true)) = (api, ready) else { continue };
+                let blocked = api.drain_preflight(std::slice::from_ref(node), 1, opts.drain)?;
+                if !blocked.is_empty() {
+                    return Err(format!("drain preflight: {}", blocked.join("\n")));
+                }
+                timed(report, &step.says(), Some(plan.drain_timeout_secs), &mut || {
+                    api.drain(node, plan.drain_timeout_secs, opts.drain).map(|_| ())
+                })?;
+                crate::faults::at("removal-drained");
+            }
+            RemovalStep::RemoveMember { .. } => match (api, &plan.etcd, &member, &forced) {
+                (Some(api), Some(etcd), Some(m), None) => {
+                    let mut still_serving = None;
+                    timed(report, &step.says(), None, &mut || {
+                        still_serving = crate::membership::remove(api.host, &etcd.env_file, m)?;
+                        Ok(())
+                    })?;
+                    report.warnings.extend(still_serving);
+                    crate::faults::at("removal-member-removed");
+                }
+                (Some(_), Some(_), Some(m), Some(why)) => {
+                    report.warnings.push(format!(
+                        "{why}. etcd member {} stays in the member list (etcd refuses to remove a member the rest cannot agree on); its etcd stops with its host's reset. Bring the members that are down back, then run kforge apply: it removes the member and finishes",
+                        m.describe()
+                    ));
+                    report
+                        .steps
+                        .push(StepTime { step: "leave its etcd member in the list (forced)".into(), seconds: 0.0 });
+                    report.quorum_lost = true;
+                }
+                _ => {}
+            },
+            RemovalStep::Revoke { .. } => {
+                if let (Some(api), Some(manifest)) = (api, &r.revocation) {
+                    timed(report, &step.says(), None, &mut || api.apply_manifest("revoke certificates", manifest))?;
+                    crate::faults::at("removal-revoked");
+                }
+            }
+            RemovalStep::Reset { .. } => {
+                let delete = r.steps.iter().find(|s| matches!(s, RemovalStep::DeleteNode { .. }));
+                if let (Some(_), Some(delete)) = (&forced, delete) {
+                    delete_node(report, delete)?;
+                }
+                let target = Target {
+                    node: node.clone(),
+                    host: r.ssh.host.clone().unwrap_or_default(),
+                    user: r.ssh.user.clone(),
+                    port: r.ssh.port,
+                };
+                progress(node, &step.says());
+                let started = std::time::Instant::now();
+                let reset = crate::reset::reset(
+                    &[target],
+                    opts.ssh_config.clone(),
+                    &plan.mesh_interface,
+                    &plan.cluster,
+                    false,
+                )?;
+                match reset.into_iter().next().and_then(|h| h.error) {
+                    None => {
+                        report.steps.push(StepTime { step: step.says(), seconds: started.elapsed().as_secs_f64() });
+                        crate::faults::at("removal-reset");
+                    }
+                    Some(e) => report.warnings.push(format!(
+                        "{node}'s host was NOT reset ({e}): what kforge installed there still runs, cut off from the cluster (mesh peer removed everywhere{}); reset it when it answers: kforge reset is for nodes in the file, so wipe it by hand or reinstall it",
+                        if r.revocation.is_some() { ", its certificate revoked" } else { "" }
+                    )),
+                }
+            }
+            RemovalStep::DeleteNode { .. } if forced.is_none() => delete_node(report, step)?,
+            // Said, not done here: the stages below, and the bundle at the end.
+            RemovalStep::DeleteNode { .. }
+            | RemovalStep::CannotRevoke
+            | RemovalStep::OthersDropIt { .. }
+            | RemovalStep::BundleForgets => {}
         }
-        Some(e) => report.warnings.push(format!(
-            "{node}'s host was NOT reset ({e}): what kforge installed there still runs, cut off from the cluster (mesh peer removed everywhere{}); reset it when it answers: kforge reset is for nodes in the file, so wipe it by hand or reinstall it",
-            if r.revocation.is_some() { ", its certificate revoked" } else { "" }
-        )),
-    }
-    if forced.is_none() {
-        delete_node(report)?;
     }
     Ok(())
 }
@@ -303,6 +333,41 @@ mod tests {
         let error = report[0].error.as_deref().unwrap_or_default();
         assert!(error.starts_with("not started: no control-plane host answered"), "{error}");
         assert_eq!(touched.into_inner().unwrap(), Vec::<String>::new(), "no step was taken");
+    }
+
+    /// What `plan` lists is what runs, in that order: a controller+worker's plan used to
+    /// say "revoke" before "remove its etcd member" while apply removed the member first.
+    /// The dry run says each step in the words the report uses.
+    #[test]
+    fn a_removal_runs_and_dry_runs_the_steps_the_plan_lists() {
+        let mut spec =
+            kforge_core::spec::parse("kforge.yaml", kforge_core::spec::examples::HARDWAY_LAB).unwrap().cluster;
+        let now = time::OffsetDateTime::now_utc();
+        let (mut secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, None, now).unwrap();
+        secrets.record_deployed(&spec);
+        spec.spec.nodes.retain(|n| n.name != "lab-3");
+        let (secrets, _) = kforge_core::pipeline::reconcile_secrets(&spec, Some(secrets), now).unwrap();
+        let model = kforge_core::model::Model::build(&spec, &secrets);
+        let plan = kforge_core::pipeline::build_plan(&model, &secrets);
+        let says: Vec<String> = plan.removals[0].steps.iter().map(RemovalStep::says).collect();
+        assert_eq!(
+            says[..5],
+            [
+                "cordon and drain",
+                "remove its etcd member",
+                "revoke its kubelet certificate in the API",
+                "reset the host",
+                "delete Node lab-3"
+            ]
+        );
+        let replan = |_: &str, _: &str, _: &kforge_core::pipeline::HostCaps| Err("unused".to_string());
+        let check_versions = |_: &[kforge_core::upgrade::Running]| Ok(());
+        let mut opts = ApplyOptions::for_tests(&replan, &check_versions);
+        opts.dry_run = true;
+        let report = remove_nodes(&plan, None, &opts, &|_: &str, _: &str| {});
+        let dry: Vec<&str> =
+            report[0].steps.iter().map(|s| s.step.strip_suffix(" (dry run: not done)").unwrap()).collect();
+        assert_eq!(dry, says);
     }
 
     #[test]
