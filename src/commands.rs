@@ -1025,7 +1025,9 @@ fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
                     file.display()
                 )));
             }
-            let r = etcd.restore(&file, &|step: &str| eprintln!("etcd restore: {step}")).map_err(fail)?;
+            let wanted = kforge_core::upgrade::Version::parse(&session.spec.cluster.spec.distribution.version);
+            let r =
+                etcd.restore(&file, wanted.as_ref(), &|step: &str| eprintln!("etcd restore: {step}")).map_err(fail)?;
             println!(
                 "restored etcd from {} (revision {}, {} keys)",
                 file.display(),
@@ -1039,6 +1041,9 @@ fn etcd(cmd: EtcdCommand) -> Result<(), CliError> {
                 }
             }
             print!("{}", r.health);
+            if let Some(why) = &r.apiserver_left_stopped {
+                println!("{why}");
+            }
         }
     }
     Ok(())

@@ -178,7 +178,7 @@ pub fn check(cluster: &Cluster, running: &[Running]) -> Vec<Diagnostic> {
                 ),
             )
             .help(format!(
-                "a patch rollback stays within {} (e.g. an earlier {}.x); to go further back, restore an etcd snapshot taken before the upgrade",
+                "a patch rollback stays within {} (e.g. an earlier {}.x); to go back a minor, keep {wanted} in the file and restore the etcd snapshot apply took before the upgrade (snapshots/ beside this file): `kforge etcd restore SNAPSHOT --yes` leaves the API servers stopped, then `kforge apply` starts {wanted}'s and moves every node back",
                 now.line(),
                 now.line()
             )),
@@ -349,6 +349,12 @@ mod tests {
         let e = errors(&lab("v1.36.3"), &r);
         assert_eq!(e.len(), 1);
         assert!(e[0].contains("1.36.3 is a downgrade across minors"), "{}", e[0]);
+        assert!(e[0].contains("kforge etcd restore SNAPSHOT --yes` leaves the API servers stopped"), "{}", e[0]);
+        // After that restore no API server runs: the rollback apply is allowed, with the
+        // controllers and kubelets still at the newer minor until their turns.
+        let restored =
+            running(&[("lab-1", &[(Component::KubeControllerManager, "1.37.2"), (Component::Kubelet, "1.37.2")])]);
+        assert!(errors(&lab("v1.36.3"), &restored).is_empty());
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use kforge_core::component::Component;
 use kforge_core::hardway::{EtcdCluster, EtcdMember};
+use kforge_core::upgrade::{Version, version_in};
 use serde::Deserialize;
 
 use crate::Target;
@@ -57,6 +59,10 @@ pub struct RestoreReport {
     pub kept: Vec<(String, Option<String>)>,
     /// `etcdctl endpoint health --cluster` after the restart.
     pub health: String,
+    /// Why kube-apiserver was left stopped: the cluster file asks for a minor below the
+    /// one the API servers ran (a minor rollback), so apply starts the file's release
+    /// on the restored data rather than the newer one writing its schema into it.
+    pub apiserver_left_stopped: Option<String>,
 }
 
 /// The controllers, reachable over SSH with this process's ControlMaster directory.
@@ -136,8 +142,16 @@ impl Etcd {
     }
 
     /// Rebuild every member from `file`. Refuses, before stopping anything, when a
-    /// controller is unreachable or the snapshot fails its integrity check.
-    pub fn restore(&self, file: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<RestoreReport, EtcdError> {
+    /// controller is unreachable or the snapshot fails its integrity check. `wanted`:
+    /// the release the cluster file asks for; when it is a minor below what the API
+    /// servers ran, they stay stopped (a minor rollback: `kforge apply` starts that
+    /// release's).
+    pub fn restore(
+        &self,
+        file: &Path,
+        wanted: Option<&Version>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<RestoreReport, EtcdError> {
         // Exclusive with `kforge apply`, which would restart etcd under our feet.
         progress("locking every controller");
         let locks: Vec<HostLock> = self.members.iter().map(|(_, h)| HostLock::acquire(h)).collect::<Result<_, _>>()?;
@@ -165,13 +179,25 @@ impl Etcd {
 
         progress("stopping kube-apiserver and etcd on every controller");
         let was_serving: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let ran: Mutex<Vec<Version>> = Mutex::new(Vec::new());
         self.each(|m, h| {
             let out = h.run_script("stop etcd", &self.helper("kf_stop_members", &[]))?;
             if out.contains("apiserver-was-active") {
                 was_serving.lock().unwrap().push(m.name.clone());
             }
+            let release = out.lines().find_map(|l| l.strip_prefix("apiserver-release "));
+            if let Some(v) = release.and_then(|l| version_in(Component::KubeApiserver, l)) {
+                ran.lock().unwrap().push(v);
+            }
             Ok(())
         })?;
+        let newest = ran.into_inner().unwrap().into_iter().max();
+        let apiserver_left_stopped = match (wanted, &newest) {
+            (Some(wanted), Some(ran)) if wanted < ran && !wanted.same_minor(ran) => Some(format!(
+                "kube-apiserver left stopped on every controller: they ran {ran} and the cluster file asks for {wanted}, a minor below; `kforge apply` starts {wanted}'s on the restored data and moves every node back"
+            )),
+            _ => None,
+        };
 
         progress("restoring each member's data directory");
         let initial_cluster = self.cluster.initial_cluster();
@@ -192,8 +218,11 @@ impl Etcd {
         progress("starting etcd on every controller");
         self.each(|_, h| h.run_script("start etcd", &self.helper("kf_start_etcd", &[])).map(|_| ()))?;
         let serving = was_serving.into_inner().unwrap();
+        if let Some(why) = &apiserver_left_stopped {
+            progress(why);
+        }
         self.each(|m, h| {
-            if serving.contains(&m.name) {
+            if serving.contains(&m.name) && apiserver_left_stopped.is_none() {
                 h.run_script("start kube-apiserver", &self.helper("kf_start_apiserver", &[]))?;
             }
             Ok(())
@@ -202,7 +231,7 @@ impl Etcd {
         drop(locks);
         let mut kept = kept.into_inner().unwrap();
         kept.sort();
-        Ok(RestoreReport { status, kept, health })
+        Ok(RestoreReport { status, kept, health, apiserver_left_stopped })
     }
 
     /// Run `f` on every member at once; the first error wins.

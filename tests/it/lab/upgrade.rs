@@ -1,9 +1,11 @@
 //! An upgrade for real, on the hard-way lab's cluster before its other checks: brought
 //! up at v1.36 (the newest v1.36 patch `scripts/components` builds), loaded with a
-//! 2-replica Deployment behind a PodDisruptionBudget and a Service, 1000 etcd keys, a
-//! client on two nodes sending 40 requests a second to the Service, and a host changed by hand — then
-//! the cluster file says v1.37.2 and `kforge apply` moves everything there, killed with
-//! -9 half-way through the workers and run again.
+//! 2-replica Deployment behind a PodDisruptionBudget and a Service, 1000 etcd keys, and a
+//! host changed by hand — then the cluster file says v1.37.2 and `kforge apply` moves
+//! everything there, stopped at one of its boundaries (the fault matrix's round a seed
+//! picks: tests/it/lab/faults.rs) and finished by a plain apply, under a client on two
+//! nodes sending 40 requests a second to the Service. Then etcd a patch up and back, and
+//! back a minor the documented way (the snapshot restored) and forward again.
 
 use std::time::{Duration, Instant};
 
@@ -165,6 +167,10 @@ pub(super) fn the_cluster_upgrades_under_load(lab: &Lab, checks: &mut Checks) {
     checks.run("a file going back a minor is refused at its line, touching no host", || {
         refused_touching_nothing(lab, FROM, "is a downgrade across minors")
     });
+    checks.run(
+        "back a minor the documented way: the upgrade's snapshot restored, every node back at v1.36, then forward",
+        || a_minor_rollback_through_the_snapshot(lab),
+    );
     checks.run("a budget that allows no disruption stops a drain before any cordon", || strict_budget(lab));
 }
 
@@ -465,6 +471,59 @@ fn everything_moved(lab: &Lab) {
             "test -x /opt/kforge/kubernetes/{FROM}/bin/kubelet && test -x /opt/kforge/kubernetes/{TO}/bin/kubelet"
         ),
     );
+}
+
+/// The way back a minor that the refusal names: v1.36.3 in the file, the snapshot the
+/// upgrade's apply took before any API server moved restored (`kforge etcd restore`
+/// leaves the v1.37 API servers stopped rather than let them write their schema into
+/// it), then `kforge apply` starts v1.36.3's and moves every node back; the 1000 keys
+/// are there. Then forward to v1.37.2 again, for the checks after this one.
+fn a_minor_rollback_through_the_snapshot(lab: &Lab) {
+    let mut snapshots: Vec<std::path::PathBuf> = std::fs::read_dir(lab.ctx.path("lab/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .collect();
+    // Named by the time they were taken: the first is the upgrade's, before it moved anything.
+    snapshots.sort();
+    let before_upgrade = snapshots.first().expect("the upgrade took a snapshot");
+    set_release(lab, FROM);
+    let out = lab.ctx.kforge(&["etcd", "restore", "-f", "lab/kforge.yaml", before_upgrade.to_str().unwrap(), "--yes"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "kube-apiserver left stopped on every controller: they ran {} and the cluster file asks for {}",
+            &TO[1..],
+            &FROM[1..]
+        )),
+        "{}",
+        out.stdout
+    );
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        assert_eq!(lab.ssh(n, "systemctl is-active kube-apiserver || true").trim(), "inactive", "{n}");
+    }
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    let nodes = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].status.nodeInfo.kubeletVersion}'");
+    assert_eq!(nodes.trim(), format!("{FROM} {FROM} {FROM}"));
+    for n in ["lab-1", "lab-2", "lab-3"] {
+        let v = lab.ssh(
+            n,
+            "kubectl --kubeconfig /etc/kforge/admin.kubeconfig --server https://127.0.0.1:6443 get --raw=/version",
+        );
+        assert!(v.contains(&format!("\"gitVersion\": \"{FROM}\"")), "{n}'s API server: {v}");
+    }
+    assert_eq!(keys(lab, "lab-2"), 1000);
+
+    set_release(lab, TO);
+    let report = lab.apply_json();
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["converged"], true, "{h}");
+    }
+    let nodes = lab.kubectl("lab-1", "get nodes -o jsonpath='{.items[*].status.nodeInfo.kubeletVersion}'");
+    assert_eq!(nodes.trim(), format!("{TO} {TO} {TO}"));
 }
 
 /// A budget allowing no disruption (minAvailable: 2 of 2) and a change that restarts

@@ -55,9 +55,14 @@ kf_check_snapshot() {
   kf_snapshot_status "$1"
 }
 
-# kf_stop_members: kube-apiserver (it would write to a half-restored cluster) and etcd.
+# kf_stop_members: kube-apiserver (it would write to a half-restored cluster) and etcd;
+# says whether kube-apiserver ran, and its release.
 kf_stop_members() {
+  local pid
   if systemctl is-active -q kube-apiserver.service; then
+    # The release it ran: a restore for an older minor leaves it stopped.
+    pid=$(systemctl show -p MainPID --value kube-apiserver.service)
+    [ "${pid:-0}" -gt 0 ] && echo "apiserver-release $(/proc/"$pid"/exe --version 2>/dev/null | head -1)"
     echo apiserver-was-active; systemctl stop kube-apiserver.service
   fi
   systemctl stop etcd.service
