@@ -890,7 +890,15 @@ fn certs(cmd: CertsCommand) -> Result<(), CliError> {
     match cmd {
         CertsCommand::Check { cluster, output } => {
             let session = Session::open(&cluster, Bundle::ReadOnly)?;
-            crate::certs::check(&session.secrets, i64::from(session.spec.cluster.spec.pki.renew_before_days), output)
+            // The bundle as stored: what the hosts were given. A reconcile in memory would
+            // re-issue a due leaf and call it fresh.
+            let stored = session.saved.as_ref().ok_or_else(|| {
+                CliError::Other(format!(
+                    "no secrets bundle at {}: nothing has been issued yet\n  help: kforge secrets update (or the first kforge apply) creates it",
+                    session.store_path.display()
+                ))
+            })?;
+            crate::certs::check(stored, i64::from(session.spec.cluster.spec.pki.renew_before_days), output)
         }
         CertsCommand::Renew { cluster, names, no_apply, ssh_config, no_wait } => {
             // Held through the apply that delivers the certificates, too.

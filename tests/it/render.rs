@@ -103,6 +103,39 @@ fn leaves_inside_the_renewal_window_are_reissued_and_only_those() {
     assert_eq!(first.cas, renewed.cas);
 }
 
+/// `certs check` reads the bundle as stored: leaves inside a window widened in the file
+/// are due (it used to re-issue them in memory and print them fresh, "0 leaves due"),
+/// it exits non-zero, and the bundle is untouched. Without a bundle it says so.
+#[test]
+fn certs_check_reports_the_stored_bundle_and_fails_on_due_leaves() {
+    let ctx = TestContext::with_example("homelab");
+    std::fs::remove_file(ctx.path("kforge.secrets.yaml")).unwrap();
+    let none = ctx.kforge(&["certs", "check"]);
+    assert_ne!(none.code, 0);
+    assert!(
+        none.stderr.contains("no secrets bundle at") && none.stderr.contains("kforge secrets update"),
+        "{}",
+        none.stderr
+    );
+    ctx.edit_spec(
+        "  secretsEncryption: true\n",
+        "  secretsEncryption: true\n  pki: {leafValidityDays: 30, renewBeforeDays: 10}\n",
+    );
+    ctx.kforge(&["secrets", "update"]).success();
+    assert_eq!(ctx.kforge(&["certs", "check"]).code, 0, "30 days left, a 10-day window: nothing due");
+    let stored = std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap();
+    ctx.edit_spec(
+        "pki: {leafValidityDays: 30, renewBeforeDays: 10}",
+        "pki: {leafValidityDays: 400, renewBeforeDays: 45}",
+    );
+    let out = ctx.kforge(&["certs", "check"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    let admin = out.stdout.lines().find(|l| l.starts_with("admin ")).expect("the admin certificate is listed");
+    assert!(admin.ends_with("due") && !admin.contains(" 399 "), "{admin}");
+    assert!(!out.stdout.contains(" 0 leaves due"), "{}", out.stdout);
+    assert_eq!(std::fs::read(ctx.path("kforge.secrets.yaml")).unwrap(), stored, "check changed the bundle");
+}
+
 #[test]
 fn k3s_nodes_get_the_image_archives_in_agent_images_and_the_pinned_pause_image() {
     // The K3s lab example: no registry, so pause and the test workload come as archives
