@@ -252,8 +252,14 @@ fn the_upgrade_stopped_at_each_step() {
 /// finished.
 pub(super) fn upgraded_under(lab: &Lab, binary: &std::path::Path, fault: Fault) {
     lab.kubectl("lab-1", &format!("cordon {BY_HAND}"));
-    stopped_then_finished(lab, binary, fault, BY_HAND, || super::upgrade::set_release(lab, super::upgrade::TO));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stopped_then_finished(lab, binary, fault, BY_HAND, || super::upgrade::set_release(lab, super::upgrade::TO))
+    }));
+    // Uncordoned whatever the round found: the checks after it expect every node schedulable.
     lab.kubectl("lab-1", &format!("uncordon {BY_HAND}"));
+    if let Err(failed) = outcome {
+        std::panic::resume_unwind(failed);
+    }
 }
 
 /// A host lost mid-removal was never reset: wiped first, as the removal's warning says
@@ -334,6 +340,7 @@ pub(super) fn stopped_then_finished(
     invariants
         .run("  one etcd cluster, one voter per controller, all healthy", || one_etcd_cluster_all_healthy(lab, &file));
     invariants.run("  etcd answered every second", || {
+        let lost = lost.as_ref().expect("the quorum watch");
         assert!(lost.is_empty(), "etcd did not answer at {} second(s) of the round: {lost:?}", lost.len())
     });
     invariants.run("  every Node at the file's release", || every_node_at_the_files_release(lab, &file));
@@ -422,7 +429,7 @@ fn the_record_and_the_hosts_agree(lab: &Lab, file: &kforge_core::spec::Cluster) 
 /// linearizably, so it answers only with quorum): etcdctl.env lists every controller, and
 /// a member being added or removed is no quorum loss.
 struct QuorumWatch {
-    thread: std::thread::JoinHandle<Vec<u64>>,
+    thread: std::thread::JoinHandle<String>,
 }
 
 impl QuorumWatch {
@@ -430,23 +437,26 @@ impl QuorumWatch {
         let cfg = lab.ctx.path("lab/ssh_config");
         let ips = super::mesh_ips(lab);
         let me = ips.iter().find(|(n, _)| n == "lab-1").map(|(_, ip)| ip.clone()).expect("lab-1's mesh address");
+        // The endpoint by the environment (etcdctl refuses a flag that shadows a variable
+        // of the environment file).
         let script = format!(
-            "rm -f /tmp/quorum.stop; while [ ! -e /tmp/quorum.stop ]; do t=$(date +%s); {ETCDCTL} --endpoints=https://{me}:2379 endpoint health --command-timeout=2s >/dev/null 2>&1 && echo \"$t ok\" || echo \"$t lost\"; sleep 1; done"
+            "rm -f /tmp/quorum.stop; while [ ! -e /tmp/quorum.stop ]; do t=$(date +%s); set -a; . /etc/etcd/etcdctl.env; set +a; ETCDCTL_ENDPOINTS=https://{me}:2379 etcdctl endpoint health --command-timeout=2s >/dev/null 2>&1 && echo \"$t ok\" || echo \"$t lost\"; sleep 1; done"
         );
         let thread = std::thread::spawn(move || {
-            let out = std::process::Command::new("ssh")
-                .args(["-F", cfg.to_str().unwrap(), "lab-1", &script])
-                .output()
-                .expect("ssh");
-            let said = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(said.lines().any(|l| l.ends_with(" ok")), "the quorum watch never ran: {said}");
-            said.lines().filter_map(|l| l.strip_suffix(" lost")).map(|t| t.parse().unwrap_or(0)).collect()
+            let out = std::process::Command::new("ssh").args(["-F", cfg.to_str().unwrap(), "lab-1", &script]).output();
+            out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_else(|e| format!("ssh: {e}"))
         });
         QuorumWatch { thread }
     }
 
-    fn stop(self, lab: &Lab) -> Vec<u64> {
+    /// The seconds at which etcd did not answer; an error when the watch never saw it
+    /// answer at all (then it measured nothing).
+    fn stop(self, lab: &Lab) -> Result<Vec<u64>, String> {
         lab.ssh("lab-1", "touch /tmp/quorum.stop");
-        self.thread.join().expect("the quorum watch")
+        let said = self.thread.join().unwrap_or_default();
+        if !said.lines().any(|l| l.ends_with(" ok")) {
+            return Err(format!("the quorum watch never saw etcd answer: {said}"));
+        }
+        Ok(said.lines().filter_map(|l| l.strip_suffix(" lost")).map(|t| t.parse().unwrap_or(0)).collect())
     }
 }
