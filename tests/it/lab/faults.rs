@@ -435,12 +435,9 @@ struct QuorumWatch {
 impl QuorumWatch {
     fn start(lab: &Lab) -> QuorumWatch {
         let cfg = lab.ctx.path("lab/ssh_config");
-        let ips = super::mesh_ips(lab);
-        let me = ips.iter().find(|(n, _)| n == "lab-1").map(|(_, ip)| ip.clone()).expect("lab-1's mesh address");
-        // The endpoint by the environment (etcdctl refuses a flag that shadows a variable
-        // of the environment file).
+        let etcdctl = super::hardway::etcdctl_on(lab, "lab-1");
         let script = format!(
-            "rm -f /tmp/quorum.stop; while [ ! -e /tmp/quorum.stop ]; do t=$(date +%s); set -a; . /etc/etcd/etcdctl.env; set +a; ETCDCTL_ENDPOINTS=https://{me}:2379 etcdctl endpoint health --command-timeout=2s >/dev/null 2>&1 && echo \"$t ok\" || echo \"$t lost\"; sleep 1; done"
+            "rm -f /tmp/quorum.stop; while [ ! -e /tmp/quorum.stop ]; do t=$(date +%s); {etcdctl} endpoint health --command-timeout=2s >/dev/null 2>&1 && echo \"$t ok\" || echo \"$t lost\"; sleep 1; done"
         );
         let thread = std::thread::spawn(move || {
             let out = std::process::Command::new("ssh").args(["-F", cfg.to_str().unwrap(), "lab-1", &script]).output();

@@ -62,6 +62,16 @@ impl Workstation {
 }
 
 pub(super) const ETCDCTL: &str = "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl";
+
+/// etcdctl asking `node`'s own member only: `endpoint health` then answers only while
+/// etcd has quorum (a linearizable read), where [`ETCDCTL`] asks every endpoint of the
+/// environment file, and fails for a member being added, removed or down. (The endpoint
+/// goes by the environment: etcdctl refuses a flag that shadows a variable of the file.)
+pub(super) fn etcdctl_on(lab: &Lab, node: &str) -> String {
+    let ips = super::mesh_ips(lab);
+    let ip = ips.iter().find(|(n, _)| n == node).map(|(_, ip)| ip.clone()).expect("the node's mesh address");
+    format!("set -a; . /etc/etcd/etcdctl.env; set +a; ETCDCTL_ENDPOINTS=https://{ip}:2379 etcdctl")
+}
 const VERSION: &str = "v1.37.2";
 
 #[test]

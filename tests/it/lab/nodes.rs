@@ -558,8 +558,9 @@ fn forced_out(lab: &Lab) {
     assert!(!running, "lab-3 was reset, its etcd stopped and its data gone: {said}");
 
     lab.ssh("lab-2", "systemctl start etcd");
+    let etcdctl = super::hardway::etcdctl_on(lab, "lab-1");
     lab.wait_for(90, "etcd answering again (lab-1 and lab-2 of its 3 members)", || {
-        lab.ssh_status("lab-1", &format!("{ETCDCTL} endpoint health")).0
+        lab.ssh_status("lab-1", &format!("{etcdctl} endpoint health")).0
     });
     let report = lab.apply_json();
     eprintln!("after quorum came back: {}", report["removals"]);
