@@ -204,9 +204,13 @@ impl Api<'_> {
         let pdbs = self.run("list PodDisruptionBudgets", "get pdb -A -o json")?;
         let pdbs: Vec<Pdb> = serde_json::from_str::<List<Pdb>>(&pdbs).map_err(|e| format!("pdbs: {e}"))?.items;
         let pods = self.pods()?;
+        // `name|unschedulable|Ready|kforge's cordon annotation`, one line per node.
         let all_nodes = self.run(
             "list nodes",
-            "get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.unschedulable} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}'",
+            &format!(
+                "get nodes -o jsonpath='{{range .items[*]}}{{.metadata.name}}|{{.spec.unschedulable}}|{{.status.conditions[?(@.type==\"Ready\")].status}}|{{.metadata.annotations.{}}}{{\"\\n\"}}{{end}}'",
+                CORDONED_BY_KFORGE.replace('.', "\\.")
+            ),
         )?;
         let mut found = drain_blockers(nodes, at_once, &pdbs, &pods, &all_nodes);
         found.extend(drain_losses(nodes, &pods, allowed));
@@ -287,14 +291,16 @@ fn drain_blockers(nodes: &[String], at_once: usize, pdbs: &[Pdb], pods: &[Pod], 
             on.join(", ")
         ));
     }
-    // Somewhere to go: while `at_once` nodes are drained, some other node is
-    // schedulable (not cordoned) and Ready. A node of the queue that is cordoned already
-    // (left so by a killed batch, or by hand) takes no pods now and loses none to its
-    // drain: only the schedulable ones a batch takes away count.
+    // Somewhere to go: while `at_once` nodes are drained, some other node is Ready and
+    // takes pods — schedulable, or cordoned by kforge (a killed apply left it so: this
+    // apply gives it its turn and uncordons it, before the nodes after it drain). A node
+    // cordoned by hand takes none. A node of the queue that is cordoned already loses no
+    // pods to its drain: only the schedulable ones a batch takes away count.
     let ready: Vec<&str> = all_nodes
         .lines()
-        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [name, "True"] => Some(*name),
+        .filter_map(|l| match l.split('|').collect::<Vec<_>>().as_slice() {
+            [name, "", "True", ..] => Some(*name),
+            [name, "true", "True", by_kforge] if !by_kforge.is_empty() => Some(*name),
             _ => None,
         })
         .collect();
@@ -457,7 +463,8 @@ mod tests {
         .items
     }
 
-    const NODES: &str = "lab-1  True\nlab-2  True\nlab-3 true True\n";
+    /// lab-3 cordoned by hand (no kforge annotation).
+    const NODES: &str = "lab-1||True|\nlab-2||True|\nlab-3|true|True|\n";
 
     #[test]
     fn a_budget_that_allows_no_disruption_names_itself_and_the_node() {
@@ -484,12 +491,26 @@ mod tests {
         // A batch of two killed mid-drain left lab-1 and lab-2 cordoned (kforge's
         // annotation on them): their turns again, together, and lab-3 takes the pods.
         // Counting them as if they were schedulable refused every later apply.
-        let killed_batch = "lab-1 true True\nlab-2 true True\nlab-3  True\n";
+        let killed_batch = "lab-1|true|True|2026-12-07T10:00:00Z\nlab-2|true|True|2026-12-07T10:00:00Z\nlab-3||True|\n";
         assert_eq!(drain_blockers(&both, 2, &[], &pods(), killed_batch), Vec::<String>::new());
-        // lab-3 cordoned too: now nothing takes them.
-        let all_cordoned = "lab-1 true True\nlab-2 true True\nlab-3 true True\n";
+        // lab-3 cordoned by hand too: the two drained together leave nowhere.
+        let all_cordoned =
+            "lab-1|true|True|2026-12-07T10:00:00Z\nlab-2|true|True|2026-12-07T10:00:00Z\nlab-3|true|True|\n";
         let found = drain_blockers(&both, 2, &[], &pods(), all_cordoned);
-        assert!(found.len() == 1 && found[0].starts_with("0 nodes are schedulable and Ready"), "{found:?}");
+        assert!(
+            found.len() == 1 && found[0].starts_with("2 nodes are schedulable and Ready, and 2 of them"),
+            "{found:?}"
+        );
+        // One at a time, lab-3 cordoned by hand, an apply killed once lab-1 was drained
+        // (the upgrade's fault matrix, round 6): lab-1's turn comes first and uncordons it,
+        // then lab-2's pods go there. Counting only the schedulable (lab-2) refused every
+        // later apply "nowhere to go".
+        let queue = ["lab-1".to_string(), "lab-2".to_string(), "lab-3".to_string()];
+        let killed_first = "lab-1|true|True|2026-12-07T10:00:00Z\nlab-2||True|\nlab-3|true|True|\n";
+        assert_eq!(drain_blockers(&queue, 1, &[], &pods(), killed_first), Vec::<String>::new());
+        // Cordoned by hand, lab-1 takes nothing: lab-2 has nowhere to go.
+        let by_hand = "lab-1|true|True|\nlab-2||True|\nlab-3|true|True|\n";
+        assert!(!drain_blockers(&queue, 1, &[], &pods(), by_hand).is_empty());
     }
 
     /// A pod with no controller (kubectl drain refuses it without --force, then deletes
