@@ -329,6 +329,15 @@ fn replaced(lab: &Lab) {
     joins_again(lab);
 }
 
+/// After lab-3 left: etcd's members are lab-1 and lab-2, both healthy.
+fn lab_1_and_lab_2_are_the_members_both_healthy(lab: &Lab) {
+    let mut left: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
+    left.sort();
+    assert_eq!(left, ["lab-1", "lab-2"]);
+    let health = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint health --cluster 2>&1"));
+    assert_eq!(health.lines().filter(|l| l.contains("is healthy")).count(), 2, "{health}");
+}
+
 /// etcd's members as lab-1 sees them: (name, id), an unstarted one with an empty name.
 fn members(lab: &Lab) -> Vec<(String, u64)> {
     let out = lab.ssh("lab-1", &format!("{ETCDCTL} member list -w json"));
@@ -401,11 +410,7 @@ fn controller_leaves(lab: &Lab) {
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
     }
-    let mut left: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
-    left.sort();
-    assert_eq!(left, ["lab-1", "lab-2"]);
-    let health = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint health --cluster 2>&1"));
-    assert_eq!(health.lines().filter(|l| l.contains("is healthy")).count(), 2, "{health}");
+    lab_1_and_lab_2_are_the_members_both_healthy(lab);
     let (gone, _) = lab.ssh_status("lab-1", "kubectl --kubeconfig /etc/kforge/admin.kubeconfig get node lab-3");
     assert!(!gone, "Node lab-3 is gone");
     assert_eq!(lab.kubectl("lab-1", "get --raw /readyz").trim(), "ok");
@@ -570,9 +575,5 @@ fn forced_out(lab: &Lab) {
     for h in report["hosts"].as_array().unwrap() {
         assert_eq!(h["converged"], true, "{h}");
     }
-    let mut left: Vec<String> = members(lab).into_iter().map(|(n, _)| n).collect();
-    left.sort();
-    assert_eq!(left, ["lab-1", "lab-2"]);
-    let health = lab.ssh("lab-1", &format!("{ETCDCTL} endpoint health --cluster 2>&1"));
-    assert_eq!(health.lines().filter(|l| l.contains("is healthy")).count(), 2, "{health}");
+    lab_1_and_lab_2_are_the_members_both_healthy(lab);
 }
